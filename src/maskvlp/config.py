@@ -1,0 +1,347 @@
+"""Typed configuration: one dataclass per section of params.yaml.
+
+params.yaml is read through OmegaConf into these structured configs, so unknown keys and wrong types
+are rejected by OmegaConf and out-of-range values by :func:`validate`, all before any work starts.
+The rest of the package receives :class:`Config` objects and never reads params.yaml itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+DEFAULT_EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range. The message names the key."""
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass
+class SyntheticConfig:
+    num_samples: int = 4000  # image-caption pairs generated (train + val)
+    min_objects: int = 1
+    max_objects: int = 3
+    textured_fraction: float = 0.8  # fraction of scenes whose background is textured, not plain
+
+
+@dataclass
+class EmojiConfig:
+    font_path: str = DEFAULT_EMOJI_FONT  # Debian package fonts-noto-color-emoji
+    samples_per_emoji: int = 3  # renderings of each emoji (placement, scale, background vary)
+    max_emoji: int = 0  # 0 = every emoji in the font
+    scene_fraction: float = 0.2  # extra two-emoji scenes with relation captions, per single sample
+
+
+@dataclass
+class FolderConfig:
+    table: str = ""  # CSV / TSV / JSONL / Parquet with one row per image-caption pair
+    images_dir: str = ""  # image paths in the table are relative to this ("" = the table's folder)
+    path_column: str = "path"
+    caption_column: str = "caption"
+    label_column: str = ""  # optional class label column, stored in the sample's json
+
+
+@dataclass
+class ShardSourceConfig:
+    urls: str = ""  # existing webdataset shards: brace pattern ("x-{000..009}.tar") or glob
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale_min: float = 0.9  # RandomResizedCrop area scale range (training only)
+    crop_scale_max: float = 1.0
+    crop_ratio_min: float = 0.75
+    crop_ratio_max: float = 1.3333333
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | emoji | folder | shards
+    out_dir: str = "data/shards"
+    image_size: int = 64  # stored images: shorter side resized to this, then centre-cropped
+    image_format: str = "jpg"  # jpg | png | webp
+    jpeg_quality: int = 95
+    val_fraction: float = 0.1
+    max_samples_per_shard: int = 1000
+    num_workers: int = 0  # sharding processes; 0 = one per CPU core
+    loader_workers: int = 2  # DataLoader workers per training process
+    shuffle_buffer: int = 1000  # samples in the training stream's shuffle buffer
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    emoji: EmojiConfig = field(default_factory=EmojiConfig)
+    folder: FolderConfig = field(default_factory=FolderConfig)
+    shards: ShardSourceConfig = field(default_factory=ShardSourceConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+# ---------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    vision: str = "tiny"  # image tower preset: tiny | S | B | L
+    text: str = "tiny"  # text tower preset: tiny | S | B | L
+    image_size: int = 64  # model input resolution (training crops and evaluation resize)
+    patch_size: int = 8
+    embed_dim: int = 128  # shared image-text embedding width
+    context_length: int = 32  # text tokens (CLIP BPE, including start/end tokens)
+
+
+# -------------------------------------------------------------------------------------- masking
+@dataclass
+class MaskingConfig:
+    strategy: str = "cluster"  # none | random | cluster
+    ratio: float = 0.5  # fraction of patch tokens removed, fixed per run
+    anchor_ratio: float = 0.05  # cluster: fraction of patches drawn as anchors
+    threshold: float = 0.5  # cluster: similarity (Pearson) above which a patch joins an anchor
+    features: str = "rgb"  # cluster: rgb | rgb+embed
+    fusion_samples: int = 0  # rgb+embed: samples seen over which the mix moves from RGB to embed
+    mode: str = "exact"  # exact (fixed ratio) | official (batch-minimum token count)
+    min_mask_ratio: float = 0.3  # official mode only
+    calibrate_coverage: float = 0.0  # >0: pick the threshold so mean cluster coverage hits this
+
+
+# ---------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    run_name: str = "default"
+    runs_dir: str = "runs"
+    samples: int = 40000  # training budget in samples seen
+    batch_size: int = 64  # per process
+    lr: float = 5e-4  # base learning rate per 256 samples, scaled by the global batch
+    warmup_samples: int = 4000
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 0.0  # 0 = off
+    accum_steps: int = 1
+    precision: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
+    compile: bool = False
+    grad_checkpointing: bool = False
+    local_loss: bool = False
+    unmasked_tuning_samples: int = 0  # FLIP: final samples trained with masking off
+    unmasked_tuning_lr_scale: float = 0.1
+    checkpoint_every_samples: int = 10000
+    keep_checkpoints: int = 2
+    log_every_steps: int = 10
+    mask_image_every_steps: int = 200
+
+
+# ----------------------------------------------------------------------------------------- eval
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    linear_probe: bool = True
+    metrics_file: str = "metrics/eval.json"
+
+
+# ------------------------------------------------------------------------------------- launcher
+@dataclass
+class LauncherConfig:
+    executor: str = "local"  # local | slurm | debug
+    partition: str = ""
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: float = 8.0
+    timeout_min: int = 60
+    account: str = ""
+    qos: str = ""
+    job_name: str = "maskvlp"
+    wait: bool = True
+    max_requeues: int = 5
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+
+# ------------------------------------------------------------------------------------- loading
+def _omegaconf_error(exc: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(getattr(exc, "msg", exc)).splitlines()[0]
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        hint = "unknown key: check the spelling against params.yaml's sections"
+    else:
+        hint = "wrong type"
+    return ConfigError(f"{origin}: '{key}': {msg} ({hint})")
+
+
+def load_config(params: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read params.yaml (or only defaults when params is None), apply `key=value` overrides, validate."""
+    schema = OmegaConf.structured(Config)
+    merged: DictConfig = schema
+    if params is not None:
+        path = Path(params)
+        if not path.is_file():
+            raise ConfigError(f"params file '{path}' not found (pass --params FILE)")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml syntax errors
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        if any("${" in line.split("#", 1)[0] for line in path.read_text().splitlines()):
+            raise ConfigError(
+                f"{path}: holds ${{...}} interpolations; 'dvc exp run -S' would rewrite them into "
+                "literal values. Write the values out, or derive them in code."
+            )
+        try:
+            merged = OmegaConf.merge(merged, loaded)
+        except OmegaConfBaseException as exc:
+            raise _omegaconf_error(exc, str(path)) from exc
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. masking.ratio=0.75")
+        key = item.split("=", 1)[0].strip()
+        try:
+            if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
+                raise ConfigError(f"--set {item}: unknown key '{key}'")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise _omegaconf_error(exc, f"--set {item}") from exc
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of a config (for manifests, run directories and hparams)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# ---------------------------------------------------------------------------------- validation
+def _check(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}, got {value!r}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"must be one of {', '.join(choices)}", value)
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks that types alone cannot express. Raises ConfigError."""
+    d = cfg.data
+    _choice("data.source", d.source, ("synthetic", "emoji", "folder", "shards"))
+    _choice("data.image_format", d.image_format, ("jpg", "png", "webp"))
+    _check(d.image_size >= 8, "data.image_size", "must be >= 8 pixels", d.image_size)
+    _check(1 <= d.jpeg_quality <= 100, "data.jpeg_quality", "must be in [1, 100]", d.jpeg_quality)
+    _check(0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
+    _check(d.max_samples_per_shard >= 1, "data.max_samples_per_shard", "must be >= 1", d.max_samples_per_shard)
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0 (0 = one per core)", d.num_workers)
+    _check(d.loader_workers >= 0, "data.loader_workers", "must be >= 0", d.loader_workers)
+    _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1", d.shuffle_buffer)
+    s = d.synthetic
+    _check(s.num_samples >= 1, "data.synthetic.num_samples", "must be >= 1", s.num_samples)
+    _check(1 <= s.min_objects <= 4, "data.synthetic.min_objects", "must be in [1, 4]", s.min_objects)
+    _check(
+        s.min_objects <= s.max_objects <= 4,
+        "data.synthetic.max_objects",
+        f"must be in [min_objects={s.min_objects}, 4]",
+        s.max_objects,
+    )
+    _check(0 <= s.textured_fraction <= 1, "data.synthetic.textured_fraction", "must be in [0, 1]", s.textured_fraction)
+    e = d.emoji
+    _check(e.samples_per_emoji >= 1, "data.emoji.samples_per_emoji", "must be >= 1", e.samples_per_emoji)
+    _check(e.max_emoji >= 0, "data.emoji.max_emoji", "must be >= 0 (0 = all)", e.max_emoji)
+    _check(0 <= e.scene_fraction <= 4, "data.emoji.scene_fraction", "must be in [0, 4]", e.scene_fraction)
+    if d.source == "folder":
+        _check(bool(d.folder.table), "data.folder.table", "must name a CSV/TSV/JSONL/Parquet file", d.folder.table)
+    if d.source == "shards":
+        _check(bool(d.shards.urls), "data.shards.urls", "must name existing shards (brace pattern or glob)", "")
+    a = d.augment
+    _check(0 < a.crop_scale_min <= a.crop_scale_max <= 1, "data.augment.crop_scale_min/max", "must satisfy 0 < min <= max <= 1", (a.crop_scale_min, a.crop_scale_max))
+    _check(0 < a.crop_ratio_min <= a.crop_ratio_max, "data.augment.crop_ratio_min/max", "must satisfy 0 < min <= max", (a.crop_ratio_min, a.crop_ratio_max))
+    _check(len(a.mean) == 3 and len(a.std) == 3, "data.augment.mean/std", "must have 3 values each", (a.mean, a.std))
+    _check(all(v > 0 for v in a.std), "data.augment.std", "must be positive", a.std)
+
+    m = cfg.model
+    _choice("model.vision", m.vision, ("tiny", "S", "B", "L"))
+    _choice("model.text", m.text, ("tiny", "S", "B", "L"))
+    _check(m.patch_size >= 1, "model.patch_size", "must be >= 1", m.patch_size)
+    _check(
+        m.image_size >= m.patch_size and m.image_size % m.patch_size == 0,
+        "model.image_size",
+        f"must be a multiple of model.patch_size={m.patch_size}",
+        m.image_size,
+    )
+    _check(m.embed_dim >= 1, "model.embed_dim", "must be >= 1", m.embed_dim)
+    _check(m.context_length >= 3, "model.context_length", "must be >= 3", m.context_length)
+
+    k = cfg.masking
+    _choice("masking.strategy", k.strategy, ("none", "random", "cluster"))
+    _check(0 <= k.ratio < 1 and not math.isnan(k.ratio), "masking.ratio", "must be in [0, 1)", k.ratio)
+    num_patches = (m.image_size // m.patch_size) ** 2
+    _check(
+        int(num_patches * (1 - k.ratio)) >= 1,
+        "masking.ratio",
+        f"keeps no token of the {num_patches} patches; lower it",
+        k.ratio,
+    )
+    _check(0 < k.anchor_ratio <= 1, "masking.anchor_ratio", "must be in (0, 1]", k.anchor_ratio)
+    _check(-1 <= k.threshold <= 1, "masking.threshold", "must be a similarity in [-1, 1]", k.threshold)
+    _choice("masking.features", k.features, ("rgb", "rgb+embed"))
+    _check(k.fusion_samples >= 0, "masking.fusion_samples", "must be >= 0", k.fusion_samples)
+    _choice("masking.mode", k.mode, ("exact", "official"))
+    _check(0 <= k.min_mask_ratio < 1, "masking.min_mask_ratio", "must be in [0, 1)", k.min_mask_ratio)
+    _check(0 <= k.calibrate_coverage < 1, "masking.calibrate_coverage", "must be in [0, 1) (0 = off)", k.calibrate_coverage)
+
+    t = cfg.train
+    _check(bool(t.run_name) and "/" not in t.run_name, "train.run_name", "must be a non-empty name without '/'", t.run_name)
+    _check(t.samples >= 1, "train.samples", "must be >= 1", t.samples)
+    _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
+    _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    _check(t.warmup_samples >= 0, "train.warmup_samples", "must be >= 0", t.warmup_samples)
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)", (t.beta1, t.beta2))
+    _check(t.eps > 0, "train.eps", "must be > 0", t.eps)
+    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)", t.grad_clip)
+    _check(t.accum_steps >= 1, "train.accum_steps", "must be >= 1", t.accum_steps)
+    _choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
+    _check(
+        0 <= t.unmasked_tuning_samples < t.samples,
+        "train.unmasked_tuning_samples",
+        f"must be in [0, train.samples={t.samples})",
+        t.unmasked_tuning_samples,
+    )
+    _check(t.unmasked_tuning_lr_scale > 0, "train.unmasked_tuning_lr_scale", "must be > 0", t.unmasked_tuning_lr_scale)
+    _check(t.checkpoint_every_samples >= 1, "train.checkpoint_every_samples", "must be >= 1", t.checkpoint_every_samples)
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
+    _check(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1", t.log_every_steps)
+    _check(t.mask_image_every_steps >= 0, "train.mask_image_every_steps", "must be >= 0 (0 = off)", t.mask_image_every_steps)
+
+    _check(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
+
+    la = cfg.launcher
+    _choice("launcher.executor", la.executor, ("local", "slurm", "debug"))
+    _check(la.nodes >= 1, "launcher.nodes", "must be >= 1", la.nodes)
+    _check(la.tasks_per_node >= 1, "launcher.tasks_per_node", "must be >= 1", la.tasks_per_node)
+    _check(la.gpus_per_node >= 0, "launcher.gpus_per_node", "must be >= 0", la.gpus_per_node)
+    _check(la.cpus_per_task >= 1, "launcher.cpus_per_task", "must be >= 1", la.cpus_per_task)
+    _check(la.mem_gb > 0, "launcher.mem_gb", "must be > 0", la.mem_gb)
+    _check(la.timeout_min >= 1, "launcher.timeout_min", "must be >= 1", la.timeout_min)
+    _check(la.max_requeues >= 0, "launcher.max_requeues", "must be >= 0", la.max_requeues)

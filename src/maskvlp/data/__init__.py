@@ -1,0 +1,1 @@
+"""Data: embedded and real sources, sharding, streaming loaders, tokenizer."""

@@ -1,0 +1,105 @@
+"""Turn a raw sample into what a shard stores, or say exactly why it cannot be used.
+
+Images of any mode (CMYK, palette, 16-bit, alpha, ...) become 8-bit RGB, are resized so the shorter
+side is `image_size`, centre-cropped square and re-encoded. Captions must be non-empty valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maskvlp.data.sources import RawSample, Skip
+
+_PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass
+class CleanSample:
+    key: str
+    image: bytes  # encoded in the shard's image format
+    caption: str
+    meta: dict[str, Any]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; transparency is composited on white; 16-bit and float images are rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    cw, ch = size / scale, size / scale  # the crop box in source pixels, centred
+    left, top = (w - cw) / 2, (h - ch) / 2
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch),
+                      reducing_gap=3.0)
+
+
+def decode_image(data: bytes) -> Image.Image | Skip:
+    if len(data) == 0:
+        return Skip("empty_file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except UnidentifiedImageError as exc:
+        return Skip("unreadable_image", detail=str(exc))
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow: "image file is truncated", "broken data stream", ...
+        reason = "truncated_image" if "truncat" in str(exc) or "broken" in str(exc) else "unreadable_image"
+        return Skip(reason, detail=str(exc))
+    except Image.DecompressionBombError as exc:
+        return Skip("image_too_large", detail=str(exc))
+    if img.width < 1 or img.height < 1:
+        return Skip("unreadable_image", detail="zero-sized image")
+    return img
+
+
+def clean_caption(caption: str | bytes | None) -> str | Skip:
+    if caption is None:
+        return Skip("missing_caption")
+    if isinstance(caption, bytes):
+        try:
+            caption = caption.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Skip("caption_not_utf8", detail=str(exc))
+    try:
+        caption.encode("utf-8")  # surrogates left by a table read with surrogateescape
+    except UnicodeEncodeError as exc:
+        return Skip("caption_not_utf8", detail=str(exc))
+    caption = " ".join(caption.split())
+    return caption if caption else Skip("empty_caption")
+
+
+def normalise(raw: RawSample, image_size: int, image_format: str, jpeg_quality: int) -> CleanSample | Skip:
+    caption = clean_caption(raw.caption)
+    if isinstance(caption, Skip):
+        return Skip(caption.reason, raw.key, caption.detail)
+    img = raw.image if isinstance(raw.image, Image.Image) else decode_image(raw.image)
+    if isinstance(img, Skip):
+        return Skip(img.reason, raw.key, img.detail)
+    try:
+        rgb = resize_center_crop(to_rgb(img), image_size)
+    except (OSError, ValueError) as exc:
+        return Skip("unreadable_image", raw.key, str(exc))
+    buf = io.BytesIO()
+    opts = {"quality": jpeg_quality} if image_format in ("jpg", "webp") else {}
+    rgb.save(buf, format=_PIL_FORMAT[image_format], **opts)
+    return CleanSample(raw.key, buf.getvalue(), caption, raw.meta)

@@ -1,0 +1,199 @@
+"""The `shard` stage: any source -> webdataset tar shards + manifest.json.
+
+Output: `{out_dir}/{train,val}-%06d.tar` with `{key}.{jpg|png|webp}`, `{key}.txt` and `{key}.json`
+per sample (readable by open_clip / img2dataset tooling), and `{out_dir}/manifest.json` recording per
+split the sample count and shards with sha256, the source, the params used and the skipped inputs
+by reason. Shards and manifest are written under a temporary name and renamed when complete, and
+tar headers carry a fixed mtime, so the same params give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from tqdm import tqdm
+
+from maskvlp import __version__
+from maskvlp.config import Config, to_dict
+from maskvlp.data.normalise import CleanSample, normalise
+from maskvlp.data.sources import RawSample, Skip, make_source
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+
+
+class ShardError(RuntimeError):
+    """Sharding cannot produce a usable dataset (e.g. every input was skipped)."""
+
+
+def split_of(key: str, seed: int, val_fraction: float) -> str:
+    """Deterministic train/val assignment from (seed, key) alone: independent of order and workers."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return "val" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class AtomicShardWriter:
+    """Writes `{prefix}-%06d.tar` shards of at most `max_count` samples, each renamed into place when
+    closed, so a half-written shard never carries its final name."""
+
+    def __init__(self, out_dir: Path, prefix: str, max_count: int, ext: str):
+        self.out_dir, self.prefix, self.max_count, self.ext = out_dir, prefix, max_count, ext
+        self.shards: list[dict[str, Any]] = []
+        self._fh = self._tar = None
+        self._count = 0
+
+    def write(self, sample: CleanSample) -> None:
+        if self._tar is None or self._count >= self.max_count:
+            self._finish()
+            name = f"{self.prefix}-{len(self.shards):06d}.tar"
+            self._fh = open(self.out_dir / (name + ".tmp"), "wb")
+            self._tar = wds.TarWriter(self._fh, mtime=0, encoder=False)
+            self._name, self._count = name, 0
+        meta = json.dumps(sample.meta, sort_keys=True, ensure_ascii=False).encode()
+        self._tar.write({"__key__": sample.key, self.ext: sample.image, "txt": sample.caption.encode(), "json": meta})
+        self._count += 1
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._fh.close()
+        final = self.out_dir / self._name
+        os.replace(self.out_dir / (self._name + ".tmp"), final)
+        self.shards.append({"name": self._name, "count": self._count, "sha256": sha256_file(final)})
+        self._tar = self._fh = None
+
+    def close(self) -> list[dict[str, Any]]:
+        self._finish()
+        return self.shards
+
+
+# The source and settings live in each worker process (set once by the pool initialiser).
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(source, image_size: int, image_format: str, jpeg_quality: int) -> None:
+    _worker.update(source=source, args=(image_size, image_format, jpeg_quality))
+
+
+def _process(item) -> CleanSample | Skip:
+    raw = _worker["source"].load(item)
+    if isinstance(raw, Skip):
+        return raw
+    assert isinstance(raw, RawSample)
+    return normalise(raw, *_worker["args"])
+
+
+def _results(source, cfg: Config, workers: int) -> Iterator[CleanSample | Skip]:
+    d = cfg.data
+    init = (source, d.image_size, d.image_format, d.jpeg_quality)
+    if workers <= 1:
+        _init_worker(*init)
+        yield from map(_process, source.items())
+        return
+    # imap keeps input order, so the output does not depend on the number of workers
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        yield from pool.imap(_process, source.items(), chunksize=32)
+
+
+def clear_outputs(out_dir: Path) -> None:
+    for path in list(out_dir.glob("*.tar")) + list(out_dir.glob("*.tmp")) + [out_dir / MANIFEST]:
+        if path.exists():
+            path.unlink()
+
+
+def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
+    """Run the shard stage for `cfg.data`; returns the manifest (also written to out_dir)."""
+    d = cfg.data
+    source = make_source(cfg)  # fails early, with a clear message, on a bad table / missing font
+    out_dir = Path(d.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out_dir)
+    writers = {s: AtomicShardWriter(out_dir, s, d.max_samples_per_shard, d.image_format) for s in SPLITS}
+    skipped: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    seen_keys: set[str] = set()
+    workers = d.num_workers or os.cpu_count() or 1
+    total = len(source) if hasattr(source, "__len__") else None
+    bar = tqdm(_results(source, cfg, workers), total=total, desc=f"shard {d.source}", unit="img",
+               disable=not progress, dynamic_ncols=True)
+    for result in bar:
+        if isinstance(result, CleanSample) and result.key in seen_keys:
+            result = Skip("duplicate_key", result.key)
+        if isinstance(result, Skip):
+            skipped[result.reason] += 1
+            if len(examples.setdefault(result.reason, [])) < 5:
+                examples[result.reason].append(f"{result.key}: {result.detail}".strip(": "))
+            bar.set_postfix(skipped=sum(skipped.values()))
+            continue
+        seen_keys.add(result.key)
+        writers[split_of(result.key, cfg.seed, d.val_fraction)].write(result)
+    splits = {s: w.close() for s, w in writers.items()}
+    counts = {s: sum(sh["count"] for sh in shards) for s, shards in splits.items()}
+    if sum(counts.values()) == 0:
+        clear_outputs(out_dir)
+        detail = ", ".join(f"{r}={n}" for r, n in skipped.most_common()) or "the source is empty"
+        raise ShardError(f"every input was skipped ({detail}); examples: {examples}. Check data.{d.source}.")
+    manifest = {
+        "format": "maskvlp-shards/1",
+        "maskvlp_version": __version__,
+        "source": source.describe(),
+        "params": {"seed": cfg.seed, "data": to_dict(cfg)["data"]},
+        "image_ext": d.image_format,
+        "splits": {s: {"count": counts[s], "shards": splits[s]} for s in SPLITS},
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_examples": examples,
+    }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    lines = [
+        f"{s}: {v['count']} samples in {len(v['shards'])} shard(s)" for s, v in manifest["splits"].items()
+    ]
+    skipped = manifest["skipped"]
+    if skipped:
+        lines.append(f"skipped {sum(skipped.values())}: " + ", ".join(f"{k}={n}" for k, n in skipped.items()))
+        for reason, ex in manifest["skipped_examples"].items():
+            lines.append(f"  {reason}, e.g. {ex[0]}")
+    else:
+        lines.append("skipped 0")
+    return "\n".join(lines)
+
+
+def load_manifest(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no shard manifest at '{path}': run `maskvlp shard` (or `dvc repro shard`) first")
+    return json.loads(path.read_text())
+
+
+def shard_paths(out_dir: str | Path, split: str) -> list[str]:
+    """The shard files of a split, as listed in the manifest (in order)."""
+    manifest = load_manifest(out_dir)
+    shards = manifest["splits"].get(split, {}).get("shards", [])
+    return [str(Path(out_dir) / sh["name"]) for sh in shards]

@@ -1,0 +1,250 @@
+"""Where image-caption pairs come from: generated scenes, emoji, a folder + table, existing shards.
+
+A source lists light, picklable `items()` in the main process; `load(item)` runs in a worker and
+returns a :class:`RawSample` (image as a PIL image or undecoded bytes) or a :class:`Skip` naming
+why the input cannot be used. Decoding and checking the bytes happens later, in `normalise.py`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from braceexpand import braceexpand
+from PIL import Image
+
+from maskvlp.config import Config, ConfigError
+from maskvlp.data import emoji, synthetic
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class RawSample:
+    key: str
+    image: Image.Image | bytes
+    caption: str | bytes | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str  # e.g. missing_file, unreadable_image, empty_caption, duplicate_key, truncated_tar
+    key: str = ""
+    detail: str = ""
+
+
+def sanitize_key(text: str) -> str:
+    """A webdataset key: no dots (they start the extension) and no path separators."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "sample"
+
+
+class SyntheticSource:
+    def __init__(self, cfg: Config):
+        self.seed, self.size, self.s = cfg.seed, cfg.data.image_size, cfg.data.synthetic
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "synthetic", "num_samples": self.s.num_samples, "classes": synthetic.CLASS_NAMES}
+
+    def __len__(self) -> int:
+        return self.s.num_samples
+
+    def items(self) -> Iterator[int]:
+        return iter(range(self.s.num_samples))
+
+    def load(self, index: int) -> RawSample:
+        image, caption, meta = synthetic.generate_scene(
+            self.seed, index, self.size, self.s.min_objects, self.s.max_objects, self.s.textured_fraction
+        )
+        return RawSample(f"syn{index:07d}", image, caption, meta)
+
+
+class EmojiSource:
+    def __init__(self, cfg: Config):
+        self.seed, self.size, self.e = cfg.seed, cfg.data.image_size, cfg.data.emoji
+        table = emoji.list_emoji(self.e.font_path)  # raises EmojiFontMissing with an install hint
+        self.table = table[: self.e.max_emoji] if self.e.max_emoji else table
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "emoji", "font": self.e.font_path, "num_classes": len(self.table),
+                "classes": [name for _, name in self.table]}
+
+    def _num_scenes(self) -> int:
+        return int(round(self.e.scene_fraction * len(self.table) * self.e.samples_per_emoji))
+
+    def __len__(self) -> int:
+        return len(self.table) * self.e.samples_per_emoji + self._num_scenes()
+
+    def items(self) -> Iterator[tuple[tuple[int, ...], int]]:
+        codepoints = [cp for cp, _ in self.table]
+        for cp in codepoints:
+            for j in range(self.e.samples_per_emoji):
+                yield (cp,), j
+        n_scenes = self._num_scenes()
+        rng = np.random.default_rng([self.seed, 0xE30])
+        for j in range(n_scenes):
+            a, b = rng.choice(len(codepoints), size=2, replace=False)
+            yield (codepoints[a], codepoints[b]), j
+
+    def load(self, item: tuple[tuple[int, ...], int]) -> RawSample:
+        cps, variant = item
+        image, caption, meta = emoji.render_sample(self.e.font_path, cps, self.seed, variant, self.size)
+        if len(cps) == 1:
+            meta["label"] = [cp for cp, _ in self.table].index(cps[0])
+        key = "emo" + "-".join(f"{cp:05x}" for cp in cps) + f"-{variant}"
+        return RawSample(key, image, caption, meta)
+
+
+def read_table(path: Path):  # -> pandas.DataFrame
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    # surrogateescape keeps a row with bad bytes readable; normalise.py then skips that caption
+    text_opts = {"encoding": "utf-8", "encoding_errors": "surrogateescape", "keep_default_na": False}
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str, **text_opts)
+    if suffix == ".tsv":
+        return pd.read_csv(path, sep="\t", dtype=str, quoting=3, **text_opts)
+    if suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            return pd.read_json(fh, lines=True, dtype=False)
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    raise ConfigError(f"data.folder.table: '{path}' must end in .csv, .tsv, .jsonl or .parquet")
+
+
+class FolderSource:
+    def __init__(self, cfg: Config):
+        f = cfg.data.folder
+        self.table_path = Path(f.table)
+        if not self.table_path.is_file():
+            raise ConfigError(f"data.folder.table: '{f.table}' not found")
+        self.root = Path(f.images_dir) if f.images_dir else self.table_path.parent
+        if not self.root.is_dir():
+            raise ConfigError(f"data.folder.images_dir: '{self.root}' is not a directory")
+        df = read_table(self.table_path)
+        for key, col in (("path_column", f.path_column), ("caption_column", f.caption_column),
+                         ("label_column", f.label_column)):
+            if col and col not in df.columns:
+                raise ConfigError(
+                    f"data.folder.{key}: column '{col}' not in {self.table_path} "
+                    f"(columns: {', '.join(map(str, df.columns))})"
+                )
+        self.rows = [
+            (str(p), c if isinstance(c, str) else ("" if c is None else str(c)),
+             None if not f.label_column else lab)
+            for p, c, lab in zip(df[f.path_column], df[f.caption_column],
+                                 df[f.label_column] if f.label_column else [None] * len(df))
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "folder", "table": str(self.table_path), "images_dir": str(self.root), "rows": len(self.rows)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def items(self) -> Iterator[tuple[str, str, Any]]:
+        return iter(self.rows)
+
+    def load(self, item: tuple[str, str, Any]) -> RawSample | Skip:
+        rel, caption, label = item
+        key = sanitize_key(str(Path(rel).with_suffix("")))
+        path = self.root / rel
+        if not path.is_file():
+            return Skip("missing_file", key, str(path))
+        meta = {"source_path": rel}
+        if label is not None:
+            meta["label_name"] = str(label)
+        return RawSample(key, path.read_bytes(), caption, meta)
+
+
+def expand_urls(pattern: str) -> list[str]:
+    """Shard paths from a brace pattern ("a-{000..009}.tar"), a glob, or several joined by '::'."""
+    urls: list[str] = []
+    for part in pattern.split("::"):
+        for expanded in braceexpand(part):
+            matches = sorted(glob.glob(expanded)) if any(ch in expanded for ch in "*?[") else [expanded]
+            urls.extend(matches)
+    return urls
+
+
+class ShardSource:
+    """Existing webdataset / img2dataset shards ({key}.jpg|png|webp + {key}.txt [+ {key}.json]).
+
+    Read with the standard library's tarfile rather than webdataset's iterators: validation needs
+    to tell a truncated tar, a sample without image and one without caption apart, and count each.
+    """
+
+    def __init__(self, cfg: Config):
+        self.urls = expand_urls(cfg.data.shards.urls)
+        missing = [u for u in self.urls if not Path(u).is_file()]
+        if not self.urls or missing:
+            raise ConfigError(f"data.shards.urls: no shard file at {missing[:3] or cfg.data.shards.urls!r}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "shards", "urls": self.urls}
+
+    def items(self) -> Iterator[RawSample | Skip]:
+        for url in self.urls:
+            yield from self._read(url)
+
+    def load(self, item: RawSample | Skip) -> RawSample | Skip:
+        return item
+
+    @staticmethod
+    def _group(url: str) -> Iterator[tuple[str, dict[str, bytes]] | Skip]:
+        current, files = None, {}
+        try:
+            with tarfile.open(url, "r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    name = Path(member.name)
+                    key, _, ext = name.name.partition(".")
+                    key = str(name.parent / key) if str(name.parent) != "." else key
+                    if key != current:
+                        if current is not None:
+                            yield current, files
+                        current, files = key, {}
+                    data = tar.extractfile(member)
+                    files[ext.lower()] = data.read() if data else b""
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            # the partially read sample is incomplete: drop it with the rest of the tar
+            yield Skip("truncated_tar", str(current or ""), f"{url}: {exc}")
+            return
+        if current is not None:
+            yield current, files
+
+    def _read(self, url: str) -> Iterator[RawSample | Skip]:
+        for entry in self._group(url):
+            if isinstance(entry, Skip):
+                yield entry
+                continue
+            key, files = entry
+            image_ext = next((e for e in IMAGE_EXTS if e in files), None)
+            if image_ext is None:
+                yield Skip("missing_image", key, url)
+                continue
+            if "txt" not in files:
+                yield Skip("missing_caption", key, url)
+                continue
+            meta: dict[str, Any] = {}
+            if "json" in files:
+                try:
+                    meta = json.loads(files["json"])
+                    meta = meta if isinstance(meta, dict) else {"json": meta}
+                except ValueError:
+                    meta = {}
+            yield RawSample(sanitize_key(key), files[image_ext], files["txt"], meta)
+
+
+def make_source(cfg: Config):
+    kinds = {"synthetic": SyntheticSource, "emoji": EmojiSource, "folder": FolderSource, "shards": ShardSource}
+    return kinds[cfg.data.source](cfg)

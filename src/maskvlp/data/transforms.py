@@ -1,0 +1,79 @@
+"""Decoding and augmentation for the loader, kept cheap: images stay uint8 until the device.
+
+The training path decodes a JPEG at reduced size when the crop allows it (`Image.draft`), and
+crops and resizes in one Pillow call (`resize(box=...)`); normalisation happens on the device with
+:func:`normalize`, so workers ship 4x fewer bytes than float tensors.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maskvlp.data.normalise import resize_center_crop, to_rgb
+
+
+def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
+                            rng: random.Random) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a crop covering `scale` of the area with aspect in `ratio`
+    (torchvision's RandomResizedCrop sampling: 10 tries, then a centre crop)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = math.sqrt(target * aspect)
+        h = math.sqrt(target / aspect)
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.uniform(0, width - w)
+            top = rng.uniform(0, height - h)
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, width / ratio[0]
+    elif in_ratio > ratio[1]:
+        w, h = height * ratio[1], height
+    else:
+        w, h = width, height
+    left, top = (width - w) / 2, (height - h) / 2
+    return left, top, left + w, top + h
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def train_image(data: bytes, out_size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                rng: random.Random) -> torch.Tensor:
+    """Decode + RandomResizedCrop(out_size) + uint8 tensor (3, out_size, out_size)."""
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    left, top, right, bottom = random_resized_crop_box(width, height, scale, ratio, rng)
+    if img.format == "JPEG":
+        # Decode at 1/2, 1/4 or 1/8 size when the crop will be shrunk at least that much anyway.
+        shrink = min((right - left) / out_size, (bottom - top) / out_size)
+        if shrink >= 2:
+            img.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
+            fx, fy = img.size[0] / width, img.size[1] / height
+            left, top, right, bottom = left * fx, top * fy, right * fx, bottom * fy
+    img = to_rgb(img)
+    img = img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
+    return to_uint8_tensor(img)
+
+
+def eval_image(data: bytes, out_size: int) -> torch.Tensor:
+    """Decode + resize shorter side + centre crop: the full image, as evaluation sees it."""
+    return to_uint8_tensor(resize_center_crop(to_rgb(Image.open(io.BytesIO(data))), out_size))
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W) normalised with per-channel mean/std (in [0, 1] units)."""
+    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return (images.float() - m) / s
