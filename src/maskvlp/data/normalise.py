@@ -63,7 +63,8 @@ def decode_image(data: bytes) -> Image.Image | Skip:
         return Skip("unreadable_image", detail=str(exc))
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow: "image file is truncated", "broken data stream", ...
-        reason = "truncated_image" if "truncat" in str(exc) or "broken" in str(exc) else "unreadable_image"
+        text = str(exc).lower()
+        reason = "truncated_image" if "truncat" in text or "broken" in text else "unreadable_image"
         return Skip(reason, detail=str(exc))
     except Image.DecompressionBombError as exc:
         return Skip("image_too_large", detail=str(exc))

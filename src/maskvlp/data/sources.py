@@ -109,9 +109,9 @@ def read_table(path: Path):  # -> pandas.DataFrame
     # surrogateescape keeps a row with bad bytes readable; normalise.py then skips that caption
     text_opts = {"encoding": "utf-8", "encoding_errors": "surrogateescape", "keep_default_na": False}
     if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, **text_opts)
+        return pd.read_csv(path, dtype=object, **text_opts)
     if suffix == ".tsv":
-        return pd.read_csv(path, sep="\t", dtype=str, quoting=3, **text_opts)
+        return pd.read_csv(path, sep="\t", dtype=object, quoting=3, **text_opts)
     if suffix in (".jsonl", ".json"):
         with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             return pd.read_json(fh, lines=True, dtype=False)

@@ -136,9 +136,8 @@ def _negatives(rng: np.random.Generator, objs: list[SceneObject], relation: str 
     else:
         other = [c for c in COLORS if c != first.color]
         swapped = [replace(first, color=other[rng.integers(len(other))]), *objs[1:]]
-    present = {o.shape for o in objs}
-    absent = [s for s in SHAPES if s not in present]
-    replaced = [replace(first, shape=absent[rng.integers(len(absent))]), *objs[1:]]
+    others = [s for s in SHAPES if s != first.shape]
+    replaced = [replace(first, shape=others[rng.integers(len(others))]), *objs[1:]]
     return {
         "attribute": _caption(swapped, relation),
         "relation": _caption(objs, OPPOSITE[relation]) if relation else None,

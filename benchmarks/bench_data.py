@@ -1,0 +1,177 @@
+"""Data-path benchmark: sharding throughput, per-core decode+augment at 224 px, streaming loader.
+
+    .venv/bin/python benchmarks/bench_data.py            # full run (~2-3 min on 2 cores)
+    .venv/bin/python benchmarks/bench_data.py --quick    # smoke run (small counts)
+
+Prints one markdown table. All scratch data lives in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from maskvlp.config import CLIP_MEAN, CLIP_STD, load_config
+from maskvlp.data.loader import StreamSpec, train_loader
+from maskvlp.data.shards import shard, shard_paths
+from maskvlp.data.transforms import normalize, train_image
+
+SIZE = 224
+SCALE, RATIO = (0.9, 1.0), (0.75, 4 / 3)
+Row = tuple[str, str, float, int, str]  # section, case, images/s, cores, note
+
+
+def make_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
+    """Smooth random colour field + gradient + mild grain: compresses like a photo, not like noise."""
+    coarse = rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.float32)
+    gradient = np.linspace(-40, 40, width, dtype=np.float32)[None, :, None]
+    grain = rng.normal(0, 6, (height, width, 3)).astype(np.float32)
+    pixels = np.clip(smooth + gradient + grain, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def rate(fn: Callable[[int, bytes], object], items: Sequence[bytes], repeats: int, warmup: int = 16) -> float:
+    """Images/s of fn over items, median of `repeats` timed passes after a short warmup."""
+    for i, data in enumerate(items[:warmup]):
+        fn(i, data)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i, data in enumerate(items):
+            fn(i, data)
+        times.append(time.perf_counter() - start)
+    return len(items) / statistics.median(times)
+
+
+# ------------------------------------------------------------------------------------ 1. sharding
+def bench_sharding(tmp: Path, num_samples: int) -> list[Row]:
+    rows, rates = [], {}
+    for workers in (1, 2):
+        cfg = load_config(None, [f"data.out_dir={tmp / f'synthetic-{workers}'}",
+                                 f"data.synthetic.num_samples={num_samples}", f"data.num_workers={workers}"])
+        start = time.perf_counter()
+        shard(cfg, progress=False)
+        rates[workers] = num_samples / (time.perf_counter() - start)
+        rows.append(("shard", f"synthetic {cfg.data.image_size}px, {workers} worker(s)", rates[workers], workers,
+                     f"{num_samples} samples"))
+    rows[-1] = rows[-1][:4] + (f"{rows[-1][4]}; 2w/1w = {rates[2] / rates[1]:.2f}x",)
+    return rows
+
+
+# ------------------------------------------------------------------------------- 2. per-core path
+def bench_per_core(jpegs: dict[str, list[bytes]], repeats: int) -> list[Row]:
+    baseline = v2.Compose([
+        v2.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO, antialias=True),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+    def decode(i: int, data: bytes) -> Image.Image:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+
+    def torchvision_path(i: int, data: bytes) -> torch.Tensor:
+        return baseline(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    def maskvlp_path(i: int, data: bytes) -> torch.Tensor:
+        return train_image(data, SIZE, SCALE, RATIO, random.Random(i))
+
+    rows: list[Row] = []
+    for name, items in jpegs.items():
+        w, h = Image.open(io.BytesIO(items[0])).size
+        case = f"{name} {w}x{h}"
+        a = rate(torchvision_path, items, repeats)
+        b = rate(maskvlp_path, items, repeats)
+        c = rate(decode, items, repeats)
+        rows += [
+            ("per-core", f"{case}: (a) PIL + torchvision v2 RRC/ToDtype/Normalize", a, 1, "float32 out"),
+            ("per-core", f"{case}: (b) maskvlp train_image", b, 1, f"uint8 out; b/a = {b / a:.2f}x"),
+            ("per-core", f"{case}: (c) PIL decode only", c, 1, "ceiling"),
+        ]
+    batch = torch.randint(0, 256, (256, 3, SIZE, SIZE), dtype=torch.uint8)
+    normalize(batch, CLIP_MEAN, CLIP_STD)  # warmup
+    times = []
+    for _ in range(max(3, repeats)):
+        start = time.perf_counter()
+        normalize(batch, CLIP_MEAN, CLIP_STD)
+        times.append(time.perf_counter() - start)
+    rows.append(("per-core", "maskvlp normalize on CPU (batch 256)", 256 / statistics.median(times), 1,
+                 "done on the device in training"))
+    return rows
+
+
+# ------------------------------------------------------------------------------ 3. streaming loader
+def bench_loader(tmp: Path, jpegs: list[bytes], batches: int, warmup: int = 2) -> list[Row]:
+    images = tmp / "folder"
+    images.mkdir()
+    with open(images / "table.csv", "w", newline="") as fh:
+        table = csv.writer(fh)
+        table.writerow(["path", "caption"])
+        for i, data in enumerate(jpegs):
+            (images / f"img_{i:05d}.jpg").write_bytes(data)
+            table.writerow([f"img_{i:05d}.jpg", f"a synthetic test image number {i}"])
+    out_dir = tmp / "shards-224"
+    shard(load_config(None, ["data.source=folder", f"data.folder.table={images / 'table.csv'}",
+                             f"data.image_size={SIZE}", f"data.out_dir={out_dir}", "data.val_fraction=0",
+                             "data.max_samples_per_shard=128", "data.num_workers=2"]), progress=False)
+    urls = tuple(shard_paths(out_dir, "train"))
+    spec = StreamSpec(urls=urls, batch_size=64, image_size=SIZE, context_length=77, seed=0)
+    rows: list[Row] = []
+    for workers in (0, 2):
+        it = iter(train_loader(spec, num_workers=workers))
+        for _ in range(warmup):
+            next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        elapsed = time.perf_counter() - start
+        del it  # shuts the workers down
+        rows.append(("loader", f"train_loader 224px shards, num_workers={workers}",
+                     batches * spec.batch_size / elapsed, max(1, workers),
+                     f"{batches} batches of 64, {len(urls)} shards"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    args = parser.parse_args()
+    n_shard, n_img, repeats, batches = (300, 64, 1, 4) if args.quick else (2000, 512, 3, 30)
+    torch.set_num_threads(1)
+
+    rng = np.random.default_rng(0)
+    jpegs = {
+        "small": [make_jpeg(rng, 320, 256) for _ in range(n_img)],
+        "large": [make_jpeg(rng, 640, 480) for _ in range(n_img)],
+    }
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        rows += bench_sharding(Path(tmp), n_shard)
+        rows += bench_per_core(jpegs, repeats)
+        rows += bench_loader(Path(tmp), jpegs["small"], batches)
+
+    print(f"\ntorch {torch.__version__}, {os.cpu_count()} CPU(s), torch threads {torch.get_num_threads()}\n")
+    print("| section | case | images/s | cores | images/s/core | note |")
+    print("|---|---|---:|---:|---:|---|")
+    for section, case, ips, cores, note in rows:
+        print(f"| {section} | {case} | {ips:,.0f} | {cores} | {ips / cores:,.0f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

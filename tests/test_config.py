@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from maskvlp.config import Config, ConfigError, load_config, to_dict
+
+from .conftest import ROOT
+
+
+def test_repository_params_yaml_is_valid_and_complete():
+    cfg = load_config(ROOT / "params.yaml")
+    assert isinstance(cfg, Config)
+    # every field of every section is written out in params.yaml (no silent defaults)
+    import yaml
+
+    written = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and v:
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    assert keys(to_dict(cfg)) == keys(written)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_rejected_with_its_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"masking\.ratoi"):
+        load_config(write(tmp_path, "masking:\n  ratoi: 0.5\n"))
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="optimiser"):
+        load_config(write(tmp_path, "optimiser:\n  lr: 1\n"))
+
+
+def test_wrong_type_is_rejected_with_its_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.image_size"):
+        load_config(write(tmp_path, "data:\n  image_size: big\n"))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("masking.ratio=1.0", "masking.ratio"),
+        ("masking.ratio=-0.1", "masking.ratio"),
+        ("masking.anchor_ratio=0", "masking.anchor_ratio"),
+        ("masking.threshold=1.5", "masking.threshold"),
+        ("masking.strategy=blocks", "masking.strategy"),
+        ("data.val_fraction=1", "data.val_fraction"),
+        ("data.source=web", "data.source"),
+        ("model.image_size=60", "model.image_size"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("launcher.executor=k8s", "launcher.executor"),
+        ("data.synthetic.max_objects=9", "data.synthetic.max_objects"),
+    ],
+)
+def test_out_of_range_values_are_rejected(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_ratio_that_keeps_no_token_is_rejected():
+    # 64 px / 32 px patches = 4 patches; ratio 0.9 keeps int(0.4) = 0 tokens
+    with pytest.raises(ConfigError, match="keeps no token"):
+        load_config(None, ["model.patch_size=32", "masking.ratio=0.9"])
+
+
+def test_overrides_apply_and_are_typed():
+    cfg = load_config(ROOT / "params.yaml", ["masking.ratio=0.75", "data.synthetic.num_samples=10"])
+    assert cfg.masking.ratio == 0.75
+    assert cfg.data.synthetic.num_samples == 10
+
+
+@pytest.mark.parametrize("bad", ["masking.nope=1", "nope=1", "masking.ratio"])
+def test_bad_overrides_are_rejected(bad):
+    with pytest.raises(ConfigError):
+        load_config(None, [bad])
+
+
+def test_interpolations_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="interpolation"):
+        load_config(write(tmp_path, "seed: 1\ntrain:\n  run_name: r${seed}\n"))
+
+
+def test_missing_params_file_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="--params"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,153 @@
+"""Folder + table and existing-shard sources, with every kind of bad input: skipped, counted, never a crash."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from maskvlp.config import ConfigError
+from maskvlp.data.normalise import to_rgb
+from maskvlp.data.shards import ShardError, shard
+
+from .conftest import make_cfg
+
+
+def _jpeg(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else (0, 200, 200, 0)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_folder(root: Path) -> list[dict]:
+    """Images of every odd kind plus broken ones; returns the table rows."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sub").mkdir(exist_ok=True)
+    good = {
+        "rgb.jpg": _jpeg(),
+        "sub/cmyk.jpg": _jpeg(mode="CMYK"),
+        "palette.png": _png(Image.new("P", (20, 20), 3)),
+        "alpha.png": _png(Image.new("RGBA", (20, 20), (0, 0, 255, 0))),
+        "la.png": _png(Image.new("LA", (20, 20), (10, 128))),
+        "gray16.png": _png(Image.fromarray(np.full((16, 16), 65535, dtype=np.uint16))),
+        "tall.png": _png(Image.new("RGB", (10, 80), (0, 255, 0))),
+    }
+    bad = {
+        "empty.jpg": b"",
+        "garbage.jpg": b"this is not an image at all" * 10,
+        "truncated.jpg": _jpeg(size=(200, 200))[:300],
+    }
+    for name, data in {**good, **bad}.items():
+        (root / name).write_bytes(data)
+    rows = [{"path": n, "caption": f"picture {i}"} for i, n in enumerate({**good, **bad})]
+    rows.append({"path": "missing.jpg", "caption": "gone"})
+    rows.append({"path": "rgb.jpg", "caption": "the same file listed twice"})  # duplicate key
+    rows.append({"path": "tall.png", "caption": "   "})  # empty caption (and duplicate, caption checked first)
+    return rows
+
+
+def test_to_rgb_handles_odd_modes():
+    white16 = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert np.asarray(to_rgb(white16)).min() == 255  # 16-bit white stays white, not clipped grey
+    clear = Image.new("RGBA", (4, 4), (0, 0, 255, 0))
+    assert tuple(np.asarray(to_rgb(clear))[0, 0]) == (255, 255, 255)  # transparent -> white background
+    assert to_rgb(Image.new("CMYK", (4, 4))).mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+def test_folder_source_skips_and_counts_each_bad_input(tmp_path, fmt):
+    rows = make_folder(tmp_path / "imgs")
+    df = pd.DataFrame(rows)
+    table = tmp_path / f"pairs.{fmt}"
+    {"csv": lambda: df.to_csv(table, index=False), "tsv": lambda: df.to_csv(table, sep="\t", index=False),
+     "jsonl": lambda: df.to_json(table, orient="records", lines=True), "parquet": lambda: df.to_parquet(table)}[fmt]()
+    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}",
+                   f"data.folder.images_dir={tmp_path / 'imgs'}", "data.val_fraction=0")
+    manifest = shard(cfg, progress=False)
+    assert manifest["splits"]["train"]["count"] == 7
+    assert manifest["skipped"] == {
+        "duplicate_key": 1, "empty_caption": 1, "empty_file": 1, "missing_file": 1,
+        "truncated_image": 1, "unreadable_image": 1,
+    }
+    # every stored image was converted to RGB at the configured size
+    with tarfile.open(Path(cfg.data.out_dir) / "train-000000.tar") as tar:
+        jpgs = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+        img = Image.open(tar.extractfile(jpgs[0]))
+        assert img.mode == "RGB" and img.size == (32, 32)
+
+
+def test_non_utf8_caption_is_skipped(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpeg())
+    (tmp_path / "b.jpg").write_bytes(_jpeg())
+    table = tmp_path / "pairs.csv"
+    table.write_bytes(b"path,caption\na.jpg,fine caption\nb.jpg,caf\xe9 in latin-1\n")
+    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}", "data.val_fraction=0")
+    manifest = shard(cfg, progress=False)
+    assert manifest["splits"]["train"]["count"] == 1
+    assert manifest["skipped"] == {"caption_not_utf8": 1}
+
+
+def test_folder_missing_column_names_the_columns(tmp_path):
+    table = tmp_path / "pairs.csv"
+    table.write_text("file,text\na.jpg,x\n")
+    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}")
+    with pytest.raises(ConfigError, match=r"path_column.*columns: file, text"):
+        shard(cfg, progress=False)
+
+
+def test_everything_skipped_fails_clearly_and_leaves_no_shards(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    table = tmp_path / "pairs.csv"
+    table.write_text("path,caption\nbad.jpg,x\nnothere.jpg,y\n")
+    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}")
+    with pytest.raises(ShardError, match="every input was skipped.*empty_file=1.*missing_file=1"):
+        shard(cfg, progress=False)
+    assert not list(Path(cfg.data.out_dir).glob("*.tar"))
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_shard_source_validates_img2dataset_style_shards(tmp_path):
+    good = [("000001.jpg", _jpeg()), ("000001.txt", b"a red thing"),
+            ("000001.json", json.dumps({"url": "x", "label_name": "red"}).encode()),
+            ("000002.png", _png(Image.new("RGB", (8, 8)))), ("000002.txt", b"png sample"),
+            ("000003.jpg", _jpeg()),  # no caption
+            ("000004.txt", b"no image"),
+            ("000005.jpg", b""), ("000005.txt", b"empty image"),
+            ("000006.jpg", _jpeg()), ("000006.txt", b"\xff\xfe bad")]
+    _write_tar(tmp_path / "in-000000.tar", good)
+    # a truncated tar: the second shard is cut in the middle of a member
+    _write_tar(tmp_path / "full.tar", [m for i in range(10, 14)
+                                       for m in ((f"{i:06d}.jpg", _jpeg()), (f"{i:06d}.txt", b"caption"))])
+    data = (tmp_path / "full.tar").read_bytes()
+    # each sample is 2 x 512 header bytes + 1024 + 512 data bytes: cut inside the 4th sample's image
+    (tmp_path / "in-000001.tar").write_bytes(data[: 3 * 2560 + 700])
+    (tmp_path / "full.tar").unlink()
+    cfg = make_cfg(tmp_path, "data.source=shards", f"data.shards.urls={tmp_path}/in-{{000000..000001}}.tar",
+                   "data.val_fraction=0")
+    manifest = shard(cfg, progress=False)
+    assert manifest["splits"]["train"]["count"] == 2 + 3  # the complete samples before the cut are kept
+    assert manifest["skipped"] == {"caption_not_utf8": 1, "empty_file": 1, "missing_caption": 1,
+                                   "missing_image": 1, "truncated_tar": 1}
+
+
+def test_shard_source_with_no_matching_files_is_a_config_error(tmp_path):
+    cfg = make_cfg(tmp_path, "data.source=shards", f"data.shards.urls={tmp_path}/none-*.tar")
+    with pytest.raises(ConfigError, match="data.shards.urls"):
+        shard(cfg, progress=False)
