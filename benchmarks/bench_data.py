@@ -63,23 +63,40 @@ def rate(fn: Callable[[int, bytes], object], items: Sequence[bytes], repeats: in
 def bench_sharding(tmp: Path, num_samples: int) -> list[Row]:
     rows, rates = [], {}
     for workers in (1, 2):
-        cfg = load_config(None, [f"data.out_dir={tmp / f'synthetic-{workers}'}",
-                                 f"data.synthetic.num_samples={num_samples}", f"data.num_workers={workers}"])
+        cfg = load_config(
+            None,
+            [
+                f"data.out_dir={tmp / f'synthetic-{workers}'}",
+                f"data.synthetic.num_samples={num_samples}",
+                f"data.num_workers={workers}",
+            ],
+        )
         start = time.perf_counter()
         shard(cfg, progress=False)
         rates[workers] = num_samples / (time.perf_counter() - start)
-        rows.append(("shard", f"synthetic {cfg.data.image_size}px, {workers} worker(s)", rates[workers], workers,
-                     f"{num_samples} samples"))
+        rows.append(
+            (
+                "shard",
+                f"synthetic {cfg.data.image_size}px, {workers} worker(s)",
+                rates[workers],
+                workers,
+                f"{num_samples} samples",
+            )
+        )
     rows[-1] = rows[-1][:4] + (f"{rows[-1][4]}; 2w/1w = {rates[2] / rates[1]:.2f}x",)
     return rows
 
 
 # ------------------------------------------------------------------------------- 2. per-core path
 def bench_per_core(jpegs: dict[str, list[bytes]], repeats: int) -> list[Row]:
-    baseline = v2.Compose([
-        v2.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO, antialias=True),
-        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
+    baseline = v2.Compose(
+        [
+            v2.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO, antialias=True),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
 
     def decode(i: int, data: bytes) -> Image.Image:
         img = Image.open(io.BytesIO(data))
@@ -111,8 +128,15 @@ def bench_per_core(jpegs: dict[str, list[bytes]], repeats: int) -> list[Row]:
         start = time.perf_counter()
         normalize(batch, CLIP_MEAN, CLIP_STD)
         times.append(time.perf_counter() - start)
-    rows.append(("per-core", "maskvlp normalize on CPU (batch 256)", 256 / statistics.median(times), 1,
-                 "done on the device in training"))
+    rows.append(
+        (
+            "per-core",
+            "maskvlp normalize on CPU (batch 256)",
+            256 / statistics.median(times),
+            1,
+            "done on the device in training",
+        )
+    )
     return rows
 
 
@@ -127,9 +151,21 @@ def bench_loader(tmp: Path, jpegs: list[bytes], batches: int, warmup: int = 2) -
             (images / f"img_{i:05d}.jpg").write_bytes(data)
             table.writerow([f"img_{i:05d}.jpg", f"a synthetic test image number {i}"])
     out_dir = tmp / "shards-224"
-    shard(load_config(None, ["data.source=folder", f"data.folder.table={images / 'table.csv'}",
-                             f"data.image_size={SIZE}", f"data.out_dir={out_dir}", "data.val_fraction=0",
-                             "data.max_samples_per_shard=128", "data.num_workers=2"]), progress=False)
+    shard(
+        load_config(
+            None,
+            [
+                "data.source=folder",
+                f"data.folder.table={images / 'table.csv'}",
+                f"data.image_size={SIZE}",
+                f"data.out_dir={out_dir}",
+                "data.val_fraction=0",
+                "data.max_samples_per_shard=128",
+                "data.num_workers=2",
+            ],
+        ),
+        progress=False,
+    )
     urls = tuple(shard_paths(out_dir, "train"))
     spec = StreamSpec(urls=urls, batch_size=64, image_size=SIZE, context_length=77, seed=0)
     rows: list[Row] = []
@@ -142,9 +178,15 @@ def bench_loader(tmp: Path, jpegs: list[bytes], batches: int, warmup: int = 2) -
             next(it)
         elapsed = time.perf_counter() - start
         del it  # shuts the workers down
-        rows.append(("loader", f"train_loader 224px shards, num_workers={workers}",
-                     batches * spec.batch_size / elapsed, max(1, workers),
-                     f"{batches} batches of 64, {len(urls)} shards"))
+        rows.append(
+            (
+                "loader",
+                f"train_loader 224px shards, num_workers={workers}",
+                batches * spec.batch_size / elapsed,
+                max(1, workers),
+                f"{batches} batches of 64, {len(urls)} shards",
+            )
+        )
     return rows
 
 

@@ -5,4 +5,4 @@ import sys
 from maskvlp.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["shard", "--quiet", *sys.argv[1:]]))
+    sys.exit(main(["shard", *sys.argv[1:]]))

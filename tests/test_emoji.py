@@ -41,8 +41,13 @@ def test_two_emoji_scene_has_relation_caption_and_negative():
 
 @requires_emoji_font
 def test_emoji_source_shards_with_class_labels(tmp_path):
-    cfg = make_cfg(tmp_path, "data.source=emoji", "data.emoji.max_emoji=20", "data.emoji.samples_per_emoji=2",
-                   "data.emoji.scene_fraction=0.25")
+    cfg = make_cfg(
+        tmp_path,
+        "data.source=emoji",
+        "data.emoji.max_emoji=20",
+        "data.emoji.samples_per_emoji=2",
+        "data.emoji.scene_fraction=0.25",
+    )
     manifest = shard(cfg, progress=False)
     total = manifest["splits"]["train"]["count"] + manifest["splits"]["val"]["count"]
     assert total == 20 * 2 + 10

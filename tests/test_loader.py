@@ -22,8 +22,14 @@ def shards(tmp_path_factory) -> Path:
 
 
 def _spec(shards: Path, **kw) -> StreamSpec:
-    base = dict(urls=tuple(shard_paths(shards, "train")), batch_size=8, image_size=32, context_length=16,
-                seed=0, shuffle_buffer=20)
+    base = dict(
+        urls=tuple(shard_paths(shards, "train")),
+        batch_size=8,
+        image_size=32,
+        context_length=16,
+        seed=0,
+        shuffle_buffer=20,
+    )
     return StreamSpec(**{**base, **kw})
 
 

@@ -69,15 +69,28 @@ def test_folder_source_skips_and_counts_each_bad_input(tmp_path, fmt):
     rows = make_folder(tmp_path / "imgs")
     df = pd.DataFrame(rows)
     table = tmp_path / f"pairs.{fmt}"
-    {"csv": lambda: df.to_csv(table, index=False), "tsv": lambda: df.to_csv(table, sep="\t", index=False),
-     "jsonl": lambda: df.to_json(table, orient="records", lines=True), "parquet": lambda: df.to_parquet(table)}[fmt]()
-    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}",
-                   f"data.folder.images_dir={tmp_path / 'imgs'}", "data.val_fraction=0")
+    {
+        "csv": lambda: df.to_csv(table, index=False),
+        "tsv": lambda: df.to_csv(table, sep="\t", index=False),
+        "jsonl": lambda: df.to_json(table, orient="records", lines=True),
+        "parquet": lambda: df.to_parquet(table),
+    }[fmt]()
+    cfg = make_cfg(
+        tmp_path,
+        "data.source=folder",
+        f"data.folder.table={table}",
+        f"data.folder.images_dir={tmp_path / 'imgs'}",
+        "data.val_fraction=0",
+    )
     manifest = shard(cfg, progress=False)
     assert manifest["splits"]["train"]["count"] == 7
     assert manifest["skipped"] == {
-        "duplicate_key": 1, "empty_caption": 1, "empty_file": 1, "missing_file": 1,
-        "truncated_image": 1, "unreadable_image": 1,
+        "duplicate_key": 1,
+        "empty_caption": 1,
+        "empty_file": 1,
+        "missing_file": 1,
+        "truncated_image": 1,
+        "unreadable_image": 1,
     }
     # every stored image was converted to RGB at the configured size
     with tarfile.open(Path(cfg.data.out_dir) / "train-000000.tar") as tar:
@@ -124,27 +137,41 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
 
 
 def test_shard_source_validates_img2dataset_style_shards(tmp_path):
-    good = [("000001.jpg", _jpeg()), ("000001.txt", b"a red thing"),
-            ("000001.json", json.dumps({"url": "x", "label_name": "red"}).encode()),
-            ("000002.png", _png(Image.new("RGB", (8, 8)))), ("000002.txt", b"png sample"),
-            ("000003.jpg", _jpeg()),  # no caption
-            ("000004.txt", b"no image"),
-            ("000005.jpg", b""), ("000005.txt", b"empty image"),
-            ("000006.jpg", _jpeg()), ("000006.txt", b"\xff\xfe bad")]
+    good = [
+        ("000001.jpg", _jpeg()),
+        ("000001.txt", b"a red thing"),
+        ("000001.json", json.dumps({"url": "x", "label_name": "red"}).encode()),
+        ("000002.png", _png(Image.new("RGB", (8, 8)))),
+        ("000002.txt", b"png sample"),
+        ("000003.jpg", _jpeg()),  # no caption
+        ("000004.txt", b"no image"),
+        ("000005.jpg", b""),
+        ("000005.txt", b"empty image"),
+        ("000006.jpg", _jpeg()),
+        ("000006.txt", b"\xff\xfe bad"),
+    ]
     _write_tar(tmp_path / "in-000000.tar", good)
     # a truncated tar: the second shard is cut in the middle of a member
-    _write_tar(tmp_path / "full.tar", [m for i in range(10, 14)
-                                       for m in ((f"{i:06d}.jpg", _jpeg()), (f"{i:06d}.txt", b"caption"))])
+    _write_tar(
+        tmp_path / "full.tar",
+        [m for i in range(10, 14) for m in ((f"{i:06d}.jpg", _jpeg()), (f"{i:06d}.txt", b"caption"))],
+    )
     data = (tmp_path / "full.tar").read_bytes()
     # each sample is 2 x 512 header bytes + 1024 + 512 data bytes: cut inside the 4th sample's image
     (tmp_path / "in-000001.tar").write_bytes(data[: 3 * 2560 + 700])
     (tmp_path / "full.tar").unlink()
-    cfg = make_cfg(tmp_path, "data.source=shards", f"data.shards.urls={tmp_path}/in-{{000000..000001}}.tar",
-                   "data.val_fraction=0")
+    cfg = make_cfg(
+        tmp_path, "data.source=shards", f"data.shards.urls={tmp_path}/in-{{000000..000001}}.tar", "data.val_fraction=0"
+    )
     manifest = shard(cfg, progress=False)
     assert manifest["splits"]["train"]["count"] == 2 + 3  # the complete samples before the cut are kept
-    assert manifest["skipped"] == {"caption_not_utf8": 1, "empty_file": 1, "missing_caption": 1,
-                                   "missing_image": 1, "truncated_tar": 1}
+    assert manifest["skipped"] == {
+        "caption_not_utf8": 1,
+        "empty_file": 1,
+        "missing_caption": 1,
+        "missing_image": 1,
+        "truncated_tar": 1,
+    }
 
 
 def test_shard_source_with_no_matching_files_is_a_config_error(tmp_path):

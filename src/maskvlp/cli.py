@@ -16,10 +16,17 @@ Run the whole pipeline with `dvc repro`; see README.md."""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="parameters file (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one parameter, e.g. --set masking.ratio=0.75 (repeatable)")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="parameters file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set masking.ratio=0.75 (repeatable)",
+    )
 
 
 def cmd_shard(cfg: Config, args: argparse.Namespace) -> int:
@@ -39,8 +46,7 @@ def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskvlp",
-        description="Masked CLIP pre-training workflow: shard data, pre-train with FLIP or cluster masking, "
-        "evaluate.",
+        description="Masked CLIP pre-training workflow: shard data, pre-train with FLIP or cluster masking, evaluate.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -57,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shard)
 
-    p = sub.add_parser("config", help="print the resolved, validated parameters",
-                       description="Load params.yaml with overrides, validate, and print the result as YAML.")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved, validated parameters",
+        description="Load params.yaml with overrides, validate, and print the result as YAML.",
+    )
     _common(p)
     p.set_defaults(func=cmd_config)
     return parser

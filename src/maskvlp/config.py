@@ -274,8 +274,18 @@ def validate(cfg: Config) -> None:
     if d.source == "shards":
         _check(bool(d.shards.urls), "data.shards.urls", "must name existing shards (brace pattern or glob)", "")
     a = d.augment
-    _check(0 < a.crop_scale_min <= a.crop_scale_max <= 1, "data.augment.crop_scale_min/max", "must satisfy 0 < min <= max <= 1", (a.crop_scale_min, a.crop_scale_max))
-    _check(0 < a.crop_ratio_min <= a.crop_ratio_max, "data.augment.crop_ratio_min/max", "must satisfy 0 < min <= max", (a.crop_ratio_min, a.crop_ratio_max))
+    _check(
+        0 < a.crop_scale_min <= a.crop_scale_max <= 1,
+        "data.augment.crop_scale_min/max",
+        "must satisfy 0 < min <= max <= 1",
+        (a.crop_scale_min, a.crop_scale_max),
+    )
+    _check(
+        0 < a.crop_ratio_min <= a.crop_ratio_max,
+        "data.augment.crop_ratio_min/max",
+        "must satisfy 0 < min <= max",
+        (a.crop_ratio_min, a.crop_ratio_max),
+    )
     _check(len(a.mean) == 3 and len(a.std) == 3, "data.augment.mean/std", "must have 3 values each", (a.mean, a.std))
     _check(all(v > 0 for v in a.std), "data.augment.std", "must be positive", a.std)
 
@@ -308,10 +318,14 @@ def validate(cfg: Config) -> None:
     _check(k.fusion_samples >= 0, "masking.fusion_samples", "must be >= 0", k.fusion_samples)
     _choice("masking.mode", k.mode, ("exact", "official"))
     _check(0 <= k.min_mask_ratio < 1, "masking.min_mask_ratio", "must be in [0, 1)", k.min_mask_ratio)
-    _check(0 <= k.calibrate_coverage < 1, "masking.calibrate_coverage", "must be in [0, 1) (0 = off)", k.calibrate_coverage)
+    _check(
+        0 <= k.calibrate_coverage < 1, "masking.calibrate_coverage", "must be in [0, 1) (0 = off)", k.calibrate_coverage
+    )
 
     t = cfg.train
-    _check(bool(t.run_name) and "/" not in t.run_name, "train.run_name", "must be a non-empty name without '/'", t.run_name)
+    _check(
+        bool(t.run_name) and "/" not in t.run_name, "train.run_name", "must be a non-empty name without '/'", t.run_name
+    )
     _check(t.samples >= 1, "train.samples", "must be >= 1", t.samples)
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
@@ -329,10 +343,17 @@ def validate(cfg: Config) -> None:
         t.unmasked_tuning_samples,
     )
     _check(t.unmasked_tuning_lr_scale > 0, "train.unmasked_tuning_lr_scale", "must be > 0", t.unmasked_tuning_lr_scale)
-    _check(t.checkpoint_every_samples >= 1, "train.checkpoint_every_samples", "must be >= 1", t.checkpoint_every_samples)
+    _check(
+        t.checkpoint_every_samples >= 1, "train.checkpoint_every_samples", "must be >= 1", t.checkpoint_every_samples
+    )
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     _check(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1", t.log_every_steps)
-    _check(t.mask_image_every_steps >= 0, "train.mask_image_every_steps", "must be >= 0 (0 = off)", t.mask_image_every_steps)
+    _check(
+        t.mask_image_every_steps >= 0,
+        "train.mask_image_every_steps",
+        "must be >= 0 (0 = off)",
+        t.mask_image_every_steps,
+    )
 
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
 

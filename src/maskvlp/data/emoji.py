@@ -20,11 +20,24 @@ NOTO_BITMAP_SIZE = 109  # the only size the font's colour bitmaps (CBDT) come in
 
 # Codepoints that are emoji components, not pictures: skin tones, regional indicators, tags, keycap
 # bases and the like.
-_EXCLUDED_RANGES = [(0x1F3FB, 0x1F3FF), (0x1F1E6, 0x1F1FF), (0xE0020, 0xE007F), (0x0000, 0x00FF),
-                    (0xFE00, 0xFE0F), (0x200D, 0x200D), (0x20E3, 0x20E3)]
+_EXCLUDED_RANGES = [
+    (0x1F3FB, 0x1F3FF),
+    (0x1F1E6, 0x1F1FF),
+    (0xE0020, 0xE007F),
+    (0x0000, 0x00FF),
+    (0xFE00, 0xFE0F),
+    (0x200D, 0x200D),
+    (0x20E3, 0x20E3),
+]
 _TEMPLATES = ("{}", "an emoji of {}", "a picture of {}", "{} on a {} background", "a small {}", "a large {}")
-_BACKGROUNDS = {"white": (245, 245, 245), "grey": (128, 128, 128), "black": (20, 20, 20),
-                "blue": (60, 90, 200), "yellow": (240, 220, 90), "green": (70, 160, 90)}
+_BACKGROUNDS = {
+    "white": (245, 245, 245),
+    "grey": (128, 128, 128),
+    "black": (20, 20, 20),
+    "blue": (60, 90, 200),
+    "yellow": (240, 220, 90),
+    "green": (70, 160, 90),
+}
 _MISSING_FONT_HINT = "install it with: apt-get install fonts-noto-color-emoji (or set data.emoji.font_path)"
 
 
@@ -80,8 +93,9 @@ def _paste(canvas: Image.Image, glyph: Image.Image, side: int, cx: float, cy: fl
     canvas.paste(g, (int(cx - g.width / 2), int(cy - g.height / 2)), g)
 
 
-def render_sample(font_path: str, codepoints: tuple[int, ...], seed: int, variant: int,
-                  size: int) -> tuple[Image.Image, str, dict]:
+def render_sample(
+    font_path: str, codepoints: tuple[int, ...], seed: int, variant: int, size: int
+) -> tuple[Image.Image, str, dict]:
     """One rendering of one emoji, or a left/right or above/below scene of two."""
     rng = np.random.default_rng([seed, *codepoints, variant])
     canvas, bg = _background(rng, size)
@@ -107,7 +121,11 @@ def render_sample(font_path: str, codepoints: tuple[int, ...], seed: int, varian
     relation = "left of" if horizontal else "above"
     opposite = "right of" if horizontal else "below"
     caption = f"{names[0]} {relation} {names[1]}"
-    meta = {"codepoints": list(codepoints), "label_name": names[0], "relation": relation, "background": bg,
-            "negatives": {"relation": f"{names[0]} {opposite} {names[1]}", "attribute": None,
-                          "object": None}}
+    meta = {
+        "codepoints": list(codepoints),
+        "label_name": names[0],
+        "relation": relation,
+        "background": bg,
+        "negatives": {"relation": f"{names[0]} {opposite} {names[1]}", "attribute": None, "object": None},
+    }
     return canvas, caption, meta

@@ -49,7 +49,7 @@ class StreamSpec:
 
 def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
     """Grouped tar members {"__key__", "jpg", "txt", ...} as bytes, shard by shard, in order."""
-    return wds.tarfile_samples(({"url": u} for u in urls))
+    return wds.tarfile_samples({"url": u} for u in urls)
 
 
 def slot_samples(urls: list[str], slot: int, num_slots: int, epoch_seed: int | None) -> Iterator[dict[str, Any]]:
@@ -105,7 +105,9 @@ class TrainStream(IterableDataset):
     def raw_stream(self, slot: int, num_slots: int) -> Iterator[dict[str, Any]]:
         def epochs():
             for epoch in itertools.count():
-                yield from slot_samples(list(self.spec.urls), slot, num_slots, epoch_seed=self.spec.seed * 100003 + epoch)
+                yield from slot_samples(
+                    list(self.spec.urls), slot, num_slots, epoch_seed=self.spec.seed * 100003 + epoch
+                )
 
         return buffer_shuffle(epochs(), self.spec.shuffle_buffer, random.Random(f"{self.spec.seed}/shuffle/{slot}"))
 
@@ -169,7 +171,12 @@ def train_loader(spec: StreamSpec, num_workers: int, start_step: int = 0) -> Dat
     )
 
 
-def eval_loader(urls: list[str], image_size: int, batch_size: int, num_workers: int = 0,
-                rank: int = 0, world_size: int = 1) -> DataLoader:
-    return DataLoader(EvalStream(urls, image_size, rank, world_size), batch_size=batch_size,
-                      num_workers=num_workers, collate_fn=_eval_collate)
+def eval_loader(
+    urls: list[str], image_size: int, batch_size: int, num_workers: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    return DataLoader(
+        EvalStream(urls, image_size, rank, world_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_eval_collate,
+    )

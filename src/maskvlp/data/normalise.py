@@ -49,8 +49,7 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     scale = size / min(w, h)
     cw, ch = size / scale, size / scale  # the crop box in source pixels, centred
     left, top = (w - cw) / 2, (h - ch) / 2
-    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch),
-                      reducing_gap=3.0)
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch), reducing_gap=3.0)
 
 
 def decode_image(data: bytes) -> Image.Image | Skip:

@@ -138,8 +138,14 @@ def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
     seen_keys: set[str] = set()
     workers = d.num_workers or os.cpu_count() or 1
     total = len(source) if hasattr(source, "__len__") else None
-    bar = tqdm(_results(source, cfg, workers), total=total, desc=f"shard {d.source}", unit="img",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        _results(source, cfg, workers),
+        total=total,
+        desc=f"shard {d.source}",
+        unit="img",
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )  # None: off when not a terminal
     for result in bar:
         if isinstance(result, CleanSample) and result.key in seen_keys:
             result = Skip("duplicate_key", result.key)
@@ -172,9 +178,7 @@ def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
 
 
 def summary(manifest: dict[str, Any]) -> str:
-    lines = [
-        f"{s}: {v['count']} samples in {len(v['shards'])} shard(s)" for s, v in manifest["splits"].items()
-    ]
+    lines = [f"{s}: {v['count']} samples in {len(v['shards'])} shard(s)" for s, v in manifest["splits"].items()]
     skipped = manifest["skipped"]
     if skipped:
         lines.append(f"skipped {sum(skipped.values())}: " + ", ".join(f"{k}={n}" for k, n in skipped.items()))

@@ -73,8 +73,12 @@ class EmojiSource:
         self.table = table[: self.e.max_emoji] if self.e.max_emoji else table
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "emoji", "font": self.e.font_path, "num_classes": len(self.table),
-                "classes": [name for _, name in self.table]}
+        return {
+            "kind": "emoji",
+            "font": self.e.font_path,
+            "num_classes": len(self.table),
+            "classes": [name for _, name in self.table],
+        }
 
     def _num_scenes(self) -> int:
         return int(round(self.e.scene_fraction * len(self.table) * self.e.samples_per_emoji))
@@ -130,18 +134,21 @@ class FolderSource:
         if not self.root.is_dir():
             raise ConfigError(f"data.folder.images_dir: '{self.root}' is not a directory")
         df = read_table(self.table_path)
-        for key, col in (("path_column", f.path_column), ("caption_column", f.caption_column),
-                         ("label_column", f.label_column)):
+        for key, col in (
+            ("path_column", f.path_column),
+            ("caption_column", f.caption_column),
+            ("label_column", f.label_column),
+        ):
             if col and col not in df.columns:
                 raise ConfigError(
                     f"data.folder.{key}: column '{col}' not in {self.table_path} "
                     f"(columns: {', '.join(map(str, df.columns))})"
                 )
         self.rows = [
-            (str(p), c if isinstance(c, str) else ("" if c is None else str(c)),
-             None if not f.label_column else lab)
-            for p, c, lab in zip(df[f.path_column], df[f.caption_column],
-                                 df[f.label_column] if f.label_column else [None] * len(df))
+            (str(p), c if isinstance(c, str) else ("" if c is None else str(c)), None if not f.label_column else lab)
+            for p, c, lab in zip(
+                df[f.path_column], df[f.caption_column], df[f.label_column] if f.label_column else [None] * len(df)
+            )
         ]
 
     def describe(self) -> dict[str, Any]:

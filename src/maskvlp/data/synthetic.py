@@ -145,8 +145,9 @@ def _negatives(rng: np.random.Generator, objs: list[SceneObject], relation: str 
     }
 
 
-def generate_scene(seed: int, index: int, size: int, min_objects: int = 1, max_objects: int = 3,
-                   textured_fraction: float = 0.8) -> tuple[Image.Image, str, dict]:
+def generate_scene(
+    seed: int, index: int, size: int, min_objects: int = 1, max_objects: int = 3, textured_fraction: float = 0.8
+) -> tuple[Image.Image, str, dict]:
     """Scene `index` of the dataset seeded by `seed`: (RGB image size x size, caption, metadata)."""
     rng = np.random.default_rng([seed, index])
     background = BACKGROUNDS[1 + rng.integers(len(BACKGROUNDS) - 1)] if rng.random() < textured_fraction else "plain"
@@ -177,9 +178,15 @@ def generate_scene(seed: int, index: int, size: int, min_objects: int = 1, max_o
     meta = {
         "label": class_index(objs[0].color, objs[0].shape),
         "label_name": f"{objs[0].color} {objs[0].shape}",
-        "objects": [{"color": o.color, "shape": o.shape, "size": o.size,
-                     "box": [round(o.cx - o.side / 2, 2), round(o.cy - o.side / 2, 2), round(o.side, 2)]}
-                    for o in objs],
+        "objects": [
+            {
+                "color": o.color,
+                "shape": o.shape,
+                "size": o.size,
+                "box": [round(o.cx - o.side / 2, 2), round(o.cy - o.side / 2, 2), round(o.side, 2)],
+            }
+            for o in objs
+        ],
         "relation": relation,
         "background": background,
         "negatives": _negatives(rng, objs, relation),

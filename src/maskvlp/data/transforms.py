@@ -18,8 +18,9 @@ from PIL import Image
 from maskvlp.data.normalise import resize_center_crop, to_rgb
 
 
-def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
-                            rng: random.Random) -> tuple[float, float, float, float]:
+def random_resized_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) of a crop covering `scale` of the area with aspect in `ratio`
     (torchvision's RandomResizedCrop sampling: 10 tries, then a centre crop)."""
     area = width * height
@@ -49,8 +50,9 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 
-def train_image(data: bytes, out_size: int, scale: tuple[float, float], ratio: tuple[float, float],
-                rng: random.Random) -> torch.Tensor:
+def train_image(
+    data: bytes, out_size: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+) -> torch.Tensor:
     """Decode + RandomResizedCrop(out_size) + uint8 tensor (3, out_size, out_size)."""
     img = Image.open(io.BytesIO(data))
     width, height = img.size
