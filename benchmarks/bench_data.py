@@ -1,6 +1,6 @@
 """Data-path benchmark: sharding throughput, per-core decode+augment at 224 px, streaming loader.
 
-    .venv/bin/python benchmarks/bench_data.py            # full run (~2-3 min on 2 cores)
+    .venv/bin/python benchmarks/bench_data.py            # full run (~1 min on 2 cores)
     .venv/bin/python benchmarks/bench_data.py --quick    # smoke run (small counts)
 
 Prints one markdown table. All scratch data lives in a temporary directory.
@@ -46,6 +46,11 @@ def make_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 
     return buf.getvalue()
 
 
+def config(**overrides: object):
+    """Default config with `data.<key>=<value>` overrides (keys use `__` for dots)."""
+    return load_config(None, [f"data.{k.replace('__', '.')}={v}" for k, v in overrides.items()])
+
+
 def rate(fn: Callable[[int, bytes], object], items: Sequence[bytes], repeats: int, warmup: int = 16) -> float:
     """Images/s of fn over items, median of `repeats` timed passes after a short warmup."""
     for i, data in enumerate(items[:warmup]):
@@ -61,42 +66,25 @@ def rate(fn: Callable[[int, bytes], object], items: Sequence[bytes], repeats: in
 
 # ------------------------------------------------------------------------------------ 1. sharding
 def bench_sharding(tmp: Path, num_samples: int) -> list[Row]:
-    rows, rates = [], {}
+    shard(config(out_dir=tmp / "warmup", synthetic__num_samples=50, num_workers=1), progress=False)
+    rates = {}
     for workers in (1, 2):
-        cfg = load_config(
-            None,
-            [
-                f"data.out_dir={tmp / f'synthetic-{workers}'}",
-                f"data.synthetic.num_samples={num_samples}",
-                f"data.num_workers={workers}",
-            ],
-        )
+        cfg = config(out_dir=tmp / f"synthetic-{workers}", synthetic__num_samples=num_samples, num_workers=workers)
         start = time.perf_counter()
         shard(cfg, progress=False)
         rates[workers] = num_samples / (time.perf_counter() - start)
-        rows.append(
-            (
-                "shard",
-                f"synthetic {cfg.data.image_size}px, {workers} worker(s)",
-                rates[workers],
-                workers,
-                f"{num_samples} samples",
-            )
-        )
-    rows[-1] = rows[-1][:4] + (f"{rows[-1][4]}; 2w/1w = {rates[2] / rates[1]:.2f}x",)
-    return rows
+    case = f"synthetic {cfg.data.image_size}px, {{}} worker(s)"
+    note = f"{num_samples} samples"
+    return [
+        ("shard", case.format(1), rates[1], 1, note),
+        ("shard", case.format(2), rates[2], 2, f"{note}; 2w/1w = {rates[2] / rates[1]:.2f}x"),
+    ]
 
 
 # ------------------------------------------------------------------------------- 2. per-core path
 def bench_per_core(jpegs: dict[str, list[bytes]], repeats: int) -> list[Row]:
-    baseline = v2.Compose(
-        [
-            v2.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO, antialias=True),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(CLIP_MEAN, CLIP_STD),
-        ]
-    )
+    rrc = v2.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO, antialias=True)
+    baseline = v2.Compose([rrc, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CLIP_MEAN, CLIP_STD)])
 
     def decode(i: int, data: bytes) -> Image.Image:
         img = Image.open(io.BytesIO(data))
@@ -128,16 +116,8 @@ def bench_per_core(jpegs: dict[str, list[bytes]], repeats: int) -> list[Row]:
         start = time.perf_counter()
         normalize(batch, CLIP_MEAN, CLIP_STD)
         times.append(time.perf_counter() - start)
-    rows.append(
-        (
-            "per-core",
-            "maskvlp normalize on CPU (batch 256)",
-            256 / statistics.median(times),
-            1,
-            "done on the device in training",
-        )
-    )
-    return rows
+    note = "per image; done on the device in training"
+    return rows + [("per-core", "maskvlp normalize on CPU (batch 256)", 256 / statistics.median(times), 1, note)]
 
 
 # ------------------------------------------------------------------------------ 3. streaming loader
@@ -151,21 +131,16 @@ def bench_loader(tmp: Path, jpegs: list[bytes], batches: int, warmup: int = 2) -
             (images / f"img_{i:05d}.jpg").write_bytes(data)
             table.writerow([f"img_{i:05d}.jpg", f"a synthetic test image number {i}"])
     out_dir = tmp / "shards-224"
-    shard(
-        load_config(
-            None,
-            [
-                "data.source=folder",
-                f"data.folder.table={images / 'table.csv'}",
-                f"data.image_size={SIZE}",
-                f"data.out_dir={out_dir}",
-                "data.val_fraction=0",
-                "data.max_samples_per_shard=128",
-                "data.num_workers=2",
-            ],
-        ),
-        progress=False,
+    cfg = config(
+        source="folder",
+        folder__table=images / "table.csv",
+        image_size=SIZE,
+        out_dir=out_dir,
+        val_fraction=0,
+        max_samples_per_shard=128,
+        num_workers=2,
     )
+    shard(cfg, progress=False)
     urls = tuple(shard_paths(out_dir, "train"))
     spec = StreamSpec(urls=urls, batch_size=64, image_size=SIZE, context_length=77, seed=0)
     rows: list[Row] = []
@@ -178,15 +153,8 @@ def bench_loader(tmp: Path, jpegs: list[bytes], batches: int, warmup: int = 2) -
             next(it)
         elapsed = time.perf_counter() - start
         del it  # shuts the workers down
-        rows.append(
-            (
-                "loader",
-                f"train_loader 224px shards, num_workers={workers}",
-                batches * spec.batch_size / elapsed,
-                max(1, workers),
-                f"{batches} batches of 64, {len(urls)} shards",
-            )
-        )
+        case, note = f"train_loader 224px shards, num_workers={workers}", f"{batches} batches of 64, {len(urls)} shards"
+        rows.append(("loader", case, batches * spec.batch_size / elapsed, max(1, workers), note))
     return rows
 
 

@@ -55,3 +55,39 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "maskvlp.cli", "config", "--set", "seed=5"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "seed: 5" in proc.stdout
+
+
+def test_masks_command_draws_a_png(tmp_path, capsys):
+    from PIL import Image
+
+    shards = tmp_path / "shards"
+    assert main(["shard", "--quiet", "--set", f"data.out_dir={shards}", "--set", "data.synthetic.num_samples=40"]) == 0
+    out = tmp_path / "masks.png"
+    assert main(["masks", "--images", str(shards), "--out", str(out), "--count", "3"]) == 0
+    img = Image.open(out)
+    assert img.format == "PNG" and img.width > 500 and img.height > 300
+
+
+def test_masks_command_with_calibration_reports_the_threshold(tmp_path, capsys):
+    shards = tmp_path / "shards"
+    main(["shard", "--quiet", "--set", f"data.out_dir={shards}", "--set", "data.synthetic.num_samples=40"])
+    code = main(
+        [
+            "masks",
+            "--images",
+            str(shards),
+            "--out",
+            str(tmp_path / "m.png"),
+            "--count",
+            "4",
+            "--set",
+            "masking.calibrate_coverage=0.3",
+        ]
+    )
+    assert code == 0
+    assert "calibrated threshold" in capsys.readouterr().out
+
+
+def test_masks_command_with_a_bad_path_is_a_clear_error(tmp_path, capsys):
+    assert main(["masks", "--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.png")]) == 1
+    assert "neither an image folder" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+import torch
+
 from maskvlp.config import Config, ConfigError, load_config, to_yaml
 
 EPILOG = """\
@@ -38,6 +40,25 @@ def cmd_shard(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
+    from maskvlp.data.loader import read_images
+    from maskvlp.data.transforms import normalize
+    from maskvlp.masking import calibrate_threshold
+    from maskvlp.viz import mask_figure, save_figure
+
+    m, k = cfg.model, cfg.masking
+    images = read_images(args.images or cfg.data.out_dir, args.count, m.image_size)
+    norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
+    threshold = k.threshold
+    if k.calibrate_coverage > 0:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        threshold, achieved = calibrate_threshold(norm, m.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)
+        print(f"calibrated threshold {threshold:.3f}: coverage {achieved:.1%} (target {k.calibrate_coverage:.1%})")
+    fig = mask_figure(images, norm, m.patch_size, k.ratio, k.anchor_ratio, threshold, cfg.seed, k.min_mask_ratio)
+    print(f"wrote {save_figure(fig, args.out)}")
+    return 0
+
+
 def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
     print(to_yaml(cfg), end="")
     return 0
@@ -62,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser(
+        "masks",
+        help="draw masks for some images: clusters and kept patches per strategy (PNG)",
+        description="Draw a grid like the cluster-masking paper's Figure 3: each image, its clusters (anchors "
+        "outlined, clusters in colours) and the patches kept by random (FLIP), cluster and official cluster "
+        "masking, with the masking.* and model.* parameters. Images are resized to model.image_size.",
+    )
+    _common(p)
+    p.add_argument(
+        "--images", default="", metavar="PATH", help="image folder, .tar shard, or shard folder (default: data.out_dir)"
+    )
+    p.add_argument("--out", default="masks.png", metavar="PNG", help="output picture (default: %(default)s)")
+    p.add_argument("--count", type=int, default=6, metavar="N", help="images to draw (default: %(default)s)")
+    p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser(
         "config",

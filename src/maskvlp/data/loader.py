@@ -180,3 +180,26 @@ def eval_loader(
         num_workers=num_workers,
         collate_fn=_eval_collate,
     )
+
+
+def read_images(path: str, limit: int, image_size: int) -> torch.Tensor:
+    """Up to `limit` full images as uint8 (N, 3, S, S) from a folder of images, one .tar shard, or a
+    shard folder with a manifest (its val split, else train)."""
+    from pathlib import Path
+
+    from maskvlp.data.shards import MANIFEST, shard_paths
+
+    p = Path(path)
+    if p.is_dir() and (p / MANIFEST).is_file():
+        urls = shard_paths(p, "val") or shard_paths(p, "train")
+    elif p.is_file() and p.suffix == ".tar":
+        urls = [str(p)]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMAGE_KEYS)[:limit]
+        if not files:
+            raise FileNotFoundError(f"no .jpg/.png/.webp images under '{p}'")
+        return torch.stack([eval_image(f.read_bytes(), image_size) for f in files])
+    else:
+        raise FileNotFoundError(f"'{p}' is neither an image folder, a .tar shard nor a shard folder")
+    samples = itertools.islice(slot_samples(urls, 0, 1, epoch_seed=None), limit)
+    return torch.stack([eval_image(_image_bytes(s), image_size) for s in samples])
