@@ -40,6 +40,27 @@ def cmd_shard(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from maskvlp.train import pretrain, run_paths
+
+    result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
+    paths = run_paths(cfg)
+    if args.metrics and result["status"] == "finished":
+        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics).write_text(json.dumps(result, indent=2) + "\n")
+    if result["status"] == "stopped":
+        print(f"stopped at step {result['step']}/{result['total_steps']}; checkpoint saved in {paths.checkpoints}. "
+              f"Continue with: maskvlp pretrain --resume (same params)")
+        return 3
+    print(f"finished {result['step']} steps ({result['samples_seen']} samples) in {result['wall_s']} s; "
+          f"final loss {result.get('final_loss', float('nan')):.3f} (chance {result['chance_loss']:.3f})")
+    print(f"wrote {paths.model}; TensorBoard: tensorboard --logdir {paths.tensorboard.parent.parent}")
+    return 0
+
+
 def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.data.loader import read_images
     from maskvlp.data.transforms import normalize
@@ -83,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="masked CLIP pre-training on the shards (DVC stage `pretrain`)",
+        description="Train the CLIP model of model.* with the masking of masking.* for train.samples samples. "
+        "Writes runs/<train.run_name>/ (resolved config, run.json with git commit and shard manifest hash, "
+        "checkpoints, TensorBoard logs, model.safetensors). SIGTERM or SIGUSR1 saves a checkpoint and exits "
+        "with code 3; --resume continues from the latest checkpoint with identical results.",
+    )
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--metrics", default="", metavar="JSON", help="also write the final training metrics here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
         "masks",

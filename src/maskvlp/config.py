@@ -347,6 +347,12 @@ def validate(cfg: Config) -> None:
         t.checkpoint_every_samples >= 1, "train.checkpoint_every_samples", "must be >= 1", t.checkpoint_every_samples
     )
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
+    _check(
+        not (t.compile and k.strategy == "cluster" and k.mode == "official"),
+        "train.compile",
+        "cannot be combined with masking.mode=official (its token count changes every batch)",
+        t.compile,
+    )
     _check(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1", t.log_every_steps)
     _check(
         t.mask_image_every_steps >= 0,

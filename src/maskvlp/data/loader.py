@@ -127,7 +127,8 @@ class TrainStream(IterableDataset):
                 images.append(train_image(_image_bytes(sample), s.image_size, s.crop_scale, s.crop_ratio, rng))
                 position += 1
             yield {
-                "images": torch.stack(images),
+                # stack the contiguous HWC storage (10x cheaper than stacking CHW views), view as CHW
+                "images": torch.stack([im.permute(1, 2, 0) for im in images]).permute(0, 3, 1, 2),
                 "tokens": tokenizer([sample["txt"].decode("utf-8") for sample in raw]),
                 "keys": [sample["__key__"] for sample in raw],
             }

@@ -201,3 +201,26 @@ def shard_paths(out_dir: str | Path, split: str) -> list[str]:
     manifest = load_manifest(out_dir)
     shards = manifest["splits"].get(split, {}).get("shards", [])
     return [str(Path(out_dir) / sh["name"]) for sh in shards]
+
+
+# The data params that determine the shards (the shard stage's params in dvc.yaml).
+SHARD_PARAMS = ("source", "image_size", "image_format", "jpeg_quality", "val_fraction", "max_samples_per_shard",
+                "synthetic", "emoji", "folder", "shards")
+
+
+def check_manifest(cfg: Config, manifest: dict[str, Any]) -> None:
+    """Refuse shards written with other data params than `cfg` (stale shards), naming the keys."""
+    written = manifest.get("params", {})
+    current = {"seed": cfg.seed, "data": to_dict(cfg)["data"]}
+    diffs = [] if written.get("seed") == current["seed"] else [f"seed: {written.get('seed')} -> {cfg.seed}"]
+    for key in SHARD_PARAMS:
+        old, new = written.get("data", {}).get(key), current["data"][key]
+        if old != new:
+            diffs.append(f"data.{key}: {old} -> {new}")
+    if diffs:
+        raise ShardError(
+            f"the shards in {cfg.data.out_dir} were written with other params ({'; '.join(diffs)}): "
+            "re-run `maskvlp shard` (or `dvc repro`)"
+        )
+    if manifest["splits"]["train"]["count"] == 0:
+        raise ShardError(f"the shard set in {cfg.data.out_dir} has no training samples")

@@ -1,0 +1,64 @@
+"""torch.distributed set-up from the environment: torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or Slurm
+(SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT set by the launcher)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_from_variables(environ: dict[str, str] | None = None) -> DistEnv:
+    e = os.environ if environ is None else environ
+    if "WORLD_SIZE" in e:
+        return DistEnv(int(e.get("RANK", 0)), int(e["WORLD_SIZE"]), int(e.get("LOCAL_RANK", 0)))
+    if "SLURM_NTASKS" in e and "MASTER_ADDR" in e:
+        return DistEnv(int(e.get("SLURM_PROCID", 0)), int(e["SLURM_NTASKS"]), int(e.get("SLURM_LOCALID", 0)))
+    return DistEnv()
+
+
+def init_distributed(env: DistEnv | None = None) -> tuple[DistEnv, torch.device]:
+    """Initialise the process group when world_size > 1 (nccl on GPU, gloo on CPU); pick the device."""
+    env = env or env_from_variables()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if env.world_size > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise RuntimeError("world size > 1 but MASTER_ADDR/MASTER_PORT are not set: launch with torchrun or Slurm")
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world_size
+        )
+    return env, device
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any rank (so all ranks stop at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_gather_objects(obj):
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

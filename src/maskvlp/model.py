@@ -1,0 +1,200 @@
+"""CLIP in plain PyTorch: a ViT image tower that accepts kept-token indices, a causal text tower.
+
+The image tower embeds all L patches and adds positions FIRST, then gathers the kept tokens, then
+prepends the class token: compute scales with the kept count (FLIP; algorithms.md "common ground").
+The model knows kept indices, not how they were chosen. Attention goes through
+F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+VOCAB_SIZE = 49408  # CLIP BPE
+
+
+@dataclass(frozen=True)
+class TowerShape:
+    width: int
+    layers: int
+    heads: int
+
+
+# Image towers: CLIP/ViT sizes (B matches CLIP ViT-B/16 with patch_size 16, L matches ViT-L/14).
+VISION_PRESETS = {
+    "tiny": TowerShape(128, 4, 4),
+    "S": TowerShape(384, 12, 6),
+    "B": TowerShape(768, 12, 12),
+    "L": TowerShape(1024, 24, 16),
+}
+# Text towers: B matches CLIP's 12-layer 512-wide text transformer, L CLIP ViT-L/14's 768-wide one.
+TEXT_PRESETS = {
+    "tiny": TowerShape(128, 4, 4),
+    "S": TowerShape(384, 12, 6),
+    "B": TowerShape(512, 12, 8),
+    "L": TowerShape(768, 12, 12),
+}
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: fused qkv projection, SDPA, 4x GELU MLP."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def attention(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return self.proj(out.transpose(1, 2).reshape(b, n, w))
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.attention(self.ln_1(x), causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, shape: TowerShape, causal: bool):
+        super().__init__()
+        self.causal = causal
+        self.blocks = nn.ModuleList([Block(shape.width, shape.heads) for _ in range(shape.layers)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, self.causal, use_reentrant=False)
+            else:
+                x = block(x, self.causal)
+        return x
+
+
+class VisionTower(nn.Module):
+    def __init__(self, shape: TowerShape, image_size: int, patch_size: int, embed_dim: int):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"model.image_size {image_size} is not a multiple of model.patch_size {patch_size}")
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid**2
+        w = shape.width
+        scale = w**-0.5
+        self.patch_embed = nn.Conv2d(3, w, patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(w))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(self.num_patches + 1, w))
+        self.ln_pre = nn.LayerNorm(w)
+        self.transformer = Transformer(shape, causal=False)
+        self.ln_post = nn.LayerNorm(w)
+        self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) normalised -> layer-0 tokens (B, L, width): patch embedding + position."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)
+        return x + self.positional_embedding[1:].to(x.dtype)
+
+    def forward(
+        self, images: torch.Tensor, keep_idx: torch.Tensor | None = None, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """images: (B, 3, H, W) normalised; keep_idx: (B, n_keep) long or None (all patches);
+        tokens: precomputed patch_tokens(images), if the caller needed them for masking.
+        Returns image features (B, embed_dim), not normalised."""
+        x = self.patch_tokens(images) if tokens is None else tokens
+        if keep_idx is not None:
+            x = torch.gather(x, 1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
+        cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype).expand(x.shape[0], 1, -1)
+        x = self.ln_pre(torch.cat([cls, x], dim=1))
+        x = self.transformer(x)
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+class TextTower(nn.Module):
+    def __init__(self, shape: TowerShape, context_length: int, embed_dim: int, vocab_size: int = VOCAB_SIZE):
+        super().__init__()
+        w = shape.width
+        self.token_embedding = nn.Embedding(vocab_size, w)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, w))
+        self.transformer = Transformer(shape, causal=True)
+        self.ln_final = nn.LayerNorm(w)
+        self.proj = nn.Parameter(w**-0.5 * torch.randn(w, embed_dim))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, C) long, CLIP BPE with end-of-text as the largest id -> features (B, embed_dim)."""
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
+        x = self.ln_final(self.transformer(x))
+        eot = tokens.argmax(dim=-1)  # CLIP pools at the end-of-text token (the largest id)
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.proj
+
+
+class CLIP(nn.Module):
+    def __init__(
+        self,
+        vision: str = "tiny",
+        text: str = "tiny",
+        image_size: int = 64,
+        patch_size: int = 8,
+        embed_dim: int = 128,
+        context_length: int = 32,
+    ):
+        super().__init__()
+        for name, value, presets in (("vision", vision, VISION_PRESETS), ("text", text, TEXT_PRESETS)):
+            if value not in presets:
+                raise ValueError(f"model.{name} must be one of {', '.join(presets)}, got {value!r}")
+        self.visual = VisionTower(VISION_PRESETS[vision], image_size, patch_size, embed_dim)
+        self.text = TextTower(TEXT_PRESETS[text], context_length, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    @classmethod
+    def from_config(cls, m) -> CLIP:
+        return cls(m.vision, m.text, m.image_size, m.patch_size, m.embed_dim, m.context_length)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.visual.transformer.grad_checkpointing = enabled
+        self.text.transformer.grad_checkpointing = enabled
+
+    def encode_image(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None, normalize: bool = True,
+                     tokens: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.visual(images, keep_idx, tokens)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = self.text(tokens)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None,
+                patch_tokens: torch.Tensor | None = None):
+        """-> (image features, text features, logit scale); features L2-normalised."""
+        return self.encode_image(images, keep_idx, tokens=patch_tokens), self.encode_text(tokens), self.logit_scale.exp()
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train_flops_per_sample(model: CLIP, kept_tokens: int, text_tokens: int) -> float:
+    """Approximate training FLOPs per image-text pair (forward + backward = 3x forward): 2 FLOPs per
+    weight per token in the transformers, plus attention's two (n x n x width) matmuls."""
+
+    def tower(transformer: Transformer, n: int) -> float:
+        total = 0.0
+        for block in transformer.blocks:
+            w = block.proj.in_features
+            total += 2 * n * (count_params(block) - 4 * w) + 4 * n * n * w
+        return total
+
+    vis = model.visual
+    patch = 2 * vis.num_patches * vis.patch_embed.weight.numel()
+    fwd = patch + tower(vis.transformer, kept_tokens + 1) + tower(model.text.transformer, text_tokens)
+    return 3 * fwd
