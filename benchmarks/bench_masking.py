@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--anchor-ratio", type=float, default=0.05)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--vit-batch", type=int, default=0, help="batch for the ViT step (default: 8 on CPU, --batch on GPU)")
+    parser.add_argument(
+        "--vit-batch", type=int, default=0, help="batch for the ViT step (default: 8 on CPU, --batch on GPU)"
+    )
     parser.add_argument("--quick", action="store_true", help="batch 64, 2 repeats")
     args = parser.parse_args()
     if args.quick:
@@ -78,7 +80,9 @@ def main() -> None:
         ("cluster, official", "cluster", "official"),
     ]:
         rows[name] = timed(
-            lambda s=strategy, m=mode: compute_mask(s, images, patch, args.ratio, args.anchor_ratio, args.threshold, gen, m),
+            lambda s=strategy, m=mode: compute_mask(
+                s, images, patch, args.ratio, args.anchor_ratio, args.threshold, gen, m
+            ),
             dev,
             args.repeats,
         )
@@ -90,16 +94,22 @@ def main() -> None:
     vit_batch = args.vit_batch or (8 if dev == "cpu" else args.batch)
     step_ms = vit_step_ms_per_image(dev, vit_batch, max(2, args.repeats // 2)) * args.batch
 
-    print(f"# masking cost, batch {args.batch} x 224 px, 16 px patches, ratio {args.ratio}, anchor ratio "
-          f"{args.anchor_ratio}, threshold {args.threshold}")
-    print(f"# device {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else platform.processor() or 'cpu'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"# masking cost, batch {args.batch} x 224 px, 16 px patches, ratio {args.ratio}, anchor ratio "
+        f"{args.anchor_ratio}, threshold {args.threshold}"
+    )
+    print(
+        f"# device {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else platform.processor() or 'cpu'}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"{'what':34s} {'ms/batch':>10s} {'share of ViT-B/16 step':>24s}")
     for name, ms in rows.items():
         print(f"{name:34s} {ms:10.2f} {ms / step_ms:23.2%}")
     print(f"{'ViT-B/16 fwd+bwd+AdamW (full)':34s} {step_ms:10.1f} {'(measured at batch ' + str(vit_batch) + ')':>24s}")
-    print(f"cluster / random mask cost: {rows['cluster, exact'] / rows['random (FLIP)']:.1f}x; "
-          f"L x L / A x L similarity: {rows['  similarity L x L (naive)'] / rows[f'  similarity A x L (A={a})']:.1f}x")
+    print(
+        f"cluster / random mask cost: {rows['cluster, exact'] / rows['random (FLIP)']:.1f}x; "
+        f"L x L / A x L similarity: {rows['  similarity L x L (naive)'] / rows[f'  similarity A x L (A={a})']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -52,11 +52,15 @@ def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
         Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics).write_text(json.dumps(result, indent=2) + "\n")
     if result["status"] == "stopped":
-        print(f"stopped at step {result['step']}/{result['total_steps']}; checkpoint saved in {paths.checkpoints}. "
-              f"Continue with: maskvlp pretrain --resume (same params)")
+        print(
+            f"stopped at step {result['step']}/{result['total_steps']}; checkpoint saved in {paths.checkpoints}. "
+            f"Continue with: maskvlp pretrain --resume (same params)"
+        )
         return 3
-    print(f"finished {result['step']} steps ({result['samples_seen']} samples) in {result['wall_s']} s; "
-          f"final loss {result.get('final_loss', float('nan')):.3f} (chance {result['chance_loss']:.3f})")
+    print(
+        f"finished {result['step']} steps ({result['samples_seen']} samples) in {result['wall_s']} s; "
+        f"final loss {result.get('final_loss', float('nan')):.3f} (chance {result['chance_loss']:.3f})"
+    )
     print(f"wrote {paths.model}; TensorBoard: tensorboard --logdir {paths.tensorboard.parent.parent}")
     return 0
 

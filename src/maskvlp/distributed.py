@@ -41,9 +41,7 @@ def init_distributed(env: DistEnv | None = None) -> tuple[DistEnv, torch.device]
     if env.world_size > 1 and not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             raise RuntimeError("world size > 1 but MASTER_ADDR/MASTER_PORT are not set: launch with torchrun or Slurm")
-        dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world_size
-        )
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world_size)
     return env, device
 
 

@@ -164,8 +164,13 @@ class CLIP(nn.Module):
         self.visual.transformer.grad_checkpointing = enabled
         self.text.transformer.grad_checkpointing = enabled
 
-    def encode_image(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None, normalize: bool = True,
-                     tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        normalize: bool = True,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         feats = self.visual(images, keep_idx, tokens)
         return F.normalize(feats, dim=-1) if normalize else feats
 
@@ -173,10 +178,19 @@ class CLIP(nn.Module):
         feats = self.text(tokens)
         return F.normalize(feats, dim=-1) if normalize else feats
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None,
-                patch_tokens: torch.Tensor | None = None):
+    def forward(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        patch_tokens: torch.Tensor | None = None,
+    ):
         """-> (image features, text features, logit scale); features L2-normalised."""
-        return self.encode_image(images, keep_idx, tokens=patch_tokens), self.encode_text(tokens), self.logit_scale.exp()
+        return (
+            self.encode_image(images, keep_idx, tokens=patch_tokens),
+            self.encode_text(tokens),
+            self.logit_scale.exp(),
+        )
 
 
 def count_params(module: nn.Module) -> int:

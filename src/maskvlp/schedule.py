@@ -23,8 +23,16 @@ class Budget:
         return self.total_steps - self.tuning_steps
 
 
-def make_budget(samples: int, tuning_samples: int, batch_size: int, world_size: int, accum_steps: int,
-                warmup_samples: int, checkpoint_every_samples: int, base_lr: float) -> Budget:
+def make_budget(
+    samples: int,
+    tuning_samples: int,
+    batch_size: int,
+    world_size: int,
+    accum_steps: int,
+    warmup_samples: int,
+    checkpoint_every_samples: int,
+    base_lr: float,
+) -> Budget:
     """Samples -> steps (rounded up, so at least the budget is seen); lr scaled linearly per 256 samples."""
     global_batch = batch_size * world_size * accum_steps
     total = max(1, math.ceil(samples / global_batch))

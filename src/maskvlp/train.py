@@ -34,8 +34,14 @@ from maskvlp.model import CLIP, train_flops_per_sample
 from maskvlp.schedule import Budget, lr_at, make_budget
 
 # Params that may change between a run and its resume: they do not change what is computed.
-RESUME_FREE = ("launcher", "train.log_every_steps", "train.mask_image_every_steps", "train.keep_checkpoints",
-               "train.checkpoint_every_samples", "eval")
+RESUME_FREE = (
+    "launcher",
+    "train.log_every_steps",
+    "train.mask_image_every_steps",
+    "train.keep_checkpoints",
+    "train.checkpoint_every_samples",
+    "eval",
+)
 LOGIT_SCALE_MAX = math.log(100.0)
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
 
@@ -130,8 +136,17 @@ def mask_seed(seed: int, rank: int, step: int, micro: int) -> int:
     return int.from_bytes(digest, "big") & ((1 << 63) - 1)
 
 
-def choose_mask(cfg: Config, model: CLIP, images: torch.Tensor, step: int, micro: int, rank: int, masked: bool,
-                threshold: float, samples_seen: int) -> MaskResult:
+def choose_mask(
+    cfg: Config,
+    model: CLIP,
+    images: torch.Tensor,
+    step: int,
+    micro: int,
+    rank: int,
+    masked: bool,
+    threshold: float,
+    samples_seen: int,
+) -> MaskResult:
     """The kept tokens for one micro-batch (no gradient flows through the choice)."""
     k, m = cfg.masking, cfg.model
     strategy = k.strategy if masked else "none"
@@ -141,8 +156,19 @@ def choose_mask(cfg: Config, model: CLIP, images: torch.Tensor, step: int, micro
         if strategy == "cluster" and k.features == "rgb+embed":
             weight = fusion_weight(samples_seen, k.fusion_samples)
             embed_tokens = model.visual.patch_tokens(images) if weight > 0 else None
-        return compute_mask(strategy, images, m.patch_size, k.ratio, k.anchor_ratio, threshold, gen, k.mode,
-                            k.min_mask_ratio, embed_tokens, weight)
+        return compute_mask(
+            strategy,
+            images,
+            m.patch_size,
+            k.ratio,
+            k.anchor_ratio,
+            threshold,
+            gen,
+            k.mode,
+            k.min_mask_ratio,
+            embed_tokens,
+            weight,
+        )
 
 
 def _calibrated_threshold(cfg: Config, device: torch.device) -> tuple[float, float | None]:
@@ -172,8 +198,10 @@ def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise TrainError(f"cannot resume {paths.root}: params changed since its checkpoints ({detail}). "
-                         "Restore them, or start a new run with another train.run_name")
+        raise TrainError(
+            f"cannot resume {paths.root}: params changed since its checkpoints ({detail}). "
+            "Restore them, or start a new run with another train.run_name"
+        )
     if state["world_size"] != env.world_size or state["loader_workers"] != cfg.data.loader_workers:
         raise TrainError(
             f"cannot resume {paths.root}: it ran with world size {state['world_size']} and "
@@ -191,11 +219,15 @@ def _log_mask_image(writer, result: MaskResult, images_uint8: torch.Tensor, patc
     rows = []
     for i in range(min(4, images_uint8.shape[0])):
         img = images_uint8[i].permute(1, 2, 0).cpu().numpy()
-        rows.append(np.concatenate([img, clusters_picture(img, result, i, patch), kept_picture(img, result, i, patch)], 1))
+        rows.append(
+            np.concatenate([img, clusters_picture(img, result, i, patch), kept_picture(img, result, i, patch)], 1)
+        )
     writer.add_image("mask/image_clusters_kept", np.concatenate(rows, 0), samples, dataformats="HWC")
 
 
-def pretrain(cfg: Config, resume: bool = False, progress: bool = True, stop: StopRequest | None = None) -> dict[str, Any]:
+def pretrain(
+    cfg: Config, resume: bool = False, progress: bool = True, stop: StopRequest | None = None
+) -> dict[str, Any]:
     """Train per cfg; returns the final metrics. Returns early with status "stopped" after saving a
     checkpoint when a stop is requested (SIGTERM/SIGUSR1)."""
     env, device = init_distributed()
@@ -211,8 +243,16 @@ def pretrain(cfg: Config, resume: bool = False, progress: bool = True, stop: Sto
     if t.grad_checkpointing:
         model.set_grad_checkpointing()
     optimizer = build_optimizer(model, cfg)
-    budget: Budget = make_budget(t.samples, t.unmasked_tuning_samples, t.batch_size, env.world_size, t.accum_steps,
-                                 t.warmup_samples, t.checkpoint_every_samples, t.lr)
+    budget: Budget = make_budget(
+        t.samples,
+        t.unmasked_tuning_samples,
+        t.batch_size,
+        env.world_size,
+        t.accum_steps,
+        t.warmup_samples,
+        t.checkpoint_every_samples,
+        t.lr,
+    )
     step = 0
     if state is not None:
         try:
@@ -230,9 +270,15 @@ def pretrain(cfg: Config, resume: bool = False, progress: bool = True, stop: Sto
     if env.is_main:
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(to_yaml(cfg))
-        info = {"git_commit": _git_commit(), "manifest_sha256": sha256_file(Path(cfg.data.out_dir) / MANIFEST),
-                "world_size": env.world_size, "threshold": threshold, "global_batch": budget.global_batch,
-                "total_steps": budget.total_steps, "resumed_at_step": step}
+        info = {
+            "git_commit": _git_commit(),
+            "manifest_sha256": sha256_file(Path(cfg.data.out_dir) / MANIFEST),
+            "world_size": env.world_size,
+            "threshold": threshold,
+            "global_batch": budget.global_batch,
+            "total_steps": budget.total_steps,
+            "resumed_at_step": step,
+        }
         paths.info.write_text(json.dumps(info, indent=2) + "\n")
 
     ddp = DistributedDataParallel(model) if env.world_size > 1 else None
@@ -241,9 +287,18 @@ def pretrain(cfg: Config, resume: bool = False, progress: bool = True, stop: Sto
         forward = torch.compile(forward, dynamic=False)
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    spec = StreamSpec(urls, t.batch_size, m.image_size, m.context_length, cfg.seed, env.rank, env.world_size,
-                      cfg.data.shuffle_buffer, (cfg.data.augment.crop_scale_min, cfg.data.augment.crop_scale_max),
-                      (cfg.data.augment.crop_ratio_min, cfg.data.augment.crop_ratio_max))
+    spec = StreamSpec(
+        urls,
+        t.batch_size,
+        m.image_size,
+        m.context_length,
+        cfg.seed,
+        env.rank,
+        env.world_size,
+        cfg.data.shuffle_buffer,
+        (cfg.data.augment.crop_scale_min, cfg.data.augment.crop_scale_max),
+        (cfg.data.augment.crop_ratio_min, cfg.data.augment.crop_ratio_max),
+    )
     batches = iter(train_loader(spec, cfg.data.loader_workers, start_step=step * t.accum_steps))
 
     writer = None
@@ -254,21 +309,40 @@ def pretrain(cfg: Config, resume: bool = False, progress: bool = True, stop: Sto
         writer = SummaryWriter(str(paths.tensorboard), purge_step=step * budget.global_batch if step else None)
     own_stop = stop is None
     stop = stop or StopRequest()
-    peak = next((v for k, v in GPU_PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), 0)
+    peak = next(
+        (v for k, v in GPU_PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), 0
+    )
 
     def save(at_step: int) -> None:
         if env.is_main:
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                "samples_seen": at_step * budget.global_batch, "torch_rng": torch.get_rng_state(),
-                "threshold": threshold, "signature": resume_signature(cfg), "world_size": env.world_size,
-                "loader_workers": cfg.data.loader_workers, "loader_batches": at_step * t.accum_steps,
-            }, paths.checkpoints, at_step, t.keep_checkpoints)
+            save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": at_step,
+                    "samples_seen": at_step * budget.global_batch,
+                    "torch_rng": torch.get_rng_state(),
+                    "threshold": threshold,
+                    "signature": resume_signature(cfg),
+                    "world_size": env.world_size,
+                    "loader_workers": cfg.data.loader_workers,
+                    "loader_batches": at_step * t.accum_steps,
+                },
+                paths.checkpoints,
+                at_step,
+                t.keep_checkpoints,
+            )
 
     from tqdm import tqdm
 
-    bar = tqdm(total=budget.total_steps, initial=step, disable=not (progress and env.is_main), unit="step",
-               dynamic_ncols=True, desc=f"pretrain {t.run_name}")
+    bar = tqdm(
+        total=budget.total_steps,
+        initial=step,
+        disable=not (progress and env.is_main),
+        unit="step",
+        dynamic_ncols=True,
+        desc=f"pretrain {t.run_name}",
+    )
     window = {"loss": 0.0, "ratio": 0.0, "coverage": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
     recent_losses: list[float] = []
     status = "finished"
@@ -339,9 +413,15 @@ def pretrain(cfg: Config, resume: bool = False, progress: bool = True, stop: Sto
     if own_stop:
         stop.restore()
 
-    result = {"status": status, "step": step, "total_steps": budget.total_steps,
-              "samples_seen": step * budget.global_batch, "global_batch": budget.global_batch,
-              "chance_loss": math.log(budget.global_batch), "wall_s": round(time.perf_counter() - start_time, 2)}
+    result = {
+        "status": status,
+        "step": step,
+        "total_steps": budget.total_steps,
+        "samples_seen": step * budget.global_batch,
+        "global_batch": budget.global_batch,
+        "chance_loss": math.log(budget.global_batch),
+        "wall_s": round(time.perf_counter() - start_time, 2),
+    }
     if recent_losses:
         result["final_loss"] = recent_losses[-1]
     if status == "finished":

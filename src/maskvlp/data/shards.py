@@ -204,8 +204,18 @@ def shard_paths(out_dir: str | Path, split: str) -> list[str]:
 
 
 # The data params that determine the shards (the shard stage's params in dvc.yaml).
-SHARD_PARAMS = ("source", "image_size", "image_format", "jpeg_quality", "val_fraction", "max_samples_per_shard",
-                "synthetic", "emoji", "folder", "shards")
+SHARD_PARAMS = (
+    "source",
+    "image_size",
+    "image_format",
+    "jpeg_quality",
+    "val_fraction",
+    "max_samples_per_shard",
+    "synthetic",
+    "emoji",
+    "folder",
+    "shards",
+)
 
 
 def check_manifest(cfg: Config, manifest: dict[str, Any]) -> None:

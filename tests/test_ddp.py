@@ -1,0 +1,69 @@
+"""2-process gloo DDP gives the same loss and gradients as 1 process on the doubled batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from maskvlp.loss import clip_loss, distributed_clip_loss
+from maskvlp.model import CLIP
+
+pytestmark = pytest.mark.slow
+SHAPE = dict(vision="tiny", text="tiny", image_size=16, patch_size=4, embed_dim=16, context_length=8)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, local_loss, state, batch, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = CLIP(**SHAPE)
+    model.load_state_dict(state)
+    ddp = DistributedDataParallel(model)
+    images, tokens, keep = batch
+    n = images.shape[0] // world
+    part = slice(rank * n, (rank + 1) * n)
+    img, txt, scale = ddp(images[part], tokens[part], keep[part])
+    loss = distributed_clip_loss(img, txt, scale, local_loss)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    torch.save({"loss": loss.detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_two_rank_ddp_equals_one_process_with_the_doubled_batch(tmp_path, local_loss):
+    torch.manual_seed(0)
+    model = CLIP(**SHAPE)
+    images = torch.randn(8, 3, 16, 16)
+    tokens = torch.randint(1, 49000, (8, 8))
+    tokens[:, -1] = 49407
+    keep = torch.stack([torch.randperm(16)[:8].sort().values for _ in range(8)])
+    img, txt, scale = model(images, tokens, keep)
+    loss = clip_loss(img, txt, scale)
+    loss.backward()
+
+    mp.spawn(
+        _worker,
+        args=(2, _free_port(), local_loss, model.state_dict(), (images, tokens, keep), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    losses = torch.stack([r["loss"] for r in ranks])
+    if local_loss:  # each rank holds its own rows; their mean is the global loss
+        torch.testing.assert_close(losses.mean(), loss.detach(), atol=1e-5, rtol=1e-5)
+    else:  # every rank computes the global loss
+        torch.testing.assert_close(losses, loss.detach().expand(2), atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        for r in ranks:  # DDP leaves the averaged (identical) gradient on every rank
+            torch.testing.assert_close(r["grads"][name], p.grad, atol=1e-5, rtol=1e-4, msg=name)

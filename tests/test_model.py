@@ -1,0 +1,114 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskvlp.model import CLIP, TEXT_PRESETS, VISION_PRESETS, count_params
+
+
+@pytest.fixture(scope="module")
+def model() -> CLIP:
+    torch.manual_seed(0)
+    return CLIP("tiny", "tiny", image_size=32, patch_size=8, embed_dim=32, context_length=12).eval()
+
+
+def reference_image_features(model: CLIP, images: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+    """Explicit, loop-based reference: embed every patch, add positions, take the kept ones one image
+    at a time, prepend the class token, run the blocks."""
+    v = model.visual
+    out = []
+    for b in range(images.shape[0]):
+        patches = v.patch_embed(images[b : b + 1]).flatten(2).transpose(1, 2)[0]  # (L, w)
+        tokens = patches + v.positional_embedding[1:]
+        kept = torch.stack([tokens[i] for i in keep_idx[b].tolist()])
+        cls = (v.class_embedding + v.positional_embedding[0])[None]
+        x = v.ln_pre(torch.cat([cls, kept])[None])
+        for block in v.transformer.blocks:
+            x = block(x)
+        out.append(v.ln_post(x[0, 0]) @ v.proj)
+    return F.normalize(torch.stack(out), dim=-1)
+
+
+def test_masked_forward_matches_explicit_reference(model):
+    images = torch.randn(3, 3, 32, 32)
+    keep = torch.stack([torch.randperm(16)[:6].sort().values for _ in range(3)])
+    with torch.no_grad():
+        ours = model.encode_image(images, keep)
+        ref = reference_image_features(model, images, keep)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_no_keep_idx_equals_keeping_every_patch(model):
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model.encode_image(images)
+        all_kept = model.encode_image(images, torch.arange(16).expand(2, -1))
+    torch.testing.assert_close(full, all_kept)
+
+
+def test_order_of_kept_indices_does_not_matter(model):
+    # positions are added before the gather, so the kept set, not its order, defines the output
+    images = torch.randn(2, 3, 32, 32)
+    keep = torch.tensor([[0, 3, 5, 9, 12], [1, 2, 7, 8, 15]])
+    with torch.no_grad():
+        a = model.encode_image(images, keep)
+        b = model.encode_image(images, keep.flip(1))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_transformer_sees_only_kept_tokens(model):
+    seen = []
+    hook = model.visual.transformer.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    with torch.no_grad():
+        model.encode_image(torch.randn(2, 3, 32, 32), torch.arange(4).expand(2, -1))
+    hook.remove()
+    assert seen == [5]  # 4 kept patches + class token
+
+
+def test_text_tower_is_causal_and_pools_at_end_of_text(model):
+    tokens = torch.zeros(1, 12, dtype=torch.long)
+    tokens[0, :4] = torch.tensor([49406, 320, 1125, 49407])
+    changed = tokens.clone()
+    changed[0, 6] = 999  # after the end token: invisible to a causal model pooled at the end token
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokens), model.encode_text(changed))
+        other = tokens.clone()
+        other[0, 2] = 2000
+        assert not torch.allclose(model.encode_text(tokens), model.encode_text(other))
+
+
+def test_forward_returns_normalised_features_and_temperature(model):
+    img, txt, scale = model(torch.randn(2, 3, 32, 32), torch.randint(1, 49407, (2, 12)))
+    assert img.shape == txt.shape == (2, 32)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(2))
+    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(1)
+    a = CLIP("tiny", "tiny", 32, 8, 32, 12)
+    b = CLIP("tiny", "tiny", 32, 8, 32, 12)
+    b.load_state_dict(a.state_dict())
+    b.set_grad_checkpointing()
+    images, tokens = torch.randn(2, 3, 32, 32), torch.randint(1, 49407, (2, 12))
+    for m in (a, b):
+        i, t, s = m(images, tokens, torch.arange(8).expand(2, -1))
+        (s * i @ t.T).sum().backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_b16_preset_matches_clip_shapes():
+    v, t = VISION_PRESETS["B"], TEXT_PRESETS["B"]
+    assert (v.width, v.layers, v.heads) == (768, 12, 12)
+    assert (t.width, t.layers, t.heads) == (512, 12, 8)
+    model = CLIP("B", "B", image_size=224, patch_size=16, embed_dim=512, context_length=77)
+    assert model.visual.num_patches == 196
+    # CLIP ViT-B/16 has ~149.6M parameters
+    assert 149e6 < count_params(model) < 150.5e6
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="multiple of model.patch_size"):
+        CLIP(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="model.vision"):
+        CLIP(vision="XL")

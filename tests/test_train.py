@@ -1,0 +1,225 @@
+"""The pretrain stage: loss falls, exact resume, TensorBoard read back, signals, clear errors."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from maskvlp.config import load_config
+from maskvlp.data.shards import ShardError, shard
+from maskvlp.train import TrainError, pretrain, run_paths
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "shards"
+    shard(
+        load_config(
+            None, [f"data.out_dir={out}", "data.synthetic.num_samples=600", "data.image_size=32", "data.num_workers=1"]
+        ),
+        progress=False,
+    )
+    return out
+
+
+def cfg_for(shards: Path, runs: Path, *overrides: str):
+    base = [
+        f"data.out_dir={shards}",
+        "data.synthetic.num_samples=600",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "data.loader_workers=0",
+        "data.shuffle_buffer=100",
+        "model.image_size=32",
+        "model.patch_size=8",
+        "model.embed_dim=32",
+        "model.context_length=24",
+        f"train.runs_dir={runs}",
+        "train.samples=320",
+        "train.batch_size=16",
+        "train.warmup_samples=64",
+        "train.checkpoint_every_samples=64",
+        "train.log_every_steps=2",
+        "train.mask_image_every_steps=5",
+        "masking.strategy=cluster",
+        "masking.threshold=0.8",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+class StopAfter:
+    """A stop request that fires after `n` step boundaries (as SIGTERM would)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls > self.n
+
+    def restore(self) -> None:
+        pass
+
+
+def weights(cfg) -> dict[str, torch.Tensor]:
+    return load_file(str(run_paths(cfg).model))
+
+
+def scalars(cfg, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(run_paths(cfg).tensorboard))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tiny_model_loss_falls_well_below_chance(tmp_path):
+    out = tmp_path / "shards"
+    cfg = load_config(
+        None,
+        [
+            f"data.out_dir={out}",
+            "data.synthetic.num_samples=1500",
+            "data.num_workers=1",
+            f"train.runs_dir={tmp_path / 'runs'}",
+            "train.samples=6400",
+            "train.batch_size=32",
+            "train.warmup_samples=640",
+            "data.loader_workers=0",
+            "masking.threshold=0.8",
+        ],
+    )
+    shard(cfg, progress=False)
+    result = pretrain(cfg, progress=False)
+    assert result["status"] == "finished" and result["samples_seen"] == 6400
+    assert result["chance_loss"] == pytest.approx(math.log(32))
+    assert result["final_loss"] < 0.6 * result["chance_loss"], result
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stopped_and_resumed_run_ends_with_identical_weights(shards, tmp_path, workers):
+    extra = (f"data.loader_workers={workers}",)
+    whole = cfg_for(shards, tmp_path / "a", *extra)
+    assert pretrain(whole, progress=False)["status"] == "finished"
+
+    split = cfg_for(shards, tmp_path / "b", *extra)
+    first = pretrain(split, progress=False, stop=StopAfter(7))
+    assert first["status"] == "stopped" and first["step"] == 7
+    assert not run_paths(split).model.exists()
+    second = pretrain(split, resume=True, progress=False)
+    assert second["status"] == "finished" and second["step"] == 20
+
+    a, b = weights(whole), weights(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    # TensorBoard: one continuous curve on the samples-seen axis, each point once
+    steps = [s for s, _ in scalars(split, "train/loss")]
+    assert steps == sorted(set(steps)) and steps == [s for s, _ in scalars(whole, "train/loss")]
+    assert steps[-1] == 320
+    for tag in ("train/lr", "train/logit_scale", "perf/images_per_s", "mask/ratio", "mask/cluster_coverage"):
+        assert scalars(split, tag), tag
+    assert all(v == pytest.approx(0.5) for _, v in scalars(split, "mask/ratio"))
+
+
+def test_run_directory_records_config_commit_and_manifest(shards, tmp_path):
+    cfg = cfg_for(shards, tmp_path)
+    pretrain(cfg, progress=False)
+    paths = run_paths(cfg)
+    import json
+
+    info = json.loads(paths.info.read_text())
+    assert len(info["manifest_sha256"]) == 64 and info["global_batch"] == 16
+    assert "masking:" in paths.config.read_text()
+    assert len(list(paths.checkpoints.glob("step-*.pt"))) == cfg.train.keep_checkpoints
+    acc = EventAccumulator(str(paths.tensorboard), size_guidance={"images": 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == ["mask/image_clusters_kept"]
+
+
+def test_unmasked_tuning_phase_logs_mask_ratio_zero(shards, tmp_path):
+    cfg = cfg_for(shards, tmp_path, "train.unmasked_tuning_samples=96", "masking.strategy=random")
+    pretrain(cfg, progress=False)
+    ratios = scalars(cfg, "mask/ratio")
+    assert ratios[0][1] == pytest.approx(0.5) and ratios[-1][1] == 0.0
+
+
+def test_existing_run_is_not_silently_restarted(shards, tmp_path):
+    cfg = cfg_for(shards, tmp_path)
+    pretrain(cfg, progress=False, stop=StopAfter(3))
+    with pytest.raises(TrainError, match="--resume"):
+        pretrain(cfg, progress=False)
+
+
+def test_resume_with_changed_params_is_refused_naming_them(shards, tmp_path):
+    pretrain(cfg_for(shards, tmp_path), progress=False, stop=StopAfter(3))
+    with pytest.raises(TrainError, match=r"train\.batch_size: 16 -> 8"):
+        pretrain(cfg_for(shards, tmp_path, "train.batch_size=8"), resume=True, progress=False)
+    with pytest.raises(TrainError, match=r"model\.vision"):
+        pretrain(cfg_for(shards, tmp_path, "model.vision=S"), resume=True, progress=False)
+
+
+def test_resume_without_checkpoint_is_an_error(shards, tmp_path):
+    with pytest.raises(TrainError, match="no checkpoint"):
+        pretrain(cfg_for(shards, tmp_path), resume=True, progress=False)
+
+
+def test_missing_or_stale_shards_are_clear_errors(shards, tmp_path):
+    with pytest.raises(FileNotFoundError, match="maskvlp shard"):
+        pretrain(cfg_for(tmp_path / "none", tmp_path), progress=False)
+    with pytest.raises(ShardError, match=r"data\.synthetic.*re-run `maskvlp shard`"):
+        pretrain(cfg_for(shards, tmp_path, "data.synthetic.num_samples=999"), progress=False)
+
+
+def test_sigterm_checkpoints_and_exits_then_resume_matches(shards, tmp_path, tool_env):
+    common = [
+        f"data.out_dir={shards}",
+        "data.synthetic.num_samples=600",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "data.loader_workers=0",
+        "model.image_size=32",
+        "model.patch_size=8",
+        "model.embed_dim=32",
+        "model.context_length=24",
+        "train.samples=3200",
+        "train.batch_size=16",
+        "train.warmup_samples=64",
+        "train.checkpoint_every_samples=100000",
+        "masking.strategy=random",
+    ]
+    args = [a for kv in common for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "maskvlp.cli", "pretrain", "--quiet", *args]
+    run_b = ["--set", f"train.runs_dir={tmp_path / 'b'}"]
+    proc = subprocess.Popen(cmd + run_b, env=tool_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tb_dir = tmp_path / "b" / "default" / "tb"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tb_dir.exists() and any(tb_dir.iterdir())):
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few steps in
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    assert "--resume" in out
+    ckpts = list((tmp_path / "b" / "default" / "checkpoints").glob("step-*.pt"))
+    assert len(ckpts) == 1 and 0 < int(ckpts[0].stem.split("-")[1]) < 200
+    done = subprocess.run(cmd + run_b + ["--resume"], env=tool_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    whole = subprocess.run(
+        cmd + ["--set", f"train.runs_dir={tmp_path / 'a'}"], env=tool_env, capture_output=True, text=True, timeout=300
+    )
+    assert whole.returncode == 0, whole.stderr
+    a = load_file(str(tmp_path / "a" / "default" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "default" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert os.path.getsize(tmp_path / "b" / "default" / "model.safetensors") > 0
