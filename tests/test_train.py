@@ -57,6 +57,14 @@ def cfg_for(shards: Path, runs: Path, *overrides: str):
     return load_config(None, base + list(overrides))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class StopAfter:
     """A stop request that fires after `n` step boundaries (as SIGTERM would)."""
 
@@ -223,3 +231,20 @@ def test_sigterm_checkpoints_and_exits_then_resume_matches(shards, tmp_path, too
     b = load_file(str(tmp_path / "b" / "default" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert os.path.getsize(tmp_path / "b" / "default" / "model.safetensors") > 0
+
+
+def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "maskvlp.cli", "pretrain", "--quiet", "--metrics", str(tmp_path / "train.json")]
+    for kv in (f"data.out_dir={shards}", "data.synthetic.num_samples=600", "data.image_size=32", "data.num_workers=1",
+               "data.loader_workers=0", "model.image_size=32", "model.patch_size=8", "model.embed_dim=32",
+               "model.context_length=24", "train.samples=320", "train.batch_size=8", f"train.runs_dir={tmp_path}"):
+        cmd += ["--set", kv]
+    proc = subprocess.run(cmd, env=tool_env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("finished 20 steps (320 samples)") == 1  # reported once, by rank 0
+    import json
+
+    info = json.loads((tmp_path / "default" / "run.json").read_text())
+    assert info["world_size"] == 2 and info["global_batch"] == 16
+    assert json.loads((tmp_path / "train.json").read_text())["world_size"] == 2

@@ -48,6 +48,8 @@ def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
 
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
     paths = run_paths(cfg)
+    if result["rank"] != 0:  # one report per job, from rank 0
+        return 3 if result["status"] == "stopped" else 0
     if args.metrics and result["status"] == "finished":
         Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics).write_text(json.dumps(result, indent=2) + "\n")

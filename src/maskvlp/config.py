@@ -114,10 +114,10 @@ class MaskingConfig:
 class TrainConfig:
     run_name: str = "default"
     runs_dir: str = "runs"
-    samples: int = 40000  # training budget in samples seen
+    samples: int = 30000  # training budget in samples seen
     batch_size: int = 64  # per process
     lr: float = 5e-4  # base learning rate per 256 samples, scaled by the global batch
-    warmup_samples: int = 4000
+    warmup_samples: int = 3000
     weight_decay: float = 0.2
     beta1: float = 0.9
     beta2: float = 0.98

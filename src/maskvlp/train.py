@@ -338,7 +338,7 @@ def pretrain(
     bar = tqdm(
         total=budget.total_steps,
         initial=step,
-        disable=not (progress and env.is_main),
+        disable=None if (progress and env.is_main) else True,
         unit="step",
         dynamic_ncols=True,
         desc=f"pretrain {t.run_name}",
@@ -415,6 +415,8 @@ def pretrain(
 
     result = {
         "status": status,
+        "rank": env.rank,
+        "world_size": env.world_size,
         "step": step,
         "total_steps": budget.total_steps,
         "samples_seen": step * budget.global_batch,
