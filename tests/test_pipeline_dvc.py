@@ -29,6 +29,8 @@ def repo(tmp_path, tool_env) -> Path:
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["data"]["synthetic"]["num_samples"] = 300
+    params["data"]["loader_workers"] = 0
+    params["train"].update(samples=640, batch_size=32, warmup_samples=64, checkpoint_every_samples=320)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], tmp_path, tool_env)
     run(["git", "config", "user.email", "ci@example.com"], tmp_path, tool_env)
@@ -39,28 +41,36 @@ def repo(tmp_path, tool_env) -> Path:
     return tmp_path
 
 
-def test_dvc_repro_runs_skips_and_reruns_the_shard_stage(repo, tool_env):
+def _set(repo: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage 'shard'" in out
+    assert "Running stage 'shard'" in out and "Running stage 'pretrain'" in out
     manifest = json.loads((repo / "data/shards/manifest.json").read_text())
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["val"]["count"] == 300
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["status"] == "finished" and train["samples_seen"] == 640
+    assert (repo / "runs/default/model.safetensors").is_file()
     assert (repo / "dvc.lock").is_file()
 
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage 'shard'" not in out and "didn't change" in out
+    assert "Running stage" not in out and "didn't change" in out
 
-    # a param the stage does not read leaves it alone
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["lr"] = 0.001
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # a training param re-runs pretrain only
+    _set(repo, "train", "lr", 0.001)
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage 'shard'" not in out
+    assert "Running stage 'shard'" not in out and "Running stage 'pretrain'" in out
 
-    # a data param re-runs it
+    # a data param re-runs both
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["synthetic"]["num_samples"] = 120
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage 'shard'" in out
+    assert "Running stage 'shard'" in out and "Running stage 'pretrain'" in out
     manifest = json.loads((repo / "data/shards/manifest.json").read_text())
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["val"]["count"] == 120
 

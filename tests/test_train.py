@@ -234,11 +234,35 @@ def test_sigterm_checkpoints_and_exits_then_resume_matches(shards, tmp_path, too
 
 
 def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "maskvlp.cli", "pretrain", "--quiet", "--metrics", str(tmp_path / "train.json")]
-    for kv in (f"data.out_dir={shards}", "data.synthetic.num_samples=600", "data.image_size=32", "data.num_workers=1",
-               "data.loader_workers=0", "model.image_size=32", "model.patch_size=8", "model.embed_dim=32",
-               "model.context_length=24", "train.samples=320", "train.batch_size=8", f"train.runs_dir={tmp_path}"):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "maskvlp.cli",
+        "pretrain",
+        "--quiet",
+        "--metrics",
+        str(tmp_path / "train.json"),
+    ]
+    for kv in (
+        f"data.out_dir={shards}",
+        "data.synthetic.num_samples=600",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "data.loader_workers=0",
+        "model.image_size=32",
+        "model.patch_size=8",
+        "model.embed_dim=32",
+        "model.context_length=24",
+        "train.samples=320",
+        "train.batch_size=8",
+        f"train.runs_dir={tmp_path}",
+    ):
         cmd += ["--set", kv]
     proc = subprocess.run(cmd, env=tool_env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -248,3 +272,10 @@ def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
     info = json.loads((tmp_path / "default" / "run.json").read_text())
     assert info["world_size"] == 2 and info["global_batch"] == 16
     assert json.loads((tmp_path / "train.json").read_text())["world_size"] == 2
+
+
+def test_gradient_accumulation_counts_samples_and_reports_per_loss_chance(shards, tmp_path):
+    cfg = cfg_for(shards, tmp_path, "train.accum_steps=2", "train.batch_size=8", "train.precision=bf16")
+    result = pretrain(cfg, progress=False)
+    assert result["global_batch"] == 16 and result["step"] == 20 and result["samples_seen"] == 320
+    assert result["chance_loss"] == pytest.approx(math.log(8))  # each loss sees 8 candidates

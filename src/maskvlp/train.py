@@ -421,7 +421,7 @@ def pretrain(
         "total_steps": budget.total_steps,
         "samples_seen": step * budget.global_batch,
         "global_batch": budget.global_batch,
-        "chance_loss": math.log(budget.global_batch),
+        "chance_loss": math.log(t.batch_size * env.world_size),  # candidates per contrastive loss
         "wall_s": round(time.perf_counter() - start_time, 2),
     }
     if recent_losses:
