@@ -67,6 +67,39 @@ def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from maskvlp.evaluate import evaluate, load_run, write_outputs, write_tensorboard_hparams
+    from maskvlp.train import run_paths
+
+    run_dir = Path(args.run) if args.run else run_paths(cfg).root
+    metrics, plots = evaluate(cfg, run_dir, progress=not args.quiet)
+    write_outputs(metrics, plots, cfg.eval.metrics_file, run_dir)
+    write_tensorboard_hparams(run_dir, load_run(run_dir)[1], metrics)
+    width = max(map(len, metrics))
+    for key, value in sorted(metrics.items()):
+        print(f"{key:{width}s} {value:.4f}")
+    print(f"wrote {cfg.eval.metrics_file} and {run_dir}/eval/ (TensorBoard HParams session)")
+    return 0
+
+
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from maskvlp.report import bar_chart, collect, table
+
+    rows = collect(args.runs)
+    if not rows:
+        print(
+            "maskvlp report: none of these folders holds an evaluated run (eval/metrics.json): "
+            "run `maskvlp evaluate` first",
+            file=sys.stderr,
+        )
+        return 1
+    print(table(rows))
+    print(f"wrote {bar_chart(rows, args.out)}")
+    return 0
+
+
 def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.data.loader import read_images
     from maskvlp.data.transforms import normalize
@@ -126,6 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
+        "evaluate",
+        help="zero-shot, retrieval, linear probe and composition on full images (DVC stage `evaluate`)",
+        description="Evaluate a finished run (default runs/<train.run_name>) on eval.datasets: zero-shot "
+        "classification (template ensemble; top-1, top-5, mean per-class recall), image<->text retrieval "
+        "(R@1/5/10), a linear probe (C chosen on held-out train features) and composition (true caption vs "
+        "swapped attribute / relation / replaced object). Writes eval.metrics_file, per-class and retrieval "
+        "plot data beside it, and an HParams session in <run>/eval for TensorBoard.",
+    )
+    _common(p)
+    p.add_argument("--run", default="", metavar="DIR", help="run folder (default: runs/<train.run_name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "report",
+        help="compare evaluated runs: a table and a PNG bar chart",
+        description="Print the key metrics of each evaluated run with its masking params, and draw a bar chart.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. runs/*")
+    p.add_argument("--out", default="report.png", metavar="PNG", help="bar chart (default: %(default)s)")
+    p.set_defaults(func=cmd_report, params=None, overrides=[])
+
+    p = sub.add_parser(
         "masks",
         help="draw masks for some images: clusters and kept patches per strategy (PNG)",
         description="Draw a grid like the cluster-masking paper's Figure 3: each image, its clusters (anchors "
@@ -160,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"maskvlp {args.command}: invalid parameters: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"maskvlp {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -139,8 +139,11 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------- eval
 @dataclass
 class EvalConfig:
+    datasets: list[str] = field(default_factory=lambda: ["val", "objects"])  # val | objects
     batch_size: int = 256
+    objects_per_class: int = 20  # `objects`: generated single-object scenes per class (32 classes)
     linear_probe: bool = True
+    linear_probe_samples: int = 2000  # train-split images whose features fit the probe
     metrics_file: str = "metrics/eval.json"
 
 
@@ -361,7 +364,16 @@ def validate(cfg: Config) -> None:
         t.mask_image_every_steps,
     )
 
-    _check(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1", cfg.eval.batch_size)
+    ev = cfg.eval
+    _check(ev.batch_size >= 1, "eval.batch_size", "must be >= 1", ev.batch_size)
+    _check(
+        bool(ev.datasets) and all(d in ("val", "objects") for d in ev.datasets),
+        "eval.datasets",
+        "must list one or more of: val, objects",
+        ev.datasets,
+    )
+    _check(ev.objects_per_class >= 1, "eval.objects_per_class", "must be >= 1", ev.objects_per_class)
+    _check(ev.linear_probe_samples >= 2, "eval.linear_probe_samples", "must be >= 2", ev.linear_probe_samples)
 
     la = cfg.launcher
     _choice("launcher.executor", la.executor, ("local", "slurm", "debug"))

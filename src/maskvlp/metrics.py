@@ -1,0 +1,55 @@
+"""Evaluation metrics as pure functions over tensors (no I/O, no model)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """logits: (N, C), labels: (N,) -> fraction whose label is among the k highest scores.
+    Ties are broken pessimistically: a wrong class scoring equal to the label counts as above it."""
+    label_scores = logits.gather(1, labels[:, None])
+    rank = (logits >= label_scores).sum(1) - 1  # other classes scoring at least as high
+    return float((rank < k).float().mean())
+
+
+def per_class_recall(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C,) recall of each class; NaN for classes without samples."""
+    hits = torch.zeros(num_classes).index_add_(0, labels, (predictions == labels).float())
+    counts = torch.zeros(num_classes).index_add_(0, labels, torch.ones_like(labels, dtype=torch.float))
+    return torch.where(counts > 0, hits / counts.clamp_min(1), torch.full_like(counts, float("nan")))
+
+
+def mean_per_class_recall(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    recall = per_class_recall(predictions, labels, num_classes)
+    return float(recall[~recall.isnan()].mean())
+
+
+def _rank_of_best_positive(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """scores, positive: (Q, N) -> (Q,) rank (0 = first) of the best-scoring positive among the
+    negatives; negatives tied with it count as ranked above (pessimistic)."""
+    best_pos = torch.where(positive, scores, torch.full_like(scores, -torch.inf)).max(1).values
+    above = ((scores >= best_pos[:, None]) & ~positive).sum(1)
+    return above
+
+
+def retrieval_recall(similarity: torch.Tensor, caption_image: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """similarity: (I, T) image-caption scores; caption_image: (T,) index of each caption's image.
+
+    Image->text: an image is a hit at K if any of its captions ranks within the top K captions.
+    Text->image: a caption is a hit at K if its image ranks within the top K images.
+    """
+    images = torch.arange(similarity.shape[0], device=similarity.device)
+    positive = images[:, None] == caption_image[None, :]  # (I, T)
+    i2t = _rank_of_best_positive(similarity, positive)
+    t2i = _rank_of_best_positive(similarity.T, positive.T)
+    out = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float((i2t < k).float().mean())
+        out[f"t2i_r{k}"] = float((t2i < k).float().mean())
+    return out
+
+
+def pairwise_choice_accuracy(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:
+    """Composition: fraction of images scoring the true caption strictly above the negative."""
+    return float((positive_scores > negative_scores).float().mean())
