@@ -31,6 +31,7 @@ def repo(tmp_path, tool_env) -> Path:
     params["data"]["synthetic"]["num_samples"] = 300
     params["data"]["loader_workers"] = 0
     params["train"].update(samples=640, batch_size=32, warmup_samples=64, checkpoint_every_samples=320)
+    params["eval"].update(objects_per_class=3, linear_probe_samples=200)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], tmp_path, tool_env)
     run(["git", "config", "user.email", "ci@example.com"], tmp_path, tool_env)
@@ -49,30 +50,59 @@ def _set(repo: Path, section: str, key: str, value) -> None:
 
 def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage 'shard'" in out and "Running stage 'pretrain'" in out
+    for stage in ("shard", "pretrain", "evaluate"):
+        assert f"Running stage '{stage}'" in out
     manifest = json.loads((repo / "data/shards/manifest.json").read_text())
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["val"]["count"] == 300
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["status"] == "finished" and train["samples_seen"] == 640
-    assert (repo / "runs/default/model.safetensors").is_file()
-    assert (repo / "dvc.lock").is_file()
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert {
+        "zeroshot/val/top1",
+        "zeroshot/objects/top1",
+        "retrieval/val/i2t_r1",
+        "linear_probe/val/top1",
+        "composition/val/relation",
+    } <= set(metrics)
+    assert (repo / "runs/default/eval/metrics.json").is_file()
 
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage" not in out and "didn't change" in out
+    assert "Running stage" not in out
 
-    # a training param re-runs pretrain only
-    _set(repo, "train", "lr", 0.001)
+    _set(repo, "eval", "objects_per_class", 4)  # an eval param: evaluate only
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage 'shard'" not in out and "Running stage 'pretrain'" in out
+    assert "Running stage 'evaluate'" in out and "Running stage 'pretrain'" not in out
+    assert "Running stage 'shard'" not in out
 
-    # a data param re-runs both
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["synthetic"]["num_samples"] = 120
+    _set(repo, "train", "lr", 0.001)  # a training param: pretrain and evaluate
+    out = run(["dvc", "repro"], repo, tool_env)
+    assert "Running stage 'shard'" not in out
+    assert "Running stage 'pretrain'" in out and "Running stage 'evaluate'" in out
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # a data param: everything
+    params["data"]["synthetic"]["num_samples"] = 200
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], repo, tool_env)
-    assert "Running stage 'shard'" in out and "Running stage 'pretrain'" in out
-    manifest = json.loads((repo / "data/shards/manifest.json").read_text())
-    assert manifest["splits"]["train"]["count"] + manifest["splits"]["val"]["count"] == 120
+    assert all(f"Running stage '{s}'" in out for s in ("shard", "pretrain", "evaluate"))
+
+    shown = run(["dvc", "metrics", "show"], repo, tool_env)
+    assert "zeroshot/objects/top1" in shown and "final_loss" in shown
+    diff = run(["dvc", "params", "diff"], repo, tool_env)
+    assert "train.lr" in diff and "data.synthetic.num_samples" in diff
+    run(["dvc", "plots", "show", "-o", str(repo / "plots")], repo, tool_env)
+    assert (repo / "plots" / "index.html").is_file()
+
+
+def test_dvc_exp_run_with_a_param_override(repo, tool_env):
+    run(["dvc", "repro"], repo, tool_env)
+    run(["git", "add", "-A"], repo, tool_env)
+    run(["git", "commit", "-qm", "baseline"], repo, tool_env)
+    out = run(["dvc", "exp", "run", "-S", "masking.ratio=0.75", "-S", "masking.strategy=random"], repo, tool_env)
+    assert "Running stage 'pretrain'" in out and "Running stage 'shard'" not in out
+    shown = run(["dvc", "exp", "show", "--no-pager", "--md"], repo, tool_env)
+    assert "0.75" in shown and "zeroshot/objects/top1" in shown
+    # params.yaml stays free of interpolations after dvc rewrote it
+    assert "${" not in (repo / "params.yaml").read_text()
 
 
 def test_invalid_params_fail_the_stage_before_any_work(repo, tool_env):

@@ -1,0 +1,108 @@
+"""The evaluate stage on a really trained tiny model: metrics, HParams session read back, report."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from maskvlp.cli import main
+from maskvlp.config import load_config
+from maskvlp.data.shards import shard
+from maskvlp.evaluate import EvalError, load_run
+from maskvlp.train import pretrain
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, list[str]]:
+    tmp = tmp_path_factory.mktemp("eval")
+    overrides = [
+        f"data.out_dir={tmp / 'shards'}",
+        "data.synthetic.num_samples=1200",
+        "data.num_workers=1",
+        "data.loader_workers=0",
+        f"train.runs_dir={tmp / 'runs'}",
+        "train.samples=4800",
+        "train.batch_size=32",
+        "train.warmup_samples=480",
+        "eval.objects_per_class=5",
+        "eval.linear_probe_samples=400",
+        f"eval.metrics_file={tmp / 'metrics' / 'eval.json'}",
+    ]
+    cfg = load_config(None, overrides)
+    shard(cfg, progress=False)
+    pretrain(cfg, progress=False)
+    return tmp, overrides
+
+
+def _args(overrides):
+    return [a for kv in overrides for a in ("--set", kv)]
+
+
+def test_evaluate_writes_metrics_far_above_chance(trained, capsys):
+    tmp, overrides = trained
+    assert main(["evaluate", "--quiet", *_args(overrides)]) == 0
+    metrics = json.loads((tmp / "metrics" / "eval.json").read_text())
+    for key in (
+        "zeroshot/val/top1",
+        "zeroshot/val/top5",
+        "zeroshot/val/mean_per_class_recall",
+        "zeroshot/objects/top1",
+        "retrieval/val/i2t_r1",
+        "retrieval/val/t2i_r10",
+        "linear_probe/val/top1",
+        "composition/val/attribute",
+        "composition/val/relation",
+        "composition/val/object",
+    ):
+        assert key in metrics, key
+    assert metrics["retrieval/val/i2t_r5"] > 10 * 5 * metrics["retrieval/val/chance_r1"]
+    assert metrics["zeroshot/objects/top5"] > 2 * 5 * metrics["zeroshot/objects/chance_top1"]
+    per_class = json.loads((tmp / "metrics" / "eval_per_class.json").read_text())
+    assert {"dataset", "class", "recall"} <= set(per_class[0])
+    assert json.loads((tmp / "metrics" / "eval_retrieval.json").read_text())[0]["k"] == 1
+
+
+def test_hparams_session_lives_in_the_run_folder_and_is_replaced_on_rerun(trained):
+    tmp, overrides = trained
+    main(["evaluate", "--quiet", *_args(overrides)])
+    main(["evaluate", "--quiet", *_args(overrides)])
+    eval_dir = tmp / "runs" / "default" / "eval"
+    events = list(eval_dir.glob("events.out.tfevents.*"))
+    assert len(events) == 1  # one session per run, not a new timestamped folder per evaluation
+    assert not [p for p in eval_dir.iterdir() if p.is_dir()]
+    acc = EventAccumulator(str(eval_dir))
+    acc.Reload()
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(acc.PluginTagToContent("hparams"))
+    assert "zeroshot/objects/top1" in acc.Tags()["scalars"]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert info.hparams["masking.strategy"].string_value == "cluster"
+    assert info.hparams["masking.ratio"].number_value == pytest.approx(0.5)
+
+
+def test_report_prints_a_table_and_draws_a_chart(trained, capsys, tmp_path):
+    tmp, overrides = trained
+    main(["evaluate", "--quiet", *_args(overrides)])
+    capsys.readouterr()
+    out = tmp_path / "report.png"
+    assert main(["report", str(tmp / "runs" / "default"), str(tmp / "nothing"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "default" in text and "cluster a=0.05 t=0.5 r=0.5" in text and "zs/obj/top1" in text
+    from PIL import Image
+
+    assert Image.open(out).format == "PNG"
+
+
+def test_report_without_evaluated_runs_says_what_to_do(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 1
+    assert "maskvlp evaluate" in capsys.readouterr().err
+
+
+def test_evaluating_an_unfinished_run_is_a_clear_error(tmp_path):
+    with pytest.raises(EvalError, match="maskvlp pretrain"):
+        load_run(tmp_path)
