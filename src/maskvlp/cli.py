@@ -40,19 +40,18 @@ def cmd_shard(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
+def _report_training(cfg: Config, result: dict, metrics_file: str) -> int:
     import json
     from pathlib import Path
 
-    from maskvlp.train import pretrain, run_paths
+    from maskvlp.train import run_paths
 
-    result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
     paths = run_paths(cfg)
     if result["rank"] != 0:  # one report per job, from rank 0
         return 3 if result["status"] == "stopped" else 0
-    if args.metrics and result["status"] == "finished":
-        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics).write_text(json.dumps(result, indent=2) + "\n")
+    if metrics_file and result["status"] == "finished":
+        Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_file).write_text(json.dumps(result, indent=2) + "\n")
     if result["status"] == "stopped":
         print(
             f"stopped at step {result['step']}/{result['total_steps']}; checkpoint saved in {paths.checkpoints}. "
@@ -67,6 +66,55 @@ def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_and_maybe_wait(cfg: Config, args: argparse.Namespace, job, kind: str):
+    """Submit to Slurm (or submitit's debug executor); print the job id and logs; wait unless --no-wait.
+    Returns the job's result, or None when not waiting."""
+    from maskvlp.launch import submit, wait
+    from maskvlp.train import run_paths
+
+    submitted = submit(cfg, job, run_paths(cfg).root, kind)
+    print(f"submitted {kind} job {submitted.job.job_id} ({cfg.launcher.executor}); logs in {submitted.log_folder}")
+    if args.no_wait or not cfg.launcher.wait:
+        print(f"not waiting: follow it with `maskvlp jobs --set train.run_name={cfg.train.run_name}`")
+        return None
+    return wait(submitted)
+
+
+def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
+    from maskvlp.train import preflight, pretrain
+
+    if cfg.launcher.executor == "local":
+        result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
+        return _report_training(cfg, result, args.metrics)
+    from maskvlp.launch import TrainJob, config_dict
+
+    preflight(cfg, args.resume, cfg.launcher.nodes * cfg.launcher.tasks_per_node)  # before anything is submitted
+    result = _submit_and_maybe_wait(cfg, args, TrainJob(config_dict(cfg), resume=args.resume), "pretrain")
+    return 0 if result is None else _report_training(cfg, result, args.metrics)
+
+
+def cmd_jobs(cfg: Config, args: argparse.Namespace) -> int:
+    from maskvlp.launch import list_jobs
+    from maskvlp.train import run_paths
+
+    paths = run_paths(cfg)
+    jobs = list_jobs(paths.root)
+    if not jobs:
+        print(f"no Slurm jobs recorded for run {paths.root}")
+        return 0
+    print(f"{'job':>10s}  {'kind':9s} {'state':14s} submitted")
+    for j in jobs:
+        print(f"{j['job_id']:>10s}  {j['kind']:9s} {j['state']:14s} {j['submitted']}")
+    last = [j for j in jobs if j["kind"] == "pretrain"][-1:]
+    unfinished = last and last[0]["state"] not in ("COMPLETED", "RUNNING", "PENDING", "REQUEUED")
+    if unfinished and not paths.model.exists():
+        print(
+            f"run {cfg.train.run_name} did not finish (last training job {last[0]['state']}); resume it with:\n"
+            f"  maskvlp pretrain --resume --set launcher.executor=slurm --set train.run_name={cfg.train.run_name}"
+        )
+    return 0
+
+
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -74,6 +122,14 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.train import run_paths
 
     run_dir = Path(args.run) if args.run else run_paths(cfg).root
+    if cfg.launcher.executor != "local":
+        from maskvlp.launch import EvalJob, config_dict
+
+        load_run(run_dir)  # fail before submitting when the run is not there
+        metrics = _submit_and_maybe_wait(cfg, args, EvalJob(config_dict(cfg), str(run_dir)), "evaluate")
+        if metrics is not None:
+            print(f"wrote {cfg.eval.metrics_file} and {run_dir}/eval/")
+        return 0
     metrics, plots = evaluate(cfg, run_dir, progress=not args.quiet)
     write_outputs(metrics, plots, cfg.eval.metrics_file, run_dir)
     write_tensorboard_hparams(run_dir, load_run(run_dir)[1], metrics)
@@ -150,10 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the CLIP model of model.* with the masking of masking.* for train.samples samples. "
         "Writes runs/<train.run_name>/ (resolved config, run.json with git commit and shard manifest hash, "
         "checkpoints, TensorBoard logs, model.safetensors). SIGTERM or SIGUSR1 saves a checkpoint and exits "
-        "with code 3; --resume continues from the latest checkpoint with identical results.",
+        "with code 3; --resume continues from the latest checkpoint with identical results. With "
+        "launcher.executor=slurm the run is submitted through submitit (preemption-safe, requeued on SIGUSR2) and "
+        "waited for unless --no-wait.",
     )
     _common(p)
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--no-wait", action="store_true", help="with a Slurm executor: submit and return at once")
     p.add_argument("--metrics", default="", metavar="JSON", help="also write the final training metrics here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
@@ -169,8 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--run", default="", metavar="DIR", help="run folder (default: runs/<train.run_name>)")
+    p.add_argument("--no-wait", action="store_true", help="with a Slurm executor: submit and return at once")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "jobs",
+        help="list a run's Slurm jobs and their states; say how to resume a run whose job died",
+        description="Read runs/<train.run_name>/jobs.jsonl and ask Slurm accounting (sacct) for each job's state.",
+    )
+    _common(p)
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser(
         "report",
@@ -219,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"maskvlp {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

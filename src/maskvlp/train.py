@@ -211,6 +211,12 @@ def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -
     return state
 
 
+def preflight(cfg: Config, resume: bool, world_size: int) -> None:
+    """The checks `pretrain` makes before any work, for a launcher to run before it submits a job."""
+    check_manifest(cfg, load_manifest(cfg.data.out_dir))
+    _prepare_run_dir(cfg, run_paths(cfg), resume, DistEnv(0, world_size, 0))
+
+
 def _log_mask_image(writer, result: MaskResult, images_uint8: torch.Tensor, patch: int, samples: int) -> None:
     import numpy as np
 
@@ -305,8 +311,9 @@ def pretrain(
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events a killed attempt logged past the checkpoint: one continuous curve
-        writer = SummaryWriter(str(paths.tensorboard), purge_step=step * budget.global_batch if step else None)
+        # purge_step drops what a killed attempt logged after the checkpoint (the checkpoint step's own
+        # point stays): one continuous curve, each point once
+        writer = SummaryWriter(str(paths.tensorboard), purge_step=step * budget.global_batch + 1 if step else None)
     own_stop = stop is None
     stop = stop or StopRequest()
     peak = next(

@@ -1,0 +1,246 @@
+"""Running stages locally or as Slurm jobs through submitit: the only module that knows Slurm.
+
+Preemption and time limits: Slurm (or `job._interrupt()`) sends SIGUSR2. submitit's own handler
+would checkpoint at whatever instruction the signal lands on; instead every task of a training job
+turns the signal into a stop request, all ranks agree at the next step boundary, rank 0 saves a step
+checkpoint, and only then is submitit's handler called, which asks `TrainJob.checkpoint` for the
+resubmission (the same run with resume=True) and requeues the job. So no step is lost or repeated.
+The number of requeues is bounded by launcher.max_requeues.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maskvlp.config import Config, to_dict
+
+PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+class LaunchError(RuntimeError):
+    """A job could not be submitted or did not finish; the message carries Slurm's own words."""
+
+
+def _config_from(cfg_dict: dict[str, Any]) -> Config:
+    from omegaconf import OmegaConf
+
+    from maskvlp.config import validate
+
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg_dict))
+    validate(cfg)
+    return cfg
+
+
+def _export_torch_distributed() -> None:
+    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from submitit's job environment."""
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+class _CooperativeStop:
+    """Turns SIGUSR2/SIGTERM into a stop request the training loop honours at a step boundary, and
+    remembers submitit's USR2 handler so the requeue can happen after the checkpoint is saved."""
+
+    def __init__(self):
+        self.requested = False
+        self.submitit_handler = signal.getsignal(signal.SIGUSR2)
+        self.signals: list[int] = []
+        for sig in PREEMPT_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signals.append(signum)
+        if signum == signal.SIGUSR2:  # SIGTERM alone (preemption notice) waits for the USR2
+            self.requested = True
+
+    def restore(self) -> None:
+        pass  # the job process ends after training; submitit's handlers are no longer needed
+
+
+class TrainJob:
+    """The training callable submitted to Slurm; checkpointable (submitit calls `checkpoint` on
+    preemption/timeout and resubmits what it returns)."""
+
+    def __init__(self, cfg_dict: dict[str, Any], resume: bool = False, requeues: int = 0):
+        self.cfg_dict, self.resume, self.requeues = cfg_dict, resume, requeues
+
+    def __call__(self) -> dict[str, Any]:
+        from maskvlp.train import pretrain
+
+        cfg = _config_from(self.cfg_dict)
+        _export_torch_distributed()
+        stop = _CooperativeStop()
+        result = pretrain(cfg, resume=self.resume, progress=False, stop=stop)
+        if result["status"] == "stopped":
+            # checkpoint saved at a step boundary: now let submitit requeue (rank 0) and exit
+            handler = stop.submitit_handler
+            if callable(handler):
+                handler(signal.SIGUSR2, None)
+            time.sleep(120)  # other ranks: wait for the requeue to end this attempt
+            raise LaunchError("stopped for preemption but the job was not requeued")
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        limit = self.cfg_dict["launcher"]["max_requeues"]
+        if self.requeues >= limit:
+            raise LaunchError(f"preempted {self.requeues} times already; launcher.max_requeues={limit} reached. "
+                              "Resume by hand with `maskvlp pretrain --resume`")
+        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg_dict, resume=True, requeues=self.requeues + 1))
+
+
+class EvalJob:
+    def __init__(self, cfg_dict: dict[str, Any], run_dir: str):
+        self.cfg_dict, self.run_dir = cfg_dict, run_dir
+
+    def __call__(self) -> dict[str, float]:
+        from maskvlp.evaluate import evaluate, load_run, write_outputs, write_tensorboard_hparams
+
+        cfg = _config_from(self.cfg_dict)
+        metrics, plots = evaluate(cfg, self.run_dir)
+        write_outputs(metrics, plots, cfg.eval.metrics_file, Path(self.run_dir))
+        write_tensorboard_hparams(Path(self.run_dir), load_run(self.run_dir)[1], metrics)
+        return metrics
+
+
+# ------------------------------------------------------------------------------- submission
+def make_executor(cfg: Config, folder: Path):
+    import submitit
+
+    la = cfg.launcher
+    cluster = "debug" if la.executor == "debug" else "slurm"
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=la.max_requeues)
+    params: dict[str, Any] = {
+        "name": la.job_name,
+        "nodes": la.nodes,
+        "tasks_per_node": la.tasks_per_node,
+        "cpus_per_task": la.cpus_per_task,
+        "mem_gb": la.mem_gb,
+        "timeout_min": la.timeout_min,
+    }
+    if la.gpus_per_node:
+        params["gpus_per_node"] = la.gpus_per_node
+    if la.partition:
+        params["slurm_partition"] = la.partition
+    if la.account:
+        params["slurm_account"] = la.account
+    if la.qos:
+        params["slurm_qos"] = la.qos
+    if la.additional_parameters:
+        params["slurm_additional_parameters"] = dict(la.additional_parameters)
+    executor.update_parameters(**params)
+    return executor
+
+
+@dataclass
+class Submitted:
+    job: Any
+    log_folder: Path
+
+
+def record_job(run_dir: Path, job_id: str, kind: str, cfg: Config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "jobs.jsonl", "a") as fh:
+        fh.write(json.dumps({"job_id": job_id, "kind": kind, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             "executor": cfg.launcher.executor, "partition": cfg.launcher.partition}) + "\n")
+
+
+def submit(cfg: Config, callable_: Any, run_dir: Path, kind: str) -> Submitted:
+    """Submit one job; sbatch's own error message is passed on verbatim with a hint."""
+    folder = run_dir / "slurm"
+    executor = make_executor(cfg, folder)
+    try:
+        job = executor.submit(callable_)
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.output or b"")
+        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+        raise LaunchError(f"sbatch refused the job:\n{detail.strip() or exc}\n{_hint(detail)}") from exc
+    except Exception as exc:  # submitit wraps sbatch failures in its own errors
+        text = str(exc)
+        if "sbatch" not in text and "Submission" not in type(exc).__name__ and "batch job" not in text:
+            raise
+        raise LaunchError(f"sbatch refused the job:\n{text.strip()}\n{_hint(text)}") from exc
+    if cfg.launcher.executor == "slurm":
+        record_job(run_dir, str(job.job_id), kind, cfg)
+    return Submitted(job, folder / str(job.job_id))
+
+
+def _hint(message: str) -> str:
+    m = message.lower()
+    if "partition" in m:
+        return "hint: list partitions with `sinfo`, then set launcher.partition"
+    if "memory" in m or "cpu" in m or "node" in m or "gres" in m or "resources" in m:
+        return ("hint: the request exceeds what a node offers (`sinfo -N -l`): lower launcher.cpus_per_task, "
+                "mem_gb, gpus_per_node or tasks_per_node")
+    if "account" in m or "qos" in m:
+        return "hint: check launcher.account / launcher.qos with `sacctmgr show assoc user=$USER`"
+    return "hint: run the same request by hand with sbatch to see what the cluster expects"
+
+
+def wait(submitted: Submitted, poll_s: float = 2.0, interactive: bool | None = None) -> Any:
+    """Wait for the job; Ctrl-C asks whether to cancel or detach (cancels when nobody can answer)."""
+    job = submitted.job
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+    try:
+        while not job.done():
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        answer = "c"
+        if interactive:
+            answer = (input(f"\njob {job.job_id} is still running: [c]ancel it or [d]etach? [c] ").strip() or "c")[0]
+        if answer.lower() == "d":
+            print(f"detached; job {job.job_id} keeps running. Follow it with `maskvlp jobs`; "
+                  f"cancel with `scancel {job.job_id}`", file=sys.stderr)
+        else:
+            job.cancel(check=False)
+            print(f"cancelled job {job.job_id}", file=sys.stderr)
+        raise
+    state = job.state
+    if state.startswith("CANCELLED"):
+        raise LaunchError(f"job {job.job_id} was cancelled; logs in {submitted.log_folder}")
+    try:
+        return job.result()
+    except Exception as exc:  # submitit.core.utils.FailedJobError / UncompletedJobError carry the traceback
+        raise LaunchError(f"job {job.job_id} failed ({state}); logs in {submitted.log_folder}\n{exc}") from exc
+
+
+# ---------------------------------------------------------------------------- reconciliation
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's accounting view of the jobs: {job id: state}."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LaunchError(f"sacct failed ({exc}); is Slurm accounting running? (scripts/slurm-local.sh start)") from exc
+    states = {}
+    for line in out.splitlines():
+        job_id, _, state = line.partition("|")
+        states[job_id.strip()] = state.strip().split()[0] if state.strip() else "UNKNOWN"
+    return states
+
+
+def list_jobs(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "jobs.jsonl"
+    if not path.is_file():
+        return []
+    jobs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    states = sacct_states([j["job_id"] for j in jobs])
+    for j in jobs:
+        j["state"] = states.get(j["job_id"], "UNKNOWN")
+    return jobs
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    return to_dict(cfg)

@@ -1,0 +1,174 @@
+"""Against the real local Slurm cluster (scripts/slurm-local.sh start; .ci/run starts it).
+
+Outside CI these tests skip when no cluster answers; in CI (CI=true) a missing cluster fails them.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from maskvlp.cli import main
+from maskvlp.config import load_config
+from maskvlp.data.shards import shard
+from maskvlp.launch import EvalJob, LaunchError, TrainJob, config_dict, list_jobs, submit, wait
+from maskvlp.train import pretrain, run_paths
+
+
+def _slurm_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+
+
+if not _slurm_up():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI must start Slurm first: scripts/slurm-local.sh start")
+    pytest.skip("no Slurm cluster answers: start one with `sudo scripts/slurm-local.sh start`", allow_module_level=True)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slurm") / "shards"
+    shard(load_config(None, [f"data.out_dir={out}", "data.synthetic.num_samples=400", "data.image_size=32",
+                             "data.num_workers=1"]), progress=False)
+    return out
+
+
+def overrides(shards: Path, runs: Path, *extra: str) -> list[str]:
+    return [
+        f"data.out_dir={shards}", "data.synthetic.num_samples=400", "data.image_size=32", "data.num_workers=1",
+        "data.loader_workers=0", "model.image_size=32", "model.patch_size=8", "model.embed_dim=32",
+        "model.context_length=24", f"train.runs_dir={runs}", "train.samples=320", "train.batch_size=16",
+        "train.warmup_samples=32", "train.checkpoint_every_samples=100000", "train.log_every_steps=1",
+        "launcher.partition=debug", "launcher.cpus_per_task=1", "launcher.mem_gb=2", "launcher.timeout_min=10",
+        *extra,
+    ]
+
+
+def _set(items: list[str]) -> list[str]:
+    return [a for kv in items for a in ("--set", kv)]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_pretrain_as_a_slurm_job_equals_the_local_run(shards, tmp_path, capsys):
+    local = load_config(None, overrides(shards, tmp_path / "local"))
+    local_result = pretrain(local, progress=False)
+    code = main(["pretrain", "--quiet", "--metrics", str(tmp_path / "train.json"),
+                 *_set(overrides(shards, tmp_path / "slurm", "launcher.executor=slurm"))])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "submitted pretrain job" in out and "logs in" in out
+    slurm_result = json.loads((tmp_path / "train.json").read_text())
+    assert slurm_result["final_loss"] == pytest.approx(local_result["final_loss"], abs=1e-6)
+    a, b = _weights(tmp_path / "local" / "default"), _weights(tmp_path / "slurm" / "default")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    jobs = list_jobs(tmp_path / "slurm" / "default")
+    assert [j["state"] for j in jobs] == ["COMPLETED"]
+
+
+def test_two_task_job_runs_two_rank_ddp(shards, tmp_path):
+    cfg = load_config(None, overrides(shards, tmp_path, "launcher.executor=slurm", "launcher.tasks_per_node=2"))
+    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_paths(cfg).root, "pretrain")
+    results = wait(submitted)
+    assert results["status"] == "finished"
+    info = json.loads((run_paths(cfg).root / "run.json").read_text())
+    assert info["world_size"] == 2 and info["global_batch"] == 32
+    ranks = sorted(r["rank"] for r in submitted.job.results())
+    assert ranks == [0, 1]
+
+
+def _wait_for(predicate, timeout: float = 180.0, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [int(e.value) for e in acc.Scalars("train/step")] if "train/step" in acc.Tags()["scalars"] else []
+
+
+def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shards, tmp_path):
+    extra = ("train.samples=1600",)
+    whole = load_config(None, overrides(shards, tmp_path / "whole", *extra))
+    pretrain(whole, progress=False)
+
+    cfg = load_config(None, overrides(shards, tmp_path / "pre", "launcher.executor=slurm", *extra))
+    run_dir = run_paths(cfg).root
+    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_dir, "pretrain")
+    job = submitted.job
+    info = run_dir / "run.json"
+    for attempt in range(2):
+        _wait_for(lambda a=attempt: info.is_file() and json.loads(info.read_text())["resumed_at_step"] >= 0
+                  and (a == 0 or json.loads(info.read_text())["resumed_at_step"] > 0), what=f"attempt {attempt}")
+        _wait_for(lambda: len(_logged_steps(run_dir)) >= 3 + 10 * attempt, what="training progress")
+        job._interrupt()  # SIGTERM + SIGUSR2, as Slurm does on preemption
+        before = json.loads(info.read_text())["resumed_at_step"]
+        _wait_for(lambda b=before: json.loads(info.read_text())["resumed_at_step"] > b, what="requeue + resume")
+    result = wait(submitted)
+    assert result["status"] == "finished" and result["step"] == 100
+
+    a, b = _weights(run_paths(whole).root), _weights(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = _logged_steps(run_dir)
+    assert steps == list(range(1, 101))  # continuous: no step lost, none logged twice
+    sacct = subprocess.run(["sacct", "-j", str(job.job_id), "-n", "-X", "-D", "-o", "State"],
+                           capture_output=True, text=True).stdout.split()
+    assert sacct.count("REQUEUED") + sacct.count("PREEMPTED") >= 2 or len(sacct) >= 3, sacct
+
+
+def test_failing_job_surfaces_its_traceback_and_log_path(shards, tmp_path):
+    cfg = load_config(None, overrides(shards, tmp_path, "launcher.executor=slurm"))
+    submitted = submit(cfg, EvalJob(config_dict(cfg), str(tmp_path / "no-such-run")), tmp_path / "x", "evaluate")
+    with pytest.raises(LaunchError) as err:
+        wait(submitted)
+    text = str(err.value)
+    assert "holds no finished run" in text and "Traceback" in text and str(submitted.log_folder) in text
+
+
+def test_cancelled_job_is_reported_as_cancelled_and_resumable(shards, tmp_path, capsys):
+    cfg = load_config(None, overrides(shards, tmp_path, "launcher.executor=slurm", "train.samples=100000",
+                                      "train.checkpoint_every_samples=160"))
+    run_dir = run_paths(cfg).root
+    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_dir, "pretrain")
+    _wait_for(lambda: (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")),
+              what="a checkpoint")
+    submitted.job.cancel()
+    with pytest.raises(LaunchError, match="cancelled"):
+        wait(submitted)
+    _wait_for(lambda: list_jobs(run_dir)[0]["state"].startswith("CANCELLED"), 30, "sacct to record it")
+    assert main(["jobs", *_set(overrides(shards, tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "CANCELLED" in out and "maskvlp pretrain --resume --set launcher.executor=slurm" in out
+
+
+@pytest.mark.parametrize(
+    "extra, slurm_words",
+    [(("launcher.partition=nonexistent",), "invalid partition"),
+     (("launcher.cpus_per_task=64",), "")],
+)
+def test_bad_requests_show_slurms_message_before_anything_runs(shards, tmp_path, capsys, extra, slurm_words):
+    code = main(["pretrain", *_set(overrides(shards, tmp_path, "launcher.executor=slurm", *extra))])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "sbatch refused the job" in err and "hint:" in err
+    assert slurm_words in err.lower()
+    assert not (tmp_path / "default" / "jobs.jsonl").exists()
+    assert not (tmp_path / "default" / "checkpoints").exists()
