@@ -69,6 +69,8 @@ MinJobAge=300
 KillWait=10
 # preemption-safe jobs are requeued by submitit; let requeued jobs run again at once
 JobRequeue=1
+# reject impossible requests at submission (sbatch prints why) instead of leaving them pending forever
+EnforcePartLimits=ALL
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF

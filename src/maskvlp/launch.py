@@ -94,8 +94,10 @@ class TrainJob:
 
         limit = self.cfg_dict["launcher"]["max_requeues"]
         if self.requeues >= limit:
-            raise LaunchError(f"preempted {self.requeues} times already; launcher.max_requeues={limit} reached. "
-                              "Resume by hand with `maskvlp pretrain --resume`")
+            raise LaunchError(
+                f"preempted {self.requeues} times already; launcher.max_requeues={limit} reached. "
+                "Resume by hand with `maskvlp pretrain --resume`"
+            )
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg_dict, resume=True, requeues=self.requeues + 1))
 
 
@@ -151,8 +153,18 @@ class Submitted:
 def record_job(run_dir: Path, job_id: str, kind: str, cfg: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "jobs.jsonl", "a") as fh:
-        fh.write(json.dumps({"job_id": job_id, "kind": kind, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                             "executor": cfg.launcher.executor, "partition": cfg.launcher.partition}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "job_id": job_id,
+                    "kind": kind,
+                    "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "executor": cfg.launcher.executor,
+                    "partition": cfg.launcher.partition,
+                }
+            )
+            + "\n"
+        )
 
 
 def submit(cfg: Config, callable_: Any, run_dir: Path, kind: str) -> Submitted:
@@ -162,7 +174,7 @@ def submit(cfg: Config, callable_: Any, run_dir: Path, kind: str) -> Submitted:
     try:
         job = executor.submit(callable_)
     except subprocess.CalledProcessError as exc:
-        detail = (exc.stderr or exc.output or b"")
+        detail = exc.stderr or exc.output or b""
         detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
         raise LaunchError(f"sbatch refused the job:\n{detail.strip() or exc}\n{_hint(detail)}") from exc
     except Exception as exc:  # submitit wraps sbatch failures in its own errors
@@ -180,8 +192,10 @@ def _hint(message: str) -> str:
     if "partition" in m:
         return "hint: list partitions with `sinfo`, then set launcher.partition"
     if "memory" in m or "cpu" in m or "node" in m or "gres" in m or "resources" in m:
-        return ("hint: the request exceeds what a node offers (`sinfo -N -l`): lower launcher.cpus_per_task, "
-                "mem_gb, gpus_per_node or tasks_per_node")
+        return (
+            "hint: the request exceeds what a node offers (`sinfo -N -l`): lower launcher.cpus_per_task, "
+            "mem_gb, gpus_per_node or tasks_per_node"
+        )
     if "account" in m or "qos" in m:
         return "hint: check launcher.account / launcher.qos with `sacctmgr show assoc user=$USER`"
     return "hint: run the same request by hand with sbatch to see what the cluster expects"
@@ -193,14 +207,24 @@ def wait(submitted: Submitted, poll_s: float = 2.0, interactive: bool | None = N
     interactive = sys.stdin.isatty() if interactive is None else interactive
     try:
         while not job.done():
+            reason = pending_reason(str(job.job_id))
+            if reason in HOPELESS_REASONS:
+                job.cancel(check=False)
+                raise LaunchError(
+                    f"job {job.job_id} can never start (Slurm: pending, reason {reason}); cancelled it.\n"
+                    f"{_hint('resources ' + reason)}"
+                )
             time.sleep(poll_s)
     except KeyboardInterrupt:
         answer = "c"
         if interactive:
             answer = (input(f"\njob {job.job_id} is still running: [c]ancel it or [d]etach? [c] ").strip() or "c")[0]
         if answer.lower() == "d":
-            print(f"detached; job {job.job_id} keeps running. Follow it with `maskvlp jobs`; "
-                  f"cancel with `scancel {job.job_id}`", file=sys.stderr)
+            print(
+                f"detached; job {job.job_id} keeps running. Follow it with `maskvlp jobs`; "
+                f"cancel with `scancel {job.job_id}`",
+                file=sys.stderr,
+            )
         else:
             job.cancel(check=False)
             print(f"cancelled job {job.job_id}", file=sys.stderr)
@@ -209,9 +233,33 @@ def wait(submitted: Submitted, poll_s: float = 2.0, interactive: bool | None = N
     if state.startswith("CANCELLED"):
         raise LaunchError(f"job {job.job_id} was cancelled; logs in {submitted.log_folder}")
     try:
-        return job.result()
+        return job.results()[0]  # one result per task; rank 0's speaks for the job
     except Exception as exc:  # submitit.core.utils.FailedJobError / UncompletedJobError carry the traceback
         raise LaunchError(f"job {job.job_id} failed ({state}); logs in {submitted.log_folder}\n{exc}") from exc
+
+
+# Pending reasons that no amount of waiting clears (Slurm's squeue %r).
+HOPELESS_REASONS = {
+    "PartitionConfig",
+    "BadConstraints",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "InvalidAccount",
+    "InvalidQOS",
+    "QOSMaxCpuPerJobLimit",
+    "AssocMaxCpuPerJobLimit",
+}
+
+
+def pending_reason(job_id: str) -> str:
+    """squeue's reason for a pending job, or "" (running, finished, or squeue unavailable)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-t", "PD", "-o", "%r"], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
 
 
 # ---------------------------------------------------------------------------- reconciliation
@@ -220,8 +268,13 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise LaunchError(f"sacct failed ({exc}); is Slurm accounting running? (scripts/slurm-local.sh start)") from exc
     states = {}
