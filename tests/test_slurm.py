@@ -143,17 +143,9 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
     job = submitted.job
     info = run_dir / "run.json"
     for attempt in range(2):
-        _wait_for(
-            lambda a=attempt: (
-                info.is_file()
-                and json.loads(info.read_text())["resumed_at_step"] >= 0
-                and (a == 0 or json.loads(info.read_text())["resumed_at_step"] > 0)
-            ),
-            what=f"attempt {attempt}",
-        )
-        _wait_for(lambda: len(_logged_steps(run_dir)) >= 3 + 10 * attempt, what="training progress")
-        job._interrupt()  # SIGTERM + SIGUSR2, as Slurm does on preemption
+        _wait_for(lambda n=3 + 10 * attempt: len(_logged_steps(run_dir)) >= n, what=f"progress of attempt {attempt}")
         before = json.loads(info.read_text())["resumed_at_step"]
+        job._interrupt()  # SIGTERM + SIGUSR2, as Slurm does on preemption
         _wait_for(lambda b=before: json.loads(info.read_text())["resumed_at_step"] > b, what="requeue + resume")
     result = wait(submitted)
     assert result["status"] == "finished" and result["step"] == 100
