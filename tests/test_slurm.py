@@ -103,6 +103,38 @@ def test_pretrain_as_a_slurm_job_equals_the_local_run(shards, tmp_path, capsys):
     # accounting records the end a moment after the result is written
     _wait_for(lambda: [j["state"] for j in list_jobs(tmp_path / "slurm" / "default")] == ["COMPLETED"], 60, "sacct")
 
+    # evaluation as a Slurm job gives the local evaluation's metrics
+    evals = ["eval.objects_per_class=2", "eval.linear_probe_samples=64"]
+    assert (
+        main(
+            [
+                "evaluate",
+                "--quiet",
+                *_set(overrides(shards, tmp_path / "local", *evals, f"eval.metrics_file={tmp_path / 'local.json'}")),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--quiet",
+                *_set(
+                    overrides(
+                        shards,
+                        tmp_path / "slurm",
+                        *evals,
+                        "launcher.executor=slurm",
+                        f"eval.metrics_file={tmp_path / 'slurm.json'}",
+                    )
+                ),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "local.json").read_text()) == json.loads((tmp_path / "slurm.json").read_text())
+
 
 def test_two_task_job_runs_two_rank_ddp(shards, tmp_path):
     cfg = load_config(None, overrides(shards, tmp_path, "launcher.executor=slurm", "launcher.tasks_per_node=2"))
@@ -203,3 +235,26 @@ def test_bad_requests_show_slurms_message_before_anything_runs(shards, tmp_path,
     assert slurm_words in err.lower()
     assert not (tmp_path / "default" / "jobs.jsonl").exists()
     assert not (tmp_path / "default" / "checkpoints").exists()
+
+
+def test_no_wait_returns_at_once_and_ctrl_c_while_waiting_cancels(shards, tmp_path, capsys):
+    import signal
+    import threading
+
+    items = overrides(shards, tmp_path, "launcher.executor=slurm", "train.samples=100000")
+    start = time.time()
+    assert main(["pretrain", "--quiet", "--no-wait", *_set(items)]) == 0
+    assert time.time() - start < 30
+    out = capsys.readouterr().out
+    assert "submitted pretrain job" in out and "maskvlp jobs" in out
+    job_id = list_jobs(tmp_path / "default")[0]["job_id"]
+    subprocess.run(["scancel", job_id], check=True)
+
+    # Ctrl-C while waiting, with nobody at a terminal to ask: the job is cancelled, not orphaned
+    cfg = load_config(None, overrides(shards, tmp_path / "b", "launcher.executor=slurm", "train.samples=100000"))
+    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_paths(cfg).root, "pretrain")
+    threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        wait(submitted, poll_s=0.5, interactive=False)
+    assert f"cancelled job {submitted.job.job_id}" in capsys.readouterr().err
+    _wait_for(lambda: list_jobs(run_paths(cfg).root)[0]["state"].startswith("CANCELLED"), 60, "the cancellation")

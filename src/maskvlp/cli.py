@@ -66,13 +66,13 @@ def _report_training(cfg: Config, result: dict, metrics_file: str) -> int:
     return 0
 
 
-def _submit_and_maybe_wait(cfg: Config, args: argparse.Namespace, job, kind: str):
+def _submit_and_maybe_wait(cfg: Config, args: argparse.Namespace, job, kind: str, run_dir=None):
     """Submit to Slurm (or submitit's debug executor); print the job id and logs; wait unless --no-wait.
     Returns the job's result, or None when not waiting."""
     from maskvlp.launch import submit, wait
     from maskvlp.train import run_paths
 
-    submitted = submit(cfg, job, run_paths(cfg).root, kind)
+    submitted = submit(cfg, job, run_dir or run_paths(cfg).root, kind)
     print(f"submitted {kind} job {submitted.job.job_id} ({cfg.launcher.executor}); logs in {submitted.log_folder}")
     if args.no_wait or not cfg.launcher.wait:
         print(f"not waiting: follow it with `maskvlp jobs --set train.run_name={cfg.train.run_name}`")
@@ -126,7 +126,7 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
         from maskvlp.launch import EvalJob, config_dict
 
         load_run(run_dir)  # fail before submitting when the run is not there
-        metrics = _submit_and_maybe_wait(cfg, args, EvalJob(config_dict(cfg), str(run_dir)), "evaluate")
+        metrics = _submit_and_maybe_wait(cfg, args, EvalJob(config_dict(cfg), str(run_dir)), "evaluate", run_dir)
         if metrics is not None:
             print(f"wrote {cfg.eval.metrics_file} and {run_dir}/eval/")
         return 0
