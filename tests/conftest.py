@@ -39,3 +39,40 @@ def tool_env() -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def make_tiny_shards(directory: Path, num_samples: int) -> Path:
+    """Embedded-dataset shards at 32 px for quick training tests."""
+    from maskvlp.data.shards import shard
+
+    out = directory / "shards"
+    shard(load_config(None, tiny_data(out, num_samples)), progress=False)
+    return out
+
+
+def tiny_data(shards: Path, num_samples: int) -> list[str]:
+    return [
+        f"data.out_dir={shards}",
+        f"data.synthetic.num_samples={num_samples}",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "data.loader_workers=0",
+    ]
+
+
+def tiny_run(shards: Path, num_samples: int, runs: Path, *extra: str) -> list[str]:
+    """Overrides for a tiny, fast training run (32 px, 8 px patches, narrow embedding) on `shards`."""
+    return [
+        *tiny_data(shards, num_samples),
+        "model.image_size=32",
+        "model.patch_size=8",
+        "model.embed_dim=32",
+        "model.context_length=24",
+        f"train.runs_dir={runs}",
+        *extra,
+    ]
+
+
+def as_set_args(overrides: list[str]) -> list[str]:
+    """["k=v", ...] -> ["--set", "k=v", ...] for the command line."""
+    return [arg for kv in overrides for arg in ("--set", kv)]

@@ -17,9 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskvlp.cli import main
 from maskvlp.config import load_config
-from maskvlp.data.shards import shard
 from maskvlp.launch import EvalJob, LaunchError, TrainJob, config_dict, list_jobs, submit, wait
 from maskvlp.train import pretrain, run_paths
+
+from .conftest import as_set_args, make_tiny_shards, tiny_run
 
 
 def _slurm_up() -> bool:
@@ -38,28 +39,14 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("slurm") / "shards"
-    shard(
-        load_config(
-            None, [f"data.out_dir={out}", "data.synthetic.num_samples=400", "data.image_size=32", "data.num_workers=1"]
-        ),
-        progress=False,
-    )
-    return out
+    return make_tiny_shards(tmp_path_factory.mktemp("slurm"), 400)
 
 
 def overrides(shards: Path, runs: Path, *extra: str) -> list[str]:
-    return [
-        f"data.out_dir={shards}",
-        "data.synthetic.num_samples=400",
-        "data.image_size=32",
-        "data.num_workers=1",
-        "data.loader_workers=0",
-        "model.image_size=32",
-        "model.patch_size=8",
-        "model.embed_dim=32",
-        "model.context_length=24",
-        f"train.runs_dir={runs}",
+    return tiny_run(
+        shards,
+        400,
+        runs,
         "train.samples=320",
         "train.batch_size=16",
         "train.warmup_samples=32",
@@ -70,11 +57,10 @@ def overrides(shards: Path, runs: Path, *extra: str) -> list[str]:
         "launcher.mem_gb=2",
         "launcher.timeout_min=10",
         *extra,
-    ]
+    )
 
 
-def _set(items: list[str]) -> list[str]:
-    return [a for kv in items for a in ("--set", kv)]
+_set = as_set_args
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:

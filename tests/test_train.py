@@ -17,44 +17,35 @@ from maskvlp.config import load_config
 from maskvlp.data.shards import ShardError, shard
 from maskvlp.train import TrainError, pretrain, run_paths
 
+from .conftest import as_set_args, make_tiny_shards, tiny_run
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "shards"
-    shard(
-        load_config(
-            None, [f"data.out_dir={out}", "data.synthetic.num_samples=600", "data.image_size=32", "data.num_workers=1"]
-        ),
-        progress=False,
-    )
-    return out
+    return make_tiny_shards(tmp_path_factory.mktemp("train"), 600)
 
 
 def cfg_for(shards: Path, runs: Path, *overrides: str):
-    base = [
-        f"data.out_dir={shards}",
-        "data.synthetic.num_samples=600",
-        "data.image_size=32",
-        "data.num_workers=1",
-        "data.loader_workers=0",
-        "data.shuffle_buffer=100",
-        "model.image_size=32",
-        "model.patch_size=8",
-        "model.embed_dim=32",
-        "model.context_length=24",
-        f"train.runs_dir={runs}",
-        "train.samples=320",
-        "train.batch_size=16",
-        "train.warmup_samples=64",
-        "train.checkpoint_every_samples=64",
-        "train.log_every_steps=2",
-        "train.mask_image_every_steps=5",
-        "masking.strategy=cluster",
-        "masking.threshold=0.8",
-    ]
-    return load_config(None, base + list(overrides))
+    return load_config(
+        None,
+        tiny_run(
+            shards,
+            600,
+            runs,
+            "data.shuffle_buffer=100",
+            "train.samples=320",
+            "train.batch_size=16",
+            "train.warmup_samples=64",
+            "train.checkpoint_every_samples=64",
+            "train.log_every_steps=2",
+            "train.mask_image_every_steps=5",
+            "masking.strategy=cluster",
+            "masking.threshold=0.8",
+            *overrides,
+        ),
+    )
 
 
 def _free_port() -> int:
@@ -190,23 +181,17 @@ def test_missing_or_stale_shards_are_clear_errors(shards, tmp_path):
 
 
 def test_sigterm_checkpoints_and_exits_then_resume_matches(shards, tmp_path, tool_env):
-    common = [
-        f"data.out_dir={shards}",
-        "data.synthetic.num_samples=600",
-        "data.image_size=32",
-        "data.num_workers=1",
-        "data.loader_workers=0",
-        "model.image_size=32",
-        "model.patch_size=8",
-        "model.embed_dim=32",
-        "model.context_length=24",
+    common = tiny_run(
+        shards,
+        600,
+        tmp_path / "unused",  # each command below sets its own train.runs_dir
         "train.samples=3200",
         "train.batch_size=16",
         "train.warmup_samples=64",
         "train.checkpoint_every_samples=100000",
         "masking.strategy=random",
-    ]
-    args = [a for kv in common for a in ("--set", kv)]
+    )
+    args = as_set_args(common)
     cmd = [sys.executable, "-m", "maskvlp.cli", "pretrain", "--quiet", *args]
     run_b = ["--set", f"train.runs_dir={tmp_path / 'b'}"]
     proc = subprocess.Popen(cmd + run_b, env=tool_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -249,21 +234,7 @@ def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
         "--metrics",
         str(tmp_path / "train.json"),
     ]
-    for kv in (
-        f"data.out_dir={shards}",
-        "data.synthetic.num_samples=600",
-        "data.image_size=32",
-        "data.num_workers=1",
-        "data.loader_workers=0",
-        "model.image_size=32",
-        "model.patch_size=8",
-        "model.embed_dim=32",
-        "model.context_length=24",
-        "train.samples=320",
-        "train.batch_size=8",
-        f"train.runs_dir={tmp_path}",
-    ):
-        cmd += ["--set", kv]
+    cmd += as_set_args(tiny_run(shards, 600, tmp_path, "train.samples=320", "train.batch_size=8"))
     proc = subprocess.run(cmd, env=tool_env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("finished 20 steps (320 samples)") == 1  # reported once, by rank 0
