@@ -1,16 +1,23 @@
 """CPU training-step throughput: maskvlp's CLIP next to open_clip's CLIP of the same shape, in one run.
 
-    python benchmarks/bench_train.py            # tiny and S configurations, 10 timed steps each
-    python benchmarks/bench_train.py --quick    # tiny only, 4 timed steps: a smoke run
+    python benchmarks/bench_train.py            # tiny (10 timed rounds) and S (6 rounds), ~3 min
+    python benchmarks/bench_train.py --quick    # tiny only, 4 timed rounds: a smoke run
 
 One training step, timed with time.perf_counter, is: compute the mask (maskvlp: masking.compute_mask,
 whose kept indices go to the model; open_clip: patch dropout, active in train mode, inside the forward),
 forward, symmetric contrastive loss (maskvlp.loss.clip_loss / open_clip.loss.ClipLoss), backward,
 AdamW step (the same torch.optim.AdamW settings for both) and zero_grad. Inputs are random normalised
 images (torch.randn) and random tokens with one end-of-text token (49407) per row at a random position.
-Each case builds both models from the same seed, warms each up, then alternates their timed steps
-(so that load from other processes hits both alike) and reports the median as images/s. fp32 throughout
-(what `pretrain` uses on CPU). open_clip has no cluster masking: its column shows "-" there.
+fp32 throughout (what `pretrain` uses on CPU).
+
+Per configuration, one maskvlp model (every mask) and one open_clip model per patch-dropout ratio are
+built from the same seed and warmed up; then, in each timed round, every (implementation, mask) pair
+takes one step, in an order reversed every other round, so that drift in machine speed and load from
+other processes hit all rows alike. Reported: the median step as images/s. open_clip has no cluster
+masking: its columns show "-" there. Columns: images/s of each model, maskvlp/open_clip at the same
+ratio, each model's speed-up over its own ratio-0 row, and the median ms of maskvlp's compute_mask
+inside the step. Printed per configuration: this process's CPU time / wall time / threads over the
+timed rounds; below 90% means other processes took cores, and the configuration is rerun (--retries).
 """
 
 from __future__ import annotations
@@ -63,14 +70,18 @@ def make_inputs(batch: int, image: int, context: int, seed: int = 0) -> tuple[to
     return images, tokens
 
 
-def maskvlp_step(model, opt, images, tokens, strategy: str, ratio: float, patch: int, step: int) -> None:
+def maskvlp_step(model, opt, images, tokens, strategy: str, ratio: float, patch: int, step: int) -> float:
+    """One step; returns the seconds spent computing the mask."""
+    start = time.perf_counter()
     gen = torch.Generator().manual_seed(step)
     with torch.no_grad():
         keep_idx = compute_mask(strategy, images, patch, ratio, ANCHOR_RATIO, THRESHOLD, gen).keep_idx
+    mask_s = time.perf_counter() - start
     img_f, txt_f, scale = model(images, tokens, keep_idx)
     clip_loss(img_f, txt_f, scale).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    return mask_s
 
 
 def open_clip_step(model, opt, loss_fn, images, tokens) -> None:
@@ -80,74 +91,95 @@ def open_clip_step(model, opt, loss_fn, images, tokens) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def run_case(name: str, strategy: str, ratio: float, steps: int, warmup: int) -> dict:
-    vision, text, image, patch, embed, context, batch, _ = CONFIGS[name]
+def run_config(name: str, steps: int, warmup: int) -> dict:
+    """Median seconds per step of every (implementation, mask) pair of a configuration. All pairs take
+    turns within each round (order reversed every other round), so drift in machine speed hits all alike.
+    One maskvlp model serves every mask; open_clip needs a model per patch-dropout ratio."""
+    vision, text, image, patch, embed, context, batch, cases = CONFIGS[name]
+    images, tokens = make_inputs(batch, image, context)
     torch.manual_seed(0)
     ours = CLIP(vision, text, image, patch, embed, context).train()
     opt = torch.optim.AdamW(ours.parameters(), lr=1e-4, weight_decay=0.1)
-    images, tokens = make_inputs(batch, image, context)
-    counter = itertools.count()
-    active = {"maskvlp": lambda: maskvlp_step(ours, opt, images, tokens, strategy, ratio, patch, next(counter))}
-    params = {"maskvlp": count_params(ours)}
-    if strategy != "cluster":
-        torch.manual_seed(0)
-        theirs = open_clip_model(vision, text, image, patch, embed, context, ratio).train()
-        their_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.1)
-        loss_fn = ClipLoss()
-        active["open_clip"] = lambda: open_clip_step(theirs, their_opt, loss_fn, images, tokens)
-        params["open_clip"] = count_params(theirs)
-    for fn in active.values():
+    counter, loss_fn = itertools.count(), ClipLoss()
+    steppers, params = {}, {"maskvlp": count_params(ours)}
+    for strategy, ratio in cases:
+        steppers["maskvlp", strategy, ratio] = lambda s=strategy, r=ratio: maskvlp_step(
+            ours, opt, images, tokens, s, r, patch, next(counter)
+        )
+        if ("open_clip", ratio) not in steppers:
+            torch.manual_seed(0)
+            theirs = open_clip_model(vision, text, image, patch, embed, context, ratio).train()
+            their_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.1)
+            steppers["open_clip", ratio] = lambda m=theirs, o=their_opt: open_clip_step(m, o, loss_fn, images, tokens)
+            params["open_clip"] = count_params(theirs)
+    for fn in steppers.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in active}
-    for _ in range(steps):
-        for key, fn in active.items():
+    times: dict[tuple, list[float]] = {k: [] for k in steppers}
+    mask_times: dict[tuple, list[float]] = {k: [] for k in steppers if k[0] == "maskvlp"}
+    order = list(steppers.items())
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(steps):
+        for key, fn in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
-            fn()
+            mask_s = fn()
             times[key].append(time.perf_counter() - start)
+            if mask_s is not None:
+                mask_times[key].append(mask_s)
+    cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / torch.get_num_threads()
     ips = {k: batch / statistics.median(v) for k, v in times.items()}
-    return {"config": name, "strategy": strategy, "ratio": ratio, "batch": batch, "ips": ips, "params": params}
+    mask_ms = {k: 1e3 * statistics.median(v) for k, v in mask_times.items()}
+    return {"ips": ips, "mask_ms": mask_ms, "params": params, "cpu": cpu_share}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny configuration only, 4 timed steps")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per case (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
+    parser.add_argument("--quick", action="store_true", help="tiny configuration only, 4 timed rounds")
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds for tiny (median reported)")
+    parser.add_argument("--mid-steps", type=int, default=6, help="timed rounds for S (a step takes 2-3 s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per (implementation, mask) first")
+    parser.add_argument("--retries", type=int, default=1, help="reruns of a configuration whose own CPU share < 90%%")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the container has 2 cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    steps = 4 if args.quick else args.steps
     names = ["tiny"] if args.quick else list(CONFIGS)
 
     print(f"# CPU training step: maskvlp CLIP vs open_clip CLIP {open_clip.__version__}, fp32, AdamW")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible")
-    print(f"# warm-up {args.warmup} steps per model, median of {steps}; cluster: anchor ratio {ANCHOR_RATIO}, ")
-    print(f"#   threshold {THRESHOLD}; open_clip masks with patch dropout (random only)")
-    rows = []
+    steps = {"tiny": 4 if args.quick else args.steps, "S": args.mid_steps}
+    rounds = ", ".join(f"{n}: {steps[n]}" for n in names)
+    print(f"# warm-up {args.warmup} steps per (implementation, mask), then the median of timed rounds ({rounds})")
+    print(f"# cluster: anchor ratio {ANCHOR_RATIO}, threshold {THRESHOLD}; open_clip: patch dropout (random only)")
+    print(f"# 1-min load average before: {os.getloadavg()[0]:.2f}")
     for name in names:
         vision, text, image, patch, embed, context, batch, cases = CONFIGS[name]
         print(f"\n## {name}: vision {vision}, text {text}, image {image}, patch {patch}, embed {embed}, ", end="")
         print(f"context {context}, batch {batch}")
+        for attempt in range(args.retries + 1):
+            res = run_config(name, steps[name], args.warmup)
+            if res["cpu"] >= 0.9:
+                break
+            print(f"# own CPU {res['cpu']:.0%}: other processes took cores; ", end="")
+            print("rerunning" if attempt < args.retries else "keeping it", flush=True)
+        p, ips = res["params"], res["ips"]
+        diff = abs(p["maskvlp"] - p["open_clip"]) / p["open_clip"]
+        print(f"parameters: maskvlp {p['maskvlp']:,}, open_clip {p['open_clip']:,} ({diff:.3%} apart)")
+        print(f"own CPU share over the timed steps: {res['cpu']:.0%}")
+        print(f"{'mask':<16}{'maskvlp img/s':>15}{'open_clip img/s':>17}{'mvlp/oc':>9}", end="")
+        print(f"{'mvlp vs r=0':>13}{'oc vs r=0':>11}{'mask ms':>9}")
+        base, oc_base = ips["maskvlp", *cases[0]], ips["open_clip", cases[0][1]]
         for strategy, ratio in cases:
-            row = run_case(name, strategy, ratio, steps, args.warmup)
-            rows.append(row)
-            if len(rows) == 1 or rows[-2]["config"] != name:
-                p = row["params"]
-                diff = abs(p["maskvlp"] - p["open_clip"]) / p["open_clip"]
-                print(f"parameters: maskvlp {p['maskvlp']:,}, open_clip {p['open_clip']:,} ({diff:.3%} apart)")
-                print(f"{'mask':<16}{'maskvlp img/s':>15}{'open_clip img/s':>17}{'mvlp/oc':>9}", end="")
-                print(f"{'mvlp vs r=0':>13}{'oc vs r=0':>11}")
-                base = row["ips"]
-            ips = row["ips"]
-            oc = ips.get("open_clip")
+            ours = ips["maskvlp", strategy, ratio]
+            oc = None if strategy == "cluster" else ips["open_clip", ratio]
             print(
-                f"{f'{strategy} {ratio:g}':<16}{ips['maskvlp']:>15.1f}"
-                + (f"{oc:>17.1f}{ips['maskvlp'] / oc:>8.2f}x" if oc else f"{'-':>17}{'-':>9}")
-                + f"{ips['maskvlp'] / base['maskvlp']:>12.2f}x"
-                + (f"{oc / base['open_clip']:>10.2f}x" if oc else f"{'-':>11}"),
+                f"{f'{strategy} {ratio:g}':<16}{ours:>15.1f}"
+                + (f"{oc:>17.1f}{ours / oc:>8.2f}x" if oc else f"{'-':>17}{'-':>9}")
+                + f"{ours / base:>12.2f}x"
+                + (f"{oc / oc_base:>10.2f}x" if oc else f"{'-':>11}")
+                + f"{res['mask_ms']['maskvlp', strategy, ratio]:>9.2f}",
                 flush=True,
             )
+    print(f"\n# 1-min load average after: {os.getloadavg()[0]:.2f} (this process alone adds about {args.threads})")
 
 
 if __name__ == "__main__":
