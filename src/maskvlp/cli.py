@@ -118,7 +118,7 @@ def cmd_jobs(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from maskvlp.evaluate import evaluate, load_run, write_outputs, write_tensorboard_hparams
+    from maskvlp.evaluate import evaluate_and_write, load_run
     from maskvlp.train import run_paths
 
     run_dir = Path(args.run) if args.run else run_paths(cfg).root
@@ -130,9 +130,7 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
         if metrics is not None:
             print(f"wrote {cfg.eval.metrics_file} and {run_dir}/eval/")
         return 0
-    metrics, plots = evaluate(cfg, run_dir, progress=not args.quiet)
-    write_outputs(metrics, plots, cfg.eval.metrics_file, run_dir)
-    write_tensorboard_hparams(run_dir, load_run(run_dir)[1], metrics)
+    metrics = evaluate_and_write(cfg, run_dir, progress=not args.quiet)
     width = max(map(len, metrics))
     for key, value in sorted(metrics.items()):
         print(f"{key:{width}s} {value:.4f}")

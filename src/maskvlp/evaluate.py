@@ -288,12 +288,13 @@ def _limit(batches: Iterable[dict[str, Any]], samples: int) -> Iterable[dict[str
         seen += len(batch["keys"])
 
 
-def write_tensorboard_hparams(run_dir: Path, run_cfg: Config, metrics: dict[str, float]) -> Path:
+def write_tensorboard_hparams(run_dir: Path, metrics: dict[str, float]) -> Path:
     """One HParams session per run, in the run's own folder (runs/<name>/eval), not a timestamped one:
-    the masking and model params as hparams, the final metrics as its metrics."""
+    the run's masking and model params as hparams, the final metrics as its metrics."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
+    run_cfg = load_config(run_dir / "config.yaml")
     log_dir = run_dir / "eval"
     for old in log_dir.glob("events.out.tfevents.*"):
         old.unlink()  # re-evaluating replaces the session instead of adding a second one
@@ -328,3 +329,12 @@ def write_outputs(metrics: dict[str, float], plots: dict[str, Any], metrics_file
     (plot_dir / "eval_retrieval.json").write_text(json.dumps(plots["retrieval"], indent=1) + "\n")
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     (run_dir / "eval" / "metrics.json").write_text(json.dumps(rounded, indent=2) + "\n")
+
+
+def evaluate_and_write(cfg: Config, run_dir: str | Path, progress: bool = False) -> dict[str, float]:
+    """The whole stage: evaluate, write the metrics and plot files and the run's HParams session."""
+    run_dir = Path(run_dir)
+    metrics, plots = evaluate(cfg, run_dir, progress)
+    write_outputs(metrics, plots, cfg.eval.metrics_file, run_dir)
+    write_tensorboard_hparams(run_dir, metrics)
+    return metrics

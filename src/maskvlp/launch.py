@@ -106,13 +106,9 @@ class EvalJob:
         self.cfg_dict, self.run_dir = cfg_dict, run_dir
 
     def __call__(self) -> dict[str, float]:
-        from maskvlp.evaluate import evaluate, load_run, write_outputs, write_tensorboard_hparams
+        from maskvlp.evaluate import evaluate_and_write
 
-        cfg = _config_from(self.cfg_dict)
-        metrics, plots = evaluate(cfg, self.run_dir)
-        write_outputs(metrics, plots, cfg.eval.metrics_file, Path(self.run_dir))
-        write_tensorboard_hparams(Path(self.run_dir), load_run(self.run_dir)[1], metrics)
-        return metrics
+        return evaluate_and_write(_config_from(self.cfg_dict), self.run_dir)
 
 
 # ------------------------------------------------------------------------------- submission

@@ -73,14 +73,21 @@ def check_params(
 
 
 # ------------------------------------------------------------------------------- features
-def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """images: (B, C, H, W) -> (B, L, P*P*C), patches in row-major order (as a stride-P conv sees them)."""
-    b, c, h, w = images.shape
+def count_patches(images: torch.Tensor, patch_size: int) -> int:
+    """L for images (B, C, H, W); explains what to do when they do not divide into patches."""
+    h, w = images.shape[-2:]
     if h % patch_size or w % patch_size:
         raise ValueError(
             f"image size {h}x{w} is not divisible by patch_size {patch_size}: resize images to a multiple "
             f"of {patch_size} (model.image_size) or change model.patch_size"
         )
+    return (h // patch_size) * (w // patch_size)
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """images: (B, C, H, W) -> (B, L, P*P*C), patches in row-major order (as a stride-P conv sees them)."""
+    b, c, h, w = images.shape
+    count_patches(images, patch_size)
     gh, gw = h // patch_size, w // patch_size
     x = images.reshape(b, c, gh, patch_size, gw, patch_size)
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, patch_size * patch_size * c)
@@ -158,6 +165,24 @@ def random_mask(
     )
 
 
+def anchor_rows(
+    images: torch.Tensor,
+    patch_size: int,
+    anchor_ratio: float,
+    generator: torch.Generator | None = None,
+    embed_tokens: torch.Tensor | None = None,
+    fusion_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random anchors (B, A) and their similarity rows (B, A, L); an anchor scores 2 with itself, so it
+    always belongs to its own cluster."""
+    num_patches = count_patches(images, patch_size)
+    a = num_anchors(num_patches, anchor_ratio)
+    anchor_idx = torch.topk(_rand((images.shape[0], num_patches), generator, images.device), a, dim=1).indices
+    sim = fused_similarity(images, patch_size, anchor_idx, embed_tokens, fusion_weight)
+    sim.scatter_(2, anchor_idx[:, :, None], 2.0)
+    return sim, anchor_idx
+
+
 def find_clusters(
     images: torch.Tensor,
     patch_size: int,
@@ -172,12 +197,7 @@ def find_clusters(
     images: (B, 3, H, W) normalised. Returns clustered (B, L) bool, anchor_idx (B, A) long and
     cluster_id (B, L) long (the most similar anchor's slot for clustered patches, else -1).
     """
-    b = images.shape[0]
-    num_patches = (images.shape[2] // patch_size) * (images.shape[3] // patch_size)
-    a = num_anchors(num_patches, anchor_ratio)
-    anchor_idx = torch.topk(_rand((b, num_patches), generator, images.device), a, dim=1).indices
-    sim = fused_similarity(images, patch_size, anchor_idx, embed_tokens, fusion_weight)  # (B, A, L)
-    sim.scatter_(2, anchor_idx[:, :, None], 2.0)  # an anchor always belongs to its own cluster
+    sim, anchor_idx = anchor_rows(images, patch_size, anchor_ratio, generator, embed_tokens, fusion_weight)
     best, best_anchor = sim.max(dim=1)
     clustered = best > threshold
     cluster_id = torch.where(clustered, best_anchor, torch.full_like(best_anchor, -1))
@@ -198,7 +218,7 @@ def cluster_mask(
 
     Removal order: anchors, then clustered patches, then unclustered ones, random within each group.
     """
-    num_patches = (images.shape[2] // patch_size) * (images.shape[3] // patch_size)
+    num_patches = count_patches(images, patch_size)
     check_params(ratio, anchor_ratio, threshold, num_patches)
     clustered, anchor_idx, cluster_id = find_clusters(
         images, patch_size, anchor_ratio, threshold, generator, embed_tokens, fusion_weight
@@ -229,7 +249,7 @@ def official_cluster_mask(
     heavily clustered image shrinks the whole batch. One deviation: n_keep is at least 1, where the
     official code would pass zero tokens.
     """
-    num_patches = (images.shape[2] // patch_size) * (images.shape[3] // patch_size)
+    num_patches = count_patches(images, patch_size)
     check_params(min_mask_ratio, anchor_ratio, threshold, num_patches)
     clustered, anchor_idx, cluster_id = find_clusters(
         images, patch_size, anchor_ratio, threshold, generator, embed_tokens, fusion_weight
@@ -257,10 +277,8 @@ def compute_mask(
     fusion_weight: float = 0.0,
 ) -> MaskResult:
     """Dispatch on strategy (none | random | cluster) and, for cluster, mode (exact | official)."""
-    b, _, h, w = images.shape
-    if h % patch_size or w % patch_size:
-        patchify(images[:1], patch_size)  # raises the explanatory error
-    num_patches = (h // patch_size) * (w // patch_size)
+    b = images.shape[0]
+    num_patches = count_patches(images, patch_size)
     if strategy == "none":
         return keep_all(b, num_patches, images.device)
     if strategy == "random":
@@ -298,12 +316,7 @@ def calibrate_threshold(
     """
     if not 0.0 < target_coverage < 1.0:
         raise ValueError(f"target coverage must be in (0, 1), got {target_coverage}")
-    b = images.shape[0]
-    num_patches = (images.shape[2] // patch_size) * (images.shape[3] // patch_size)
-    a = num_anchors(num_patches, anchor_ratio)
-    anchor_idx = torch.topk(_rand((b, num_patches), generator, images.device), a, dim=1).indices
-    sim = anchor_similarity(standardised_patches(images, patch_size), anchor_idx)
-    sim.scatter_(2, anchor_idx[:, :, None], 2.0)
+    sim, _ = anchor_rows(images, patch_size, anchor_ratio, generator)
     best = sim.max(dim=1).values.flatten()
     threshold = float(torch.quantile(best.double(), 1.0 - target_coverage).clamp(-1.0, 1.0))
     achieved = float((best > threshold).double().mean())
