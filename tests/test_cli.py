@@ -91,3 +91,22 @@ def test_masks_command_with_calibration_reports_the_threshold(tmp_path, capsys):
 def test_masks_command_with_a_bad_path_is_a_clear_error(tmp_path, capsys):
     assert main(["masks", "--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.png")]) == 1
     assert "neither an image folder" in capsys.readouterr().err
+
+
+def test_masks_command_skips_and_counts_bad_images_in_a_folder(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40 + i, 32), (200, 20 * i, 30)).save(images / f"good{i}.png")
+    Image.new("L", (4000, 2500)).save(images / "bomb.png")  # a decompression bomb once the limit is lowered
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (4, 4)).save(images / "tiny.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000_000)  # 10M > 2 x 2M pixels: Pillow refuses it
+    out = tmp_path / "m.png"
+    assert main(["masks", "--images", str(images), "--out", str(out), "--count", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 3 unusable image(s)" in printed
+    assert "image_too_large=1" in printed and "unreadable_image=1" in printed and "image_too_small=1" in printed
+    assert Image.open(out).format == "PNG"

@@ -47,9 +47,9 @@ def test_batches_have_the_documented_shapes_and_types(shards):
     assert x.dtype == torch.float32 and -2.1 <= x.min() and x.max() <= 2.1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_at_any_step_sees_exactly_the_same_batches(shards, workers):
-    spec = _spec(shards)
+@pytest.mark.parametrize("streams,workers", [(1, 0), (2, 2)])
+def test_resume_at_any_step_sees_exactly_the_same_batches(shards, streams, workers):
+    spec = _spec(shards, streams=streams)
     full = _take(train_loader(spec, workers), 9)
     for start in (1, 4, 7):
         resumed = _take(train_loader(spec, workers, start_step=start), 9 - start)
@@ -57,6 +57,21 @@ def test_resume_at_any_step_sees_exactly_the_same_batches(shards, workers):
             assert a["keys"] == b["keys"]
             assert torch.equal(a["images"], b["images"])  # augmentation too
             assert torch.equal(a["tokens"], b["tokens"])
+
+
+def test_batches_do_not_depend_on_how_many_workers_decode_them(shards):
+    """The CPU share decides the worker count (resources.py); the logical streams decide the data,
+    so a trial run with 0 workers under a 1-CPU Slurm job and with 2 on a laptop trains on the same."""
+    spec = _spec(shards, streams=2)
+    reference = _take(train_loader(spec, 0), 7)
+    for workers, start in ((1, 0), (2, 0), (1, 3), (0, 4)):
+        got = _take(train_loader(spec, workers, start_step=start), 7 - start)
+        for a, b in zip(reference[start:], got):
+            assert a["keys"] == b["keys"] and torch.equal(a["images"], b["images"])
+    one_stream = _take(train_loader(_spec(shards, streams=1), 0), 7)
+    assert [b["keys"] for b in reference] != [b["keys"] for b in one_stream]  # the streams param does matter
+    with pytest.raises(ValueError, match="cannot share 2 logical streams"):
+        train_loader(_spec(shards, streams=2), 3)
 
 
 def test_stream_is_infinite_and_covers_each_sample_once_per_epoch(shards):

@@ -82,3 +82,25 @@ def test_a_shard_is_only_visible_under_its_final_name_when_complete(tmp_path):
 def test_missing_manifest_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="maskvlp shard"):
         load_manifest(tmp_path)
+
+
+def test_sizes_json_lets_open_clip_count_the_samples(tmp_path):
+    """open_clip's webdataset pipeline refuses shards without a sample count: sizes.json beside them
+    maps each shard file name to its count, and the manifest gives the brace pattern it expects."""
+    cfg = make_cfg(tmp_path, "data.val_fraction=0.2")
+    manifest = shard(cfg, progress=False)
+    out = Path(cfg.data.out_dir)
+    sizes = json.loads((out / "sizes.json").read_text())
+    listed = {s["name"]: s["count"] for split in manifest["splits"].values() for s in split["shards"]}
+    assert sizes == listed
+    for name, count in sizes.items():
+        with tarfile.open(out / name) as tar:
+            assert len({m.name.split(".")[0] for m in tar.getmembers()}) == count
+    n_train = len(manifest["splits"]["train"]["shards"])
+    assert n_train > 1
+    assert manifest["open_clip"]["train"] == f"{out}/train-{{000000..{n_train - 1:06d}}}.tar"
+    from braceexpand import braceexpand
+
+    assert [Path(p).name for p in braceexpand(manifest["open_clip"]["train"])] == [
+        s["name"] for s in manifest["splits"]["train"]["shards"]
+    ]

@@ -68,7 +68,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_pretrain_as_a_slurm_job_equals_the_local_run(shards, tmp_path, capsys):
-    local = load_config(None, overrides(shards, tmp_path / "local"))
+    # the job gets cpus_per_task=1 and so 1 torch thread: bitwise equality needs the same count here
+    local = load_config(None, overrides(shards, tmp_path / "local", "launcher.threads=1"))
     local_result = pretrain(local, progress=False)
     code = main(
         [
@@ -83,6 +84,10 @@ def test_pretrain_as_a_slurm_job_equals_the_local_run(shards, tmp_path, capsys):
     assert code == 0, out
     assert "submitted pretrain job" in out and "logs in" in out
     slurm_result = json.loads((tmp_path / "train.json").read_text())
+    # inside a Slurm job with cpus_per_task=1, torch uses 1 thread (no cgroups here to enforce it)
+    assert slurm_result["threads"] == 1
+    run_info = json.loads((tmp_path / "slurm" / "default" / "run.json").read_text())
+    assert run_info["cpu_share"] == {"cpus": 1, "source": "slurm", "threads": 1, "loader_workers": 0}
     assert slurm_result["final_loss"] == pytest.approx(local_result["final_loss"], abs=1e-6)
     a, b = _weights(tmp_path / "local" / "default"), _weights(tmp_path / "slurm" / "default")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -40,12 +40,13 @@ def make_folder(root: Path) -> list[dict]:
         "alpha.png": _png(Image.new("RGBA", (20, 20), (0, 0, 255, 0))),
         "la.png": _png(Image.new("LA", (20, 20), (10, 128))),
         "gray16.png": _png(Image.fromarray(np.full((16, 16), 65535, dtype=np.uint16))),
-        "tall.png": _png(Image.new("RGB", (10, 80), (0, 255, 0))),
+        "tall.png": _png(Image.new("RGB", (16, 120), (0, 255, 0))),
     }
     bad = {
         "empty.jpg": b"",
         "garbage.jpg": b"this is not an image at all" * 10,
         "truncated.jpg": _jpeg(size=(200, 200))[:300],
+        "dot.png": _png(Image.new("RGB", (1, 1))),  # below data.min_image_side
     }
     for name, data in {**good, **bad}.items():
         (root / name).write_bytes(data)
@@ -88,6 +89,7 @@ def test_folder_source_skips_and_counts_each_bad_input(tmp_path, fmt):
         "duplicate_key": 1,
         "empty_caption": 1,
         "empty_file": 1,
+        "image_too_small": 1,
         "missing_file": 1,
         "truncated_image": 1,
         "unreadable_image": 1,
@@ -141,7 +143,7 @@ def test_shard_source_validates_img2dataset_style_shards(tmp_path):
         ("000001.jpg", _jpeg()),
         ("000001.txt", b"a red thing"),
         ("000001.json", json.dumps({"url": "x", "label_name": "red"}).encode()),
-        ("000002.png", _png(Image.new("RGB", (8, 8)))),
+        ("000002.png", _png(Image.new("RGB", (16, 16)))),
         ("000002.txt", b"png sample"),
         ("000003.jpg", _jpeg()),  # no caption
         ("000004.txt", b"no image"),
@@ -178,3 +180,59 @@ def test_shard_source_with_no_matching_files_is_a_config_error(tmp_path):
     cfg = make_cfg(tmp_path, "data.source=shards", f"data.shards.urls={tmp_path}/none-*.tar")
     with pytest.raises(ConfigError, match="data.shards.urls"):
         shard(cfg, progress=False)
+
+
+def test_malformed_table_rows_are_skipped_with_their_line_numbers(tmp_path):
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / f"{name}.jpg").write_bytes(_jpeg())
+    table = tmp_path / "pairs.csv"
+    table.write_text(
+        "path,caption\n"
+        "a.jpg,a red square\n"
+        "b.jpg,a caption,with a stray field\n"  # line 3: 3 fields
+        'c.jpg,"a quote left open\n'  # line 4: swallows line 5
+        "d.jpg,a dog\n"
+        'e.jpg,"a quoted, fine caption"\n'
+    )
+    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}", "data.val_fraction=0")
+    manifest = shard(cfg, progress=False)
+    assert manifest["skipped"] == {"malformed_row": 2}
+    assert manifest["splits"]["train"]["count"] == 1  # a; e is glued into c's open quote
+    examples = " ".join(manifest["skipped_examples"]["malformed_row"])
+    assert "line 3: 3 field(s), the header has 2" in examples
+    assert "lines 4-" in examples and "missing_file" not in manifest["skipped"]
+
+
+def test_malformed_jsonl_lines_are_skipped_with_their_line_numbers(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpeg())
+    table = tmp_path / "pairs.jsonl"
+    table.write_text('{"path": "a.jpg", "caption": "fine"}\n{"path": "b.jpg", "caption": \n[1, 2]\n')
+    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}", "data.val_fraction=0")
+    manifest = shard(cfg, progress=False)
+    assert manifest["skipped"] == {"malformed_row": 2}
+    examples = " ".join(manifest["skipped_examples"]["malformed_row"])
+    assert "line 2: not JSON" in examples and "line 3: not a JSON object" in examples
+
+
+def test_a_folder_of_valid_images_of_odd_shapes_loses_nothing(tmp_path):
+    """Shapes that the float crop box used to push a hair outside the image (5% of (m+37) x m)."""
+    shapes = [(86, 49), (92, 55), (132, 95), (16, 4000), (4000, 16), (17, 16), (1199 + 37, 1199), (64, 64), (65, 63)]
+    shapes += [(m + 37, m) for m in range(20, 200, 7)]
+    rows = []
+    for i, (w, h) in enumerate(shapes):
+        name = f"img{i:03d}.png" if i % 2 else f"img{i:03d}.jpg"
+        Image.new("RGB", (w, h), (i * 7 % 255, 90, 200)).save(tmp_path / name)
+        rows.append({"path": name, "caption": f"a picture of {w} by {h}"})
+    table = tmp_path / "pairs.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    for size in (64, 224):
+        cfg = make_cfg(
+            tmp_path,
+            "data.source=folder",
+            f"data.folder.table={table}",
+            f"data.image_size={size}",
+            "data.val_fraction=0",
+        )
+        manifest = shard(cfg, progress=False)
+        assert manifest["skipped"] == {}
+        assert manifest["splits"]["train"]["count"] == len(shapes)

@@ -161,7 +161,11 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.viz import mask_figure, save_figure
 
     m, k = cfg.model, cfg.masking
-    images = read_images(args.images or cfg.data.out_dir, args.count, m.image_size)
+    images, skipped = read_images(args.images or cfg.data.out_dir, args.count, m.image_size, cfg.data.min_image_side)
+    if skipped:
+        print(
+            f"skipped {sum(skipped.values())} unusable image(s): " + ", ".join(f"{k}={n}" for k, n in skipped.items())
+        )
     norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
     threshold = k.threshold
     if k.calibrate_coverage > 0:
@@ -244,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the key metrics of each evaluated run with its masking params, and draw a bar chart.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. runs/*")
-    p.add_argument("--out", default="report.png", metavar="PNG", help="bar chart (default: %(default)s)")
+    p.add_argument("--out", default="reports/report.png", metavar="PNG", help="bar chart (default: %(default)s)")
     p.set_defaults(func=cmd_report, params=None, overrides=[])
 
     p = sub.add_parser(

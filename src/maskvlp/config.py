@@ -72,10 +72,11 @@ class DataConfig:
     image_size: int = 64  # stored images: shorter side resized to this, then centre-cropped
     image_format: str = "jpg"  # jpg | png | webp
     jpeg_quality: int = 95
+    min_image_side: int = 16  # decoded images with a shorter side below this are skipped (image_too_small)
     val_fraction: float = 0.1
     max_samples_per_shard: int = 1000
-    num_workers: int = 0  # sharding processes; 0 = one per CPU core
-    loader_workers: int = 2  # DataLoader workers per training process
+    num_workers: int = 0  # sharding processes; 0 = one per CPU this process may use
+    loader_workers: int = 2  # logical data streams per training process; up to this many DataLoader workers
     shuffle_buffer: int = 1000  # samples in the training stream's shuffle buffer
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     emoji: EmojiConfig = field(default_factory=EmojiConfig)
@@ -156,6 +157,7 @@ class LauncherConfig:
     tasks_per_node: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int = 2
+    threads: int = 0  # torch threads per process; 0 = derived (Slurm CPUs per task, else the affinity mask)
     mem_gb: float = 8.0
     timeout_min: int = 60
     account: str = ""
@@ -252,6 +254,7 @@ def validate(cfg: Config) -> None:
     _choice("data.source", d.source, ("synthetic", "emoji", "folder", "shards"))
     _choice("data.image_format", d.image_format, ("jpg", "png", "webp"))
     _check(d.image_size >= 8, "data.image_size", "must be >= 8 pixels", d.image_size)
+    _check(d.min_image_side >= 1, "data.min_image_side", "must be >= 1 pixel", d.min_image_side)
     _check(1 <= d.jpeg_quality <= 100, "data.jpeg_quality", "must be in [1, 100]", d.jpeg_quality)
     _check(0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
     _check(d.max_samples_per_shard >= 1, "data.max_samples_per_shard", "must be >= 1", d.max_samples_per_shard)
@@ -381,6 +384,7 @@ def validate(cfg: Config) -> None:
     _check(la.tasks_per_node >= 1, "launcher.tasks_per_node", "must be >= 1", la.tasks_per_node)
     _check(la.gpus_per_node >= 0, "launcher.gpus_per_node", "must be >= 0", la.gpus_per_node)
     _check(la.cpus_per_task >= 1, "launcher.cpus_per_task", "must be >= 1", la.cpus_per_task)
+    _check(la.threads >= 0, "launcher.threads", "must be >= 0 (0 = derived from the CPUs the process has)", la.threads)
     _check(la.mem_gb > 0, "launcher.mem_gb", "must be > 0", la.mem_gb)
     _check(la.timeout_min >= 1, "launcher.timeout_min", "must be >= 1", la.timeout_min)
     _check(la.max_requeues >= 0, "launcher.max_requeues", "must be >= 0", la.max_requeues)

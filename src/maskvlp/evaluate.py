@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from maskvlp.config import Config, load_config
 from maskvlp.data import synthetic
@@ -36,6 +35,8 @@ from maskvlp.metrics import (
     topk_accuracy,
 )
 from maskvlp.model import CLIP
+from maskvlp.progress import track
+from maskvlp.resources import cpu_share_applied
 
 TEMPLATES = ("a {}.", "a photo of a {}.", "a small {}.", "a large {}.", "a picture of a {}.")
 
@@ -79,7 +80,7 @@ def encode_images(
     progress: bool = False,
 ) -> Encoded:
     feats, captions, metas, keys = [], [], [], []
-    for batch in tqdm(batches, desc=f"encode {desc}", disable=None if progress else True, unit="batch"):
+    for batch in track(batches, None, f"encode {desc}", "batch", progress):
         images = normalize(batch["images"].to(device), cfg.data.augment.mean, cfg.data.augment.std)
         feats.append(model.encode_image(images).float().cpu())
         captions += batch["captions"]
@@ -269,6 +270,7 @@ def evaluate(cfg: Config, run_dir: str | Path, progress: bool = False) -> tuple[
                         res = linear_probe(train_enc.features[tr], tr_y[tr], enc.features[te], te_y[te], cfg.seed)
                         metrics["linear_probe/val/top1"] = res["top1"]
                         metrics["linear_probe/val/C"] = res["C"]
+                        metrics["linear_probe/val/chance_top1"] = 1.0 / len(classes)
         elif name == "objects":
             enc = encode_images(
                 model, objects_batches(cfg, e.objects_per_class, e.batch_size), run_cfg, device, "objects", progress
@@ -334,7 +336,8 @@ def write_outputs(metrics: dict[str, float], plots: dict[str, Any], metrics_file
 def evaluate_and_write(cfg: Config, run_dir: str | Path, progress: bool = False) -> dict[str, float]:
     """The whole stage: evaluate, write the metrics and plot files and the run's HParams session."""
     run_dir = Path(run_dir)
-    metrics, plots = evaluate(cfg, run_dir, progress)
+    with cpu_share_applied(cfg):
+        metrics, plots = evaluate(cfg, run_dir, progress)
     write_outputs(metrics, plots, cfg.eval.metrics_file, run_dir)
     write_tensorboard_hparams(run_dir, metrics)
     return metrics

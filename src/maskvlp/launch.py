@@ -79,7 +79,7 @@ class TrainJob:
         cfg = _config_from(self.cfg_dict)
         _export_torch_distributed()
         stop = _CooperativeStop()
-        result = pretrain(cfg, resume=self.resume, progress=False, stop=stop)
+        result = pretrain(cfg, resume=self.resume, progress=True, stop=stop)  # plain lines in the job's log
         if result["status"] == "stopped":
             # checkpoint saved at a step boundary: now let submitit requeue (rank 0) and exit
             handler = stop.submitit_handler
@@ -108,7 +108,7 @@ class EvalJob:
     def __call__(self) -> dict[str, float]:
         from maskvlp.evaluate import evaluate_and_write
 
-        return evaluate_and_write(_config_from(self.cfg_dict), self.run_dir)
+        return evaluate_and_write(_config_from(self.cfg_dict), self.run_dir, progress=True)
 
 
 # ------------------------------------------------------------------------------- submission

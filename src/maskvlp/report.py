@@ -36,26 +36,53 @@ def collect(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def chance_level(key: str, metrics: dict[str, float]) -> float | None:
+    """What a model that knows nothing scores on `key`, from the chance keys evaluation writes
+    (1/classes for top-1, 1/N for R@1) and 0.5 for a two-way composition choice."""
+    parts = key.split("/")
+    if parts[0] == "composition":
+        return 0.5
+    if parts[0] in ("zeroshot", "linear_probe") and parts[-1] == "top1":
+        return metrics.get(f"{parts[0]}/{parts[1]}/chance_top1")
+    if parts[0] == "retrieval" and parts[-1].endswith("_r1"):
+        return metrics.get(f"retrieval/{parts[1]}/chance_r1")
+    return None
+
+
+def short_name(key: str) -> str:
+    for long, short in (
+        ("zeroshot/", "zs/"),
+        ("retrieval/", "ret/"),
+        ("composition/", "comp/"),
+        ("linear_probe/", "lp/"),
+    ):
+        key = key.replace(long, short)
+    return key.replace("/val/", "/").replace("/objects/", "/obj/")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    """Runs as rows, key metrics as columns (headers as wide as their column), and a chance row."""
     keys = [k for k in KEY_METRICS if any(k in r["metrics"] for r in rows)]
-    short = [
-        k.replace("zeroshot/", "zs/")
-        .replace("retrieval/", "ret/")
-        .replace("composition/", "comp/")
-        .replace("linear_probe/", "lp/")
-        .replace("/val/", "/")
-        .replace("/objects/", "/obj/")
-        for k in keys
-    ]
-    head = f"{'run':16s} {'masking':32s} " + " ".join(f"{s:>12s}" for s in short)
+    cols = [max(6, len(short_name(k))) for k in keys]
+    run_w = max(3, *(len(r["run"]) for r in rows))
+    mask_w = max(7, *(len(r["masking"]) for r in rows))
+    head = f"{'run':{run_w}s}  {'masking':{mask_w}s}  " + "  ".join(
+        f"{short_name(k):>{w}s}" for k, w in zip(keys, cols)
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        vals = " ".join(f"{r['metrics'][k]:12.3f}" if k in r["metrics"] else f"{'-':>12s}" for k in keys)
-        lines.append(f"{r['run'][:16]:16s} {r['masking'][:32]:32s} {vals}")
+        vals = "  ".join(
+            f"{r['metrics'][k]:{w}.3f}" if k in r["metrics"] else f"{'-':>{w}s}" for k, w in zip(keys, cols)
+        )
+        lines.append(f"{r['run']:{run_w}s}  {r['masking']:{mask_w}s}  {vals}")
+    chance = [next((c for r in rows if (c := chance_level(k, r["metrics"])) is not None), None) for k in keys]
+    vals = "  ".join(f"{c:{w}.3f}" if c is not None else f"{'-':>{w}s}" for c, w in zip(chance, cols))
+    lines.append(f"{'chance':{run_w}s}  {'':{mask_w}s}  {vals}")
     return "\n".join(lines)
 
 
 def bar_chart(rows: list[dict[str, Any]], out: str | Path) -> Path:
+    """Grouped bars, one group per key metric, with each metric's chance level drawn across its group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +95,11 @@ def bar_chart(rows: list[dict[str, Any]], out: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(keys)), 4))
     for i, r in enumerate(rows):
         ax.bar(x + i * width, [r["metrics"].get(k, 0) for k in keys], width, label=f"{r['run']} ({r['masking']})")
+    for j, k in enumerate(keys):
+        level = next((c for r in rows if (c := chance_level(k, r["metrics"])) is not None), None)
+        if level is not None:
+            ax.hlines(level, x[j] - width / 2, x[j] + width * (len(rows) - 0.5), colors="black", linestyles="--")
+    ax.plot([], [], "k--", label="chance")
     ax.set_xticks(x + width * (len(rows) - 1) / 2, [k.replace("/", "\n", 1) for k in keys], fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
@@ -75,6 +107,7 @@ def bar_chart(rows: list[dict[str, Any]], out: str | Path) -> Path:
     ax.set_title("maskvlp runs: key metrics (full images)")
     fig.tight_layout()
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

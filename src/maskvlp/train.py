@@ -31,6 +31,8 @@ from maskvlp.distributed import DistEnv, any_rank, init_distributed
 from maskvlp.loss import distributed_clip_loss
 from maskvlp.masking import MaskResult, calibrate_threshold, compute_mask, fusion_weight
 from maskvlp.model import CLIP, train_flops_per_sample
+from maskvlp.progress import Progress
+from maskvlp.resources import CpuShare, cpu_share_applied
 from maskvlp.schedule import Budget, lr_at, make_budget
 
 # Params that may change between a run and its resume: they do not change what is computed.
@@ -175,7 +177,7 @@ def _calibrated_threshold(cfg: Config, device: torch.device) -> tuple[float, flo
     k = cfg.masking
     if k.strategy != "cluster" or k.calibrate_coverage <= 0:
         return k.threshold, None
-    images = read_images(cfg.data.out_dir, 256, cfg.model.image_size).to(device)
+    images = read_images(cfg.data.out_dir, 256, cfg.model.image_size)[0].to(device)
     norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     return calibrate_threshold(norm, cfg.model.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)
@@ -235,7 +237,12 @@ def pretrain(
     cfg: Config, resume: bool = False, progress: bool = True, stop: StopRequest | None = None
 ) -> dict[str, Any]:
     """Train per cfg; returns the final metrics. Returns early with status "stopped" after saving a
-    checkpoint when a stop is requested (SIGTERM/SIGUSR1)."""
+    checkpoint when a stop is requested (SIGTERM/SIGUSR1). Uses this process's CPU share (resources.py)."""
+    with cpu_share_applied(cfg) as share:
+        return _pretrain(cfg, share, resume, progress, stop)
+
+
+def _pretrain(cfg: Config, share: CpuShare, resume: bool, progress: bool, stop: StopRequest | None) -> dict[str, Any]:
     env, device = init_distributed()
     t, m = cfg.train, cfg.model
     manifest = load_manifest(cfg.data.out_dir)
@@ -284,6 +291,7 @@ def pretrain(
             "global_batch": budget.global_batch,
             "total_steps": budget.total_steps,
             "resumed_at_step": step,
+            "cpu_share": share.record(),
         }
         paths.info.write_text(json.dumps(info, indent=2) + "\n")
 
@@ -304,8 +312,9 @@ def pretrain(
         cfg.data.shuffle_buffer,
         (cfg.data.augment.crop_scale_min, cfg.data.augment.crop_scale_max),
         (cfg.data.augment.crop_ratio_min, cfg.data.augment.crop_ratio_max),
+        streams=max(1, cfg.data.loader_workers),
     )
-    batches = iter(train_loader(spec, cfg.data.loader_workers, start_step=step * t.accum_steps))
+    batches = iter(train_loader(spec, share.loader_workers, start_step=step * t.accum_steps))
 
     writer = None
     if env.is_main:
@@ -340,16 +349,7 @@ def pretrain(
                 t.keep_checkpoints,
             )
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=budget.total_steps,
-        initial=step,
-        disable=None if (progress and env.is_main) else True,
-        unit="step",
-        dynamic_ncols=True,
-        desc=f"pretrain {t.run_name}",
-    )
+    bar = Progress(budget.total_steps, f"pretrain {t.run_name}", "step", progress and env.is_main, initial=step)
     window = {"loss": 0.0, "ratio": 0.0, "coverage": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
     recent_losses: list[float] = []
     status = "finished"
@@ -399,7 +399,7 @@ def pretrain(
             elapsed = time.perf_counter() - window["t0"]
             images_per_s = window["steps"] * budget.global_batch / max(elapsed, 1e-9)
             samples = step * budget.global_batch
-            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
+            bar.set_postfix(samples=samples, loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
             if writer is not None:
                 writer.add_scalar("train/loss", mean_loss, samples)
                 writer.add_scalar("train/lr", lr, samples)
@@ -430,6 +430,7 @@ def pretrain(
         "global_batch": budget.global_batch,
         "chance_loss": math.log(t.batch_size * env.world_size),  # candidates per contrastive loss
         "wall_s": round(time.perf_counter() - start_time, 2),
+        "threads": torch.get_num_threads(),
     }
     if recent_losses:
         result["final_loss"] = recent_losses[-1]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskvlp.data.tokenizer import Tokenizer
-from maskvlp.data.transforms import eval_image, train_image
+from maskvlp.data.transforms import eval_image, to_uint8_tensor, train_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -45,6 +47,7 @@ class StreamSpec:
     shuffle_buffer: int = 1000
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    streams: int = 1  # logical streams per rank (data.loader_workers): fixes the batches, not the processes
 
 
 def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
@@ -85,17 +88,20 @@ def _image_bytes(sample: dict[str, Any]) -> bytes:
     raise KeyError(f"sample {sample.get('__key__')} of {sample.get('__url__')} holds no image")
 
 
-def _slot(spec: StreamSpec, start_step: int = 0) -> tuple[int, int, int, int]:
-    """(slot, num_slots, logical worker, workers). A resumed DataLoader starts its round-robin at
-    worker 0 again, so its worker p plays the part of the original run's worker (start_step + p) % W."""
+def _worker() -> tuple[int, int]:
+    """(this DataLoader worker's id, number of workers); (0, 1) in the main process."""
     info = get_worker_info()
-    worker, workers = (info.id, info.num_workers) if info else (0, 1)
-    logical = (start_step + worker) % workers
-    return spec.rank * workers + logical, spec.world_size * workers, logical, workers
+    return (info.id, info.num_workers) if info else (0, 1)
 
 
 class TrainStream(IterableDataset):
-    """Infinite batches {"images": uint8 (B,3,S,S), "tokens": long (B,C), "keys": list[str]}."""
+    """Infinite batches {"images": uint8 (B,3,S,S), "tokens": long (B,C), "keys": list[str]}.
+
+    Each rank's stream is split into `spec.streams` logical streams (slot = rank * streams + l);
+    global batch g is logical stream g % streams's (g // streams)-th batch. Which process decodes
+    it does not matter: W DataLoader workers (W dividing `streams`, or the main process alone) each
+    take the logical streams the round-robin hands them, so the batches are the same whatever the
+    number of workers the CPU budget allows (resources.py)."""
 
     def __init__(self, spec: StreamSpec, start_step: int = 0):
         if not spec.urls:
@@ -111,16 +117,17 @@ class TrainStream(IterableDataset):
 
         return buffer_shuffle(epochs(), self.spec.shuffle_buffer, random.Random(f"{self.spec.seed}/shuffle/{slot}"))
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def logical_batches(self, stream: int) -> Iterator[dict[str, Any]]:
+        """The batches of one logical stream from where a run resumed at `start_step`."""
         s = self.spec
-        slot, num_slots, worker, workers = _slot(s, self.start_step)
-        produced = max(0, -(-(self.start_step - worker) // workers))  # batches this worker already gave
+        slot, num_slots = s.rank * s.streams + stream, s.world_size * s.streams
+        produced = max(0, -(-(self.start_step - stream) // s.streams))  # its batches before start_step
         skip = produced * s.batch_size
         tokenizer = Tokenizer(s.context_length)
-        stream = itertools.islice(self.raw_stream(slot, num_slots), skip, None)
+        raw_samples = itertools.islice(self.raw_stream(slot, num_slots), skip, None)
         position = skip
         while True:
-            raw = list(itertools.islice(stream, s.batch_size))
+            raw = list(itertools.islice(raw_samples, s.batch_size))
             images = []
             for sample in raw:
                 rng = random.Random(f"{s.seed}/aug/{slot}/{position}")
@@ -133,6 +140,18 @@ class TrainStream(IterableDataset):
                 "keys": [sample["__key__"] for sample in raw],
             }
 
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = _worker()
+        streams = self.spec.streams
+        # A (resumed) DataLoader hands batch k to worker k % workers: this worker produces global
+        # batches first, first + workers, ... whose logical streams are those congruent to `first`.
+        first = self.start_step + worker
+        mine = {
+            stream: self.logical_batches(stream) for stream in range(streams) if stream % workers == first % workers
+        }
+        for g in itertools.count(first, workers):
+            yield next(mine[g % streams])
+
 
 class EvalStream(IterableDataset):
     """Each sample once: {"image": uint8 (3,S,S), "caption": str, "key": str, "meta": dict}."""
@@ -141,8 +160,8 @@ class EvalStream(IterableDataset):
         self.urls, self.image_size, self.rank, self.world_size = list(urls), image_size, rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        spec = StreamSpec(tuple(self.urls), 1, self.image_size, 3, rank=self.rank, world_size=self.world_size)
-        slot, num_slots, _, _ = _slot(spec)
+        worker, workers = _worker()
+        slot, num_slots = self.rank * workers + worker, self.world_size * workers
         for sample in slot_samples(self.urls, slot, num_slots, epoch_seed=None):
             yield {
                 "image": eval_image(_image_bytes(sample), self.image_size),
@@ -162,7 +181,10 @@ def _eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_loader(spec: StreamSpec, num_workers: int, start_step: int = 0) -> DataLoader:
-    """Batches in a fixed order for a fixed (spec, num_workers): resuming needs the same worker count."""
+    """Batches in an order fixed by `spec` alone (its `streams` included), decoded by `num_workers`
+    processes (0 = the main process; otherwise a divisor of `spec.streams`)."""
+    if num_workers and spec.streams % num_workers:
+        raise ValueError(f"{num_workers} loader workers cannot share {spec.streams} logical streams evenly")
     return DataLoader(
         TrainStream(spec, start_step),
         batch_size=None,
@@ -183,24 +205,38 @@ def eval_loader(
     )
 
 
-def read_images(path: str, limit: int, image_size: int) -> torch.Tensor:
+def read_images(path: str, limit: int, image_size: int, min_side: int = 1) -> tuple[torch.Tensor, Counter[str]]:
     """Up to `limit` full images as uint8 (N, 3, S, S) from a folder of images, one .tar shard, or a
-    shard folder with a manifest (its val split, else train)."""
+    shard folder with a manifest (its val split, else train), and the unusable files skipped, counted
+    by reason (as the shard stage counts them)."""
     from pathlib import Path
 
+    from maskvlp.data.normalise import decode_image, resize_center_crop, to_rgb
     from maskvlp.data.shards import MANIFEST, shard_paths
 
     p = Path(path)
     if p.is_dir() and (p / MANIFEST).is_file():
         urls = shard_paths(p, "val") or shard_paths(p, "train")
+        blobs = (_image_bytes(s) for s in slot_samples(urls, 0, 1, epoch_seed=None))
     elif p.is_file() and p.suffix == ".tar":
-        urls = [str(p)]
+        blobs = (_image_bytes(s) for s in slot_samples([str(p)], 0, 1, epoch_seed=None))
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMAGE_KEYS)[:limit]
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMAGE_KEYS)
         if not files:
             raise FileNotFoundError(f"no .jpg/.png/.webp images under '{p}'")
-        return torch.stack([eval_image(f.read_bytes(), image_size) for f in files])
+        blobs = (f.read_bytes() for f in files)
     else:
         raise FileNotFoundError(f"'{p}' is neither an image folder, a .tar shard nor a shard folder")
-    samples = itertools.islice(slot_samples(urls, 0, 1, epoch_seed=None), limit)
-    return torch.stack([eval_image(_image_bytes(s), image_size) for s in samples])
+    images: list[torch.Tensor] = []
+    skipped: Counter[str] = Counter()
+    for data in blobs:
+        if len(images) >= limit:
+            break
+        img = decode_image(data, min_side)
+        if not isinstance(img, Image.Image):
+            skipped[img.reason] += 1
+            continue
+        images.append(to_uint8_tensor(resize_center_crop(to_rgb(img), image_size)))
+    if not images:
+        raise FileNotFoundError(f"no usable image in '{p}' (skipped: {dict(skipped) or 'none found'})")
+    return torch.stack(images), skipped

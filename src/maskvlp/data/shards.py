@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from tqdm import tqdm
 
 from maskvlp import __version__
 from maskvlp.config import Config, to_dict
 from maskvlp.data.normalise import CleanSample, normalise
 from maskvlp.data.sources import RawSample, Skip, make_source
+from maskvlp.progress import Progress
+from maskvlp.resources import available_cpus
 
 MANIFEST = "manifest.json"
+SIZES = "sizes.json"  # open_clip's per-shard sample counts ({shard file name: count})
 SPLITS = ("train", "val")
 
 
@@ -94,8 +96,8 @@ class AtomicShardWriter:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(source, image_size: int, image_format: str, jpeg_quality: int) -> None:
-    _worker.update(source=source, args=(image_size, image_format, jpeg_quality))
+def _init_worker(source, image_size: int, image_format: str, jpeg_quality: int, min_image_side: int) -> None:
+    _worker.update(source=source, args=(image_size, image_format, jpeg_quality, min_image_side))
 
 
 def _process(item) -> CleanSample | Skip:
@@ -108,7 +110,7 @@ def _process(item) -> CleanSample | Skip:
 
 def _results(source, cfg: Config, workers: int) -> Iterator[CleanSample | Skip]:
     d = cfg.data
-    init = (source, d.image_size, d.image_format, d.jpeg_quality)
+    init = (source, d.image_size, d.image_format, d.jpeg_quality, d.min_image_side)
     if workers <= 1:
         _init_worker(*init)
         yield from map(_process, source.items())
@@ -120,7 +122,7 @@ def _results(source, cfg: Config, workers: int) -> Iterator[CleanSample | Skip]:
 
 
 def clear_outputs(out_dir: Path) -> None:
-    for path in list(out_dir.glob("*.tar")) + list(out_dir.glob("*.tmp")) + [out_dir / MANIFEST]:
+    for path in list(out_dir.glob("*.tar")) + list(out_dir.glob("*.tmp")) + [out_dir / MANIFEST, out_dir / SIZES]:
         if path.exists():
             path.unlink()
 
@@ -136,17 +138,11 @@ def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
     skipped: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     seen_keys: set[str] = set()
-    workers = d.num_workers or os.cpu_count() or 1
+    workers = d.num_workers or available_cpus()[0]
     total = len(source) if hasattr(source, "__len__") else None
-    bar = tqdm(
-        _results(source, cfg, workers),
-        total=total,
-        desc=f"shard {d.source}",
-        unit="img",
-        disable=None if progress else True,
-        dynamic_ncols=True,
-    )  # None: off when not a terminal
-    for result in bar:
+    bar = Progress(total, f"shard {d.source}", unit="img", enabled=progress)
+    for result in _results(source, cfg, workers):
+        bar.update(1)
         if isinstance(result, CleanSample) and result.key in seen_keys:
             result = Skip("duplicate_key", result.key)
         if isinstance(result, Skip):
@@ -157,6 +153,7 @@ def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
             continue
         seen_keys.add(result.key)
         writers[split_of(result.key, cfg.seed, d.val_fraction)].write(result)
+    bar.close()
     splits = {s: w.close() for s, w in writers.items()}
     counts = {s: sum(sh["count"] for sh in shards) for s, shards in splits.items()}
     if sum(counts.values()) == 0:
@@ -170,11 +167,22 @@ def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
         "params": {"seed": cfg.seed, "data": to_dict(cfg)["data"]},
         "image_ext": d.image_format,
         "splits": {s: {"count": counts[s], "shards": splits[s]} for s in SPLITS},
+        # open_clip's --train-data / --val-data take a brace pattern (no globs) plus sizes.json
+        "open_clip": {s: brace_pattern(out_dir, splits[s]) for s in SPLITS if splits[s]},
         "skipped": dict(sorted(skipped.items())),
         "skipped_examples": examples,
     }
+    write_json_atomic(out_dir / SIZES, {sh["name"]: sh["count"] for s in SPLITS for sh in splits[s]})
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def brace_pattern(out_dir: Path, shards: list[dict[str, Any]]) -> str:
+    """`dir/train-{000000..000003}.tar` for the shards of one split (named consecutively from 0)."""
+    prefix = shards[0]["name"].rsplit("-", 1)[0]
+    if len(shards) == 1:
+        return str(out_dir / shards[0]["name"])
+    return str(out_dir / f"{prefix}-{{000000..{len(shards) - 1:06d}}}.tar")
 
 
 def summary(manifest: dict[str, Any]) -> str:
@@ -186,6 +194,8 @@ def summary(manifest: dict[str, Any]) -> str:
             lines.append(f"  {reason}, e.g. {ex[0]}")
     else:
         lines.append("skipped 0")
+    for split, pattern in manifest.get("open_clip", {}).items():
+        lines.append(f"open_clip --{split}-data '{pattern}' (sample counts in {SIZES})")
     return "\n".join(lines)
 
 
@@ -209,6 +219,7 @@ SHARD_PARAMS = (
     "image_size",
     "image_format",
     "jpeg_quality",
+    "min_image_side",
     "val_fraction",
     "max_samples_per_shard",
     "synthetic",

@@ -7,6 +7,7 @@ why the input cannot be used. Decoding and checking the bytes happens later, in 
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import re
@@ -106,22 +107,88 @@ class EmojiSource:
         return RawSample(key, image, caption, meta)
 
 
-def read_table(path: Path):  # -> pandas.DataFrame
-    import pandas as pd
+# A line that starts like a row of an image table ("cat.jpg," or "cat.png<TAB>"): inside a quoted
+# field it means a broken quote swallowed the rows after it.
+_ROW_START = re.compile(r"^[^,\t\n]*\.(?:jpe?g|png|webp|gif|bmp|tiff?)\s*[,\t]", re.IGNORECASE)
 
-    suffix = path.suffix.lower()
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[tuple[int, dict[str, Any]] | Skip]  # (line number, {column: value}) or malformed_row
+
+
+def _read_delimited(path: Path, delimiter: str) -> Table:
+    """CSV (RFC 4180 quoting) or TSV (no quoting) read record by record with line numbers, so that a
+    row with the wrong number of fields or a broken quote is reported as `malformed_row` at its line
+    instead of being glued into the next row's path (pandas does that silently)."""
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    rows: list[tuple[int, dict[str, Any]] | Skip] = []
     # surrogateescape keeps a row with bad bytes readable; normalise.py then skips that caption
-    text_opts = {"encoding": "utf-8", "encoding_errors": "surrogateescape", "keep_default_na": False}
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if header is None:
+            return Table([], [])
+        header = [h.strip() for h in header]
+        last_line = reader.line_num
+        for fields in reader:
+            first, last_line = last_line + 1, reader.line_num
+            where = f"line {first}" if first == last_line else f"lines {first}-{last_line}"
+            if not fields or fields == [""]:
+                continue  # blank line
+            problem = ""
+            if len(fields) != len(header):
+                problem = f"{len(fields)} field(s), the header has {len(header)}"
+            elif any(_ROW_START.match(part) for field in fields for part in field.splitlines()[1:]):
+                problem = "a quote left open swallows the rows after it"
+            if problem:
+                rows.append(Skip("malformed_row", f"{path.name}:{first}", f"{where}: {problem}"))
+            else:
+                rows.append((first, dict(zip(header, fields))))
+    return Table(header, rows)
+
+
+def _read_jsonl(path: Path) -> Table:
+    rows: list[tuple[int, dict[str, Any]] | Skip] = []
+    columns: dict[str, None] = {}
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                rows.append(Skip("malformed_row", f"{path.name}:{number}", f"line {number}: not JSON ({exc})"))
+                continue
+            if not isinstance(record, dict):
+                rows.append(Skip("malformed_row", f"{path.name}:{number}", f"line {number}: not a JSON object"))
+                continue
+            columns.update(dict.fromkeys(record))
+            rows.append((number, record))
+    return Table(list(columns), rows)
+
+
+def read_table(path: Path) -> Table:
+    """A captions table: .csv, .tsv, .jsonl/.json (one object per line) or .parquet."""
+    suffix = path.suffix.lower()
     if suffix == ".csv":
-        return pd.read_csv(path, dtype=object, **text_opts)
+        return _read_delimited(path, ",")
     if suffix == ".tsv":
-        return pd.read_csv(path, sep="\t", dtype=object, quoting=3, **text_opts)
+        return _read_delimited(path, "\t")
     if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            return pd.read_json(fh, lines=True, dtype=False)
+        return _read_jsonl(path)
     if suffix == ".parquet":
-        return pd.read_parquet(path)
+        import pandas as pd
+
+        df = pd.read_parquet(path)
+        records = df.to_dict("records")
+        return Table([str(c) for c in df.columns], [(i + 1, r) for i, r in enumerate(records)])
     raise ConfigError(f"data.folder.table: '{path}' must end in .csv, .tsv, .jsonl or .parquet")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
 class FolderSource:
@@ -133,22 +200,26 @@ class FolderSource:
         self.root = Path(f.images_dir) if f.images_dir else self.table_path.parent
         if not self.root.is_dir():
             raise ConfigError(f"data.folder.images_dir: '{self.root}' is not a directory")
-        df = read_table(self.table_path)
+        table = read_table(self.table_path)
         for key, col in (
             ("path_column", f.path_column),
             ("caption_column", f.caption_column),
             ("label_column", f.label_column),
         ):
-            if col and col not in df.columns:
+            if col and col not in table.columns:
                 raise ConfigError(
                     f"data.folder.{key}: column '{col}' not in {self.table_path} "
-                    f"(columns: {', '.join(map(str, df.columns))})"
+                    f"(columns: {', '.join(map(str, table.columns))})"
                 )
-        self.rows = [
-            (str(p), c if isinstance(c, str) else ("" if c is None else str(c)), None if not f.label_column else lab)
-            for p, c, lab in zip(
-                df[f.path_column], df[f.caption_column], df[f.label_column] if f.label_column else [None] * len(df)
+        self.rows: list[tuple[str, str, Any] | Skip] = [
+            row
+            if isinstance(row, Skip)
+            else (
+                _text(row[1].get(f.path_column)),
+                _text(row[1].get(f.caption_column)),
+                row[1].get(f.label_column) if f.label_column else None,
             )
+            for row in table.rows
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -157,14 +228,16 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def items(self) -> Iterator[tuple[str, str, Any]]:
+    def items(self) -> Iterator[tuple[str, str, Any] | Skip]:
         return iter(self.rows)
 
-    def load(self, item: tuple[str, str, Any]) -> RawSample | Skip:
+    def load(self, item: tuple[str, str, Any] | Skip) -> RawSample | Skip:
+        if isinstance(item, Skip):
+            return item
         rel, caption, label = item
         key = sanitize_key(str(Path(rel).with_suffix("")))
         path = self.root / rel
-        if not path.is_file():
+        if not rel or not path.is_file():
             return Skip("missing_file", key, str(path))
         meta = {"source_path": rel}
         if label is not None:

@@ -63,7 +63,9 @@ def train_image(
         if shrink >= 2:
             img.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
             fx, fy = img.size[0] / width, img.size[1] / height
-            left, top, right, bottom = left * fx, top * fy, right * fx, bottom * fy
+            # clamped: a rescaled edge may round a hair past the image, which Pillow refuses
+            left, top = max(0.0, left * fx), max(0.0, top * fy)
+            right, bottom = min(float(img.size[0]), right * fx), min(float(img.size[1]), bottom * fy)
     img = to_rgb(img)
     img = img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
     return to_uint8_tensor(img)

@@ -1,0 +1,46 @@
+"""Each process takes its share of the CPUs: Slurm's CPUs per task, the affinity mask, or the override."""
+
+import os
+
+import torch
+
+from maskvlp.resources import apply_cpu_share, cpu_share, loader_processes
+
+from .conftest import make_cfg
+
+
+def test_inside_a_slurm_job_the_share_is_its_cpus_per_task(tmp_path):
+    cfg = make_cfg(tmp_path, "data.loader_workers=2")
+    share = cpu_share(cfg, {"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"})
+    assert (share.cpus, share.source, share.threads, share.loader_workers) == (1, "slurm", 1, 0)
+    share = cpu_share(cfg, {"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "8"})
+    assert (share.cpus, share.threads, share.loader_workers) == (8, 8, 2)
+
+
+def test_locally_the_share_is_the_affinity_mask_split_between_torchrun_processes(tmp_path):
+    cfg = make_cfg(tmp_path)
+    mask = len(os.sched_getaffinity(0))
+    assert cpu_share(cfg, {}).cpus == mask and cpu_share(cfg, {}).source == "affinity"
+    assert cpu_share(cfg, {"LOCAL_WORLD_SIZE": str(mask)}).cpus == 1
+    assert cpu_share(cfg, {"SLURM_JOB_ID": "3"}).source == "affinity"  # salloc shell without a per-task count
+
+
+def test_the_explicit_override_wins(tmp_path):
+    cfg = make_cfg(tmp_path, "launcher.threads=3")
+    share = cpu_share(cfg, {"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"})
+    assert share.threads == 3 and share.source == "launcher.threads"
+
+
+def test_loader_workers_divide_the_streams_and_leave_the_main_process_a_cpu():
+    assert [loader_processes(2, cpus) for cpus in (1, 2, 3, 16)] == [0, 1, 2, 2]
+    assert [loader_processes(6, cpus) for cpus in (2, 3, 4, 5, 16)] == [1, 2, 3, 3, 6]
+    assert loader_processes(0, 16) == 0
+
+
+def test_apply_sets_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        share = apply_cpu_share(make_cfg(tmp_path, "launcher.threads=1"))
+        assert share.threads == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
