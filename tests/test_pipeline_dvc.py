@@ -113,3 +113,23 @@ def test_invalid_params_fail_the_stage_before_any_work(repo, tool_env):
     assert proc.returncode != 0
     assert "data.val_fraction must be in [0, 1)" in proc.stdout + proc.stderr
     assert not (repo / "data/shards/manifest.json").exists()
+
+
+def test_committed_dvc_lock_is_in_step_with_the_code_and_params(tool_env):
+    """`dvc status` in the repository itself: no stage may see a modified code dependency or a changed
+    param. (Outputs that a fresh clone has not produced yet, "deleted" / "not in cache", are expected.)
+    When this fails after an edit: run `dvc repro` and commit dvc.lock with the change."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    status = json.loads(run(["dvc", "status", "--json"], ROOT, tool_env).strip().splitlines()[-1] or "{}")
+    stale = {}
+    for stage, entries in status.items():
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for path, change in entry.get("changed deps", {}).items():
+                if isinstance(change, dict):  # params.yaml: {key: new | modified | deleted}
+                    stale[f"{stage}: params {path}"] = change
+                elif not (change == "deleted" and path.split("/")[0] in ("data", "runs", "metrics")):
+                    stale[f"{stage}: {path}"] = change  # a deleted output of another stage is fine
+    assert not stale, f"dvc.lock is out of step with the code (run `dvc repro`, commit dvc.lock): {stale}"
