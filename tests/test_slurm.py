@@ -101,7 +101,15 @@ def test_pretrain_as_a_slurm_job_equals_the_local_run(shards, tmp_path, capsys):
             [
                 "evaluate",
                 "--quiet",
-                *_set(overrides(shards, tmp_path / "local", *evals, f"eval.metrics_file={tmp_path / 'local.json'}")),
+                *_set(
+                    overrides(
+                        shards,
+                        tmp_path / "local",
+                        *evals,
+                        "launcher.threads=1",
+                        f"eval.metrics_file={tmp_path / 'local.json'}",
+                    )
+                ),
             ]
         )
         == 0
@@ -157,7 +165,7 @@ def _logged_steps(run_dir: Path) -> list[int]:
 
 def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shards, tmp_path):
     extra = ("train.samples=1600",)
-    whole = load_config(None, overrides(shards, tmp_path / "whole", *extra))
+    whole = load_config(None, overrides(shards, tmp_path / "whole", "launcher.threads=1", *extra))  # as the job
     pretrain(whole, progress=False)
 
     cfg = load_config(None, overrides(shards, tmp_path / "pre", "launcher.executor=slurm", *extra))
