@@ -85,7 +85,7 @@ def test_hparams_session_lives_in_the_run_folder_and_is_replaced_on_rerun(traine
     assert info.hparams["masking.ratio"].number_value == pytest.approx(0.5)
 
 
-def test_report_prints_a_table_and_draws_a_chart(trained, capsys, tmp_path):
+def test_report_prints_a_table_and_draws_a_chart(trained, capsys, tmp_path, monkeypatch):
     tmp, overrides = trained
     main(["evaluate", "--quiet", *_args(overrides)])
     capsys.readouterr()
@@ -96,6 +96,19 @@ def test_report_prints_a_table_and_draws_a_chart(trained, capsys, tmp_path):
     from PIL import Image
 
     assert Image.open(out).format == "PNG"
+    # every header sits right-aligned over its column; a chance row gives 1/classes, 1/N and 0.5
+    lines = text.splitlines()
+    header, rows = lines[0], [line for line in lines[2:] if line.strip() and not line.startswith("wrote")]
+    assert all(len(row) == len(header) for row in rows), text
+    chance = next(line for line in rows if line.startswith("chance"))
+    assert f"{1 / 32:.3f}" in chance and "0.500" in chance
+
+    # without --out: under reports/, not the current directory
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["report", str(tmp / "runs" / "default")]) == 0
+    assert (cwd / "reports" / "report.png").is_file() and not (cwd / "report.png").exists()
 
 
 def test_report_without_evaluated_runs_says_what_to_do(tmp_path, capsys):
