@@ -88,7 +88,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-conc-", dir=str(ROOT)))  # under the repo: Slurm jobs see it
     try:
         env_check = subprocess.run(
-            maskvlp("shard", "--quiet", "--params", str(ROOT / "params.yaml"), "--set", f"data.out_dir={work / 'shards'}"),
+            maskvlp(
+                "shard", "--quiet", "--params", str(ROOT / "params.yaml"), "--set", f"data.out_dir={work / 'shards'}"
+            ),
             cwd=work,
             capture_output=True,
             text=True,
@@ -146,7 +148,9 @@ def main() -> None:
         alone = rows[0][2][0]["wall_s"]
         serial_wall = rows[1][1]
         print(f"\n{len(cpus)} CPUs, {n} samples per run (tiny model, cluster masking, embedded data)\n")
-        print("| case | threads per run | training s per run | per run vs alone | case wall s | serial wall / case wall |")
+        print(
+            "| case | threads per run | training s per run | per run vs alone | case wall s | serial wall / case wall |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for name, wall, results in rows:
             per_run = [r["wall_s"] for r in results]
