@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from maskvlp.config import MaskingConfig
 from maskvlp.masking import compute_mask, num_anchors, standardised_patches
 
 
@@ -81,7 +82,12 @@ def main() -> None:
     ]:
         rows[name] = timed(
             lambda s=strategy, m=mode: compute_mask(
-                s, images, patch, args.ratio, args.anchor_ratio, args.threshold, gen, m
+                images,
+                MaskingConfig(
+                    strategy=s, ratio=args.ratio, anchor_ratio=args.anchor_ratio, threshold=args.threshold, mode=m
+                ),
+                patch,
+                gen,
             ),
             dev,
             args.repeats,

@@ -33,6 +33,7 @@ import torch
 from open_clip.loss import ClipLoss
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
+from maskvlp.config import MaskingConfig
 from maskvlp.loss import clip_loss
 from maskvlp.masking import compute_mask
 from maskvlp.model import CLIP, TEXT_PRESETS, VISION_PRESETS, VOCAB_SIZE, count_params
@@ -75,7 +76,8 @@ def maskvlp_step(model, opt, images, tokens, strategy: str, ratio: float, patch:
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(step)
     with torch.no_grad():
-        keep_idx = compute_mask(strategy, images, patch, ratio, ANCHOR_RATIO, THRESHOLD, gen).keep_idx
+        k = MaskingConfig(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
+        keep_idx = compute_mask(images, k, patch, gen).keep_idx
     mask_s = time.perf_counter() - start
     img_f, txt_f, scale = model(images, tokens, keep_idx)
     clip_loss(img_f, txt_f, scale).backward()

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskvlp import masking
+from maskvlp.config import MaskingConfig
 from maskvlp.masking import (
     calibrate_threshold,
     cluster_mask,
@@ -19,6 +20,11 @@ from maskvlp.masking import (
     random_mask,
     standardised_patches,
 )
+
+
+def mc(strategy: str = "cluster", ratio: float = 0.5, anchor_ratio: float = 0.05, threshold: float = 0.5, **kw):
+    """A masking config (the keys of params.yaml's `masking` section)."""
+    return MaskingConfig(strategy=strategy, ratio=ratio, anchor_ratio=anchor_ratio, threshold=threshold, **kw)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -67,14 +73,13 @@ def test_kept_indices_are_unique_in_range_and_exactly_n_keep(
     if int(num_patches * (1 - ratio)) < 1:
         with pytest.raises(ValueError, match="keeps no token"):
             compute_mask(
-                strategy if strategy != "none" else "random",
                 torch.randn(batch, 3, grid * patch, grid * patch),
+                mc(strategy if strategy != "none" else "random", ratio),
                 patch,
-                ratio,
             )
         return
     images = torch.randn(batch, 3, grid * patch, grid * patch, generator=gen(seed))
-    res = compute_mask(strategy, images, patch, ratio, anchor_ratio, threshold, gen(seed))
+    res = compute_mask(images, mc(strategy, ratio, anchor_ratio, threshold), patch, gen(seed))
     expected = num_patches if strategy == "none" else num_keep(num_patches, ratio)
     assert res.keep_idx.shape == (batch, expected)
     assert res.keep_idx.dtype == torch.long
@@ -239,9 +244,9 @@ def test_official_mode_is_capped_by_min_mask_ratio():
 @pytest.mark.parametrize("strategy", ["random", "cluster"])
 def test_same_seed_same_mask_other_seed_other_mask(strategy):
     images = torch.randn(8, 3, 32, 32, generator=gen(9))
-    a = compute_mask(strategy, images, 4, 0.5, 0.1, 0.3, gen(1)).keep_idx
-    b = compute_mask(strategy, images, 4, 0.5, 0.1, 0.3, gen(1)).keep_idx
-    c = compute_mask(strategy, images, 4, 0.5, 0.1, 0.3, gen(2)).keep_idx
+    a = compute_mask(images, mc(strategy, 0.5, 0.1, 0.3), 4, gen(1)).keep_idx
+    b = compute_mask(images, mc(strategy, 0.5, 0.1, 0.3), 4, gen(1)).keep_idx
+    c = compute_mask(images, mc(strategy, 0.5, 0.1, 0.3), 4, gen(2)).keep_idx
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -262,26 +267,17 @@ def test_invalid_parameters_are_named(kwargs, name):
     args = dict(strategy="cluster", ratio=0.5, anchor_ratio=0.1, threshold=0.5, mode="exact")
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
-        compute_mask(
-            args["strategy"],
-            torch.randn(1, 3, 16, 16),
-            4,
-            args["ratio"],
-            args["anchor_ratio"],
-            args["threshold"],
-            gen(),
-            args["mode"],
-        )
+        compute_mask(torch.randn(1, 3, 16, 16), mc(**args), 4, gen())
 
 
 def test_image_not_divisible_into_patches_says_what_to_do():
     with pytest.raises(ValueError, match=r"not divisible by patch_size 16.*model.image_size"):
-        compute_mask("random", torch.randn(1, 3, 40, 48), 16, 0.5)
+        compute_mask(torch.randn(1, 3, 40, 48), mc("random", 0.5), 16)
 
 
 def test_any_patch_and_image_size_that_divides_works():
     for patch, h, w in [(14, 224, 224), (16, 224, 160), (7, 28, 21)]:
-        res = compute_mask("cluster", torch.randn(2, 3, h, w), patch, 0.5, 0.05, 0.5, gen())
+        res = compute_mask(torch.randn(2, 3, h, w), mc("cluster", 0.5, 0.05, 0.5), patch, gen())
         assert res.num_patches == (h // patch) * (w // patch)
 
 

@@ -55,7 +55,7 @@ def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     manifest = json.loads((repo / "data/shards/manifest.json").read_text())
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["val"]["count"] == 300
     train = json.loads((repo / "metrics/train.json").read_text())
-    assert train["status"] == "finished" and train["samples_seen"] == 640
+    assert train["status"] == "complete" and train["samples_seen"] == 640
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert {
         "zeroshot/val/top1",
@@ -86,7 +86,7 @@ def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     assert all(f"Running stage '{s}'" in out for s in ("shard", "pretrain", "evaluate"))
 
     shown = run(["dvc", "metrics", "show"], repo, tool_env)
-    assert "zeroshot/objects/top1" in shown and "final_loss" in shown
+    assert "zeroshot/objects/top1" in shown and "train_loss" in shown
     diff = run(["dvc", "params", "diff"], repo, tool_env)
     assert "train.lr" in diff and "data.synthetic.num_samples" in diff
     run(["dvc", "plots", "show", "-o", str(repo / "plots")], repo, tool_env)

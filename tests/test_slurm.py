@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maskvlp.cli import main
-from maskvlp.config import load_config
-from maskvlp.launch import EvalJob, LaunchError, TrainJob, config_dict, list_jobs, submit, wait
-from maskvlp.train import pretrain, run_paths
+from maskvlp.config import load_config, to_dict
+from maskvlp.launch import EvalJob, LaunchError, TrainJob, list_jobs, submit, wait
+from maskvlp.runs import run_paths
+from maskvlp.train import pretrain
 
 from .conftest import as_set_args, make_tiny_shards, tiny_run
 
@@ -88,7 +89,7 @@ def test_pretrain_as_a_slurm_job_equals_the_local_run(shards, tmp_path, capsys):
     assert slurm_result["threads"] == 1
     run_info = json.loads((tmp_path / "slurm" / "default" / "run.json").read_text())
     assert run_info["cpu_share"] == {"cpus": 1, "source": "slurm", "threads": 1, "loader_workers": 0}
-    assert slurm_result["final_loss"] == pytest.approx(local_result["final_loss"], abs=1e-6)
+    assert slurm_result["train_loss"] == pytest.approx(local_result["train_loss"], abs=1e-6)
     a, b = _weights(tmp_path / "local" / "default"), _weights(tmp_path / "slurm" / "default")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # accounting records the end a moment after the result is written
@@ -137,9 +138,9 @@ def test_pretrain_as_a_slurm_job_equals_the_local_run(shards, tmp_path, capsys):
 
 def test_two_task_job_runs_two_rank_ddp(shards, tmp_path):
     cfg = load_config(None, overrides(shards, tmp_path, "launcher.executor=slurm", "launcher.tasks_per_node=2"))
-    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_paths(cfg).root, "pretrain")
+    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_paths(cfg).root, "pretrain")
     results = wait(submitted)
-    assert results["status"] == "finished"
+    assert results["status"] == "complete"
     info = json.loads((run_paths(cfg).root / "run.json").read_text())
     assert info["world_size"] == 2 and info["global_batch"] == 32
     ranks = sorted(r["rank"] for r in submitted.job.results())
@@ -170,7 +171,7 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
 
     cfg = load_config(None, overrides(shards, tmp_path / "pre", "launcher.executor=slurm", *extra))
     run_dir = run_paths(cfg).root
-    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_dir, "pretrain")
+    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
     job = submitted.job
     info = run_dir / "run.json"
     for attempt in range(2):
@@ -179,7 +180,7 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
         job._interrupt()  # SIGTERM + SIGUSR2, as Slurm does on preemption
         _wait_for(lambda b=before: json.loads(info.read_text())["resumed_at_step"] > b, what="requeue + resume")
     result = wait(submitted)
-    assert result["status"] == "finished" and result["step"] == 100
+    assert result["status"] == "complete" and result["steps"] == 100
 
     a, b = _weights(run_paths(whole).root), _weights(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -193,7 +194,7 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
 
 def test_failing_job_surfaces_its_traceback_and_log_path(shards, tmp_path):
     cfg = load_config(None, overrides(shards, tmp_path, "launcher.executor=slurm"))
-    submitted = submit(cfg, EvalJob(config_dict(cfg), str(tmp_path / "no-such-run")), tmp_path / "x", "evaluate")
+    submitted = submit(cfg, EvalJob(to_dict(cfg), str(tmp_path / "no-such-run")), tmp_path / "x", "evaluate")
     with pytest.raises(LaunchError) as err:
         wait(submitted)
     text = str(err.value)
@@ -208,7 +209,7 @@ def test_cancelled_job_is_reported_as_cancelled_and_resumable(shards, tmp_path, 
         ),
     )
     run_dir = run_paths(cfg).root
-    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_dir, "pretrain")
+    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
     _wait_for(
         lambda: (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")),
         what="a checkpoint",
@@ -251,7 +252,7 @@ def test_no_wait_returns_at_once_and_ctrl_c_while_waiting_cancels(shards, tmp_pa
 
     # Ctrl-C while waiting, with nobody at a terminal to ask: the job is cancelled, not orphaned
     cfg = load_config(None, overrides(shards, tmp_path / "b", "launcher.executor=slurm", "train.samples=100000"))
-    submitted = submit(cfg, TrainJob(config_dict(cfg)), run_paths(cfg).root, "pretrain")
+    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_paths(cfg).root, "pretrain")
     threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         wait(submitted, poll_s=0.5, interactive=False)

@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskvlp.config import load_config
 from maskvlp.data.shards import ShardError, shard
-from maskvlp.train import TrainError, pretrain, run_paths
+from maskvlp.runs import run_paths
+from maskvlp.train import TrainError, pretrain
 
 from .conftest import as_set_args, make_tiny_shards, tiny_run
 
@@ -99,23 +100,23 @@ def test_tiny_model_loss_falls_well_below_chance(tmp_path):
     )
     shard(cfg, progress=False)
     result = pretrain(cfg, progress=False)
-    assert result["status"] == "finished" and result["samples_seen"] == 6400
+    assert result["status"] == "complete" and result["samples_seen"] == 6400
     assert result["chance_loss"] == pytest.approx(math.log(32))
-    assert result["final_loss"] < 0.6 * result["chance_loss"], result
+    assert result["train_loss"] < 0.6 * result["chance_loss"], result
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stopped_and_resumed_run_ends_with_identical_weights(shards, tmp_path, workers):
     extra = (f"data.loader_workers={workers}",)
     whole = cfg_for(shards, tmp_path / "a", *extra)
-    assert pretrain(whole, progress=False)["status"] == "finished"
+    assert pretrain(whole, progress=False)["status"] == "complete"
 
     split = cfg_for(shards, tmp_path / "b", *extra)
     first = pretrain(split, progress=False, stop=StopAfter(8))  # step 8 was logged: its point must survive
-    assert first["status"] == "stopped" and first["step"] == 8
+    assert first["status"] == "stopped" and first["steps"] == 8
     assert not run_paths(split).model.exists()
     second = pretrain(split, resume=True, progress=False)
-    assert second["status"] == "finished" and second["step"] == 20
+    assert second["status"] == "complete" and second["steps"] == 20
 
     a, b = weights(whole), weights(split)
     assert a.keys() == b.keys()
@@ -255,5 +256,5 @@ def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
 def test_gradient_accumulation_counts_samples_and_reports_per_loss_chance(shards, tmp_path):
     cfg = cfg_for(shards, tmp_path, "train.accum_steps=2", "train.batch_size=8", "train.precision=bf16")
     result = pretrain(cfg, progress=False)
-    assert result["global_batch"] == 16 and result["step"] == 20 and result["samples_seen"] == 320
+    assert result["global_batch"] == 16 and result["steps"] == 20 and result["samples_seen"] == 320
     assert result["chance_loss"] == pytest.approx(math.log(8))  # each loss sees 8 candidates

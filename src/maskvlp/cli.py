@@ -44,25 +44,25 @@ def _report_training(cfg: Config, result: dict, metrics_file: str) -> int:
     import json
     from pathlib import Path
 
-    from maskvlp.train import run_paths
+    from maskvlp.runs import run_paths
 
     paths = run_paths(cfg)
     if result["rank"] != 0:  # one report per job, from rank 0
         return 3 if result["status"] == "stopped" else 0
-    if metrics_file and result["status"] == "finished":
+    if metrics_file and result["status"] == "complete":
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_file).write_text(json.dumps(result, indent=2) + "\n")
     if result["status"] == "stopped":
         print(
-            f"stopped at step {result['step']}/{result['total_steps']}; checkpoint saved in {paths.checkpoints}. "
+            f"stopped at step {result['steps']}/{result['total_steps']}; checkpoint saved in {paths.checkpoints}. "
             f"Continue with: maskvlp pretrain --resume (same params)"
         )
         return 3
     print(
-        f"finished {result['step']} steps ({result['samples_seen']} samples) in {result['wall_s']} s; "
-        f"final loss {result.get('final_loss', float('nan')):.3f} (chance {result['chance_loss']:.3f})"
+        f"finished {result['steps']} steps ({result['samples_seen']} samples) in {result['wall_s']} s; "
+        f"final loss {result.get('train_loss') or float('nan'):.3f} (chance {result['chance_loss']:.3f})"
     )
-    print(f"wrote {paths.model}; TensorBoard: tensorboard --logdir {paths.tensorboard.parent.parent}")
+    print(f"wrote {paths.model} and {paths.result}; TensorBoard: tensorboard --logdir {cfg.train.runs_dir}")
     return 0
 
 
@@ -70,7 +70,7 @@ def _submit_and_maybe_wait(cfg: Config, args: argparse.Namespace, job, kind: str
     """Submit to Slurm (or submitit's debug executor); print the job id and logs; wait unless --no-wait.
     Returns the job's result, or None when not waiting."""
     from maskvlp.launch import submit, wait
-    from maskvlp.train import run_paths
+    from maskvlp.runs import run_paths
 
     submitted = submit(cfg, job, run_dir or run_paths(cfg).root, kind)
     print(f"submitted {kind} job {submitted.job.job_id} ({cfg.launcher.executor}); logs in {submitted.log_folder}")
@@ -86,16 +86,17 @@ def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.launcher.executor == "local":
         result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
         return _report_training(cfg, result, args.metrics)
-    from maskvlp.launch import TrainJob, config_dict
+    from maskvlp.config import to_dict
+    from maskvlp.launch import TrainJob
 
     preflight(cfg, args.resume, cfg.launcher.nodes * cfg.launcher.tasks_per_node)  # before anything is submitted
-    result = _submit_and_maybe_wait(cfg, args, TrainJob(config_dict(cfg), resume=args.resume), "pretrain")
+    result = _submit_and_maybe_wait(cfg, args, TrainJob(to_dict(cfg), resume=args.resume), "pretrain")
     return 0 if result is None else _report_training(cfg, result, args.metrics)
 
 
 def cmd_jobs(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.launch import list_jobs
-    from maskvlp.train import run_paths
+    from maskvlp.runs import run_paths
 
     paths = run_paths(cfg)
     jobs = list_jobs(paths.root)
@@ -118,15 +119,30 @@ def cmd_jobs(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from maskvlp.evaluate import evaluate_and_write, load_run
-    from maskvlp.train import run_paths
+    from maskvlp.evaluate import evaluate_and_write, evaluate_datasets, load_run
+    from maskvlp.runs import run_paths
 
     run_dir = Path(args.run) if args.run else run_paths(cfg).root
+    if args.dataset:
+        results = evaluate_datasets(cfg, run_dir, args.dataset, progress=not args.quiet)
+        for name, r in results.items():
+            width = max(map(len, r.metrics), default=10)
+            for key, value in sorted(r.metrics.items()):
+                print(f"{key:{width}s} {value:.4f}")
+            if r.skipped:
+                print(
+                    f"{name}: skipped {sum(r.skipped.values())}: " + ", ".join(f"{k}={n}" for k, n in r.skipped.items())
+                )
+            for note in r.notes:
+                print(f"note: {note}")
+            print(f"wrote {run_dir}/eval/{name}/metrics.json")
+        return 0
     if cfg.launcher.executor != "local":
-        from maskvlp.launch import EvalJob, config_dict
+        from maskvlp.config import to_dict
+        from maskvlp.launch import EvalJob
 
         load_run(run_dir)  # fail before submitting when the run is not there
-        metrics = _submit_and_maybe_wait(cfg, args, EvalJob(config_dict(cfg), str(run_dir)), "evaluate", run_dir)
+        metrics = _submit_and_maybe_wait(cfg, args, EvalJob(to_dict(cfg), str(run_dir)), "evaluate", run_dir)
         if metrics is not None:
             print(f"wrote {cfg.eval.metrics_file} and {run_dir}/eval/")
         return 0
@@ -144,7 +160,7 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     rows = collect(args.runs)
     if not rows:
         print(
-            "maskvlp report: none of these folders holds an evaluated run (eval/metrics.json): "
+            "maskvlp report: none of these folders holds an evaluated run (eval metrics in result.json): "
             "run `maskvlp evaluate` first",
             file=sys.stderr,
         )
@@ -155,6 +171,8 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from maskvlp.data.loader import read_images
     from maskvlp.data.transforms import normalize
     from maskvlp.masking import calibrate_threshold
@@ -172,7 +190,7 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
         gen = torch.Generator().manual_seed(cfg.seed)
         threshold, achieved = calibrate_threshold(norm, m.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)
         print(f"calibrated threshold {threshold:.3f}: coverage {achieved:.1%} (target {k.calibrate_coverage:.1%})")
-    fig = mask_figure(images, norm, m.patch_size, k.ratio, k.anchor_ratio, threshold, cfg.seed, k.min_mask_ratio)
+    fig = mask_figure(images, norm, m.patch_size, replace(k, threshold=threshold), cfg.seed)
     print(f"wrote {save_figure(fig, args.out)}")
     return 0
 
@@ -230,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--run", default="", metavar="DIR", help="run folder (default: runs/<train.run_name>)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="evaluate on another set instead (repeatable): val, objects, a captions table "
+        "(.csv/.tsv/.jsonl/.parquet with data.folder.* columns) or shards (folder, brace pattern or glob); "
+        "results in <run>/eval/<set>/metrics.json and the run's result.json",
+    )
     p.add_argument("--no-wait", action="store_true", help="with a Slurm executor: submit and return at once")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -245,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report",
         help="compare evaluated runs: a table and a PNG bar chart",
-        description="Print the key metrics of each evaluated run with its masking params, and draw a bar chart.",
+        description="Print the key metrics of each evaluated run (folders of runs are searched) with its masking "
+        "params and a chance row, and draw a bar chart with chance levels.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. runs/*")
     p.add_argument("--out", default="reports/report.png", metavar="PNG", help="bar chart (default: %(default)s)")

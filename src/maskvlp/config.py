@@ -7,7 +7,6 @@ The rest of the package receives :class:`Config` objects and never reads params.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +131,7 @@ class TrainConfig:
     unmasked_tuning_samples: int = 0  # FLIP: final samples trained with masking off
     unmasked_tuning_lr_scale: float = 0.1
     checkpoint_every_samples: int = 10000
+    eval_every_samples: int = 0  # > 0: evaluate eval.subset_samples val pairs this often (TensorBoard, result.json)
     keep_checkpoints: int = 2
     log_every_steps: int = 10
     mask_image_every_steps: int = 200
@@ -140,11 +140,12 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------- eval
 @dataclass
 class EvalConfig:
-    datasets: list[str] = field(default_factory=lambda: ["val", "objects"])  # val | objects
+    datasets: list[str] = field(default_factory=lambda: ["val", "objects"])  # registered names or paths
     batch_size: int = 256
     objects_per_class: int = 20  # `objects`: generated single-object scenes per class (32 classes)
     linear_probe: bool = True
     linear_probe_samples: int = 2000  # train-split images whose features fit the probe
+    subset_samples: int = 256  # val pairs evaluated during training (train.eval_every_samples)
     metrics_file: str = "metrics/eval.json"
 
 
@@ -309,21 +310,12 @@ def validate(cfg: Config) -> None:
     _check(m.context_length >= 3, "model.context_length", "must be >= 3", m.context_length)
 
     k = cfg.masking
-    _choice("masking.strategy", k.strategy, ("none", "random", "cluster"))
-    _check(0 <= k.ratio < 1 and not math.isnan(k.ratio), "masking.ratio", "must be in [0, 1)", k.ratio)
-    num_patches = (m.image_size // m.patch_size) ** 2
-    _check(
-        int(num_patches * (1 - k.ratio)) >= 1,
-        "masking.ratio",
-        f"keeps no token of the {num_patches} patches; lower it",
-        k.ratio,
-    )
-    _check(0 < k.anchor_ratio <= 1, "masking.anchor_ratio", "must be in (0, 1]", k.anchor_ratio)
-    _check(-1 <= k.threshold <= 1, "masking.threshold", "must be a similarity in [-1, 1]", k.threshold)
-    _choice("masking.features", k.features, ("rgb", "rgb+embed"))
-    _check(k.fusion_samples >= 0, "masking.fusion_samples", "must be >= 0", k.fusion_samples)
-    _choice("masking.mode", k.mode, ("exact", "official"))
-    _check(0 <= k.min_mask_ratio < 1, "masking.min_mask_ratio", "must be in [0, 1)", k.min_mask_ratio)
+    from maskvlp import masking  # the strategies own their choices and checks (masking.register_strategy)
+
+    try:
+        masking.check_config(k, (m.image_size // m.patch_size) ** 2)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     _check(
         0 <= k.calibrate_coverage < 1, "masking.calibrate_coverage", "must be in [0, 1) (0 = off)", k.calibrate_coverage
     )
@@ -359,6 +351,7 @@ def validate(cfg: Config) -> None:
         "cannot be combined with masking.mode=official (its token count changes every batch)",
         t.compile,
     )
+    _check(t.eval_every_samples >= 0, "train.eval_every_samples", "must be >= 0 (0 = off)", t.eval_every_samples)
     _check(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1", t.log_every_steps)
     _check(
         t.mask_image_every_steps >= 0,
@@ -369,13 +362,16 @@ def validate(cfg: Config) -> None:
 
     ev = cfg.eval
     _check(ev.batch_size >= 1, "eval.batch_size", "must be >= 1", ev.batch_size)
+    from maskvlp.evalsets import DATASETS  # the registry owns the names
+
     _check(
-        bool(ev.datasets) and all(d in ("val", "objects") for d in ev.datasets),
+        bool(ev.datasets) and all(d in DATASETS or "/" in d or Path(d).suffix for d in ev.datasets),
         "eval.datasets",
-        "must list one or more of: val, objects",
+        f"must list registered sets ({', '.join(DATASETS)}) or paths of captions tables / shards",
         ev.datasets,
     )
     _check(ev.objects_per_class >= 1, "eval.objects_per_class", "must be >= 1", ev.objects_per_class)
+    _check(ev.subset_samples >= 2, "eval.subset_samples", "must be >= 2", ev.subset_samples)
     _check(ev.linear_probe_samples >= 2, "eval.linear_probe_samples", "must be >= 2", ev.linear_probe_samples)
 
     la = cfg.launcher

@@ -1,13 +1,11 @@
 """The `evaluate` stage: zero-shot classification, retrieval, linear probe and composition.
 
-Always on full (unmasked) images. Datasets (`eval.datasets`):
-- `val`: the shard stage's val split: retrieval over its captions; zero-shot and linear probe where
-  samples carry a label (synthetic: "colour shape", emoji: its name, folder/shards: label_name);
-  composition where samples carry negatives (json "negatives": {"attribute"|"relation"|"object": str}).
-- `objects`: single-object synthetic scenes generated in memory (32 "colour shape" classes), for a
-  zero-shot test without the ambiguity of multi-object scenes.
-Composition negatives follow a documented format, so a SugarCrepe-like JSON can be plugged in
-through the `folder` or `shards` sources: each sample's json holds {"negatives": {type: caption}}.
+Always on full (unmasked) images, on the sets of `eval.datasets` or `--dataset SPEC` (evalsets.py:
+`val`, `objects`, a captions table, shards). Per set: retrieval always; zero-shot where samples carry
+labels (synthetic: "colour shape", emoji: its name, folder/shards: label_name); a linear probe where
+the set has a train split; composition where samples carry negatives (json "negatives":
+{"attribute"|"relation"|"object": str}, so SugarCrepe-like data plugs in). What a set cannot support
+is skipped with a note. Metric keys: <task>/<set>/<metric>, e.g. zeroshot/objects/top1.
 """
 
 from __future__ import annotations
@@ -22,11 +20,9 @@ import numpy as np
 import torch
 
 from maskvlp.config import Config, load_config
-from maskvlp.data import synthetic
-from maskvlp.data.loader import eval_loader
-from maskvlp.data.shards import load_manifest, shard_paths
 from maskvlp.data.tokenizer import Tokenizer
-from maskvlp.data.transforms import normalize, to_uint8_tensor
+from maskvlp.data.transforms import normalize
+from maskvlp.evalsets import EvalSet, EvalSetError, resolve, val_set
 from maskvlp.metrics import (
     mean_per_class_recall,
     pairwise_choice_accuracy,
@@ -37,6 +33,7 @@ from maskvlp.metrics import (
 from maskvlp.model import CLIP
 from maskvlp.progress import track
 from maskvlp.resources import cpu_share_applied
+from maskvlp.runs import RunPaths, update_result, write_json_atomic
 
 TEMPLATES = ("a {}.", "a photo of a {}.", "a small {}.", "a large {}.", "a picture of a {}.")
 
@@ -168,117 +165,107 @@ def linear_probe(
     return {"top1": float(clf.score(test_x.numpy(), test_y.numpy())), "C": best_c, "heldout_top1": float(best_acc)}
 
 
-def dataset_classes(manifest: dict[str, Any], metas: list[dict[str, Any]]) -> list[str] | None:
-    classes = manifest["source"].get("classes")
-    if classes:
-        return list(classes)
-    names = sorted({m["label_name"] for m in metas if "label_name" in m})
-    return names or None
-
-
 def labels_for(metas: list[dict[str, Any]], classes: list[str]) -> torch.Tensor:
-    """(N,) class index per sample, -1 where a sample has no (known) label."""
+    """(N,) class index per sample, -1 where a sample has no (known) label. The label's name decides
+    (`label_name`); an integer `label` is used only for samples without a name."""
+
+    def one(m: dict[str, Any]) -> int:
+        if "label_name" in m:
+            return index.get(str(m["label_name"]), -1)
+        label = m.get("label")
+        return label if isinstance(label, int) and 0 <= label < len(classes) else -1
+
     index = {c: i for i, c in enumerate(classes)}
-    return torch.tensor(
-        [m["label"] if isinstance(m.get("label"), int) else index.get(m.get("label_name"), -1) for m in metas]
+    return torch.tensor([one(m) for m in metas], dtype=torch.long)
+
+
+@dataclass
+class SetResult:
+    metrics: dict[str, float]
+    plots: dict[str, list[dict[str, Any]]]
+    notes: list[str]
+    skipped: dict[str, int]
+
+
+def evaluate_set(
+    model: CLIP, es: EvalSet, cfg: Config, run_cfg: Config, device: torch.device, progress: bool = False
+) -> SetResult:
+    """Every task the set supports, as flat metrics <task>/<set name>/<metric>."""
+    tokenizer = Tokenizer(run_cfg.model.context_length)
+    size, batch, name = run_cfg.model.image_size, cfg.eval.batch_size, es.name
+    enc = encode_images(model, es.batches(size, batch), run_cfg, device, name, progress)
+    metrics: dict[str, float] = {}
+    plots: dict[str, list[dict[str, Any]]] = {"per_class": [], "retrieval": []}
+    notes: list[str] = []
+    if es.retrieval and len(enc.captions) > 1:
+        metrics.update({f"retrieval/{name}/{k}": v for k, v in retrieval(model, enc, tokenizer, device).items()})
+        metrics[f"retrieval/{name}/chance_r1"] = 1.0 / len(enc.captions)
+        plots["retrieval"] = [
+            {
+                "dataset": name,
+                "k": k,
+                "i2t": metrics[f"retrieval/{name}/i2t_r{k}"],
+                "t2i": metrics[f"retrieval/{name}/t2i_r{k}"],
+            }
+            for k in (1, 5, 10)
+        ]
+    metrics.update({f"composition/{name}/{k}": v for k, v in composition(model, enc, tokenizer, device).items()})
+    labels = labels_for(enc.metas, es.classes) if es.classes else None
+    if labels is None or not (labels >= 0).any():
+        notes.append(f"{name}: no labels, so no zero-shot classification or linear probe")
+        return SetResult(metrics, plots, notes, dict(es.skipped))
+    keep = labels >= 0
+    weights = classifier_weights(model, es.classes, tokenizer, device)
+    res = zero_shot(enc.features[keep], labels[keep], weights)
+    for k in ("top1", "top5", "mean_per_class_recall"):
+        metrics[f"zeroshot/{name}/{k}"] = res[k]
+    metrics[f"zeroshot/{name}/chance_top1"] = 1.0 / len(es.classes)
+    plots["per_class"] = [
+        {"dataset": name, "class": c, "recall": r} for c, r in zip(es.classes, res["per_class_recall"]) if r == r
+    ]
+    if not cfg.eval.linear_probe:
+        return SetResult(metrics, plots, notes, dict(es.skipped))
+    if es.train_batches is None:
+        notes.append(f"{name}: no train split, so no linear probe")
+        return SetResult(metrics, plots, notes, dict(es.skipped))
+    train = encode_images(
+        model, _limit(es.train_batches(size, batch), cfg.eval.linear_probe_samples), run_cfg, device, f"{name} train"
     )
+    tr_y, te_y = labels_for(train.metas, es.classes), labels
+    tr, te = tr_y >= 0, te_y >= 0
+    if tr.sum() > 1 and te.any() and len(set(tr_y[tr].tolist())) > 1:
+        probe = linear_probe(train.features[tr], tr_y[tr], enc.features[te], te_y[te], cfg.seed)
+        metrics[f"linear_probe/{name}/top1"] = probe["top1"]
+        metrics[f"linear_probe/{name}/C"] = probe["C"]
+        metrics[f"linear_probe/{name}/chance_top1"] = 1.0 / len(es.classes)
+    else:
+        notes.append(f"{name}: the train split has fewer than 2 labelled classes, so no linear probe")
+    return SetResult(metrics, plots, notes, dict(es.skipped))
 
 
-def objects_batches(cfg: Config, per_class: int, batch_size: int) -> Iterable[dict[str, Any]]:
-    """Single-object synthetic scenes, `per_class` per class, generated in memory (seeded apart from
-    the training data)."""
-    size = cfg.model.image_size
-    items = []
-    index = 0
-    counts = dict.fromkeys(range(len(synthetic.CLASS_NAMES)), 0)
-    while min(counts.values()) < per_class:
-        image, caption, meta = synthetic.generate_scene(cfg.seed + 7_000_003, index, size, 1, 1)
-        index += 1
-        if counts[meta["label"]] >= per_class:
-            continue
-        counts[meta["label"]] += 1
-        items.append((to_uint8_tensor(image), caption, meta))
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        yield {
-            "images": torch.stack([c[0] for c in chunk]),
-            "captions": [c[1] for c in chunk],
-            "metas": [c[2] for c in chunk],
-            "keys": [f"obj{i + j}" for j in range(len(chunk))],
-        }
-
-
-def evaluate(cfg: Config, run_dir: str | Path, progress: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
-    """Returns (flat metrics, plot data). Metrics keys: zeroshot/<ds>/top1, retrieval/<ds>/i2t_r1, ..."""
+def evaluate(
+    cfg: Config, run_dir: str | Path, specs: list[str] | None = None, progress: bool = False
+) -> dict[str, SetResult]:
+    """{set name: result} for each spec (default: eval.datasets). Sets are resolved before any work."""
     model, run_cfg = load_run(run_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    tokenizer = Tokenizer(run_cfg.model.context_length)
-    e = cfg.eval
-    size = run_cfg.model.image_size
-    metrics: dict[str, float] = {}
-    plots: dict[str, Any] = {"per_class": [], "retrieval": []}
-    manifest = load_manifest(cfg.data.out_dir)
+    try:
+        sets = [resolve(cfg, spec) for spec in specs or cfg.eval.datasets]
+    except EvalSetError as exc:
+        raise EvalError(str(exc)) from exc
+    return {es.name: evaluate_set(model, es, cfg, run_cfg, device, progress) for es in sets}
 
-    def add_zero_shot(name: str, enc: Encoded, classes: list[str]) -> None:
-        labels = labels_for(enc.metas, classes)
-        keep = labels >= 0
-        if not keep.any():
-            return
-        res = zero_shot(enc.features[keep], labels[keep], classifier_weights(model, classes, tokenizer, device))
-        for k in ("top1", "top5", "mean_per_class_recall"):
-            metrics[f"zeroshot/{name}/{k}"] = res[k]
-        metrics[f"zeroshot/{name}/chance_top1"] = 1.0 / len(classes)
-        plots["per_class"] += [
-            {"dataset": name, "class": c, "recall": r} for c, r in zip(classes, res["per_class_recall"]) if r == r
-        ]
 
-    for name in e.datasets:
-        if name == "val":
-            urls = shard_paths(cfg.data.out_dir, "val")
-            if not urls:
-                raise EvalError(
-                    f"no val split in {cfg.data.out_dir}: set data.val_fraction > 0 and re-run the shard stage"
-                )
-            enc = encode_images(model, eval_loader(urls, size, e.batch_size), run_cfg, device, "val", progress)
-            for k, v in retrieval(model, enc, tokenizer, device).items():
-                metrics[f"retrieval/val/{k}"] = v
-            n = len(enc.captions)
-            metrics["retrieval/val/chance_r1"] = 1.0 / n
-            plots["retrieval"] += [
-                {"k": k, "i2t": metrics[f"retrieval/val/i2t_r{k}"], "t2i": metrics[f"retrieval/val/t2i_r{k}"]}
-                for k in (1, 5, 10)
-            ]
-            for k, v in composition(model, enc, tokenizer, device).items():
-                metrics[f"composition/val/{k}"] = v
-            classes = dataset_classes(manifest, enc.metas)
-            if classes:
-                add_zero_shot("val", enc, classes)
-                if e.linear_probe:
-                    train_urls = shard_paths(cfg.data.out_dir, "train")
-                    train_enc = encode_images(
-                        model,
-                        _limit(eval_loader(train_urls, size, e.batch_size), e.linear_probe_samples),
-                        run_cfg,
-                        device,
-                        "train (probe)",
-                        progress,
-                    )
-                    tr_y, te_y = labels_for(train_enc.metas, classes), labels_for(enc.metas, classes)
-                    tr, te = tr_y >= 0, te_y >= 0
-                    if tr.sum() > 1 and te.any() and len(set(tr_y[tr].tolist())) > 1:
-                        res = linear_probe(train_enc.features[tr], tr_y[tr], enc.features[te], te_y[te], cfg.seed)
-                        metrics["linear_probe/val/top1"] = res["top1"]
-                        metrics["linear_probe/val/C"] = res["C"]
-                        metrics["linear_probe/val/chance_top1"] = 1.0 / len(classes)
-        elif name == "objects":
-            enc = encode_images(
-                model, objects_batches(cfg, e.objects_per_class, e.batch_size), run_cfg, device, "objects", progress
-            )
-            add_zero_shot("objects", enc, synthetic.CLASS_NAMES)
-        else:  # config validation names the choices; this guards direct calls
-            raise EvalError(f"eval.datasets: unknown dataset {name!r} (val | objects)")
-    return metrics, plots
+def _merge(results: dict[str, SetResult]) -> SetResult:
+    merged = SetResult({}, {"per_class": [], "retrieval": []}, [], {})
+    for name, r in results.items():
+        merged.metrics.update(r.metrics)
+        for kind, rows in r.plots.items():
+            merged.plots[kind] += rows
+        merged.notes += r.notes
+        merged.skipped.update({f"{name}/{k}": v for k, v in r.skipped.items()})
+    return merged
 
 
 def _limit(batches: Iterable[dict[str, Any]], samples: int) -> Iterable[dict[str, Any]]:
@@ -290,6 +277,45 @@ def _limit(batches: Iterable[dict[str, Any]], samples: int) -> Iterable[dict[str
         seen += len(batch["keys"])
 
 
+class SubsetEvaluator:
+    """The cheap evaluation during training: the first `eval.subset_samples` val pairs, decoded once;
+    retrieval R@1 both ways and, where samples carry labels, zero-shot top-1. Keys
+    retrieval/subset/i2t_r1, retrieval/subset/t2i_r1, zeroshot/subset/top1."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        es = val_set(cfg, "val")
+        batches = _limit(es.batches(cfg.model.image_size, cfg.eval.batch_size), cfg.eval.subset_samples)
+        items = [b for b in batches]
+        self.images = torch.cat([b["images"] for b in items])[: cfg.eval.subset_samples]
+        self.captions = [c for b in items for c in b["captions"]][: len(self.images)]
+        metas = [m for b in items for m in b["metas"]][: len(self.images)]
+        self.classes = es.classes
+        self.labels = labels_for(metas, es.classes) if es.classes else None
+        self.cfg, self.device = cfg, device
+        self.tokenizer = Tokenizer(cfg.model.context_length)
+
+    @torch.no_grad()
+    def __call__(self, model: CLIP) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            enc = encode_images(
+                model,
+                [{"images": self.images, "captions": self.captions, "metas": [{}] * len(self.captions), "keys": []}],
+                self.cfg,
+                self.device,
+            )
+            out = retrieval(model, enc, self.tokenizer, self.device)
+            metrics = {"retrieval/subset/i2t_r1": out["i2t_r1"], "retrieval/subset/t2i_r1": out["t2i_r1"]}
+            if self.labels is not None and (self.labels >= 0).any():
+                keep = self.labels >= 0
+                weights = classifier_weights(model, self.classes, self.tokenizer, self.device)
+                metrics["zeroshot/subset/top1"] = zero_shot(enc.features[keep], self.labels[keep], weights)["top1"]
+            return metrics
+        finally:
+            model.train(was_training)
+
+
 def write_tensorboard_hparams(run_dir: Path, metrics: dict[str, float]) -> Path:
     """One HParams session per run, in the run's own folder (runs/<name>/eval), not a timestamped one:
     the run's masking and model params as hparams, the final metrics as its metrics."""
@@ -297,7 +323,7 @@ def write_tensorboard_hparams(run_dir: Path, metrics: dict[str, float]) -> Path:
     from torch.utils.tensorboard.summary import hparams
 
     run_cfg = load_config(run_dir / "config.yaml")
-    log_dir = run_dir / "eval"
+    log_dir = RunPaths(run_dir).eval_dir()
     for old in log_dir.glob("events.out.tfevents.*"):
         old.unlink()  # re-evaluating replaces the session instead of adding a second one
     hp = {f"masking.{k}": v for k, v in vars(run_cfg.masking).items()}
@@ -321,23 +347,40 @@ def write_tensorboard_hparams(run_dir: Path, metrics: dict[str, float]) -> Path:
     return log_dir
 
 
-def write_outputs(metrics: dict[str, float], plots: dict[str, Any], metrics_file: str | Path, run_dir: Path) -> None:
-    path = Path(metrics_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rounded = {k: round(v, 6) for k, v in sorted(metrics.items())}
-    path.write_text(json.dumps(rounded, indent=2) + "\n")
-    plot_dir = path.parent
-    (plot_dir / "eval_per_class.json").write_text(json.dumps(plots["per_class"], indent=1) + "\n")
-    (plot_dir / "eval_retrieval.json").write_text(json.dumps(plots["retrieval"], indent=1) + "\n")
-    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-    (run_dir / "eval" / "metrics.json").write_text(json.dumps(rounded, indent=2) + "\n")
+def _round(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in sorted(metrics.items())}
 
 
 def evaluate_and_write(cfg: Config, run_dir: str | Path, progress: bool = False) -> dict[str, float]:
-    """The whole stage: evaluate, write the metrics and plot files and the run's HParams session."""
-    run_dir = Path(run_dir)
+    """The stage: evaluate eval.datasets, write eval.metrics_file and its plot files, the run's
+    eval/metrics.json, its HParams session and its result record."""
+    paths = RunPaths(Path(run_dir))
     with cpu_share_applied(cfg):
-        metrics, plots = evaluate(cfg, run_dir, progress)
-    write_outputs(metrics, plots, cfg.eval.metrics_file, run_dir)
-    write_tensorboard_hparams(run_dir, metrics)
+        result = _merge(evaluate(cfg, paths.root, progress=progress))
+    metrics = _round(result.metrics)
+    path = Path(cfg.eval.metrics_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    (path.parent / "eval_per_class.json").write_text(json.dumps(result.plots["per_class"], indent=1) + "\n")
+    (path.parent / "eval_retrieval.json").write_text(json.dumps(result.plots["retrieval"], indent=1) + "\n")
+    write_json_atomic(paths.eval_dir() / "metrics.json", metrics)
+    write_tensorboard_hparams(paths.root, metrics)
+    update_result(paths, eval=metrics, eval_notes=result.notes, eval_skipped=result.skipped)
+    for note in result.notes:
+        print(f"note: {note}")
     return metrics
+
+
+def evaluate_datasets(
+    cfg: Config, run_dir: str | Path, specs: list[str], progress: bool = False
+) -> dict[str, SetResult]:
+    """`maskvlp evaluate --dataset SPEC`: each set's metrics in eval/<set>/metrics.json (skips and notes
+    in eval/<set>/notes.json) and in the run's result record; the stage's own files stay untouched."""
+    paths = RunPaths(Path(run_dir))
+    with cpu_share_applied(cfg):
+        results = evaluate(cfg, paths.root, specs, progress)
+    for name, r in results.items():
+        write_json_atomic(paths.eval_dir(name) / "metrics.json", _round(r.metrics))
+        write_json_atomic(paths.eval_dir(name) / "notes.json", {"skipped": r.skipped, "notes": r.notes})
+        update_result(paths, eval=_round(r.metrics))
+    return results

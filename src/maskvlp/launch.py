@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskvlp.config import Config, to_dict
+from maskvlp.config import Config
+from maskvlp.runs import RunPaths
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
@@ -148,7 +149,7 @@ class Submitted:
 
 def record_job(run_dir: Path, job_id: str, kind: str, cfg: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "jobs.jsonl", "a") as fh:
+    with open(RunPaths(run_dir).jobs, "a") as fh:
         fh.write(
             json.dumps(
                 {
@@ -165,7 +166,7 @@ def record_job(run_dir: Path, job_id: str, kind: str, cfg: Config) -> None:
 
 def submit(cfg: Config, callable_: Any, run_dir: Path, kind: str) -> Submitted:
     """Submit one job; sbatch's own error message is passed on verbatim with a hint."""
-    folder = run_dir / "slurm"
+    folder = RunPaths(run_dir).slurm_logs
     executor = make_executor(cfg, folder)
     try:
         job = executor.submit(callable_)
@@ -281,7 +282,7 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def list_jobs(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "jobs.jsonl"
+    path = RunPaths(run_dir).jobs
     if not path.is_file():
         return []
     jobs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -289,7 +290,3 @@ def list_jobs(run_dir: Path) -> list[dict[str, Any]]:
     for j in jobs:
         j["state"] = states.get(j["job_id"], "UNKNOWN")
     return jobs
-
-
-def config_dict(cfg: Config) -> dict[str, Any]:
-    return to_dict(cfg)

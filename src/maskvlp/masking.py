@@ -3,7 +3,8 @@
 Pure, batched functions: no module state, no Python loop over images, randomness from an explicit
 `torch.Generator` on the images' device. Every strategy returns the indices of the kept patch tokens,
 (B, n_keep) with the same n_keep for every image (the model gathers them after the patch embedding),
-plus per-image statistics. See ../shared/reference/algorithms.md for the methods.
+plus per-image statistics. docs/algorithms.md describes the methods as implemented here.
+A strategy is one function plus one `register_strategy` line (see the registry below).
 
 Cluster masking, per image, on the *normalised* input image:
 1. patchify into L vectors of P*P*3 values; 2. standardise each vector (own mean, sqrt(var + 1e-6));
@@ -22,12 +23,13 @@ code computes 0/0 = NaN and never clusters them). So a flat-grey patch joins a c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-STRATEGIES = ("none", "random", "cluster")
 FLAT_STD = 1e-4  # patches varying less than this (normalised units; one 8-bit level is ~0.015) are flat
 
 
@@ -54,7 +56,7 @@ def num_keep(num_patches: int, ratio: float) -> int:
 
 
 def num_anchors(num_patches: int, anchor_ratio: float) -> int:
-    """Anchors per image: L - int(L * (1 - anchor_ratio)); 0.03 of 196 gives 6 (algorithms.md)."""
+    """Anchors per image: L - int(L * (1 - anchor_ratio)); 0.03 of 196 gives 6 (docs/algorithms.md)."""
     return max(1, num_patches - int(num_patches * (1.0 - anchor_ratio)))
 
 
@@ -263,35 +265,139 @@ def official_cluster_mask(
     )
 
 
+# ------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class MaskContext:
+    """What a strategy may use besides the images and the masking params."""
+
+    patch_size: int
+    generator: torch.Generator | None = None
+    embed_tokens: torch.Tensor | None = None  # (B, L, E) layer-0 tokens, when the strategy asked for them
+    fusion_weight: float = 0.0
+
+
+# (images (B, 3, H, W) normalised, the masking config (config.MaskingConfig), context) -> MaskResult
+MaskFn = Callable[[torch.Tensor, Any, MaskContext], MaskResult]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    fn: MaskFn
+    check: Callable[[Any, int], None] | None = None  # (masking config, L): raise ValueError("masking.<key> ...")
+    wants_embed_tokens: Callable[[Any], bool] = lambda k: False  # does this config need layer-0 tokens?
+    draws_clusters: bool = False  # its results carry clusters worth drawing (mask pictures)
+    describe: Callable[[Any], str] | None = None  # a short label of the config for reports
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(
+    name: str,
+    fn: MaskFn,
+    check: Callable[[Any, int], None] | None = None,
+    wants_embed_tokens: Callable[[Any], bool] | None = None,
+    draws_clusters: bool = False,
+    describe: Callable[[Any], str] | None = None,
+) -> Strategy:
+    """Make `masking.strategy: <name>` valid everywhere: config validation, training, pictures, reports."""
+    strategy = Strategy(name, fn, check, wants_embed_tokens or (lambda k: False), draws_clusters, describe)
+    STRATEGIES[name] = strategy
+    return strategy
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"masking.strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    return STRATEGIES[name]
+
+
+def check_config(k: Any, num_patches: int) -> None:
+    """Validate a masking config for L patches: the keys every strategy shares, then the strategy's own.
+    Raises ValueError naming the key (config.validate turns it into a ConfigError)."""
+    strategy = get_strategy(k.strategy)
+    if not (0.0 <= k.ratio < 1.0):
+        raise ValueError(f"masking.ratio must be in [0, 1), got {k.ratio!r}")
+    if int(num_patches * (1.0 - k.ratio)) < 1:
+        raise ValueError(f"masking.ratio keeps no token of the {num_patches} patches; lower it, got {k.ratio!r}")
+    if strategy.check is not None:
+        strategy.check(k, num_patches)
+
+
+def describe(k: Any) -> str:
+    """A short label such as `random r=0.5` or `cluster a=0.03 t=0.5 r=0.5`."""
+    strategy = get_strategy(k.strategy)
+    return strategy.describe(k) if strategy.describe else f"{k.strategy} r={k.ratio}"
+
+
 def compute_mask(
-    strategy: str,
     images: torch.Tensor,
+    k: Any,
     patch_size: int,
-    ratio: float,
-    anchor_ratio: float = 0.05,
-    threshold: float = 0.5,
     generator: torch.Generator | None = None,
-    mode: str = "exact",
-    min_mask_ratio: float = 0.3,
     embed_tokens: torch.Tensor | None = None,
     fusion_weight: float = 0.0,
 ) -> MaskResult:
-    """Dispatch on strategy (none | random | cluster) and, for cluster, mode (exact | official)."""
-    b = images.shape[0]
-    num_patches = count_patches(images, patch_size)
-    if strategy == "none":
-        return keep_all(b, num_patches, images.device)
-    if strategy == "random":
-        return random_mask(b, num_patches, ratio, generator, images.device)
-    if strategy == "cluster":
-        if mode == "official":
-            return official_cluster_mask(
-                images, patch_size, anchor_ratio, threshold, min_mask_ratio, generator, embed_tokens, fusion_weight
-            )
-        if mode != "exact":
-            raise ValueError(f"masking mode must be exact or official, got {mode!r}")
-        return cluster_mask(images, patch_size, ratio, anchor_ratio, threshold, generator, embed_tokens, fusion_weight)
-    raise ValueError(f"masking strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    """The kept tokens for `images` (B, 3, H, W) normalised under masking config `k` (strategy, ratio,
+    and the strategy's own keys), computed in fp32 whatever autocast is active."""
+    check_config(k, count_patches(images, patch_size))
+    ctx = MaskContext(patch_size, generator, embed_tokens, fusion_weight)
+    with torch.autocast(images.device.type, enabled=False):
+        return get_strategy(k.strategy).fn(images.float(), k, ctx)
+
+
+def _none(images: torch.Tensor, k: Any, ctx: MaskContext) -> MaskResult:
+    return keep_all(images.shape[0], count_patches(images, ctx.patch_size), images.device)
+
+
+def _random(images: torch.Tensor, k: Any, ctx: MaskContext) -> MaskResult:
+    return random_mask(images.shape[0], count_patches(images, ctx.patch_size), k.ratio, ctx.generator, images.device)
+
+
+def _cluster(images: torch.Tensor, k: Any, ctx: MaskContext) -> MaskResult:
+    clusters = (images, ctx.patch_size)
+    extras = (ctx.generator, ctx.embed_tokens, ctx.fusion_weight)
+    if k.mode == "official":
+        return official_cluster_mask(*clusters, k.anchor_ratio, k.threshold, k.min_mask_ratio, *extras)
+    return cluster_mask(*clusters, k.ratio, k.anchor_ratio, k.threshold, *extras)
+
+
+CLUSTER_FEATURES = ("rgb", "rgb+embed")
+CLUSTER_MODES = ("exact", "official")
+
+
+def _check_cluster(k: Any, num_patches: int) -> None:
+    if not 0.0 < k.anchor_ratio <= 1.0:
+        raise ValueError(f"masking.anchor_ratio must be in (0, 1], got {k.anchor_ratio!r}")
+    if not -1.0 <= k.threshold <= 1.0:
+        raise ValueError(f"masking.threshold must be a similarity in [-1, 1], got {k.threshold!r}")
+    if k.features not in CLUSTER_FEATURES:
+        raise ValueError(f"masking.features must be one of {', '.join(CLUSTER_FEATURES)}, got {k.features!r}")
+    if k.mode not in CLUSTER_MODES:
+        raise ValueError(f"masking.mode must be one of {', '.join(CLUSTER_MODES)}, got {k.mode!r}")
+    if not 0.0 <= k.min_mask_ratio < 1.0:
+        raise ValueError(f"masking.min_mask_ratio must be in [0, 1), got {k.min_mask_ratio!r}")
+    if k.fusion_samples < 0:
+        raise ValueError(f"masking.fusion_samples must be >= 0, got {k.fusion_samples!r}")
+
+
+def _describe_cluster(k: Any) -> str:
+    label = f"cluster a={k.anchor_ratio} t={k.threshold}"
+    label += " official" if k.mode == "official" else f" r={k.ratio}"
+    return label + (" +embed" if k.features == "rgb+embed" else "")
+
+
+register_strategy("none", _none, describe=lambda k: "none")
+register_strategy("random", _random)
+register_strategy(
+    "cluster",
+    _cluster,
+    check=_check_cluster,
+    wants_embed_tokens=lambda k: k.features == "rgb+embed",
+    draws_clusters=True,
+    describe=_describe_cluster,
+)
 
 
 def fusion_weight(samples_seen: int, fusion_samples: int) -> float:

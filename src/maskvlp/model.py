@@ -1,13 +1,14 @@
 """CLIP in plain PyTorch: a ViT image tower that accepts kept-token indices, a causal text tower.
 
 The image tower embeds all L patches and adds positions FIRST, then gathers the kept tokens, then
-prepends the class token: compute scales with the kept count (FLIP; algorithms.md "common ground").
+prepends the class token: compute scales with the kept count (FLIP; docs/algorithms.md).
 The model knows kept indices, not how they were chosen. Attention goes through
 F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -104,13 +105,10 @@ class VisionTower(nn.Module):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         return x + self.positional_embedding[1:].to(x.dtype)
 
-    def forward(
-        self, images: torch.Tensor, keep_idx: torch.Tensor | None = None, tokens: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """images: (B, 3, H, W) normalised; keep_idx: (B, n_keep) long or None (all patches);
-        tokens: precomputed patch_tokens(images), if the caller needed them for masking.
+    def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """images: (B, 3, H, W) normalised; keep_idx: (B, n_keep) long or None (all patches).
         Returns image features (B, embed_dim), not normalised."""
-        x = self.patch_tokens(images) if tokens is None else tokens
+        x = self.patch_tokens(images)
         if keep_idx is not None:
             x = torch.gather(x, 1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
         cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype).expand(x.shape[0], 1, -1)
@@ -165,50 +163,50 @@ class CLIP(nn.Module):
         self.text.transformer.grad_checkpointing = enabled
 
     def encode_image(
-        self,
-        images: torch.Tensor,
-        keep_idx: torch.Tensor | None = None,
-        normalize: bool = True,
-        tokens: torch.Tensor | None = None,
+        self, images: torch.Tensor, keep_idx: torch.Tensor | None = None, normalize: bool = True
     ) -> torch.Tensor:
-        feats = self.visual(images, keep_idx, tokens)
+        feats = self.visual(images, keep_idx)
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = self.text(tokens)
         return F.normalize(feats, dim=-1) if normalize else feats
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
-        keep_idx: torch.Tensor | None = None,
-        patch_tokens: torch.Tensor | None = None,
-    ):
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None):
         """-> (image features, text features, logit scale); features L2-normalised."""
         return (
-            self.encode_image(images, keep_idx, tokens=patch_tokens),
+            self.encode_image(images, keep_idx),
             self.encode_text(tokens),
             self.logit_scale.exp(),
         )
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one entry per token count; the model lives as long as a run)
+    def train_flops_per_sample(self, kept_tokens: int) -> float:
+        """Training FLOPs per image-text pair with `kept_tokens` image tokens (docs/metrics.md):
+        3 x forward (backward costs two forwards); forward = patch embedding of all L patches
+        + per transformer block 2 x tokens x (block weights) + 4 x tokens^2 x width (the two attention
+        matmuls), for the image tower at kept_tokens + 1 (class token) and the text tower at its context."""
+
+        def tower(transformer: Transformer, n: int) -> float:
+            total = 0.0
+            for block in transformer.blocks:
+                w = block.proj.in_features
+                total += 2 * n * (count_params(block) - 4 * w) + 4 * n * n * w  # minus the 2 LayerNorms
+            return total
+
+        vis = self.visual
+        patch = 2 * vis.num_patches * vis.patch_embed.weight.numel()
+        context = self.text.positional_embedding.shape[0]
+        return 3 * (patch + tower(vis.transformer, kept_tokens + 1) + tower(self.text.transformer, context))
+
+    def nonembedding_params(self) -> dict[str, int]:
+        """Parameters per tower without the embedding tables (patch embedding, token embedding, positions,
+        class token): what "model size" means in scaling laws; the 49k-token table dominates tiny text towers."""
+        vis, txt = self.visual, self.text
+        vis_embed = vis.patch_embed.weight.numel() + vis.positional_embedding.numel() + vis.class_embedding.numel()
+        txt_embed = txt.token_embedding.weight.numel() + txt.positional_embedding.numel()
+        return {"vision": count_params(vis) - vis_embed, "text": count_params(txt) - txt_embed}
+
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def train_flops_per_sample(model: CLIP, kept_tokens: int, text_tokens: int) -> float:
-    """Approximate training FLOPs per image-text pair (forward + backward = 3x forward): 2 FLOPs per
-    weight per token in the transformers, plus attention's two (n x n x width) matmuls."""
-
-    def tower(transformer: Transformer, n: int) -> float:
-        total = 0.0
-        for block in transformer.blocks:
-            w = block.proj.in_features
-            total += 2 * n * (count_params(block) - 4 * w) + 4 * n * n * w
-        return total
-
-    vis = model.visual
-    patch = 2 * vis.num_patches * vis.patch_embed.weight.numel()
-    fwd = patch + tower(vis.transformer, kept_tokens + 1) + tower(model.text.transformer, text_tokens)
-    return 3 * fwd

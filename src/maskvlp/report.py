@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 KEY_METRICS = (
     "zeroshot/objects/top1",
@@ -20,19 +17,19 @@ KEY_METRICS = (
 )
 
 
-def collect(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """One row per evaluated run: name, masking params, metrics (runs without eval/metrics.json are skipped)."""
+def collect(locations: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per evaluated run found in `locations` (run folders or folders of runs): name, masking
+    label (from the masking registry) and the evaluation metrics of its result record."""
+    from maskvlp.config import MaskingConfig
+    from maskvlp.masking import describe
+    from maskvlp.runs import list_runs
+
     rows = []
-    for d in map(Path, run_dirs):
-        metrics_file, config_file = d / "eval" / "metrics.json", d / "config.yaml"
-        if not metrics_file.is_file() or not config_file.is_file():
+    for run in list_runs(locations):
+        if not run.metrics:
             continue
-        cfg = yaml.safe_load(config_file.read_text())
-        m = cfg["masking"]
-        masking = m["strategy"] if m["strategy"] != "cluster" else f"cluster a={m['anchor_ratio']} t={m['threshold']}"
-        if m["strategy"] != "none":
-            masking += f" r={m['ratio']}"
-        rows.append({"run": d.name, "masking": masking, "metrics": json.loads(metrics_file.read_text())})
+        masking = describe(MaskingConfig(**run.config.get("masking", {})))
+        rows.append({"run": run.name, "masking": masking, "metrics": run.metrics})
     return rows
 
 

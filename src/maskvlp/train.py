@@ -15,7 +15,8 @@ import math
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,14 @@ from maskvlp.data.loader import StreamSpec, read_images, train_loader
 from maskvlp.data.shards import MANIFEST, check_manifest, load_manifest, sha256_file, shard_paths
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, any_rank, init_distributed
+from maskvlp.evaluate import SubsetEvaluator
 from maskvlp.loss import distributed_clip_loss
-from maskvlp.masking import MaskResult, calibrate_threshold, compute_mask, fusion_weight
-from maskvlp.model import CLIP, train_flops_per_sample
-from maskvlp.progress import Progress
+from maskvlp.masking import MaskResult, calibrate_threshold, compute_mask, describe, fusion_weight, get_strategy
+from maskvlp.model import CLIP
 from maskvlp.resources import CpuShare, cpu_share_applied
+from maskvlp.runs import RunPaths, run_paths, update_result
 from maskvlp.schedule import Budget, lr_at, make_budget
+from maskvlp.trainlog import TrainLog
 
 # Params that may change between a run and its resume: they do not change what is computed.
 RESUME_FREE = (
@@ -42,43 +45,14 @@ RESUME_FREE = (
     "train.mask_image_every_steps",
     "train.keep_checkpoints",
     "train.checkpoint_every_samples",
+    "train.eval_every_samples",
     "eval",
 )
 LOGIT_SCALE_MAX = math.log(100.0)
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
 
 
 class TrainError(RuntimeError):
     """Training cannot start or resume as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tb"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model.safetensors"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def info(self) -> Path:
-        return self.root / "run.json"
-
-
-def run_paths(cfg: Config) -> RunPaths:
-    return RunPaths(Path(cfg.train.runs_dir) / cfg.train.run_name)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -149,28 +123,16 @@ def choose_mask(
     threshold: float,
     samples_seen: int,
 ) -> MaskResult:
-    """The kept tokens for one micro-batch (no gradient flows through the choice)."""
-    k, m = cfg.masking, cfg.model
-    strategy = k.strategy if masked else "none"
+    """The kept tokens for one micro-batch (no gradient flows through the choice): the configured
+    strategy (from the masking registry) in the masked phase, every token in the unmasked one."""
+    k = replace(cfg.masking, threshold=threshold) if masked else replace(cfg.masking, strategy="none")
     gen = torch.Generator(device=images.device).manual_seed(mask_seed(cfg.seed, rank, step, micro))
     with torch.no_grad():
         embed_tokens, weight = None, 0.0
-        if strategy == "cluster" and k.features == "rgb+embed":
+        if get_strategy(k.strategy).wants_embed_tokens(k):
             weight = fusion_weight(samples_seen, k.fusion_samples)
             embed_tokens = model.visual.patch_tokens(images) if weight > 0 else None
-        return compute_mask(
-            strategy,
-            images,
-            m.patch_size,
-            k.ratio,
-            k.anchor_ratio,
-            threshold,
-            gen,
-            k.mode,
-            k.min_mask_ratio,
-            embed_tokens,
-            weight,
-        )
+        return compute_mask(images, k, cfg.model.patch_size, gen, embed_tokens, weight)
 
 
 def _calibrated_threshold(cfg: Config, device: torch.device) -> tuple[float, float | None]:
@@ -204,11 +166,10 @@ def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -
             f"cannot resume {paths.root}: params changed since its checkpoints ({detail}). "
             "Restore them, or start a new run with another train.run_name"
         )
-    if state["world_size"] != env.world_size or state["loader_workers"] != cfg.data.loader_workers:
+    if state["world_size"] != env.world_size:
         raise TrainError(
-            f"cannot resume {paths.root}: it ran with world size {state['world_size']} and "
-            f"{state['loader_workers']} loader workers, now {env.world_size} and {cfg.data.loader_workers}: "
-            "the data stream would differ. Resume with the same launcher.tasks_per_node x nodes and data.loader_workers"
+            f"cannot resume {paths.root}: it ran with world size {state['world_size']}, now {env.world_size}: "
+            "the data stream would differ. Resume with the same launcher.tasks_per_node x nodes"
         )
     return state
 
@@ -219,44 +180,49 @@ def preflight(cfg: Config, resume: bool, world_size: int) -> None:
     _prepare_run_dir(cfg, run_paths(cfg), resume, DistEnv(0, world_size, 0))
 
 
-def _log_mask_image(writer, result: MaskResult, images_uint8: torch.Tensor, patch: int, samples: int) -> None:
-    import numpy as np
+@dataclass
+class Session:
+    """Everything the loop works with, built by `start_or_resume`."""
 
-    from maskvlp.viz import clusters_picture, kept_picture
+    cfg: Config
+    env: DistEnv
+    device: torch.device
+    paths: RunPaths
+    model: CLIP
+    forward: Any  # the model, wrapped by DDP and/or torch.compile
+    ddp: DistributedDataParallel | None
+    optimizer: torch.optim.Optimizer
+    budget: Budget
+    batches: Any
+    autocast: Any
+    threshold: float
+    step: int = 0
+    # totals over the whole run, carried across resumes in the checkpoints
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
 
-    rows = []
-    for i in range(min(4, images_uint8.shape[0])):
-        img = images_uint8[i].permute(1, 2, 0).cpu().numpy()
-        rows.append(
-            np.concatenate([img, clusters_picture(img, result, i, patch), kept_picture(img, result, i, patch)], 1)
-        )
-    writer.add_image("mask/image_clusters_kept", np.concatenate(rows, 0), samples, dataformats="HWC")
+    @property
+    def samples_seen(self) -> int:
+        return self.step * self.budget.global_batch
 
 
-def pretrain(
-    cfg: Config, resume: bool = False, progress: bool = True, stop: StopRequest | None = None
-) -> dict[str, Any]:
-    """Train per cfg; returns the final metrics. Returns early with status "stopped" after saving a
-    checkpoint when a stop is requested (SIGTERM/SIGUSR1). Uses this process's CPU share (resources.py)."""
-    with cpu_share_applied(cfg) as share:
-        return _pretrain(cfg, share, resume, progress, stop)
+TOTALS = ("train_flops", "wall_s", "mask_ratio_sum", "coverage_sum", "micro_batches")
 
 
-def _pretrain(cfg: Config, share: CpuShare, resume: bool, progress: bool, stop: StopRequest | None) -> dict[str, Any]:
+def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
+    """Check the shards and the run folder, build model, optimizer and data stream, load the
+    checkpoint when resuming, and record how the run starts (config.yaml, run.json, result.json)."""
     env, device = init_distributed()
     t, m = cfg.train, cfg.model
     manifest = load_manifest(cfg.data.out_dir)
     check_manifest(cfg, manifest)
-    urls = tuple(shard_paths(cfg.data.out_dir, "train"))
     paths = run_paths(cfg)
     state = _prepare_run_dir(cfg, paths, resume, env)
-
     torch.manual_seed(cfg.seed)
     model = CLIP.from_config(m).to(device)
     if t.grad_checkpointing:
         model.set_grad_checkpointing()
     optimizer = build_optimizer(model, cfg)
-    budget: Budget = make_budget(
+    budget = make_budget(
         t.samples,
         t.unmasked_tuning_samples,
         t.batch_size,
@@ -266,7 +232,7 @@ def _pretrain(cfg: Config, share: CpuShare, resume: bool, progress: bool, stop: 
         t.checkpoint_every_samples,
         t.lr,
     )
-    step = 0
+    step, totals = 0, dict.fromkeys(TOTALS, 0.0)
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -274,8 +240,8 @@ def _pretrain(cfg: Config, share: CpuShare, resume: bool, progress: bool, stop: 
             raise TrainError(f"checkpoint of {paths.root} does not fit the model ({exc})") from exc
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
-        threshold = state["threshold"]
+        step, threshold = state["step"], state["threshold"]
+        totals.update(state.get("totals", {}))
     else:
         threshold, coverage = _calibrated_threshold(cfg, device)
         if coverage is not None and env.is_main:
@@ -294,15 +260,17 @@ def _pretrain(cfg: Config, share: CpuShare, resume: bool, progress: bool, stop: 
             "cpu_share": share.record(),
         }
         paths.info.write_text(json.dumps(info, indent=2) + "\n")
+        update_result(
+            paths, status="running", git_commit=info["git_commit"], steps=step, total_steps=budget.total_steps
+        )
 
     ddp = DistributedDataParallel(model) if env.world_size > 1 else None
     forward = ddp or model
     if t.compile:
         forward = torch.compile(forward, dynamic=False)
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     spec = StreamSpec(
-        urls,
+        tuple(shard_paths(cfg.data.out_dir, "train")),
         t.batch_size,
         m.image_size,
         m.context_length,
@@ -315,132 +283,155 @@ def _pretrain(cfg: Config, share: CpuShare, resume: bool, progress: bool, stop: 
         streams=max(1, cfg.data.loader_workers),
     )
     batches = iter(train_loader(spec, share.loader_workers, start_step=step * t.accum_steps))
-
-    writer = None
-    if env.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops what a killed attempt logged after the checkpoint (the checkpoint step's own
-        # point stays): one continuous curve, each point once
-        writer = SummaryWriter(str(paths.tensorboard), purge_step=step * budget.global_batch + 1 if step else None)
-    own_stop = stop is None
-    stop = stop or StopRequest()
-    peak = next(
-        (v for k, v in GPU_PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), 0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    session = Session(
+        cfg, env, device, paths, model, forward, ddp, optimizer, budget, batches, autocast, threshold, step
     )
+    session.totals = totals
+    return session
 
-    def save(at_step: int) -> None:
-        if env.is_main:
-            save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": at_step,
-                    "samples_seen": at_step * budget.global_batch,
-                    "torch_rng": torch.get_rng_state(),
-                    "threshold": threshold,
-                    "signature": resume_signature(cfg),
-                    "world_size": env.world_size,
-                    "loader_workers": cfg.data.loader_workers,
-                    "loader_batches": at_step * t.accum_steps,
-                },
-                paths.checkpoints,
-                at_step,
-                t.keep_checkpoints,
-            )
 
-    bar = Progress(budget.total_steps, f"pretrain {t.run_name}", "step", progress and env.is_main, initial=step)
-    window = {"loss": 0.0, "ratio": 0.0, "coverage": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
-    recent_losses: list[float] = []
-    status = "finished"
-    start_time = time.perf_counter()
-    while step < budget.total_steps:
-        if any_rank(stop.requested, device):
-            save(step)
-            status = "stopped"
-            break
-        masked = step < budget.masked_steps
-        lr = lr_at(step, budget, t.unmasked_tuning_lr_scale)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        samples_seen = step * budget.global_batch
-        step_loss = 0.0
-        for micro in range(t.accum_steps):
-            batch = next(batches)
-            images_uint8 = batch["images"].to(device, non_blocking=True)
-            tokens = batch["tokens"].to(device, non_blocking=True)
-            images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
-            with autocast:
-                mask = choose_mask(cfg, model, images, step, micro, env.rank, masked, threshold, samples_seen)
-            sync = ddp.no_sync() if ddp is not None and micro < t.accum_steps - 1 else contextlib.nullcontext()
-            with sync:
-                with autocast:
-                    img_f, txt_f, scale = forward(images, tokens, mask.keep_idx)
-                    loss = distributed_clip_loss(img_f.float(), txt_f.float(), scale.float(), t.local_loss)
-                (loss / t.accum_steps).backward()
-            step_loss += loss.detach() / t.accum_steps
-            window["ratio"] += mask.mask_ratio
-            window["coverage"] += mask.cluster_coverage.mean()
-            window["n"] += 1
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-        step += 1
-        window["loss"] += step_loss
-        window["steps"] += 1
-        bar.update(1)
+@dataclass
+class StepOut:
+    loss: torch.Tensor  # mean over the micro-batches, detached (no host sync)
+    mask: MaskResult  # the last micro-batch's mask
+    images_uint8: torch.Tensor  # the last micro-batch's images
+    mask_ratio: float  # summed over the micro-batches
+    coverage: torch.Tensor  # summed over the micro-batches (a device scalar)
 
-        if step % t.log_every_steps == 0 or step == budget.total_steps:
-            mean_loss = float(window["loss"]) / window["steps"]  # one host sync per log interval
-            recent_losses.append(mean_loss)
-            elapsed = time.perf_counter() - window["t0"]
-            images_per_s = window["steps"] * budget.global_batch / max(elapsed, 1e-9)
-            samples = step * budget.global_batch
-            bar.set_postfix(samples=samples, loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", mean_loss, samples)
-                writer.add_scalar("train/lr", lr, samples)
-                writer.add_scalar("train/logit_scale", float(model.logit_scale.detach().exp()), samples)
-                writer.add_scalar("perf/images_per_s", images_per_s, samples)
-                writer.add_scalar("mask/ratio", window["ratio"] / window["n"], samples)
-                writer.add_scalar("mask/cluster_coverage", float(window["coverage"]) / window["n"], samples)
-                writer.add_scalar("train/step", step, samples)
-                if peak:
-                    flops = train_flops_per_sample(model, mask.keep_idx.shape[1], m.context_length)
-                    writer.add_scalar("perf/mfu", flops * images_per_s / env.world_size / peak, samples)
-            window.update(loss=0.0, ratio=0.0, coverage=0.0, n=0, t0=time.perf_counter(), steps=0)
-        if writer is not None and t.mask_image_every_steps and (step - 1) % t.mask_image_every_steps == 0:
-            _log_mask_image(writer, mask, images_uint8, m.patch_size, step * budget.global_batch)
-        if step % budget.checkpoint_every == 0 and step < budget.total_steps:
-            save(step)
-    bar.close()
-    if own_stop:
-        stop.restore()
 
-    result = {
+def train_step(s: Session) -> StepOut:
+    """One optimizer step over `accum_steps` micro-batches at the schedule's learning rate."""
+    cfg, t = s.cfg, s.cfg.train
+    masked = s.step < s.budget.masked_steps
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr_at(s.step, s.budget, t.unmasked_tuning_lr_scale)
+    loss_sum, ratio_sum, coverage_sum = torch.zeros((), device=s.device), 0.0, torch.zeros((), device=s.device)
+    for micro in range(t.accum_steps):
+        batch = next(s.batches)
+        images_uint8 = batch["images"].to(s.device, non_blocking=True)
+        tokens = batch["tokens"].to(s.device, non_blocking=True)
+        images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
+        mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, masked, s.threshold, s.samples_seen)
+        last = micro == t.accum_steps - 1
+        sync = s.ddp.no_sync() if s.ddp is not None and not last else contextlib.nullcontext()
+        with sync:
+            with s.autocast:
+                img_f, txt_f, scale = s.forward(images, tokens, mask.keep_idx)
+                loss = distributed_clip_loss(img_f.float(), txt_f.float(), scale.float(), t.local_loss)
+            (loss / t.accum_steps).backward()
+        loss_sum += loss.detach() / t.accum_steps
+        ratio_sum += mask.mask_ratio
+        coverage_sum += mask.cluster_coverage.mean()
+        s.totals["train_flops"] += s.model.train_flops_per_sample(mask.keep_idx.shape[1]) * images.shape[0]
+    if t.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        s.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+    s.step += 1
+    s.totals["mask_ratio_sum"] += ratio_sum
+    s.totals["micro_batches"] += t.accum_steps
+    return StepOut(loss_sum, mask, images_uint8, ratio_sum, coverage_sum)
+
+
+def save(s: Session) -> None:
+    """A step checkpoint (rank 0), with what exact resumption and the run's totals need."""
+    if s.env.is_main:
+        state = {
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "step": s.step,
+            "samples_seen": s.samples_seen,
+            "torch_rng": torch.get_rng_state(),
+            "threshold": s.threshold,
+            "signature": resume_signature(s.cfg),
+            "world_size": s.env.world_size,
+            "loader_batches": s.step * s.cfg.train.accum_steps,
+            "totals": dict(s.totals),
+        }
+        save_checkpoint(state, s.paths.checkpoints, s.step, s.cfg.train.keep_checkpoints)
+
+
+# (samples seen, subset metrics) -> True to stop the run (a resumable checkpoint is saved first)
+TrainHook = Callable[[int, dict[str, float]], bool]
+
+
+def pretrain(
+    cfg: Config,
+    resume: bool = False,
+    progress: bool = True,
+    stop: StopRequest | None = None,
+    hooks: Sequence[TrainHook] = (),
+) -> dict[str, Any]:
+    """Train per cfg; returns the run's result record (also in runs/<name>/result.json). Stops early with
+    status "stopped" after saving a checkpoint when a stop is requested (SIGTERM/SIGUSR1) or a hook asks
+    to (hooks are called after each evaluation during training, every train.eval_every_samples).
+    Uses this process's CPU share (resources.py)."""
+    with cpu_share_applied(cfg) as share:
+        s = start_or_resume(cfg, share, resume)
+        log = TrainLog(s, progress)
+        evaluator = SubsetEvaluator(cfg, s.device) if cfg.train.eval_every_samples and s.env.is_main else None
+        eval_every = math.ceil(cfg.train.eval_every_samples / s.budget.global_batch) if evaluator else 0
+        own_stop, stop = stop is None, stop or StopRequest()
+        status, started = "complete", time.perf_counter()
+        try:
+            while s.step < s.budget.total_steps:
+                if any_rank(stop.requested, s.device):
+                    status = "stopped"
+                    break
+                log.after_step(s, train_step(s))
+                if eval_every and s.step % eval_every == 0 and s.step < s.budget.total_steps:
+                    metrics = evaluator(s.model)
+                    log.evaluation(s, metrics)
+                    if any_rank(any(hook(s.samples_seen, metrics) for hook in hooks), s.device):
+                        status = "stopped"
+                        break
+                if s.step % s.budget.checkpoint_every == 0 and s.step < s.budget.total_steps:
+                    save(s)
+        except BaseException as exc:
+            if s.env.is_main:
+                update_result(s.paths, status="failed", error=f"{type(exc).__name__}: {exc}", steps=s.step)
+            log.close()
+            raise
+        finally:
+            if own_stop:
+                stop.restore()
+        s.totals["wall_s"] += time.perf_counter() - started
+        return finish(s, status, log, time.perf_counter() - started, share)
+
+
+def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuShare) -> dict[str, Any]:
+    """Close the logs, save the checkpoint (and, when complete, the weights), write result.json."""
+    log.close(s)
+    save(s)
+    if status == "complete" and s.env.is_main:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in s.model.state_dict().items()}, str(s.paths.model))
+    n = max(1.0, s.totals["micro_batches"])
+    record = {
         "status": status,
-        "rank": env.rank,
-        "world_size": env.world_size,
-        "step": step,
-        "total_steps": budget.total_steps,
-        "samples_seen": step * budget.global_batch,
-        "global_batch": budget.global_batch,
-        "chance_loss": math.log(t.batch_size * env.world_size),  # candidates per contrastive loss
-        "wall_s": round(time.perf_counter() - start_time, 2),
-        "threads": torch.get_num_threads(),
+        "steps": s.step,
+        "total_steps": s.budget.total_steps,
+        "samples_seen": s.samples_seen,
+        "global_batch": s.budget.global_batch,
+        "world_size": s.env.world_size,
+        "train_loss": log.last_loss,
+        "chance_loss": math.log(s.cfg.train.batch_size * s.env.world_size),  # candidates per contrastive loss
+        "wall_s": round(s.totals["wall_s"], 2),
+        "images_per_s": round(log.samples_this_attempt / max(attempt_s, 1e-9), 2),
+        "train_flops": s.totals["train_flops"] * s.env.world_size,
+        "params_nonembedding": s.model.nonembedding_params(),
+        "masking": {
+            "label": describe(s.cfg.masking),
+            "mean_mask_ratio": s.totals["mask_ratio_sum"] / n,
+            "mean_cluster_coverage": s.totals["coverage_sum"] / n,
+            "threshold": s.threshold,
+        },
+        "threads": share.threads,
     }
-    if recent_losses:
-        result["final_loss"] = recent_losses[-1]
-    if status == "finished":
-        save(step)
-        if env.is_main:
-            from safetensors.torch import save_file
-
-            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(paths.model))
-    if writer is not None:
-        writer.flush()
-        writer.close()
-    return result
+    if s.env.is_main:
+        record = update_result(s.paths, **record)
+    return {**record, "rank": s.env.rank}

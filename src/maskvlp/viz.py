@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import colorsys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from maskvlp.masking import MaskResult, compute_mask
+from maskvlp.masking import STRATEGIES, MaskResult, compute_mask, describe
 
 
 def _palette(n: int) -> np.ndarray:
@@ -52,42 +53,34 @@ def kept_picture(image: np.ndarray, result: MaskResult, index: int, patch_size: 
     return out
 
 
-def mask_figure(
-    images_uint8: torch.Tensor,
-    images_norm: torch.Tensor,
-    patch_size: int,
-    ratio: float,
-    anchor_ratio: float,
-    threshold: float,
-    seed: int = 0,
-    min_mask_ratio: float = 0.3,
-):
-    """A matplotlib figure: one row per image; columns image, clusters, and the kept patches of random,
-    cluster (exact) and cluster (official) masking. images_uint8: (B, 3, H, W); images_norm: normalised."""
+def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_size: int, k, seed: int = 0):
+    """A matplotlib figure: one row per image; columns image, clusters, and the kept patches of every
+    registered masking strategy with the params of `k` (a MaskingConfig), plus cluster masking's
+    official mode. images_uint8: (B, 3, H, W); images_norm: normalised."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def gen():
-        return torch.Generator(device=images_norm.device).manual_seed(seed)
-
+    variants = [replace(k, strategy=name) for name in STRATEGIES if name != "none"]
+    if "cluster" in STRATEGIES:
+        variants.append(replace(k, strategy="cluster", mode="official" if k.mode == "exact" else "exact"))
+    # the same generator state gives the same anchors to every cluster variant
     results = {
-        "random (FLIP)": compute_mask("random", images_norm, patch_size, ratio, generator=gen()),
-        "cluster": compute_mask("cluster", images_norm, patch_size, ratio, anchor_ratio, threshold, gen()),
-        "cluster, official": compute_mask(
-            "cluster", images_norm, patch_size, ratio, anchor_ratio, threshold, gen(), "official", min_mask_ratio
-        ),
+        describe(v): compute_mask(images_norm, v, patch_size, torch.Generator(images_norm.device).manual_seed(seed))
+        for v in variants
     }
-    # the same generator state gives the same anchors to both cluster variants
-    clusters = results["cluster"]
+    clusters = next((r for r in results.values() if r.clustered is not None), None)
     n = images_uint8.shape[0]
-    cols = 2 + len(results)
+    cols = 1 + (clusters is not None) + len(results)
     fig, axes = plt.subplots(n, cols, figsize=(2.1 * cols, 2.2 * n + 0.4), squeeze=False)
     for i in range(n):
         img = images_uint8[i].permute(1, 2, 0).cpu().numpy()
-        panels = [("image", img), (f"clusters ({clusters.cluster_coverage[i]:.0%})", None)]
-        panels[1] = (panels[1][0], clusters_picture(img, clusters, i, patch_size))
+        panels = [("image", img)]
+        if clusters is not None:
+            panels.append(
+                (f"clusters ({clusters.cluster_coverage[i]:.0%})", clusters_picture(img, clusters, i, patch_size))
+            )
         for name, res in results.items():
             panels.append((f"{name}: keep {res.keep_idx.shape[1]}", kept_picture(img, res, i, patch_size)))
         for ax, (title, pic) in zip(axes[i], panels):
@@ -95,9 +88,10 @@ def mask_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0 or title.startswith("clusters"):
-                ax.set_title(title, fontsize=8)
+                ax.set_title(title, fontsize=7)
     fig.suptitle(
-        f"mask ratio {ratio}, anchor ratio {anchor_ratio}, threshold {threshold}, patch {patch_size}px", fontsize=9
+        f"mask ratio {k.ratio}, anchor ratio {k.anchor_ratio}, threshold {k.threshold}, patch {patch_size}px",
+        fontsize=9,
     )
     fig.tight_layout()
     return fig

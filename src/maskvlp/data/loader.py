@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskvlp.data.tokenizer import Tokenizer
-from maskvlp.data.transforms import eval_image, to_uint8_tensor, train_image
+from maskvlp.data.transforms import to_uint8_tensor, train_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -154,24 +154,40 @@ class TrainStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """Each sample once: {"image": uint8 (3,S,S), "caption": str, "key": str, "meta": dict}."""
+    """Each sample once: {"image": uint8 (3,S,S), "caption": str, "key": str, "meta": dict}. Samples
+    without a usable image or caption are skipped and counted in `skipped` (by the shard stage's
+    reasons; counted in the reading process, so read it with num_workers=0)."""
 
-    def __init__(self, urls: list[str], image_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, urls: list[str], image_size: int, rank: int = 0, world_size: int = 1, skipped: Counter | None = None
+    ):
         self.urls, self.image_size, self.rank, self.world_size = list(urls), image_size, rank, world_size
+        self.skipped: Counter[str] = Counter() if skipped is None else skipped
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        from maskvlp.data.normalise import clean_caption, decode_image, resize_center_crop, to_rgb
+
         worker, workers = _worker()
         slot, num_slots = self.rank * workers + worker, self.world_size * workers
         for sample in slot_samples(self.urls, slot, num_slots, epoch_seed=None):
+            data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+            img = decode_image(data) if data is not None else None
+            caption = clean_caption(sample.get("txt"))
+            reason = (
+                "missing_image" if img is None else getattr(img, "reason", None) or getattr(caption, "reason", None)
+            )
+            if reason:
+                self.skipped[reason] += 1
+                continue
             yield {
-                "image": eval_image(_image_bytes(sample), self.image_size),
-                "caption": sample["txt"].decode("utf-8"),
+                "image": to_uint8_tensor(resize_center_crop(to_rgb(img), self.image_size)),
+                "caption": caption,
                 "key": sample["__key__"],
                 "meta": json.loads(sample["json"]) if "json" in sample else {},
             }
 
 
-def _eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "images": torch.stack([it["image"] for it in items]),
         "captions": [it["caption"] for it in items],
@@ -201,7 +217,7 @@ def eval_loader(
         EvalStream(urls, image_size, rank, world_size),
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=_eval_collate,
+        collate_fn=eval_collate,
     )
 
 

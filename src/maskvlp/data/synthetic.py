@@ -3,7 +3,7 @@
 Each scene holds 1-4 shapes (colour x shape x size) on a plain or textured background. Shapes carry
 a shading ramp and a little noise, and textured backgrounds carry stripes, gradients, checks or
 noise, so that every visual structure has a pixel *pattern*: cluster masking standardises each
-patch, and perfectly flat patches would keep only their colour triplet (see algorithms.md, item 9).
+patch, and perfectly flat patches would keep only their colour triplet (see docs/algorithms.md, "Flat patches").
 
 Captions name objects, attributes and spatial relations ("a small red circle left of a large blue
 square"). Each sample's metadata carries a class label (the first-named object's "colour shape")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskvlp.data.normalise import resize_center_crop, to_rgb
+from maskvlp.data.normalise import to_rgb
 
 
 def random_resized_crop_box(
@@ -69,11 +69,6 @@ def train_image(
     img = to_rgb(img)
     img = img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
     return to_uint8_tensor(img)
-
-
-def eval_image(data: bytes, out_size: int) -> torch.Tensor:
-    """Decode + resize shorter side + centre crop: the full image, as evaluation sees it."""
-    return to_uint8_tensor(resize_center_crop(to_rgb(Image.open(io.BytesIO(data))), out_size))
 
 
 def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

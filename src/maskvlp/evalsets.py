@@ -1,0 +1,217 @@
+"""Evaluation datasets: a registry of named sets plus any captions table or shard set given by path.
+
+`maskvlp evaluate --dataset SPEC` and `eval.datasets` take:
+- a registered name: `val` (the shard stage's val split; linear probe on its train split) or
+  `objects` (generated single-object scenes, 32 classes);
+- a captions table (.csv / .tsv / .jsonl / .parquet, read as the folder source reads it, with
+  `data.folder.path_column`, `caption_column`, `label_column`; images relative to the table);
+- a shard folder with a maskvlp manifest (its val split, else train; the probe uses its train split),
+  or webdataset shards by brace pattern or glob (`other/shards-{000..009}.tar`, `other/*.tar`).
+Unusable images are skipped and counted, as the shard stage counts them. Adding a named set: write
+a builder `(cfg, spec) -> EvalSet` and call `register_dataset(name, builder)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskvlp.config import Config
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+Batches = Iterable[dict[str, Any]]  # {"images": uint8 (B,3,S,S), "captions", "metas", "keys"}
+
+
+class EvalSetError(ValueError):
+    """A dataset spec names nothing usable; the message lists what would be."""
+
+
+@dataclass
+class EvalSet:
+    name: str  # the key segment in metric names: zeroshot/<name>/top1
+    batches: Callable[[int, int], Batches]  # (image size, batch size) -> batches, each sample once
+    classes: list[str] | None = None  # zero-shot class names, when samples carry labels
+    train_batches: Callable[[int, int], Batches] | None = None  # a train split for the linear probe
+    retrieval: bool = True
+    skipped: Counter[str] = field(default_factory=Counter)  # unusable samples, by reason (filled while read)
+
+
+DATASETS: dict[str, Callable[[Config, str], EvalSet]] = {}
+
+
+def register_dataset(name: str, builder: Callable[[Config, str], EvalSet]) -> None:
+    DATASETS[name] = builder
+
+
+def dataset_name(spec: str) -> str:
+    """A short, path-free name for a spec: `captions` for dir/captions.csv, `shards` for other/shards/."""
+    if spec in DATASETS:
+        return spec
+    path = Path(spec.split("::")[0])
+    stem = path.stem if path.suffix else path.name
+    stem = re.sub(r"[{*?\[].*$", "", stem).rstrip("-_.") or path.parent.name
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "dataset"
+
+
+def resolve(cfg: Config, spec: str) -> EvalSet:
+    """The evaluation set a spec names (see the module docstring)."""
+    from maskvlp.data.shards import MANIFEST
+    from maskvlp.data.sources import expand_urls
+
+    if spec in DATASETS:
+        return DATASETS[spec](cfg, spec)
+    path = Path(spec)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        if not path.is_file():
+            raise EvalSetError(f"--dataset {spec}: no such captions table")
+        return table_set(cfg, path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return manifest_set(cfg, path, dataset_name(spec))
+    if path.is_dir():
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+    else:
+        urls = [u for u in expand_urls(spec) if Path(u).is_file()]
+    if not urls:
+        raise EvalSetError(
+            f"--dataset {spec!r}: not a registered set ({', '.join(DATASETS)}), a captions table "
+            f"({', '.join(TABLE_SUFFIXES)}), a shard folder or a brace pattern / glob of .tar shards"
+        )
+    return shard_set(urls, dataset_name(spec))
+
+
+# ------------------------------------------------------------------------------- shard sets
+def shard_set(urls: list[str], name: str, classes: list[str] | None = None, train_urls: list[str] | None = None):
+    from maskvlp.data.loader import EvalStream, eval_collate, slot_samples
+
+    skipped: Counter[str] = Counter()
+    if classes is None:  # labels named in the samples' json
+        metas = (s.get("json", b"{}") for s in slot_samples(urls, 0, 1, epoch_seed=None))
+        names = {m["label_name"] for m in map(_json, metas) if "label_name" in m}
+        classes = sorted(names) or None
+
+    def stream(paths: list[str], size: int, batch: int, counter: Counter[str]) -> Batches:
+        loader = torch.utils.data.DataLoader(
+            EvalStream(paths, size, skipped=counter), batch_size=batch, collate_fn=eval_collate
+        )
+        return loader
+
+    train = (lambda size, batch: stream(train_urls, size, batch, Counter())) if train_urls else None
+    return EvalSet(name, lambda size, batch: stream(urls, size, batch, skipped), classes, train, skipped=skipped)
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def manifest_set(cfg: Config, out_dir: Path, name: str) -> EvalSet:
+    """A maskvlp shard folder: its val split (train when it has none); the probe trains on train."""
+    from maskvlp.data.shards import load_manifest, shard_paths
+
+    val, train = shard_paths(out_dir, "val"), shard_paths(out_dir, "train")
+    classes = load_manifest(out_dir)["source"].get("classes") or None
+    if not val:
+        return shard_set(train, name, classes)
+    return shard_set(val, name, classes, train_urls=train)
+
+
+def val_set(cfg: Config, spec: str) -> EvalSet:
+    from maskvlp.data.shards import load_manifest, shard_paths
+
+    if not shard_paths(cfg.data.out_dir, "val"):
+        raise EvalSetError(f"no val split in {cfg.data.out_dir}: set data.val_fraction > 0 and re-run the shard stage")
+    classes = load_manifest(cfg.data.out_dir)["source"].get("classes") or None
+    return shard_set(
+        shard_paths(cfg.data.out_dir, "val"), "val", classes, train_urls=shard_paths(cfg.data.out_dir, "train")
+    )
+
+
+# ------------------------------------------------------------------------------- objects
+def objects_set(cfg: Config, spec: str) -> EvalSet:
+    """Single-object synthetic scenes, `eval.objects_per_class` per class, generated in memory (seeded
+    apart from the training data): zero-shot without the ambiguity of multi-object scenes."""
+    from maskvlp.data import synthetic
+    from maskvlp.data.transforms import to_uint8_tensor
+
+    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+        items, index = [], 0
+        counts = dict.fromkeys(range(len(synthetic.CLASS_NAMES)), 0)
+        while min(counts.values()) < cfg.eval.objects_per_class:
+            image, caption, meta = synthetic.generate_scene(cfg.seed + 7_000_003, index, size, 1, 1)
+            index += 1
+            if counts[meta["label"]] >= cfg.eval.objects_per_class:
+                continue
+            counts[meta["label"]] += 1
+            items.append((to_uint8_tensor(image), caption, meta))
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            yield {
+                "images": torch.stack([c[0] for c in chunk]),
+                "captions": [c[1] for c in chunk],
+                "metas": [c[2] for c in chunk],
+                "keys": [f"obj{i + j}" for j in range(len(chunk))],
+            }
+
+    return EvalSet("objects", batches, list(synthetic.CLASS_NAMES), retrieval=False)
+
+
+# ------------------------------------------------------------------------------- tables
+def table_set(cfg: Config, table: Path) -> EvalSet:
+    """A captions table with images on disk, cleaned as the shard stage cleans them (bad images and
+    malformed rows skipped and counted)."""
+    from dataclasses import replace
+
+    from maskvlp.data.normalise import clean_caption, decode_image, resize_center_crop, to_rgb
+    from maskvlp.data.sources import FolderSource, Skip
+    from maskvlp.data.transforms import to_uint8_tensor
+
+    folder = replace(cfg.data.folder, table=str(table), images_dir="")
+    source = FolderSource(replace(cfg, data=replace(cfg.data, folder=folder)))
+    skipped: Counter[str] = Counter()
+    labels = sorted({str(r[2]) for r in source.rows if not isinstance(r, Skip) and r[2] not in (None, "")})
+
+    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+        skipped.clear()
+        chunk: list[tuple[torch.Tensor, str, dict[str, Any], str]] = []
+        for item in source.items():
+            raw = source.load(item)
+            caption = clean_caption(raw.caption) if not isinstance(raw, Skip) else raw
+            if isinstance(caption, Skip):
+                skipped[caption.reason] += 1
+                continue
+            img = decode_image(raw.image, cfg.data.min_image_side)
+            if isinstance(img, Skip):
+                skipped[img.reason] += 1
+                continue
+            chunk.append((to_uint8_tensor(resize_center_crop(to_rgb(img), size)), caption, raw.meta, raw.key))
+            if len(chunk) == batch_size:
+                yield _stack(chunk)
+                chunk = []
+        if chunk:
+            yield _stack(chunk)
+
+    return EvalSet(dataset_name(str(table)), batches, labels or None, skipped=skipped)
+
+
+def _stack(chunk: list[tuple[torch.Tensor, str, dict[str, Any], str]]) -> dict[str, Any]:
+    return {
+        "images": torch.stack([c[0] for c in chunk]),
+        "captions": [c[1] for c in chunk],
+        "metas": [c[2] for c in chunk],
+        "keys": [c[3] for c in chunk],
+    }
+
+
+register_dataset("val", val_set)
+register_dataset("objects", objects_set)
