@@ -79,6 +79,14 @@ def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     assert "Running stage 'shard'" not in out
     assert "Running stage 'pretrain'" in out and "Running stage 'evaluate'" in out
 
+    # an edit of the shard cleaning code changes model inputs: pretrain and evaluate must re-run too
+    with open(repo / "src/maskvlp/data/clean.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    status = json.loads(run(["dvc", "status", "--json"], repo, tool_env).strip().splitlines()[-1])
+    for stage in ("shard", "pretrain", "evaluate"):
+        changed = [e["changed deps"] for e in status.get(stage, []) if isinstance(e, dict) and "changed deps" in e]
+        assert changed and "src/maskvlp" in changed[0], (stage, status)
+
     params = yaml.safe_load((repo / "params.yaml").read_text())  # a data param: everything
     params["data"]["synthetic"]["num_samples"] = 200
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -67,7 +67,7 @@ def test_rerun_replaces_stale_shards(tmp_path):
 
 
 def test_a_shard_is_only_visible_under_its_final_name_when_complete(tmp_path):
-    from maskvlp.data.normalise import CleanSample
+    from maskvlp.data.clean import CleanSample
 
     writer = AtomicShardWriter(tmp_path, "train", 2, "jpg")
     writer.write(CleanSample("a", b"x", "cap", {}))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from maskvlp.config import ConfigError
-from maskvlp.data.normalise import to_rgb
+from maskvlp.data.clean import to_rgb
 from maskvlp.data.shards import ShardError, shard
 
 from .conftest import make_cfg

@@ -251,9 +251,15 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and consistency checks that types alone cannot express. Raises ConfigError."""
+    # each choice list lives with its owner; imported here, at validation time, to keep this module light
+    from maskvlp.data.clean import IMAGE_FORMATS
+    from maskvlp.data.sources import SOURCES
+    from maskvlp.launch import EXECUTORS
+    from maskvlp.model import TEXT_PRESETS, VISION_PRESETS
+
     d = cfg.data
-    _choice("data.source", d.source, ("synthetic", "emoji", "folder", "shards"))
-    _choice("data.image_format", d.image_format, ("jpg", "png", "webp"))
+    _choice("data.source", d.source, tuple(SOURCES))
+    _choice("data.image_format", d.image_format, tuple(IMAGE_FORMATS))
     _check(d.image_size >= 8, "data.image_size", "must be >= 8 pixels", d.image_size)
     _check(d.min_image_side >= 1, "data.min_image_side", "must be >= 1 pixel", d.min_image_side)
     _check(1 <= d.jpeg_quality <= 100, "data.jpeg_quality", "must be in [1, 100]", d.jpeg_quality)
@@ -297,8 +303,8 @@ def validate(cfg: Config) -> None:
     _check(all(v > 0 for v in a.std), "data.augment.std", "must be positive", a.std)
 
     m = cfg.model
-    _choice("model.vision", m.vision, ("tiny", "S", "B", "L"))
-    _choice("model.text", m.text, ("tiny", "S", "B", "L"))
+    _choice("model.vision", m.vision, tuple(VISION_PRESETS))
+    _choice("model.text", m.text, tuple(TEXT_PRESETS))
     _check(m.patch_size >= 1, "model.patch_size", "must be >= 1", m.patch_size)
     _check(
         m.image_size >= m.patch_size and m.image_size % m.patch_size == 0,
@@ -375,7 +381,7 @@ def validate(cfg: Config) -> None:
     _check(ev.linear_probe_samples >= 2, "eval.linear_probe_samples", "must be >= 2", ev.linear_probe_samples)
 
     la = cfg.launcher
-    _choice("launcher.executor", la.executor, ("local", "slurm", "debug"))
+    _choice("launcher.executor", la.executor, EXECUTORS)
     _check(la.nodes >= 1, "launcher.nodes", "must be >= 1", la.nodes)
     _check(la.tasks_per_node >= 1, "launcher.tasks_per_node", "must be >= 1", la.tasks_per_node)
     _check(la.gpus_per_node >= 0, "launcher.gpus_per_node", "must be >= 0", la.gpus_per_node)

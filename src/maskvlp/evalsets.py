@@ -172,7 +172,7 @@ def table_set(cfg: Config, table: Path) -> EvalSet:
     malformed rows skipped and counted)."""
     from dataclasses import replace
 
-    from maskvlp.data.normalise import clean_caption, decode_image, resize_center_crop, to_rgb
+    from maskvlp.data.clean import clean_caption, decode_image, resize_center_crop, to_rgb
     from maskvlp.data.sources import FolderSource, Skip
     from maskvlp.data.transforms import to_uint8_tensor
 

@@ -23,6 +23,7 @@ from maskvlp.config import Config
 from maskvlp.runs import RunPaths
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+EXECUTORS = ("local", "slurm", "debug")  # launcher.executor
 
 
 class LaunchError(RuntimeError):

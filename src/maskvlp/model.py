@@ -182,7 +182,7 @@ class CLIP(nn.Module):
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one entry per token count; the model lives as long as a run)
     def train_flops_per_sample(self, kept_tokens: int) -> float:
-        """Training FLOPs per image-text pair with `kept_tokens` image tokens (docs/metrics.md):
+        """Training FLOPs per image-text pair with `kept_tokens` image tokens (docs/records.md):
         3 x forward (backward costs two forwards); forward = patch embedding of all L patches
         + per transformer block 2 x tokens x (block weights) + 4 x tokens^2 x width (the two attention
         matmuls), for the image tower at kept_tokens + 1 (class token) and the text tower at its context."""

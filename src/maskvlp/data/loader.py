@@ -165,7 +165,7 @@ class EvalStream(IterableDataset):
         self.skipped: Counter[str] = Counter() if skipped is None else skipped
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from maskvlp.data.normalise import clean_caption, decode_image, resize_center_crop, to_rgb
+        from maskvlp.data.clean import clean_caption, decode_image, resize_center_crop, to_rgb
 
         worker, workers = _worker()
         slot, num_slots = self.rank * workers + worker, self.world_size * workers
@@ -227,7 +227,7 @@ def read_images(path: str, limit: int, image_size: int, min_side: int = 1) -> tu
     by reason (as the shard stage counts them)."""
     from pathlib import Path
 
-    from maskvlp.data.normalise import decode_image, resize_center_crop, to_rgb
+    from maskvlp.data.clean import decode_image, resize_center_crop, to_rgb
     from maskvlp.data.shards import MANIFEST, shard_paths
 
     p = Path(path)

@@ -22,7 +22,7 @@ import webdataset as wds
 
 from maskvlp import __version__
 from maskvlp.config import Config, to_dict
-from maskvlp.data.normalise import CleanSample, normalise
+from maskvlp.data.clean import CleanSample, clean_sample
 from maskvlp.data.sources import RawSample, Skip, make_source
 from maskvlp.progress import Progress
 from maskvlp.resources import available_cpus
@@ -105,7 +105,7 @@ def _process(item) -> CleanSample | Skip:
     if isinstance(raw, Skip):
         return raw
     assert isinstance(raw, RawSample)
-    return normalise(raw, *_worker["args"])
+    return clean_sample(raw, *_worker["args"])
 
 
 def _results(source, cfg: Config, workers: int) -> Iterator[CleanSample | Skip]:

@@ -2,7 +2,7 @@
 
 A source lists light, picklable `items()` in the main process; `load(item)` runs in a worker and
 returns a :class:`RawSample` (image as a PIL image or undecoded bytes) or a :class:`Skip` naming
-why the input cannot be used. Decoding and checking the bytes happens later, in `normalise.py`.
+why the input cannot be used. Decoding and checking the bytes happens later, in `clean.py`.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _read_delimited(path: Path, delimiter: str) -> Table:
     instead of being glued into the next row's path (pandas does that silently)."""
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     rows: list[tuple[int, dict[str, Any]] | Skip] = []
-    # surrogateescape keeps a row with bad bytes readable; normalise.py then skips that caption
+    # surrogateescape keeps a row with bad bytes readable; clean.py then skips that caption
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
@@ -325,6 +325,9 @@ class ShardSource:
             yield RawSample(sanitize_key(key), files[image_ext], files["txt"], meta)
 
 
+# data.source -> its class (config validation takes the choices from here)
+SOURCES = {"synthetic": SyntheticSource, "emoji": EmojiSource, "folder": FolderSource, "shards": ShardSource}
+
+
 def make_source(cfg: Config):
-    kinds = {"synthetic": SyntheticSource, "emoji": EmojiSource, "folder": FolderSource, "shards": ShardSource}
-    return kinds[cfg.data.source](cfg)
+    return SOURCES[cfg.data.source](cfg)

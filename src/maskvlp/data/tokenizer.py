@@ -13,8 +13,6 @@ class Tokenizer:
 
         self.context_length = context_length
         self._tok = SimpleTokenizer(context_length=context_length)
-        self.vocab_size = len(self._tok.encoder)
-        self.eot_token = self._tok.eot_token_id
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         return self._tok(list(texts), context_length=self.context_length)

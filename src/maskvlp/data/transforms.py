@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskvlp.data.normalise import to_rgb
+from maskvlp.data.clean import to_rgb
 
 
 def random_resized_crop_box(

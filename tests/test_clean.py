@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from maskvlp.data.normalise import center_square, decode_image, resize_center_crop
+from maskvlp.data.clean import center_square, decode_image, resize_center_crop
 from maskvlp.data.transforms import train_image
 
 sides = st.integers(min_value=1, max_value=4096)

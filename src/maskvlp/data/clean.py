@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maskvlp.data.sources import RawSample, Skip
 
-_PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}  # data.image_format -> Pillow format
 
 
 @dataclass
@@ -101,7 +101,7 @@ def clean_caption(caption: str | bytes | None) -> str | Skip:
     return caption if caption else Skip("empty_caption")
 
 
-def normalise(
+def clean_sample(
     raw: RawSample, image_size: int, image_format: str, jpeg_quality: int, min_image_side: int = 1
 ) -> CleanSample | Skip:
     """Generated images (PIL) are used as they are; encoded ones are decoded and must have a shorter
@@ -118,5 +118,5 @@ def normalise(
         return Skip("unreadable_image", raw.key, str(exc))
     buf = io.BytesIO()
     opts = {"quality": jpeg_quality} if image_format in ("jpg", "webp") else {}
-    rgb.save(buf, format=_PIL_FORMAT[image_format], **opts)
+    rgb.save(buf, format=IMAGE_FORMATS[image_format], **opts)
     return CleanSample(raw.key, buf.getvalue(), caption, raw.meta)
