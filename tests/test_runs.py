@@ -82,6 +82,12 @@ def test_result_record_after_a_complete_run_and_after_evaluation(shards, tmp_pat
     assert record["eval"]["zeroshot/objects/top1"] >= 0 and "retrieval/val/i2t_r1" in record["eval"]
     [run] = list_runs(tmp_path)
     assert run.name == "default" and run.metrics == record["eval"]
+    # a fresh run in the same folder (as `dvc repro` starts one) keeps nothing of the earlier record
+    for path in run_paths(cfg).checkpoints.iterdir():
+        path.unlink()
+    run_paths(cfg).model.unlink()
+    pretrain(cfg, progress=False)
+    assert "eval" not in read_result(paths) and read_result(paths)["status"] == "complete"
 
 
 def test_result_record_after_a_stop_and_a_failure(shards, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ from maskvlp.loss import distributed_clip_loss
 from maskvlp.masking import MaskResult, calibrate_threshold, compute_mask, describe, fusion_weight, get_strategy
 from maskvlp.model import CLIP
 from maskvlp.resources import CpuShare, cpu_share_applied
-from maskvlp.runs import RunPaths, run_paths, update_result
+from maskvlp.runs import RunPaths, run_paths, update_result, write_json_atomic
 from maskvlp.schedule import Budget, lr_at, make_budget
 from maskvlp.trainlog import TrainLog
 
@@ -260,9 +260,16 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             "cpu_share": share.record(),
         }
         paths.info.write_text(json.dumps(info, indent=2) + "\n")
-        update_result(
-            paths, status="running", git_commit=info["git_commit"], steps=step, total_steps=budget.total_steps
-        )
+        start = {
+            "status": "running",
+            "git_commit": info["git_commit"],
+            "steps": step,
+            "total_steps": budget.total_steps,
+        }
+        if state is None:  # a fresh run: nothing of an earlier run in this folder (e.g. its eval) may survive
+            write_json_atomic(paths.result, start)
+        else:
+            update_result(paths, **start)
 
     ddp = DistributedDataParallel(model) if env.world_size > 1 else None
     forward = ddp or model

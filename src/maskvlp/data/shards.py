@@ -26,6 +26,7 @@ from maskvlp.data.clean import CleanSample, clean_sample
 from maskvlp.data.sources import RawSample, Skip, make_source
 from maskvlp.progress import Progress
 from maskvlp.resources import available_cpus
+from maskvlp.runs import write_json_atomic
 
 MANIFEST = "manifest.json"
 SIZES = "sizes.json"  # open_clip's per-shard sample counts ({shard file name: count})
@@ -48,12 +49,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class AtomicShardWriter:
