@@ -153,15 +153,8 @@ def objects_set(cfg: Config, spec: str) -> EvalSet:
             if counts[meta["label"]] >= cfg.eval.objects_per_class:
                 continue
             counts[meta["label"]] += 1
-            items.append((to_uint8_tensor(image), caption, meta))
-        for i in range(0, len(items), batch_size):
-            chunk = items[i : i + batch_size]
-            yield {
-                "images": torch.stack([c[0] for c in chunk]),
-                "captions": [c[1] for c in chunk],
-                "metas": [c[2] for c in chunk],
-                "keys": [f"obj{i + j}" for j in range(len(chunk))],
-            }
+            items.append(_item(to_uint8_tensor(image), caption, f"obj{len(items)}", meta))
+        yield from _batched(items, batch_size)
 
     return EvalSet("objects", batches, list(synthetic.CLASS_NAMES), retrieval=False)
 
@@ -181,9 +174,8 @@ def table_set(cfg: Config, table: Path) -> EvalSet:
     skipped: Counter[str] = Counter()
     labels = sorted({str(r[2]) for r in source.rows if not isinstance(r, Skip) and r[2] not in (None, "")})
 
-    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+    def items(size: int) -> Iterator[dict[str, Any]]:
         skipped.clear()
-        chunk: list[tuple[torch.Tensor, str, dict[str, Any], str]] = []
         for item in source.items():
             raw = source.load(item)
             caption = clean_caption(raw.caption) if not isinstance(raw, Skip) else raw
@@ -194,23 +186,31 @@ def table_set(cfg: Config, table: Path) -> EvalSet:
             if isinstance(img, Skip):
                 skipped[img.reason] += 1
                 continue
-            chunk.append((to_uint8_tensor(resize_center_crop(to_rgb(img), size)), caption, raw.meta, raw.key))
-            if len(chunk) == batch_size:
-                yield _stack(chunk)
-                chunk = []
-        if chunk:
-            yield _stack(chunk)
+            yield _item(to_uint8_tensor(resize_center_crop(to_rgb(img), size)), caption, raw.key, raw.meta)
+
+    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+        yield from _batched(items(size), batch_size)
 
     return EvalSet(dataset_name(str(table)), batches, labels or None, skipped=skipped)
 
 
-def _stack(chunk: list[tuple[torch.Tensor, str, dict[str, Any], str]]) -> dict[str, Any]:
-    return {
-        "images": torch.stack([c[0] for c in chunk]),
-        "captions": [c[1] for c in chunk],
-        "metas": [c[2] for c in chunk],
-        "keys": [c[3] for c in chunk],
-    }
+def _item(image: torch.Tensor, caption: str, key: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """One sample as the evaluation stream yields it (data/loader.py EvalStream)."""
+    return {"image": image, "caption": caption, "key": key, "meta": meta}
+
+
+def _batched(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
+    """Samples -> batches, collated as the shard sets' DataLoader collates them."""
+    from maskvlp.data.loader import eval_collate
+
+    chunk: list[dict[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == batch_size:
+            yield eval_collate(chunk)
+            chunk = []
+    if chunk:
+        yield eval_collate(chunk)
 
 
 register_dataset("val", val_set)

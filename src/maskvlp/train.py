@@ -291,11 +291,9 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     )
     batches = iter(train_loader(spec, share.loader_workers, start_step=step * t.accum_steps))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    session = Session(
-        cfg, env, device, paths, model, forward, ddp, optimizer, budget, batches, autocast, threshold, step
+    return Session(
+        cfg, env, device, paths, model, forward, ddp, optimizer, budget, batches, autocast, threshold, step, totals
     )
-    session.totals = totals
-    return session
 
 
 @dataclass
