@@ -211,7 +211,37 @@ def test_rgb_embed_fusion_moves_similarity_to_the_embedding():
         partner = rgb_partner if expected_partner == "rgb" else embed_partner
         assert clustered[0].nonzero().flatten().tolist() == sorted([k, partner])
     assert masking.fusion_weight(0, 100) == 0 and masking.fusion_weight(50, 100) == 0.5
-    assert masking.fusion_weight(500, 100) == 1.0 and masking.fusion_weight(10, 0) == 1.0
+    assert masking.fusion_weight(500, 100) == 1.0
+    with pytest.raises(ValueError, match="fusion_samples"):
+        masking.fusion_weight(10, 0)
+
+
+def test_fusion_samples_default_to_the_budget_and_zero_is_refused_with_the_embedding():
+    from maskvlp.config import ConfigError, load_config
+
+    cfg = load_config(None, ["masking.features=rgb+embed", "train.samples=5000"])
+    assert cfg.masking.fusion_samples == 5000  # the weight starts at 0 and reaches 1 at the end of the run
+    assert cfg.masking.anchor_ratio == 0.03  # the official 6 anchors of 196
+    with pytest.raises(ConfigError, match="fusion_samples must be >= 1 with features rgb\\+embed"):
+        load_config(None, ["masking.features=rgb+embed", "masking.fusion_samples=0"])
+
+
+@pytest.mark.parametrize("features", ["rgb", "rgb+embed"])
+def test_mask_is_the_same_under_bf16_autocast(features):
+    """Clusters are computed in fp32 whatever autocast is active (GPU training runs under bf16)."""
+    from maskvlp.config import load_config
+    from maskvlp.model import CLIP
+    from maskvlp.train import choose_mask
+
+    cfg = load_config(None, [f"masking.features={features}", "masking.threshold=0.3", "train.samples=100"])
+    torch.manual_seed(0)
+    model = CLIP.from_config(cfg.model)
+    images = torch.randn(8, 3, 64, 64) + torch.linspace(-1, 1, 64)  # structure for clusters to find
+    plain = choose_mask(cfg, model, images, 3, 0, 0, True, 0.3, samples_seen=50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = choose_mask(cfg, model, images, 3, 0, 0, True, 0.3, samples_seen=50)
+    assert torch.equal(plain.keep_idx, under.keep_idx)
+    assert torch.equal(plain.clustered, under.clustered)
 
 
 # -------------------------------------------------------------------------------- official

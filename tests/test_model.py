@@ -112,3 +112,66 @@ def test_bad_shapes_are_refused():
         CLIP(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="model.vision"):
         CLIP(vision="XL")
+
+
+def test_flip_options_sincos_positions_and_average_pooling():
+    torch.manual_seed(0)
+    m = CLIP("tiny", "tiny", 32, 8, 16, 8, pos_embed="sincos", pool="avg", init_temperature=0.01)
+    names = dict(m.named_parameters())
+    assert "visual.positional_embedding" not in names and "visual.class_embedding" not in names  # fixed, no cls
+    assert m.visual.positional_embedding.shape == (16, 128)  # one row per patch
+    assert m.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
+    images = torch.randn(2, 3, 32, 32)
+    x = m.visual.patch_tokens(images)
+    keep = torch.tensor([[0, 3, 5, 9], [1, 2, 8, 15]])
+    kept = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+    v = m.visual
+    expected = v.ln_post(v.transformer(v.ln_pre(kept)).mean(1)) @ v.proj  # the mean of the kept tokens
+    torch.testing.assert_close(v(images, keep), expected)
+    # FLOPs count exactly the kept tokens (no class token) and the sin-cos table is the same in every model
+    cls_model = CLIP("tiny", "tiny", 32, 8, 16, 8)
+    assert m.train_flops_per_sample(4) < cls_model.train_flops_per_sample(4)
+    assert m.train_flops_per_sample(4) == CLIP("tiny", "tiny", 32, 8, 16, 8, pool="avg").train_flops_per_sample(4)
+    torch.manual_seed(1)
+    other = CLIP("tiny", "tiny", 32, 8, 16, 8, pos_embed="sincos", pool="avg")
+    assert torch.equal(other.visual.positional_embedding, m.visual.positional_embedding)
+
+
+def test_sincos_positions_tell_patches_apart():
+    from maskvlp.model import sincos_positions
+
+    pos = sincos_positions(8, 64)
+    assert pos.shape == (64, 64)
+    sim = torch.nn.functional.normalize(pos, dim=1) @ torch.nn.functional.normalize(pos, dim=1).T
+    assert (sim - torch.eye(64)).max() < 0.999  # no two patches share a position code
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(4, 30)
+
+
+def decayed_names(cfg) -> dict[str, bool]:
+    """{parameter name: weight-decayed?} of the optimizer the training loop builds for cfg."""
+    from maskvlp.train import build_optimizer
+
+    model = CLIP.from_config(cfg.model)
+    decayed = {id(p) for p in build_optimizer(model, cfg).param_groups[0]["params"]}
+    return {n: id(p) in decayed for n, p in model.named_parameters()}
+
+
+def test_recipe_flip_sets_the_papers_values_and_explicit_keys_win():
+    from maskvlp.config import load_config
+
+    cfg = load_config(None, ["train.recipe=flip", "train.beta2=0.9"])
+    t, m, a = cfg.train, cfg.model, cfg.data.augment
+    assert (t.lr, t.lr_scaling, t.beta1, t.weight_decay) == (4e-6, "linear", 0.9, 0.2)
+    assert t.beta2 == 0.9  # set beside the recipe: wins
+    assert (a.crop_scale_min, a.crop_scale_max, a.hflip) == (0.5, 1.0, True)
+    assert (m.pos_embed, m.pool, m.context_length, m.init_temperature) == ("sincos", "avg", 32, 0.01)
+    # FLIP: no decay on biases, norms, class token, positions; decay on the token embedding and matrices
+    d = decayed_names(load_config(None, ["train.recipe=flip", "model.pos_embed=learned", "model.pool=cls"]))
+    assert not d["visual.positional_embedding"] and not d["visual.class_embedding"]
+    assert not d["text.positional_embedding"] and not d["visual.ln_pre.weight"] and not d["logit_scale"]
+    assert d["text.token_embedding.weight"] and d["visual.transformer.blocks.0.qkv.weight"]
+    # open_clip (cluster recipe): only 1-D parameters and the temperature escape decay
+    d = decayed_names(load_config(None, ["train.recipe=cluster"]))
+    assert d["visual.positional_embedding"] and not d["visual.class_embedding"]
+    assert load_config(None, ["train.recipe=cluster"]).model.context_length == 77

@@ -56,8 +56,10 @@ class ShardSourceConfig:
 
 @dataclass
 class AugmentConfig:
-    crop_scale_min: float = 0.9  # RandomResizedCrop area scale range (training only)
-    crop_scale_max: float = 1.0
+    # null = from train.recipe (recipes.py)
+    crop_scale_min: float | None = None  # RandomResizedCrop area scale range (training only)
+    crop_scale_max: float | None = None
+    hflip: bool | None = None  # random horizontal flip (training only; contradicts left/right captions)
     crop_ratio_min: float = 0.75
     crop_ratio_max: float = 1.3333333
     mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
@@ -92,7 +94,11 @@ class ModelConfig:
     image_size: int = 64  # model input resolution (training crops and evaluation resize)
     patch_size: int = 8
     embed_dim: int = 128  # shared image-text embedding width
-    context_length: int = 32  # text tokens (CLIP BPE, including start/end tokens)
+    # null = from train.recipe (recipes.py)
+    context_length: int | None = None  # text tokens (CLIP BPE, including start/end tokens)
+    pos_embed: str | None = None  # image positions: learned | sincos (fixed 2-D sin-cos, FLIP)
+    pool: str | None = None  # image feature: cls (class token) | avg (mean of the kept tokens, FLIP)
+    init_temperature: float | None = None  # initial softmax temperature (logit scale = 1 / this)
 
 
 # -------------------------------------------------------------------------------------- masking
@@ -100,10 +106,12 @@ class ModelConfig:
 class MaskingConfig:
     strategy: str = "cluster"  # none | random | cluster
     ratio: float = 0.5  # fraction of patch tokens removed, fixed per run
-    anchor_ratio: float = 0.05  # cluster: fraction of patches drawn as anchors
+    anchor_ratio: float = 0.03  # cluster: fraction of patches drawn as anchors (official: 6 of 196)
     threshold: float = 0.5  # cluster: similarity (Pearson) above which a patch joins an anchor
     features: str = "rgb"  # cluster: rgb | rgb+embed
-    fusion_samples: int = 0  # rgb+embed: samples seen over which the mix moves from RGB to embed
+    fusion_samples: int | None = (
+        None  # rgb+embed: samples over which the mix moves from RGB to embed; null = train.samples
+    )
     mode: str = "exact"  # exact (fixed ratio) | official (batch-minimum token count)
     min_mask_ratio: float = 0.3  # official mode only
     calibrate_coverage: float = 0.0  # >0: pick the threshold so mean cluster coverage hits this
@@ -116,20 +124,27 @@ class TrainConfig:
     runs_dir: str = "runs"
     samples: int = 30000  # training budget in samples seen
     batch_size: int = 64  # per process
-    lr: float = 5e-4  # base learning rate per 256 samples, scaled by the global batch
+    recipe: str = "default"  # default | flip | cluster: fills the keys below left at null (recipes.py)
+    lr: float | None = None  # base learning rate per 256 samples, scaled to the global batch by lr_scaling
+    lr_scaling: str | None = None  # linear | sqrt | none (lr is absolute)
     warmup_samples: int = 3000
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
+    weight_decay: float | None = None
+    no_decay: list[str] | None = None  # parameter-name parts exempt from weight decay (1-D ones always are)
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
     grad_clip: float = 0.0  # 0 = off
     accum_steps: int = 1
+    accum_mode: str = "cache"  # cache: one contrastive batch of accum x batch | micro: a loss per micro-batch
     precision: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
     compile: bool = False
     grad_checkpointing: bool = False
     local_loss: bool = False
     unmasked_tuning_samples: int = 0  # FLIP: final samples trained with masking off
-    unmasked_tuning_lr_scale: float = 0.1
+    unmasked_tuning_lr_scale: float = 0.1  # the tuning phase's peak lr, relative to the masked phase's
+    unmasked_tuning_warmup_fraction: float = 0.1  # of the tuning phase, warmup to its peak, then cosine
+    unmasked_tuning_batch_size: int = 0  # per process in the tuning phase; 0 = train.batch_size
+    unmasked_tuning_grad_checkpointing: bool = False  # full token count: trade compute for memory there
     checkpoint_every_samples: int = 10000
     eval_every_samples: int = 0  # > 0: evaluate eval.subset_samples val pairs this often (TensorBoard, result.json)
     keep_checkpoints: int = 2
@@ -226,8 +241,26 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
             raise _omegaconf_error(exc, f"--set {item}") from exc
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, Config)
+    resolve_derived(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_derived(cfg: Config) -> None:
+    """Fill the keys left at null: recipe keys from `train.recipe` (recipes.py), and
+    masking.fusion_samples from the training budget. Values given explicitly are kept."""
+    from maskvlp.recipes import RECIPES
+
+    _choice("train.recipe", cfg.train.recipe, tuple(RECIPES))
+    for key, value in RECIPES[cfg.train.recipe].items():
+        *parents, leaf = key.split(".")
+        node: Any = cfg
+        for part in parents:
+            node = getattr(node, part)
+        if getattr(node, leaf) is None:
+            setattr(node, leaf, list(value) if isinstance(value, list) else value)
+    if cfg.masking.fusion_samples is None:
+        cfg.masking.fusion_samples = cfg.train.samples
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -252,10 +285,12 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def validate(cfg: Config) -> None:
     """Range and consistency checks that types alone cannot express. Raises ConfigError."""
     # each choice list lives with its owner; imported here, at validation time, to keep this module light
+    from maskvlp.accumulate import ACCUMULATORS
     from maskvlp.data.clean import IMAGE_FORMATS
     from maskvlp.data.sources import SOURCES
     from maskvlp.launch import EXECUTORS
-    from maskvlp.model import TEXT_PRESETS, VISION_PRESETS
+    from maskvlp.model import POOLS, POS_EMBEDS, TEXT_PRESETS, VISION_PRESETS
+    from maskvlp.recipes import LR_SCALING
 
     d = cfg.data
     _choice("data.source", d.source, tuple(SOURCES))
@@ -314,6 +349,9 @@ def validate(cfg: Config) -> None:
     )
     _check(m.embed_dim >= 1, "model.embed_dim", "must be >= 1", m.embed_dim)
     _check(m.context_length >= 3, "model.context_length", "must be >= 3", m.context_length)
+    _choice("model.pos_embed", m.pos_embed, POS_EMBEDS)
+    _choice("model.pool", m.pool, POOLS)
+    _check(0 < m.init_temperature <= 1, "model.init_temperature", "must be in (0, 1]", m.init_temperature)
 
     k = cfg.masking
     from maskvlp import masking  # the strategies own their choices and checks (masking.register_strategy)
@@ -333,6 +371,8 @@ def validate(cfg: Config) -> None:
     _check(t.samples >= 1, "train.samples", "must be >= 1", t.samples)
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    _choice("train.lr_scaling", t.lr_scaling, LR_SCALING)
+    _choice("train.accum_mode", t.accum_mode, tuple(ACCUMULATORS))
     _check(t.warmup_samples >= 0, "train.warmup_samples", "must be >= 0", t.warmup_samples)
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)", (t.beta1, t.beta2))
@@ -345,6 +385,18 @@ def validate(cfg: Config) -> None:
         "train.unmasked_tuning_samples",
         f"must be in [0, train.samples={t.samples})",
         t.unmasked_tuning_samples,
+    )
+    _check(
+        0 <= t.unmasked_tuning_warmup_fraction < 1,
+        "train.unmasked_tuning_warmup_fraction",
+        "must be in [0, 1)",
+        t.unmasked_tuning_warmup_fraction,
+    )
+    _check(
+        t.unmasked_tuning_batch_size >= 0,
+        "train.unmasked_tuning_batch_size",
+        "must be >= 0 (0 = train.batch_size)",
+        t.unmasked_tuning_batch_size,
     )
     _check(t.unmasked_tuning_lr_scale > 0, "train.unmasked_tuning_lr_scale", "must be > 0", t.unmasked_tuning_lr_scale)
     _check(

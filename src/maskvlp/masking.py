@@ -378,8 +378,12 @@ def _check_cluster(k: Any, num_patches: int) -> None:
         raise ValueError(f"masking.mode must be one of {', '.join(CLUSTER_MODES)}, got {k.mode!r}")
     if not 0.0 <= k.min_mask_ratio < 1.0:
         raise ValueError(f"masking.min_mask_ratio must be in [0, 1), got {k.min_mask_ratio!r}")
-    if k.fusion_samples < 0:
-        raise ValueError(f"masking.fusion_samples must be >= 0, got {k.fusion_samples!r}")
+    if k.fusion_samples is not None and k.fusion_samples < (1 if k.features == "rgb+embed" else 0):
+        raise ValueError(
+            "masking.fusion_samples must be >= 1 with features rgb+embed: the embedding's weight grows from 0 "
+            "(RGB only, while the embedding is untrained) over this many samples, as the paper's epoch/32; "
+            f"null = the training budget, got {k.fusion_samples!r}"
+        )
 
 
 def _describe_cluster(k: Any) -> str:
@@ -402,8 +406,10 @@ register_strategy(
 
 def fusion_weight(samples_seen: int, fusion_samples: int) -> float:
     """rgb+embed schedule: the weight of the embedding similarity grows linearly from 0 to 1 over
-    `fusion_samples` samples (the paper uses epoch / 32)."""
-    return 1.0 if fusion_samples <= 0 else min(1.0, samples_seen / fusion_samples)
+    `fusion_samples` samples (the paper uses epoch / 32, over its 32 epochs: the whole run)."""
+    if fusion_samples <= 0:
+        raise ValueError(f"fusion_samples must be >= 1, got {fusion_samples}")
+    return min(1.0, samples_seen / fusion_samples)
 
 
 # ---------------------------------------------------------------------------- calibration

@@ -43,6 +43,26 @@ TEXT_PRESETS = {
 }
 
 
+POS_EMBEDS = ("learned", "sincos")  # image positions: learned (CLIP) | fixed 2-D sin-cos (FLIP, MAE)
+POOLS = ("cls", "avg")  # image feature: the class token (CLIP) | the mean of the kept tokens (FLIP)
+
+
+def sincos_positions(grid: int, width: int) -> torch.Tensor:
+    """(grid*grid, width) fixed 2-D sin-cos positions (as MAE / FLIP): half the channels encode the
+    row, half the column, each as sin and cos at geometrically spaced frequencies."""
+    if width % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")
+    freqs = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None] * freqs[None, :]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: fused qkv projection, SDPA, 4x GELU MLP."""
 
@@ -83,18 +103,36 @@ class Transformer(nn.Module):
 
 
 class VisionTower(nn.Module):
-    def __init__(self, shape: TowerShape, image_size: int, patch_size: int, embed_dim: int):
+    def __init__(
+        self,
+        shape: TowerShape,
+        image_size: int,
+        patch_size: int,
+        embed_dim: int,
+        pos_embed: str = "learned",
+        pool: str = "cls",
+    ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"model.image_size {image_size} is not a multiple of model.patch_size {patch_size}")
+        if pos_embed not in POS_EMBEDS or pool not in POOLS:
+            raise ValueError(f"model.pos_embed must be in {POS_EMBEDS} and model.pool in {POOLS}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.num_patches = self.grid**2
+        self.pool = pool
+        self.has_cls = pool == "cls"
         w = shape.width
         scale = w**-0.5
         self.patch_embed = nn.Conv2d(3, w, patch_size, stride=patch_size, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(w))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(self.num_patches + 1, w))
+        if self.has_cls:
+            self.class_embedding = nn.Parameter(scale * torch.randn(w))
+        rows = self.num_patches + int(self.has_cls)  # the class token's position comes first
+        if pos_embed == "learned":
+            self.positional_embedding = nn.Parameter(scale * torch.randn(rows, w))
+        else:  # fixed: a buffer, so neither trained nor decayed; the class token's position is zero
+            fixed = torch.cat([torch.zeros(int(self.has_cls), w), sincos_positions(self.grid, w)])
+            self.register_buffer("positional_embedding", fixed)
         self.ln_pre = nn.LayerNorm(w)
         self.transformer = Transformer(shape, causal=False)
         self.ln_post = nn.LayerNorm(w)
@@ -103,18 +141,20 @@ class VisionTower(nn.Module):
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) normalised -> layer-0 tokens (B, L, width): patch embedding + position."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        return x + self.positional_embedding[1:].to(x.dtype)
+        return x + self.positional_embedding[int(self.has_cls) :].to(x.dtype)
 
     def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         """images: (B, 3, H, W) normalised; keep_idx: (B, n_keep) long or None (all patches).
         Returns image features (B, embed_dim), not normalised."""
         x = self.patch_tokens(images)
-        if keep_idx is not None:
+        if keep_idx is not None:  # None: every patch, and no gather (nor its scatter in backward)
             x = torch.gather(x, 1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
-        cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype).expand(x.shape[0], 1, -1)
-        x = self.ln_pre(torch.cat([cls, x], dim=1))
-        x = self.transformer(x)
-        return self.ln_post(x[:, 0]) @ self.proj
+        if self.has_cls:
+            cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)
+        x = self.transformer(self.ln_pre(x))
+        pooled = x[:, 0] if self.has_cls else x.mean(dim=1)
+        return self.ln_post(pooled) @ self.proj
 
 
 class TextTower(nn.Module):
@@ -145,18 +185,31 @@ class CLIP(nn.Module):
         patch_size: int = 8,
         embed_dim: int = 128,
         context_length: int = 32,
+        pos_embed: str = "learned",
+        pool: str = "cls",
+        init_temperature: float = 0.07,
     ):
         super().__init__()
         for name, value, presets in (("vision", vision, VISION_PRESETS), ("text", text, TEXT_PRESETS)):
             if value not in presets:
                 raise ValueError(f"model.{name} must be one of {', '.join(presets)}, got {value!r}")
-        self.visual = VisionTower(VISION_PRESETS[vision], image_size, patch_size, embed_dim)
+        self.visual = VisionTower(VISION_PRESETS[vision], image_size, patch_size, embed_dim, pos_embed, pool)
         self.text = TextTower(TEXT_PRESETS[text], context_length, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
 
     @classmethod
     def from_config(cls, m) -> CLIP:
-        return cls(m.vision, m.text, m.image_size, m.patch_size, m.embed_dim, m.context_length)
+        return cls(
+            m.vision,
+            m.text,
+            m.image_size,
+            m.patch_size,
+            m.embed_dim,
+            m.context_length,
+            m.pos_embed,
+            m.pool,
+            m.init_temperature,
+        )
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.visual.transformer.grad_checkpointing = enabled
@@ -185,7 +238,7 @@ class CLIP(nn.Module):
         """Training FLOPs per image-text pair with `kept_tokens` image tokens (docs/records.md):
         3 x forward (backward costs two forwards); forward = patch embedding of all L patches
         + per transformer block 2 x tokens x (block weights) + 4 x tokens^2 x width (the two attention
-        matmuls), for the image tower at kept_tokens + 1 (class token) and the text tower at its context."""
+        matmuls), for the image tower at kept_tokens (+ 1 with a class token) and the text tower at its context."""
 
         def tower(transformer: Transformer, n: int) -> float:
             total = 0.0
@@ -197,13 +250,16 @@ class CLIP(nn.Module):
         vis = self.visual
         patch = 2 * vis.num_patches * vis.patch_embed.weight.numel()
         context = self.text.positional_embedding.shape[0]
-        return 3 * (patch + tower(vis.transformer, kept_tokens + 1) + tower(self.text.transformer, context))
+        return 3 * (
+            patch + tower(vis.transformer, kept_tokens + int(vis.has_cls)) + tower(self.text.transformer, context)
+        )
 
     def nonembedding_params(self) -> dict[str, int]:
         """Parameters per tower without the embedding tables (patch embedding, token embedding, positions,
         class token): what "model size" means in scaling laws; the 49k-token table dominates tiny text towers."""
         vis, txt = self.visual, self.text
-        vis_embed = vis.patch_embed.weight.numel() + vis.positional_embedding.numel() + vis.class_embedding.numel()
+        embeds = [vis.patch_embed.weight, vis.positional_embedding, getattr(vis, "class_embedding", None)]
+        vis_embed = sum(p.numel() for p in embeds if isinstance(p, nn.Parameter))
         txt_embed = txt.token_embedding.weight.numel() + txt.positional_embedding.numel()
         return {"vision": count_params(vis) - vis_embed, "text": count_params(txt) - txt_embed}
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from maskvlp.accumulate import ACCUMULATORS
 from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from maskvlp.config import Config, to_dict, to_yaml
 from maskvlp.data.loader import StreamSpec, read_images, train_loader
@@ -30,7 +31,6 @@ from maskvlp.data.shards import MANIFEST, check_manifest, load_manifest, sha256_
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, any_rank, init_distributed
 from maskvlp.evaluate import SubsetEvaluator
-from maskvlp.loss import distributed_clip_loss
 from maskvlp.masking import MaskResult, calibrate_threshold, compute_mask, describe, fusion_weight, get_strategy
 from maskvlp.model import CLIP
 from maskvlp.resources import CpuShare, cpu_share_applied
@@ -96,10 +96,12 @@ class StopRequest:
 
 
 def build_optimizer(model: CLIP, cfg: Config) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: not on gains, biases, embeddings or the temperature."""
+    """AdamW with weight decay on matrices only: never on 1-D parameters (gains, biases, class token)
+    or the temperature, nor on parameters whose name contains a part listed in train.no_decay (the
+    recipe's: positions for FLIP, every embedding for the default, none for open_clip's)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        exempt = p.ndim < 2 or "embedding" in name or "logit_scale" in name
+        exempt = p.ndim < 2 or "logit_scale" in name or any(part in name for part in cfg.train.no_decay)
         (no_decay if exempt else decay).append(p)
     t = cfg.train
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -127,7 +129,8 @@ def choose_mask(
     strategy (from the masking registry) in the masked phase, every token in the unmasked one."""
     k = replace(cfg.masking, threshold=threshold) if masked else replace(cfg.masking, strategy="none")
     gen = torch.Generator(device=images.device).manual_seed(mask_seed(cfg.seed, rank, step, micro))
-    with torch.no_grad():
+    # fp32 whatever autocast the caller runs under: clusters must not depend on the device's precision
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
         embed_tokens, weight = None, 0.0
         if get_strategy(k.strategy).wants_embed_tokens(k):
             weight = fusion_weight(samples_seen, k.fusion_samples)
@@ -196,13 +199,16 @@ class Session:
     batches: Any
     autocast: Any
     threshold: float
+    spec: StreamSpec
+    loader_workers: int
     step: int = 0
+    tuning: bool = False  # in the unmasked tuning phase (its loader, compiled graph and checkpointing set up)
     # totals over the whole run, carried across resumes in the checkpoints
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
 
     @property
     def samples_seen(self) -> int:
-        return self.step * self.budget.global_batch
+        return self.budget.samples_at(self.step)
 
 
 TOTALS = ("train_flops", "wall_s", "mask_ratio_sum", "coverage_sum", "micro_batches")
@@ -222,16 +228,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     if t.grad_checkpointing:
         model.set_grad_checkpointing()
     optimizer = build_optimizer(model, cfg)
-    budget = make_budget(
-        t.samples,
-        t.unmasked_tuning_samples,
-        t.batch_size,
-        env.world_size,
-        t.accum_steps,
-        t.warmup_samples,
-        t.checkpoint_every_samples,
-        t.lr,
-    )
+    budget = make_budget(t, env.world_size)
     step, totals = 0, dict.fromkeys(TOTALS, 0.0)
     if state is not None:
         try:
@@ -272,9 +269,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             update_result(paths, **start)
 
     ddp = DistributedDataParallel(model) if env.world_size > 1 else None
-    forward = ddp or model
-    if t.compile:
-        forward = torch.compile(forward, dynamic=False)
+    forward = torch.compile(ddp or model, dynamic=False) if t.compile else (ddp or model)
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     spec = StreamSpec(
         tuple(shard_paths(cfg.data.out_dir, "train")),
@@ -288,17 +283,64 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         (cfg.data.augment.crop_scale_min, cfg.data.augment.crop_scale_max),
         (cfg.data.augment.crop_ratio_min, cfg.data.augment.crop_ratio_max),
         streams=max(1, cfg.data.loader_workers),
+        hflip=bool(cfg.data.augment.hflip),
     )
-    batches = iter(train_loader(spec, share.loader_workers, start_step=step * t.accum_steps))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    return Session(
-        cfg, env, device, paths, model, forward, ddp, optimizer, budget, batches, autocast, threshold, step, totals
+    s = Session(
+        cfg,
+        env,
+        device,
+        paths,
+        model,
+        forward,
+        ddp,
+        optimizer,
+        budget,
+        None,
+        autocast,
+        threshold,
+        spec,
+        share.loader_workers,
+        step,
+        totals=totals,
     )
+    if step >= budget.masked_steps:  # resumed inside the unmasked tuning phase
+        enter_tuning(s)
+    else:
+        s.batches = iter(train_loader(spec, share.loader_workers, start_step=step * t.accum_steps))
+    return s
+
+
+TUNING_STREAM_SEED = 1_000_003  # added to the seed of the tuning phase's own stream (its own batch size)
+
+
+def enter_tuning(s: Session) -> None:
+    """Set up the unmasked tuning phase (FLIP): the full token count gets a graph of its own when
+    compiled (one compiled graph per token count: a second count reaching a compiled graph crashed
+    inductor on an H100, ../performance notes), gradient checkpointing if asked for this phase (its
+    activations are those of every token), and a stream of `unmasked_tuning_batch_size` batches when
+    that differs from the masked phase's (otherwise the one stream continues)."""
+    t = s.cfg.train
+    s.tuning = True
+    if t.unmasked_tuning_grad_checkpointing:
+        s.model.set_grad_checkpointing()
+    if t.compile:
+        torch._dynamo.reset()  # drop the masked phase's graphs: the tuning phase compiles its own
+        s.forward = torch.compile(s.ddp or s.model, dynamic=False)
+    tuning_batch = t.unmasked_tuning_batch_size or t.batch_size
+    if tuning_batch == t.batch_size:
+        if s.batches is None:
+            s.batches = iter(train_loader(s.spec, s.loader_workers, start_step=s.step * t.accum_steps))
+        return
+    s.batches = None  # shut the masked phase's workers down before the next ones start
+    spec = replace(s.spec, batch_size=tuning_batch, seed=s.spec.seed + TUNING_STREAM_SEED)
+    start = (s.step - s.budget.masked_steps) * t.accum_steps
+    s.batches = iter(train_loader(spec, s.loader_workers, start_step=start))
 
 
 @dataclass
 class StepOut:
-    loss: torch.Tensor  # mean over the micro-batches, detached (no host sync)
+    loss: torch.Tensor  # the step's contrastive loss, detached (no host sync); per accum_mode
     mask: MaskResult  # the last micro-batch's mask
     images_uint8: torch.Tensor  # the last micro-batch's images
     mask_ratio: float  # summed over the micro-batches
@@ -306,29 +348,31 @@ class StepOut:
 
 
 def train_step(s: Session) -> StepOut:
-    """One optimizer step over `accum_steps` micro-batches at the schedule's learning rate."""
+    """One optimizer step over `accum_steps` micro-batches at the schedule's learning rate: one
+    contrastive batch of accum_steps x batch_size (accum_mode cache) or a loss per micro-batch
+    (accum_mode micro; accumulate.py)."""
     cfg, t = s.cfg, s.cfg.train
     masked = s.step < s.budget.masked_steps
+    if not masked and not s.tuning:
+        enter_tuning(s)
     for group in s.optimizer.param_groups:
-        group["lr"] = lr_at(s.step, s.budget, t.unmasked_tuning_lr_scale)
-    loss_sum, ratio_sum, coverage_sum = torch.zeros((), device=s.device), 0.0, torch.zeros((), device=s.device)
+        group["lr"] = lr_at(s.step, s.budget)
+    micros, ratio_sum, coverage_sum = [], 0.0, torch.zeros((), device=s.device)
     for micro in range(t.accum_steps):
         batch = next(s.batches)
         images_uint8 = batch["images"].to(s.device, non_blocking=True)
         tokens = batch["tokens"].to(s.device, non_blocking=True)
         images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
         mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, masked, s.threshold, s.samples_seen)
-        last = micro == t.accum_steps - 1
-        sync = s.ddp.no_sync() if s.ddp is not None and not last else contextlib.nullcontext()
-        with sync:
-            with s.autocast:
-                img_f, txt_f, scale = s.forward(images, tokens, mask.keep_idx)
-                loss = distributed_clip_loss(img_f.float(), txt_f.float(), scale.float(), t.local_loss)
-            (loss / t.accum_steps).backward()
-        loss_sum += loss.detach() / t.accum_steps
+        kept = mask.keep_idx.shape[1]
+        # every patch kept (no masking, unmasked tuning): no gather, and no scatter in backward
+        micros.append((images, tokens, None if kept == s.model.visual.num_patches else mask.keep_idx))
         ratio_sum += mask.mask_ratio
         coverage_sum += mask.cluster_coverage.mean()
-        s.totals["train_flops"] += s.model.train_flops_per_sample(mask.keep_idx.shape[1]) * images.shape[0]
+        flops = s.model.train_flops_per_sample(kept) * images.shape[0]
+        s.totals["train_flops"] += flops * (4 / 3 if t.accum_mode == "cache" and t.accum_steps > 1 else 1)
+    no_sync = s.ddp.no_sync if s.ddp is not None else None
+    loss = ACCUMULATORS[t.accum_mode](s.forward, micros, t.local_loss, s.autocast, no_sync)
     if t.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
     s.optimizer.step()
@@ -338,7 +382,7 @@ def train_step(s: Session) -> StepOut:
     s.step += 1
     s.totals["mask_ratio_sum"] += ratio_sum
     s.totals["micro_batches"] += t.accum_steps
-    return StepOut(loss_sum, mask, images_uint8, ratio_sum, coverage_sum)
+    return StepOut(loss, mask, images_uint8, ratio_sum, coverage_sum)
 
 
 def save(s: Session) -> None:
@@ -353,10 +397,16 @@ def save(s: Session) -> None:
             "threshold": s.threshold,
             "signature": resume_signature(s.cfg),
             "world_size": s.env.world_size,
-            "loader_batches": s.step * s.cfg.train.accum_steps,
+            "tuning": s.tuning,
             "totals": dict(s.totals),
         }
         save_checkpoint(state, s.paths.checkpoints, s.step, s.cfg.train.keep_checkpoints)
+
+
+def chance_candidates(cfg: Config, world_size: int) -> int:
+    """Candidates per row of the contrastive loss in the masked phase: the global contrastive batch."""
+    t = cfg.train
+    return t.batch_size * world_size * (t.accum_steps if t.accum_mode == "cache" else 1)
 
 
 # (samples seen, subset metrics) -> True to stop the run (a resumable checkpoint is saved first)
@@ -424,7 +474,7 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
         "global_batch": s.budget.global_batch,
         "world_size": s.env.world_size,
         "train_loss": log.last_loss,
-        "chance_loss": math.log(s.cfg.train.batch_size * s.env.world_size),  # candidates per contrastive loss
+        "chance_loss": math.log(chance_candidates(s.cfg, s.env.world_size)),
         "wall_s": round(s.totals["wall_s"], 2),
         "images_per_s": round(log.samples_this_attempt / max(attempt_s, 1e-9), 2),
         "train_flops": s.totals["train_flops"] * s.env.world_size,

@@ -48,6 +48,7 @@ class StreamSpec:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)
     streams: int = 1  # logical streams per rank (data.loader_workers): fixes the batches, not the processes
+    hflip: bool = False  # random horizontal flip (FLIP's recipe)
 
 
 def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
@@ -131,7 +132,7 @@ class TrainStream(IterableDataset):
             images = []
             for sample in raw:
                 rng = random.Random(f"{s.seed}/aug/{slot}/{position}")
-                images.append(train_image(_image_bytes(sample), s.image_size, s.crop_scale, s.crop_ratio, rng))
+                images.append(train_image(_image_bytes(sample), s.image_size, s.crop_scale, s.crop_ratio, rng, s.hflip))
                 position += 1
             yield {
                 # stack the contiguous HWC storage (10x cheaper than stacking CHW views), view as CHW

@@ -51,9 +51,16 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def train_image(
-    data: bytes, out_size: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+    data: bytes,
+    out_size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: random.Random,
+    hflip: bool = False,
 ) -> torch.Tensor:
-    """Decode + RandomResizedCrop(out_size) + uint8 tensor (3, out_size, out_size)."""
+    """Decode + RandomResizedCrop(out_size) [+ horizontal flip with probability 1/2] + uint8 tensor
+    (3, out_size, out_size). The flip draws from `rng` only when enabled, so streams without it are
+    unchanged by its existence."""
     img = Image.open(io.BytesIO(data))
     width, height = img.size
     left, top, right, bottom = random_resized_crop_box(width, height, scale, ratio, rng)
@@ -68,6 +75,8 @@ def train_image(
             right, bottom = min(float(img.size[0]), right * fx), min(float(img.size[1]), bottom * fy)
     img = to_rgb(img)
     img = img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
+    if hflip and rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return to_uint8_tensor(img)
 
 
