@@ -253,8 +253,48 @@ def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
     assert json.loads((tmp_path / "train.json").read_text())["world_size"] == 2
 
 
-def test_gradient_accumulation_counts_samples_and_reports_per_loss_chance(shards, tmp_path):
+def test_gradient_accumulation_counts_samples_and_reports_the_contrastive_batch_chance(shards, tmp_path):
     cfg = cfg_for(shards, tmp_path, "train.accum_steps=2", "train.batch_size=8", "train.precision=bf16")
     result = pretrain(cfg, progress=False)
     assert result["global_batch"] == 16 and result["steps"] == 20 and result["samples_seen"] == 320
-    assert result["chance_loss"] == pytest.approx(math.log(8))  # each loss sees 8 candidates
+    assert result["chance_loss"] == pytest.approx(math.log(16))  # feature cache: one contrastive batch of 16
+    # the cache's extra forward pass is counted: 4/3 of the FLOPs of the same run without accumulation
+    plain = pretrain(cfg_for(shards, tmp_path / "plain", "train.precision=bf16"), progress=False)
+    assert result["train_flops"] == pytest.approx(plain["train_flops"] * 4 / 3)
+    micro = pretrain(
+        cfg_for(shards, tmp_path / "micro", "train.accum_steps=2", "train.batch_size=8", "train.accum_mode=micro"),
+        progress=False,
+    )
+    assert micro["chance_loss"] == pytest.approx(math.log(8))  # a loss per micro-batch: 8 candidates each
+
+
+def test_unmasked_tuning_with_its_own_batch_size_resumes_exactly(shards, tmp_path):
+    extra = ("train.unmasked_tuning_samples=96", "train.unmasked_tuning_batch_size=8", "masking.strategy=random")
+    whole = cfg_for(shards, tmp_path / "a", *extra)
+    result = pretrain(whole, progress=False)
+    assert result["steps"] == 14 + 12 and result["samples_seen"] == 320  # 224/16 masked, 96/8 unmasked steps
+    split = cfg_for(shards, tmp_path / "b", *extra)
+    assert pretrain(split, progress=False, stop=StopAfter(18))["steps"] == 18  # inside the tuning phase
+    assert pretrain(split, resume=True, progress=False)["steps"] == 26
+    a, b = weights(whole), weights(split)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lrs = [v for _, v in scalars(whole, "train/lr")]
+    assert max(lrs[-6:]) < 0.2 * max(lrs)  # the tuning phase runs at a tenth of the peak
+
+
+def test_compiled_run_with_unmasked_tuning_completes(shards, tmp_path):
+    """Two token counts under torch.compile: each phase compiles its own graph (tiny model, CPU)."""
+    cfg = cfg_for(
+        shards,
+        tmp_path,
+        "train.compile=true",
+        "train.samples=128",
+        "train.unmasked_tuning_samples=64",
+        "masking.strategy=random",
+        "train.log_every_steps=1",
+    )
+    result = pretrain(cfg, progress=False)
+    assert result["status"] == "complete" and result["steps"] == 8
+    ratios = [v for _, v in scalars(cfg, "mask/ratio")]
+    assert ratios[0] == pytest.approx(0.5) and ratios[-1] == 0.0
