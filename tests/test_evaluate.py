@@ -53,6 +53,8 @@ def test_evaluate_writes_metrics_far_above_chance(trained, capsys):
         "retrieval/val/i2t_r1",
         "retrieval/val/t2i_r10",
         "linear_probe/val/top1",
+        "linear_probe/objects/top1",
+        "linear_probe/objects/C",
         "composition/val/attribute",
         "composition/val/relation",
         "composition/val/object",
@@ -60,6 +62,8 @@ def test_evaluate_writes_metrics_far_above_chance(trained, capsys):
         assert key in metrics, key
     assert metrics["retrieval/val/i2t_r5"] > 10 * 5 * metrics["retrieval/val/chance_r1"]
     assert metrics["zeroshot/objects/top5"] > 2 * 5 * metrics["zeroshot/objects/chance_top1"]
+    # val zero-shot scores the single-object scenes only: a label the image determines
+    assert 0 < metrics["zeroshot/val/samples"] < 0.6 * metrics["retrieval/val/samples"]
     per_class = json.loads((tmp / "metrics" / "eval_per_class.json").read_text())
     assert {"dataset", "class", "recall"} <= set(per_class[0])
     assert json.loads((tmp / "metrics" / "eval_retrieval.json").read_text())[0]["k"] == 1

@@ -106,7 +106,7 @@ def test_eval_loader_yields_each_sample_exactly_once_with_full_images(shards):
     for rank in range(2):
         for batch in eval_loader(urls, 32, batch_size=7, num_workers=2, rank=rank, world_size=2):
             assert batch["images"].shape[1:] == (3, 32, 32)
-            assert all("label" in m for m in batch["metas"])
+            assert all("labels" in m for m in batch["metas"])
             keys.update(batch["keys"])
     manifest_count = sum(1 for _ in slot_samples(urls, 0, 1, None))
     assert len(keys) == manifest_count and set(keys.values()) == {1}

@@ -56,6 +56,23 @@ def test_retrieval_ties_are_pessimistic():
     assert res["i2t_r5"] == 1.0
 
 
+def test_identical_caption_strings_are_positives_of_every_image_that_has_them():
+    from maskvlp.metrics import text_positives
+
+    own = [["a red circle"], ["a red circle"], ["a blue square", "a square"]]
+    texts = ["a red circle", "a red circle", "a blue square", "a square"]
+    pos = text_positives(own, texts)
+    assert pos.tolist() == [[True, True, False, False], [True, True, False, False], [False, False, True, True]]
+    # both "red circle" images score their (identical) captions equally: with one positive each,
+    # pessimistic ties would make image 1 miss at R@1 whatever the model did
+    sim = torch.tensor([[0.9, 0.9, 0.1, 0.1], [0.8, 0.8, 0.2, 0.5], [0.0, 0.0, 0.7, 0.3]])
+    res = retrieval_recall(sim, pos, ks=(1,))
+    assert res["i2t_r1"] == 1.0
+    assert res["t2i_r1"] == pytest.approx(3 / 4)  # "a square": image 1 (0.5) beats its image 2 (0.3)
+    owner_only = retrieval_recall(sim, torch.tensor([0, 1, 2, 2]), ks=(1,))
+    assert owner_only["i2t_r1"] < 1.0
+
+
 def test_perfect_retrieval():
     res = retrieval_recall(torch.eye(7), torch.arange(7))
     assert all(v == 1.0 for v in res.values())

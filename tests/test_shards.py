@@ -37,7 +37,7 @@ def test_shards_hold_webdataset_samples_readable_by_tar_tools(tmp_path):
         names = tar.getnames()
         assert sorted(names[:3]) == ["syn0000000.jpg", "syn0000000.json", "syn0000000.txt"]
         meta = json.loads(tar.extractfile("syn0000000.json").read())
-        assert {"label", "label_name", "objects", "negatives"} <= set(meta)
+        assert {"labels", "objects", "negatives", "place"} <= set(meta)
         assert tar.extractfile("syn0000000.txt").read().decode().startswith("a ")
 
 

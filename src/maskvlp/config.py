@@ -29,7 +29,8 @@ class SyntheticConfig:
     num_samples: int = 4000  # image-caption pairs generated (train + val)
     min_objects: int = 1
     max_objects: int = 3
-    textured_fraction: float = 0.8  # fraction of scenes whose background is textured, not plain
+    textured_fraction: float = 0.8  # fraction of scenes without a place whose background is textured, not plain
+    context: float = 0.7  # fraction of scenes in a place: background, objects and arrangement co-occur
 
 
 @dataclass
@@ -312,6 +313,7 @@ def validate(cfg: Config) -> None:
         f"must be in [min_objects={s.min_objects}, 4]",
         s.max_objects,
     )
+    _check(0 <= s.context <= 1, "data.synthetic.context", "must be in [0, 1]", s.context)
     _check(0 <= s.textured_fraction <= 1, "data.synthetic.textured_fraction", "must be in [0, 1]", s.textured_fraction)
     e = d.emoji
     _check(e.samples_per_emoji >= 1, "data.emoji.samples_per_emoji", "must be >= 1", e.samples_per_emoji)

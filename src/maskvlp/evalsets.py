@@ -140,23 +140,36 @@ def val_set(cfg: Config, spec: str) -> EvalSet:
 # ------------------------------------------------------------------------------- objects
 def objects_set(cfg: Config, spec: str) -> EvalSet:
     """Single-object synthetic scenes, `eval.objects_per_class` per class, generated in memory (seeded
-    apart from the training data): zero-shot without the ambiguity of multi-object scenes."""
+    apart from the training data): zero-shot without the ambiguity of multi-object scenes. Its train
+    split (as many scenes, seeded apart again) fits the linear probe on a set whose label is visible."""
+
+    def split(offset: int):
+        per_class, context = cfg.eval.objects_per_class, cfg.data.synthetic.context
+        return lambda size, batch_size: _objects(cfg.seed + offset, per_class, context, size, batch_size)
+
+    return EvalSet("objects", split(7_000_003), list(_synthetic_classes()), split(9_000_011), retrieval=False)
+
+
+def _synthetic_classes() -> list[str]:
+    from maskvlp.data import synthetic
+
+    return synthetic.CLASS_NAMES
+
+
+def _objects(seed: int, per_class: int, context: float, size: int, batch_size: int) -> Iterator[dict[str, Any]]:
     from maskvlp.data import synthetic
     from maskvlp.data.transforms import to_uint8_tensor
 
-    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
-        items, index = [], 0
-        counts = dict.fromkeys(range(len(synthetic.CLASS_NAMES)), 0)
-        while min(counts.values()) < cfg.eval.objects_per_class:
-            image, caption, meta = synthetic.generate_scene(cfg.seed + 7_000_003, index, size, 1, 1)
-            index += 1
-            if counts[meta["label"]] >= cfg.eval.objects_per_class:
-                continue
-            counts[meta["label"]] += 1
-            items.append(_item(to_uint8_tensor(image), caption, f"obj{len(items)}", meta))
-        yield from _batched(items, batch_size)
-
-    return EvalSet("objects", batches, list(synthetic.CLASS_NAMES), retrieval=False)
+    items, index = [], 0
+    counts = dict.fromkeys(range(len(synthetic.CLASS_NAMES)), 0)
+    while min(counts.values()) < per_class:
+        image, caption, meta = synthetic.generate_scene(seed, index, size, 1, 1, context=context)
+        index += 1
+        if counts[meta["label"]] >= per_class:
+            continue
+        counts[meta["label"]] += 1
+        items.append(_item(to_uint8_tensor(image), caption, f"obj{len(items)}", meta))
+    yield from _batched(items, batch_size)
 
 
 # ------------------------------------------------------------------------------- tables

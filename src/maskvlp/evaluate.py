@@ -28,6 +28,7 @@ from maskvlp.metrics import (
     pairwise_choice_accuracy,
     per_class_recall,
     retrieval_recall,
+    text_positives,
     topk_accuracy,
 )
 from maskvlp.model import CLIP
@@ -120,14 +121,12 @@ def zero_shot(image_features: torch.Tensor, labels: torch.Tensor, class_weights:
 
 def retrieval(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.device) -> dict[str, float]:
     """Every sample's caption(s) against every image. Samples whose json lists more captions
-    ("captions": [...]) contribute them all, each counted as a positive of its image."""
-    texts, owner = [], []
-    for i, (caption, meta) in enumerate(zip(enc.captions, enc.metas)):
-        for text in [caption, *meta.get("captions", [])]:
-            texts.append(text)
-            owner.append(i)
+    ("captions": [...]) contribute them all. A caption is a positive of every image that has the
+    identical string among its own captions (metrics.text_positives)."""
+    own = [[caption, *meta.get("captions", [])] for caption, meta in zip(enc.captions, enc.metas)]
+    texts = [text for captions in own for text in captions]
     text_features = encode_texts(model, texts, tokenizer, device)
-    return retrieval_recall(enc.features @ text_features.T, torch.tensor(owner))
+    return retrieval_recall(enc.features @ text_features.T, text_positives(own, texts))
 
 
 def composition(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.device) -> dict[str, float]:
@@ -145,24 +144,37 @@ def composition(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.d
     return out
 
 
+PROBE_GRID = tuple(10.0**e for e in range(-6, 7))  # C: 1e-6 .. 1e6, a decade apart (CLIP's sweep range)
+
+
 def linear_probe(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, seed: int = 0
 ) -> dict[str, float]:
-    """Logistic regression on frozen features; C chosen on a held-out 20% of the TRAIN features."""
+    """Logistic regression on frozen features, as CLIP / CLIP_benchmark: the inverse regularisation C
+    is chosen on a held-out 20% of the TRAIN features over a wide log grid (1e-6 .. 1e6), refined to a
+    quarter decade around the best, then the probe is refit on all train features with that C and
+    scored once on the test features. Returns top1, the chosen C and the held-out accuracy."""
     from sklearn.linear_model import LogisticRegression
 
     x, y = train_x.numpy(), train_y.numpy()
     order = np.random.default_rng(seed).permutation(len(y))
     cut = max(1, int(0.8 * len(y)))
     fit_idx, hold_idx = order[:cut], order[cut:]
-    best_c, best_acc = 1.0, -1.0
-    for c in (0.01, 0.1, 1.0, 10.0, 100.0):
-        clf = LogisticRegression(C=c, max_iter=2000).fit(x[fit_idx], y[fit_idx])
-        acc = clf.score(x[hold_idx], y[hold_idx]) if len(hold_idx) else 0.0
-        if acc > best_acc:
-            best_c, best_acc = c, acc
-    clf = LogisticRegression(C=best_c, max_iter=2000).fit(x, y)
-    return {"top1": float(clf.score(test_x.numpy(), test_y.numpy())), "C": best_c, "heldout_top1": float(best_acc)}
+    if not len(hold_idx):
+        fit_idx, hold_idx = order, order
+
+    def heldout(c: float) -> float:
+        clf = LogisticRegression(C=c, max_iter=1000).fit(x[fit_idx], y[fit_idx])
+        return float(clf.score(x[hold_idx], y[hold_idx]))
+
+    scores = {c: heldout(c) for c in PROBE_GRID}
+    coarse = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+    for step in (-0.5, -0.25, 0.25, 0.5):
+        c = coarse * 10.0**step
+        scores[c] = heldout(c)
+    best = max(scores, key=lambda c: (scores[c], -c))
+    clf = LogisticRegression(C=best, max_iter=1000).fit(x, y)
+    return {"top1": float(clf.score(test_x.numpy(), test_y.numpy())), "C": best, "heldout_top1": scores[best]}
 
 
 def labels_for(metas: list[dict[str, Any]], classes: list[str]) -> torch.Tensor:
@@ -200,6 +212,7 @@ def evaluate_set(
     if es.retrieval and len(enc.captions) > 1:
         metrics.update({f"retrieval/{name}/{k}": v for k, v in retrieval(model, enc, tokenizer, device).items()})
         metrics[f"retrieval/{name}/chance_r1"] = 1.0 / len(enc.captions)
+        metrics[f"retrieval/{name}/samples"] = len(enc.captions)
         plots["retrieval"] = [
             {
                 "dataset": name,
@@ -220,6 +233,7 @@ def evaluate_set(
     for k in ("top1", "top5", "mean_per_class_recall"):
         metrics[f"zeroshot/{name}/{k}"] = res[k]
     metrics[f"zeroshot/{name}/chance_top1"] = 1.0 / len(es.classes)
+    metrics[f"zeroshot/{name}/samples"] = int(keep.sum())  # samples with a label (synthetic: single-object scenes)
     plots["per_class"] = [
         {"dataset": name, "class": c, "recall": r} for c, r in zip(es.classes, res["per_class_recall"]) if r == r
     ]

@@ -33,14 +33,32 @@ def _rank_of_best_positive(scores: torch.Tensor, positive: torch.Tensor) -> torc
     return above
 
 
-def retrieval_recall(similarity: torch.Tensor, caption_image: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """similarity: (I, T) image-caption scores; caption_image: (T,) index of each caption's image.
+def text_positives(image_texts: list[list[str]], texts: list[str]) -> torch.Tensor:
+    """(I, T) bool: caption t is a positive of image i when its string equals one of image i's own
+    captions. Identical strings are indistinguishable to any model, so a caption shared by several
+    images (e.g. "a small red circle" for every such single-object scene) is a positive of each:
+    counting only the row it came from would force ties that no model can win."""
+    index: dict[str, list[int]] = {}
+    for t, text in enumerate(texts):
+        index.setdefault(text, []).append(t)
+    positive = torch.zeros(len(image_texts), len(texts), dtype=torch.bool)
+    for i, own in enumerate(image_texts):
+        for text in set(own):
+            positive[i, index.get(text, [])] = True
+    return positive
 
-    Image->text: an image is a hit at K if any of its captions ranks within the top K captions.
-    Text->image: a caption is a hit at K if its image ranks within the top K images.
+
+def retrieval_recall(similarity: torch.Tensor, positive: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """similarity: (I, T) image-caption scores; positive: (I, T) bool (see text_positives), or (T,)
+    the index of each caption's one image.
+
+    Image->text: an image is a hit at K if any of its positive captions ranks within the top K captions.
+    Text->image: a caption is a hit at K if any of its positive images ranks within the top K images.
+    Negatives tied with the best positive count as ranked above it (pessimistic).
     """
-    images = torch.arange(similarity.shape[0], device=similarity.device)
-    positive = images[:, None] == caption_image[None, :]  # (I, T)
+    if positive.dtype != torch.bool:
+        images = torch.arange(similarity.shape[0], device=similarity.device)
+        positive = images[:, None] == positive[None, :]
     i2t = _rank_of_best_positive(similarity, positive)
     t2i = _rank_of_best_positive(similarity.T, positive.T)
     out = {}

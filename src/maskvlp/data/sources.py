@@ -62,7 +62,13 @@ class SyntheticSource:
 
     def load(self, index: int) -> RawSample:
         image, caption, meta = synthetic.generate_scene(
-            self.seed, index, self.size, self.s.min_objects, self.s.max_objects, self.s.textured_fraction
+            self.seed,
+            index,
+            self.size,
+            self.s.min_objects,
+            self.s.max_objects,
+            self.s.textured_fraction,
+            self.s.context,
         )
         return RawSample(f"syn{index:07d}", image, caption, meta)
 

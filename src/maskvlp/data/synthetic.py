@@ -4,11 +4,21 @@ Each scene holds 1-4 shapes (colour x shape x size) on a plain or textured backg
 a shading ramp and a little noise, and textured backgrounds carry stripes, gradients, checks or
 noise, so that every visual structure has a pixel *pattern*: cluster masking standardises each
 patch, and perfectly flat patches would keep only their colour triplet (see docs/algorithms.md, "Flat patches").
+Colour and texture differ across channels (tinted backgrounds, textures and shading with a
+per-channel direction), so a patch's pattern is not the same grey ramp in R, G and B.
+
+Context (docs/testbed.md): a fraction `context` of scenes belongs to a *place*, with its own
+background family and tones, the object kinds that occur there, and a typical arrangement of the
+first two objects. There, a masked object is partly predictable from the rest of the image (the
+background, the other object), which is what cluster masking's idea needs to show; the other scenes
+draw everything independently.
 
 Captions name objects, attributes and spatial relations ("a small red circle left of a large blue
-square"). Each sample's metadata carries a class label (the first-named object's "colour shape")
-for zero-shot classification, and SugarCrepe-style negatives: a swapped/replaced attribute, a
-swapped relation and a replaced object. Sample i depends only on (seed, i).
+square"). Metadata: the objects with their boxes, `labels` (every object's "colour shape"), and for
+single-object scenes only, a class `label` / `label_name` that the image determines (in a
+multi-object scene "the first-named object" cannot be told from the pixels); SugarCrepe-style
+negatives: a swapped/replaced attribute, a swapped relation and a replaced object. Sample i depends
+only on (seed, i).
 """
 
 from __future__ import annotations
@@ -39,6 +49,33 @@ CLASS_NAMES: list[str] = [f"{c} {s}" for c in COLORS for s in SHAPES]
 
 
 @dataclass(frozen=True)
+class Place:
+    """A scene type: its background family and tones, the objects that occur there, their arrangement."""
+
+    backgrounds: tuple[str, ...]
+    tones: tuple[tuple[int, int, int], ...]
+    colors: tuple[str, ...]
+    shapes: tuple[str, ...]
+    relation: str  # how the first-named object stands to the second
+
+
+PLACES: dict[str, Place] = {
+    "beach": Place(
+        ("gradient",), ((225, 205, 150), (150, 200, 230)), ("yellow", "orange", "cyan"), ("circle", "triangle"), "above"
+    ),
+    "garden": Place(
+        ("noise",), ((90, 150, 70), (120, 170, 90)), ("red", "pink", "purple"), ("diamond", "circle"), "left of"
+    ),
+    "kitchen": Place(
+        ("checks",), ((235, 230, 215), (190, 200, 215)), ("blue", "green", "red"), ("square", "circle"), "right of"
+    ),
+    "city": Place(
+        ("stripes",), ((110, 110, 125), (160, 150, 140)), ("blue", "orange", "green"), ("square", "triangle"), "below"
+    ),
+}
+
+
+@dataclass(frozen=True)
 class SceneObject:
     color: str
     shape: str
@@ -55,25 +92,35 @@ def class_index(color: str, shape: str) -> int:
     return CLASS_NAMES.index(f"{color} {shape}")
 
 
-def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
-    tone = np.array(BACKGROUND_TONES[rng.integers(len(BACKGROUND_TONES))], dtype=np.float32)
+def _tint(rng: np.random.Generator) -> np.ndarray:
+    """A per-channel direction for a texture or a shading ramp: mostly positive, not equal across
+    channels (so the pattern differs between R, G and B), norm sqrt(3) like (1, 1, 1)."""
+    t = rng.uniform(-0.3, 1.0, 3).astype(np.float32)
+    return t * np.float32(np.sqrt(3) / max(np.linalg.norm(t), 1e-3))
+
+
+def _background(
+    rng: np.random.Generator, size: int, kind: str, tones: tuple[tuple[int, int, int], ...] = tuple(BACKGROUND_TONES)
+) -> np.ndarray:
+    tone = np.array(tones[rng.integers(len(tones))], dtype=np.float32)
     img = np.broadcast_to(tone, (size, size, 3)).copy()
+    tint = _tint(rng)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if kind == "gradient":
         angle = rng.uniform(0, 2 * np.pi)
         ramp = np.cos(angle) * xx + np.sin(angle) * yy
-        img += (ramp - ramp.mean())[..., None] * rng.uniform(60, 110)
+        img += (ramp - ramp.mean())[..., None] * rng.uniform(60, 110) * tint
     elif kind == "stripes":
         angle = rng.uniform(0, np.pi)
         period = rng.uniform(0.08, 0.2)
         wave = np.sin(2 * np.pi * (np.cos(angle) * xx + np.sin(angle) * yy) / period)
-        img += wave[..., None] * rng.uniform(25, 45)
+        img += wave[..., None] * rng.uniform(25, 45) * tint
     elif kind == "checks":
         cell = max(2, int(size * rng.uniform(0.06, 0.14)))
         board = ((np.arange(size)[:, None] // cell + np.arange(size)[None, :] // cell) % 2) * 2 - 1
-        img += board[..., None].astype(np.float32) * rng.uniform(20, 35)
+        img += board[..., None].astype(np.float32) * rng.uniform(20, 35) * tint
     elif kind == "noise":
-        img += rng.normal(0, rng.uniform(15, 30), size=(size, size, 1))
+        img += rng.normal(0, rng.uniform(15, 30), size=(size, size, 1)) * tint
     return img
 
 
@@ -146,39 +193,70 @@ def _negatives(rng: np.random.Generator, objs: list[SceneObject], relation: str 
 
 
 def generate_scene(
-    seed: int, index: int, size: int, min_objects: int = 1, max_objects: int = 3, textured_fraction: float = 0.8
+    seed: int,
+    index: int,
+    size: int,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    textured_fraction: float = 0.8,
+    context: float = 0.0,
 ) -> tuple[Image.Image, str, dict]:
-    """Scene `index` of the dataset seeded by `seed`: (RGB image size x size, caption, metadata)."""
+    """Scene `index` of the dataset seeded by `seed`: (RGB image size x size, caption, metadata).
+    With probability `context` the scene is one of PLACES (its background, objects and arrangement)."""
     rng = np.random.default_rng([seed, index])
-    background = BACKGROUNDS[1 + rng.integers(len(BACKGROUNDS) - 1)] if rng.random() < textured_fraction else "plain"
-    for _ in range(20):  # re-draw the layout until the shapes fit without overlapping
-        n = int(rng.integers(min_objects, max_objects + 1))
+    place_name = list(PLACES)[rng.integers(len(PLACES))] if rng.random() < context else None
+    place = PLACES[place_name] if place_name else None
+    if place is not None:
+        background = place.backgrounds[rng.integers(len(place.backgrounds))]
+    else:
+        textured = rng.random() < textured_fraction
+        background = BACKGROUNDS[1 + rng.integers(len(BACKGROUNDS) - 1)] if textured else "plain"
+    n = int(rng.integers(min_objects, max_objects + 1))
+    if place is not None:  # the place's kinds for the first two objects, distinct colours throughout
+        first = [place.colors[i] for i in rng.permutation(len(place.colors))[: min(n, 2)]]
+        rest = [c for c in COLORS if c not in first]
+        names = first + [rest[i] for i in rng.permutation(len(rest))[: n - len(first)]]
+        shapes = [place.shapes[rng.integers(len(place.shapes))] if k < 2 else SHAPES[rng.integers(4)] for k in range(n)]
+    else:
+        names = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:n]]
+        shapes = [SHAPES[rng.integers(len(SHAPES))] for _ in range(n)]
+    layout = None
+    for _ in range(40):  # re-draw until the shapes fit without overlapping (and, in a place, are arranged)
         sizes = [list(SIZES)[rng.integers(len(SIZES))] for _ in range(n)]
         sides = [rng.uniform(*SIZES[s]) * size for s in sizes]
         centres = _place(rng, size, sides)
-        if centres is not None:
+        if centres is None:
+            continue
+        layout = (sizes, sides, centres)
+        if place is None or n < 2:
             break
-    else:  # pragma: no cover - four small shapes always fit
+        a, b = (SceneObject("", "", "", cx, cy, sd) for (cx, cy), sd in zip(centres[:2], sides[:2]))
+        if relation_between(a, b) == place.relation:
+            break
+    if layout is None:  # pragma: no cover - four small shapes always fit
         raise RuntimeError(f"could not lay out scene {index}")
-    names = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:n]]  # distinct colours
+    sizes, sides, centres = layout
     objs = [
-        SceneObject(names[k], SHAPES[rng.integers(len(SHAPES))], sizes[k], cx, cy, side)
+        SceneObject(names[k], shapes[k], sizes[k], cx, cy, side)
         for k, ((cx, cy), side) in enumerate(zip(centres, sides))
     ]
-    img = _background(rng, size, background)
+    img = _background(rng, size, background, place.tones if place else tuple(BACKGROUND_TONES))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     for obj in objs:
         mask = _shape_mask(obj.shape, size, obj.cx, obj.cy, obj.side)
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         angle = rng.uniform(0, 2 * np.pi)
         ramp = ((np.cos(angle) * (xx - obj.cx) + np.sin(angle) * (yy - obj.cy)) / obj.side)[..., None]
-        fill = np.array(COLORS[obj.color], np.float32) * (0.85 + 0.3 * ramp) + rng.normal(0, 6, (size, size, 1))
+        shading = 0.85 + 0.3 * ramp * _tint(rng)  # the ramp's strength differs per channel
+        fill = np.array(COLORS[obj.color], np.float32) * shading + rng.normal(0, 6, (size, size, 3))
         img = img * (1 - mask) + fill * mask
     relation = relation_between(objs[0], objs[1]) if n >= 2 else None
     caption = _caption(objs, relation)
-    meta = {
-        "label": class_index(objs[0].color, objs[0].shape),
-        "label_name": f"{objs[0].color} {objs[0].shape}",
-        "objects": [
+    meta: dict = {}
+    if n == 1:  # a class the image determines
+        meta.update(label=class_index(objs[0].color, objs[0].shape), label_name=f"{objs[0].color} {objs[0].shape}")
+    meta.update(
+        labels=[f"{o.color} {o.shape}" for o in objs],
+        objects=[
             {
                 "color": o.color,
                 "shape": o.shape,
@@ -187,9 +265,10 @@ def generate_scene(
             }
             for o in objs
         ],
-        "relation": relation,
-        "background": background,
-        "negatives": _negatives(rng, objs, relation),
-    }
+        relation=relation,
+        background=background,
+        place=place_name,
+        negatives=_negatives(rng, objs, relation),
+    )
     image = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     return image, caption, meta
