@@ -145,6 +145,11 @@ def test_run_directory_records_config_commit_and_manifest(shards, tmp_path):
     acc = EventAccumulator(str(paths.tensorboard), size_guidance={"images": 0})
     acc.Reload()
     assert acc.Tags()["images"] == ["mask/image_clusters_kept"]
+    # where the masking removes tokens: object vs background patches of the val probe scenes
+    result = json.loads(paths.result.read_text())
+    for key in ("coverage_objects", "coverage_background", "removed_objects", "removed_background"):
+        assert 0 <= result["masking"][key] <= 1, key
+        assert f"mask/{key}" in acc.Tags()["scalars"], key
 
 
 def test_unmasked_tuning_phase_logs_mask_ratio_zero(shards, tmp_path):

@@ -26,6 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from maskvlp.accumulate import ACCUMULATORS
 from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from maskvlp.config import Config, to_dict, to_yaml
+from maskvlp.coverage import STATS as PROBE_STATS
+from maskvlp.coverage import ObjectProbe
 from maskvlp.data.loader import StreamSpec, read_images, train_loader
 from maskvlp.data.shards import MANIFEST, check_manifest, load_manifest, sha256_file, shard_paths
 from maskvlp.data.transforms import normalize
@@ -203,6 +205,7 @@ class Session:
     loader_workers: int
     step: int = 0
     tuning: bool = False  # in the unmasked tuning phase (its loader, compiled graph and checkpointing set up)
+    probe: ObjectProbe | None = None  # val scenes with object boxes: where the masking removes tokens
     # totals over the whole run, carried across resumes in the checkpoints
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
 
@@ -211,7 +214,8 @@ class Session:
         return self.budget.samples_at(self.step)
 
 
-TOTALS = ("train_flops", "wall_s", "mask_ratio_sum", "coverage_sum", "micro_batches")
+PROBE_SUMS = tuple(f"probe_{k}" for k in PROBE_STATS)
+TOTALS = ("train_flops", "wall_s", "mask_ratio_sum", "coverage_sum", "micro_batches", "probe_count", *PROBE_SUMS)
 
 
 def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
@@ -304,6 +308,8 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         step,
         totals=totals,
     )
+    if env.is_main:
+        s.probe = ObjectProbe.from_shards(cfg, device)
     if step >= budget.masked_steps:  # resumed inside the unmasked tuning phase
         enter_tuning(s)
     else:
@@ -383,6 +389,26 @@ def train_step(s: Session) -> StepOut:
     s.totals["mask_ratio_sum"] += ratio_sum
     s.totals["micro_batches"] += t.accum_steps
     return StepOut(loss, mask, images_uint8, ratio_sum, coverage_sum)
+
+
+def measure_probe(s: Session) -> dict[str, float]:
+    """The masking's object / background split on the probe scenes at this step (masked phase only);
+    added to the run's totals. Empty when the data has no object boxes."""
+    if s.probe is None or s.tuning:
+        return {}
+    stats = s.probe.measure(
+        lambda images: choose_mask(s.cfg, s.model, images, s.step, -1, 0, True, s.threshold, s.samples_seen)
+    )
+    if all(v == v for v in stats.values()):  # no NaN: the probe has object and background patches
+        s.totals["probe_count"] += 1
+        for key, value in stats.items():
+            s.totals[f"probe_{key}"] += value
+    return stats
+
+
+def probe_means(s: Session) -> dict[str, float]:
+    n = s.totals.get("probe_count", 0)
+    return {key: s.totals[f"probe_{key}"] / n for key in PROBE_STATS} if n else {}
 
 
 def save(s: Session) -> None:
@@ -484,6 +510,7 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
             "mean_mask_ratio": s.totals["mask_ratio_sum"] / n,
             "mean_cluster_coverage": s.totals["coverage_sum"] / n,
             "threshold": s.threshold,
+            **probe_means(s),  # object vs background patches of the probe scenes (coverage.py)
         },
         "threads": share.threads,
     }

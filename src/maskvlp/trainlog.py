@@ -77,6 +77,10 @@ class TrainLog:
             add("mask/ratio", w["ratio"] / w["micro"], samples)
             add("mask/cluster_coverage", float(w["coverage"]) / w["micro"], samples)
             add("train/step", s.step, samples)
+            from maskvlp.train import measure_probe
+
+            for key, value in measure_probe(s).items():
+                add(f"mask/{key}", value, samples)
             if self.peak_flops:
                 flops = s.model.train_flops_per_sample(mask.keep_idx.shape[1])
                 add("perf/mfu", flops * images_per_s / self.world_size / self.peak_flops, samples)
