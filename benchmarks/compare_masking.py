@@ -70,7 +70,7 @@ def main() -> int:
     print("| images/s | " + " | ".join(f"{r['images_per_s']:.0f}" for r in rows.values()) + " |")
     cov = [r["masking"].get("mean_cluster_coverage", 0) for r in rows.values()]
     print("| cluster coverage | " + " | ".join(f"{c:.2f}" for c in cov) + " |")
-    for key in ("coverage_objects", "coverage_background"):
+    for key in ("coverage_objects", "coverage_background", "removed_objects", "removed_background"):
         if any(key in r["masking"] for r in rows.values()):
             vals = [r["masking"].get(key, float("nan")) for r in rows.values()]
             print(f"| {key.replace('_', ' on ')} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")

@@ -96,7 +96,7 @@ def test_report_prints_a_table_and_draws_a_chart(trained, capsys, tmp_path, monk
     out = tmp_path / "report.png"
     assert main(["report", str(tmp / "runs" / "default"), str(tmp / "nothing"), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "default" in text and "cluster a=0.05 t=0.5 r=0.5" in text and "zs/obj/top1" in text
+    assert "default" in text and "cluster a=0.03 t=0.5 r=0.5" in text and "zs/obj/top1" in text
     from PIL import Image
 
     assert Image.open(out).format == "PNG"

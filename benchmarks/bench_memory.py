@@ -1,0 +1,117 @@
+"""Largest batch per memory budget at mask ratio 0 / 0.5 / 0.75: FLIP's "bigger batch in the same memory".
+
+    python benchmarks/bench_memory.py             # tiny (64 px / 8) and S (224 px / 16) on CPU, ~4 min
+    python benchmarks/bench_memory.py --quick     # tiny only
+    python benchmarks/bench_memory.py --device cuda   # on a GPU: peak allocated memory instead of RSS
+
+Each measurement is a fresh process (so the peak is its own): build maskvlp's CLIP and AdamW, then
+one full training step at batch B (random mask at the ratio via masking.compute_mask, forward,
+symmetric contrastive loss, backward, AdamW step) on random inputs, fp32 on CPU. Reported: the peak
+resident set size (ru_maxrss) on CPU, or torch.cuda.max_memory_allocated on GPU. Per ratio, peak
+memory is measured at three batch sizes and fitted by a line, memory = fixed + per_sample * B (the
+fixed part is weights, optimizer state, and the Python/torch runtime); the largest batch that fits a
+budget is (budget - fixed) / per_sample. With accum_mode=cache, that is the micro-batch: the
+contrastive batch can be accum_steps times larger, for one extra forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+# name: (vision, text, image_size, patch_size, embed_dim, context_length, batches measured)
+CONFIGS = {
+    "tiny": ("tiny", "tiny", 64, 8, 128, 32, (64, 128, 256)),
+    "S": ("S", "S", 224, 16, 384, 32, (8, 16, 32)),
+}
+RATIOS = (0.0, 0.5, 0.75)
+BUDGETS_GIB = (4, 8, 16, 64)
+
+
+def one_step(name: str, ratio: float, batch: int, device: str) -> float:
+    """Peak memory in bytes of one training step (this process)."""
+    import resource
+
+    import torch
+
+    from maskvlp.config import MaskingConfig
+    from maskvlp.loss import clip_loss
+    from maskvlp.masking import compute_mask
+    from maskvlp.model import CLIP
+
+    vision, text, image, patch, embed, context, _ = CONFIGS[name]
+    torch.manual_seed(0)
+    model = CLIP(vision, text, image, patch, embed, context).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(batch, 3, image, image, device=device)
+    tokens = torch.randint(1, 49000, (batch, context), device=device)
+    tokens[:, -1] = 49407
+    k = MaskingConfig(strategy="random" if ratio else "none", ratio=ratio)
+    mask = compute_mask(images, k, patch, torch.Generator(device=device).manual_seed(0))
+    keep = None if ratio == 0 else mask.keep_idx
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        img, txt, scale = model(images, tokens, keep)
+    clip_loss(img.float(), txt.float(), scale.float()).backward()
+    opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # KiB on Linux
+
+
+def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares line through (batch, bytes): (fixed, per_sample)."""
+    n = len(points)
+    mx = sum(b for b, _ in points) / n
+    my = sum(m for _, m in points) / n
+    slope = sum((b - mx) * (m - my) for b, m in points) / sum((b - mx) ** 2 for b, _ in points)
+    return my - slope * mx, slope
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny only")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default="", help="also write the measurements here")
+    parser.add_argument("--_one", nargs=3, metavar=("NAME", "RATIO", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._one:
+        name, ratio, batch = args._one
+        print(one_step(name, float(ratio), int(batch), args.device))
+        return 0
+    names = ["tiny"] if args.quick else list(CONFIGS)
+    out = {}
+    for name in names:
+        vision, text, image, patch, embed, context, batches = CONFIGS[name]
+        label = "peak RSS" if args.device == "cpu" else "peak allocated"
+        print(
+            f"\n## {name}: vision {vision}, text {text}, {image} px / {patch} ({(image // patch) ** 2} patches), {label}"
+        )
+        header = "| mask | " + " | ".join(f"B={b}" for b in batches) + " | fixed | per sample | "
+        print(header + " | ".join(f"max B @ {g} GiB" for g in BUDGETS_GIB) + " |")
+        print("|---" * (3 + len(batches) + len(BUDGETS_GIB)) + "|")
+        base_per_sample = None
+        for ratio in RATIOS:
+            points = []
+            for b in batches:
+                cmd = [sys.executable, __file__, "--device", args.device, "--_one", name, str(ratio), str(b)]
+                points.append((b, float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)))
+            fixed, per = fit(points)
+            base_per_sample = base_per_sample or per
+            fits = [max(0, int((g * 2**30 - fixed) / per)) for g in BUDGETS_GIB]
+            out[f"{name}/{ratio}"] = {"points": points, "fixed": fixed, "per_sample": per, "max_batch": fits}
+            cells = " | ".join(f"{m / 2**30:.2f} GiB" for _, m in points)
+            print(
+                f"| {ratio} | {cells} | {fixed / 2**30:.2f} GiB | {per / 2**20:.2f} MiB "
+                f"({base_per_sample / per:.2f}x fewer) | " + " | ".join(str(f) for f in fits) + " |"
+            )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
