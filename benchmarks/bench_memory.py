@@ -23,8 +23,8 @@ import sys
 
 # name: (vision, text, image_size, patch_size, embed_dim, context_length, batches measured)
 CONFIGS = {
-    "tiny": ("tiny", "tiny", 64, 8, 128, 32, (64, 128, 256)),
-    "S": ("S", "S", 224, 16, 384, 32, (8, 16, 32)),
+    "tiny": ("tiny", "tiny", 64, 8, 128, 32, (256, 512, 1024)),
+    "S": ("S", "S", 224, 16, 384, 32, (32, 64, 128)),
 }
 RATIOS = (0.0, 0.5, 0.75)
 BUDGETS_GIB = (4, 8, 16, 64)
