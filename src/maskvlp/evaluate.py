@@ -36,6 +36,13 @@ from maskvlp.progress import track
 from maskvlp.resources import cpu_share_applied
 from maskvlp.runs import RunPaths, update_result, write_json_atomic
 
+# the metrics each task writes as <task>/<set>/<metric> (what a sweep objective may name)
+TASK_METRICS = {
+    "zeroshot": ("top1", "top5", "mean_per_class_recall"),
+    "retrieval": tuple(f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)),
+    "linear_probe": ("top1",),
+    "composition": ("attribute", "relation", "object"),
+}
 TEMPLATES = ("a {}.", "a photo of a {}.", "a small {}.", "a large {}.", "a picture of a {}.")
 
 

@@ -1,0 +1,265 @@
+"""A sweep file (sweeps/*.yaml): parsed and validated before anything runs. No optuna here.
+
+    name: masking                      # the study: runs/<name>/trial-NNNN/
+    base: {train.samples: 15000}       # overrides on params.yaml for every trial
+    space:                             # params keys -> distributions
+      masking.ratio: {type: float, low: 0.3, high: 0.8, step: 0.05}
+      masking.anchor_ratio: {type: float, low: 0.01, high: 0.2, log: true}
+      masking.features: {type: categorical, choices: [rgb, rgb+embed]}
+      masking.threshold: {type: float, low: 0.2, high: 0.9, when: {masking.strategy: cluster}}
+    objectives:                        # metric keys of evaluation or of the run record
+      - {metric: zeroshot/objects/top1, direction: maximize}
+      - {metric: train_flops, direction: minimize}
+    sampler: {name: tpe, seed: 0}      # tpe | random | grid | nsga2 | qmc
+    pruner: {name: median}             # median | successive_halving | hyperband | none
+    n_trials: 24
+    parallel: 2
+    retries: 1
+
+Every check raises SweepSpecError naming the key, so a bad file is refused before any job exists.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskvlp.config import Config, ConfigError, load_config
+
+SAMPLERS = ("tpe", "random", "grid", "nsga2", "qmc")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+DIRECTIONS = ("maximize", "minimize")
+TYPES = ("float", "int", "categorical")
+# run-record keys (result.json) an objective may name besides the evaluation metrics
+RECORD_OBJECTIVES = ("train_flops", "wall_s", "images_per_s", "train_loss")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SweepSpecError(ValueError):
+    """The sweep file is invalid; the message names the key and what to do."""
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # a params key, e.g. masking.ratio
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    when: dict[str, Any] = field(default_factory=dict)  # sampled only when these (base) params hold
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: dict[str, Any]
+    space: tuple[Param, ...]
+    objectives: tuple[Objective, ...]
+    sampler: str = "tpe"
+    seed: int = 0
+    pruner: str = "median"
+    n_trials: int = 20
+    parallel: int = 1
+    retries: int = 1
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        """`key=value` overrides of one trial: the base, then the sampled values."""
+        merged = {**self.base, **values}
+        return [f"{k}={_yaml_value(v)}" for k, v in merged.items()]
+
+
+def _yaml_value(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _fail(key: str, message: str) -> SweepSpecError:
+    return SweepSpecError(f"{key}: {message}")
+
+
+def _param(key: str, raw: Any) -> Param:
+    where = f"space.{key}"
+    if not isinstance(raw, dict):
+        raise _fail(where, "must be a mapping such as {type: float, low: 0.1, high: 0.9}")
+    kind = raw.get("type", "categorical" if "choices" in raw else "float")
+    if kind not in TYPES:
+        raise _fail(where, f"type must be one of {', '.join(TYPES)}, got {kind!r}")
+    unknown = set(raw) - {"type", "low", "high", "step", "log", "choices", "when"}
+    if unknown:
+        raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
+    when = raw.get("when") or {}
+    if not isinstance(when, dict):
+        raise _fail(f"{where}.when", "must map params keys to the values that enable this parameter")
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _fail(f"{where}.choices", "a categorical parameter needs a non-empty list of choices")
+        return Param(key, kind, choices=tuple(choices), when=dict(when))
+    if "low" not in raw or "high" not in raw:
+        raise _fail(where, f"a {kind} parameter needs low and high")
+    low, high = raw["low"], raw["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise _fail(where, f"low and high must be numbers, got {low!r} and {high!r}")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
+        raise _fail(where, f"an int parameter needs whole low and high, got {low!r} and {high!r}")
+    if not low < high:
+        raise _fail(where, f"empty or inverted range: low {low} must be below high {high}")
+    log, step = bool(raw.get("log", False)), raw.get("step")
+    if log and low <= 0:
+        raise _fail(where, f"a log range must be positive (it cannot cross 0), got low {low}")
+    if step is not None and (log or not isinstance(step, (int, float)) or step <= 0 or step > high - low):
+        raise _fail(f"{where}.step", f"must be a positive number no larger than high - low, and not with log: {step!r}")
+    return Param(key, kind, float(low), float(high), None if step is None else float(step), log, when=dict(when))
+
+
+def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
+    """A SweepSpec from the loaded YAML mapping (structure and ranges; see `validate` for params)."""
+    if not isinstance(raw, dict):
+        raise SweepSpecError(f"{origin}: expected a mapping with name, space and objectives")
+    unknown = set(raw) - {"name", "base", "space", "objectives", "sampler", "pruner", "n_trials", "parallel", "retries"}
+    if unknown:
+        raise _fail(", ".join(sorted(unknown)), f"unknown top-level key(s) in {origin}")
+    name = str(raw.get("name", ""))
+    if not NAME.match(name):
+        raise _fail("name", f"must be a folder-safe study name (letters, digits, _ . -), got {name!r}")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise _fail("base", "must map params keys to values, e.g. {train.samples: 15000}")
+    space_raw = raw.get("space")
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise _fail("space", "must map at least one params key to a distribution")
+    space = tuple(_param(k, v) for k, v in space_raw.items())
+    objectives_raw = raw.get("objectives")
+    if not isinstance(objectives_raw, list) or not objectives_raw:
+        raise _fail("objectives", "must list at least one {metric: KEY, direction: maximize|minimize}")
+    objectives = []
+    for i, o in enumerate(objectives_raw):
+        if not isinstance(o, dict) or "metric" not in o:
+            raise _fail(f"objectives[{i}]", "must be {metric: KEY, direction: maximize|minimize}")
+        direction = o.get("direction", "maximize")
+        if direction not in DIRECTIONS:
+            raise _fail(f"objectives[{i}].direction", f"must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        objectives.append(Objective(str(o["metric"]), direction))
+    sampler_raw = raw.get("sampler") or {}
+    sampler = sampler_raw.get("name", "nsga2" if len(objectives) > 1 else "tpe")
+    if sampler not in SAMPLERS:
+        raise _fail("sampler.name", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler == "grid" and any(p.type == "float" and p.step is None for p in space):
+        raise _fail("sampler.name", "grid needs a step for every float parameter (or categorical choices)")
+    pruner = (raw.get("pruner") or {}).get("name", "median")
+    if pruner not in PRUNERS:
+        raise _fail("pruner.name", f"must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    if pruner != "none" and len(objectives) > 1:
+        raise _fail("pruner.name", "pruning needs a single objective; set pruner: {name: none} for two objectives")
+    ints = {}
+    for key, default, minimum in (("n_trials", 20, 1), ("parallel", 1, 1), ("retries", 1, 0)):
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise _fail(key, f"must be an integer >= {minimum}, got {value!r}")
+        ints[key] = value
+    return SweepSpec(
+        name, dict(base), space, tuple(objectives), sampler, int(sampler_raw.get("seed", 0)), pruner, **ints
+    )
+
+
+def objective_keys(cfg: Config) -> set[str]:
+    """Metric keys evaluation can produce for cfg's eval.datasets, plus the run-record keys."""
+    from maskvlp.evalsets import dataset_name
+    from maskvlp.evaluate import TASK_METRICS
+
+    keys = set(RECORD_OBJECTIVES)
+    for spec in cfg.eval.datasets:
+        name = dataset_name(spec)
+        keys |= {f"{task}/{name}/{m}" for task, metrics in TASK_METRICS.items() for m in metrics}
+    return keys
+
+
+def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: list[str] | None = None) -> Config:
+    """Check the spec against params.yaml: base and every space key are params keys whose extreme values
+    the config accepts, and every objective is a key evaluation produces. Returns the base config."""
+    base_overrides = spec.overrides({}) + list(extra or [])
+    try:
+        cfg = load_config(params, base_overrides)
+    except ConfigError as exc:
+        raise SweepSpecError(f"base: {exc}") from exc
+    for p in spec.space:
+        for key in p.when:
+            _check_key(params, base_overrides, key, f"space.{p.key}.when")
+        values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
+        if p.type == "int":
+            values = [int(v) for v in values]
+        for value in values:
+            try:
+                load_config(
+                    params,
+                    [
+                        *base_overrides,
+                        *(f"{k}={_yaml_value(v)}" for k, v in p.when.items()),
+                        f"{p.key}={_yaml_value(value)}",
+                    ],
+                )
+            except ConfigError as exc:
+                raise SweepSpecError(f"space.{p.key}: value {value!r} is refused by the params: {exc}") from exc
+    known = objective_keys(cfg)
+    for i, o in enumerate(spec.objectives):
+        if o.metric not in known:
+            near = sorted(k for k in known if k.split("/")[-1] == o.metric.split("/")[-1])[:6]
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise _fail(
+                f"objectives[{i}].metric",
+                f"{o.metric!r} is not produced by evaluation of {cfg.eval.datasets} "
+                f"nor a run-record key ({', '.join(RECORD_OBJECTIVES)}){hint}",
+            )
+    return cfg
+
+
+def _check_key(params, overrides, key: str, where: str) -> None:
+    try:
+        load_config(params, overrides + [f"{key}={_yaml_value(_current(params, overrides, key))}"])
+    except (ConfigError, KeyError) as exc:
+        raise _fail(where, f"{key!r} is not a params key ({exc})") from exc
+
+
+def _current(params, overrides, key: str) -> Any:
+    from maskvlp.config import to_dict
+
+    node: Any = to_dict(load_config(params, overrides))
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def load(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SweepSpecError(f"sweep file '{path}' not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SweepSpecError(f"{path}: not valid YAML: {exc}") from exc
+    return parse(raw, str(path))
+
+
+def grid_size(spec: SweepSpec) -> float:
+    """Points of the full grid (inf when a float has no step)."""
+    total = 1.0
+    for p in spec.space:
+        if p.type == "categorical":
+            total *= len(p.choices)
+        elif p.step is None and p.type == "float":
+            return math.inf
+        else:
+            total *= math.floor((p.high - p.low) / (p.step or 1) + 1e-9) + 1
+    return total
