@@ -253,8 +253,14 @@ def test_no_wait_returns_at_once_and_ctrl_c_while_waiting_cancels(shards, tmp_pa
     # Ctrl-C while waiting, with nobody at a terminal to ask: the job is cancelled, not orphaned
     cfg = load_config(None, overrides(shards, tmp_path / "b", "launcher.executor=slurm", "train.samples=100000"))
     submitted = submit(cfg, TrainJob(to_dict(cfg)), run_paths(cfg).root, "pretrain")
-    threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        wait(submitted, poll_s=0.5, interactive=False)
+    # a process started in the background by a non-interactive shell (nohup, `cmd &`) inherits SIGINT
+    # ignored, and Python then raises no KeyboardInterrupt: give this test Python's own handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            wait(submitted, poll_s=0.5, interactive=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert f"cancelled job {submitted.job.job_id}" in capsys.readouterr().err
     _wait_for(lambda: list_jobs(run_paths(cfg).root)[0]["state"].startswith("CANCELLED"), 60, "the cancellation")
