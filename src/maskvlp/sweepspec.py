@@ -188,15 +188,14 @@ def objective_keys(cfg: Config) -> set[str]:
 
 def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: list[str] | None = None) -> Config:
     """Check the spec against params.yaml: base and every space key are params keys whose extreme values
-    the config accepts, and every objective is a key evaluation produces. Returns the base config."""
+    the config accepts (with the parameter's `when` values set, which checks those keys too), and every
+    objective is a key evaluation produces. Returns the base config."""
     base_overrides = spec.overrides({}) + list(extra or [])
     try:
         cfg = load_config(params, base_overrides)
     except ConfigError as exc:
         raise SweepSpecError(f"base: {exc}") from exc
     for p in spec.space:
-        for key in p.when:
-            _check_key(params, base_overrides, key, f"space.{p.key}.when")
         values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
         if p.type == "int":
             values = [int(v) for v in values]
@@ -223,22 +222,6 @@ def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: 
                 f"nor a run-record key ({', '.join(RECORD_OBJECTIVES)}){hint}",
             )
     return cfg
-
-
-def _check_key(params, overrides, key: str, where: str) -> None:
-    try:
-        load_config(params, overrides + [f"{key}={_yaml_value(_current(params, overrides, key))}"])
-    except (ConfigError, KeyError) as exc:
-        raise _fail(where, f"{key!r} is not a params key ({exc})") from exc
-
-
-def _current(params, overrides, key: str) -> Any:
-    from maskvlp.config import to_dict
-
-    node: Any = to_dict(load_config(params, overrides))
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def load(path: str | Path) -> SweepSpec:
