@@ -6,6 +6,9 @@
 #   scripts/slurm-local.sh stop     stop them, by the PIDs recorded at start
 #   scripts/slurm-local.sh status   show the daemons and `sinfo`
 #
+# The MariaDB server also holds a database `optuna` (user optuna, password optuna) for sweeps on an
+# RDB storage: --storage 'mysql+pymysql://optuna:optuna@localhost/optuna?unix_socket=/run/mysqld/mysqld.sock'
+#
 # One partition `debug` with this machine's cores and memory. No systemd needed; state lives under
 # /var/spool/maskvlp-slurm and /run. Works as root only (it installs packages and runs daemons).
 set -euo pipefail
@@ -113,6 +116,9 @@ start() {
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+CREATE DATABASE IF NOT EXISTS optuna;
+CREATE USER IF NOT EXISTS 'optuna'@'localhost' IDENTIFIED BY 'optuna';
+GRANT ALL ON optuna.* TO 'optuna'@'localhost';
 FLUSH PRIVILEGES;
 EOF
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from maskvlp.config import Config, ConfigError, load_config, to_yaml
+from maskvlp.sweepspec import SweepSpecError
 
 EPILOG = """\
 Every stage reads params.yaml (sections: seed, data, model, masking, train, eval, launcher) and
@@ -195,6 +196,52 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from maskvlp.sweep.driver import detach, prepare, run_sweep, summary_line
+
+    sw = prepare(args.file, args.overrides, args.params, args.n_trials, args.parallel, args.storage)
+    spec = sw.spec
+    print(
+        f"sweep {spec.name}: {spec.n_trials} trials, {spec.parallel} at a time ({sw.executor}), "
+        f"sampler {spec.sampler}, pruner {spec.pruner}; storage {sw.storage}; trials in {sw.study_dir}/"
+    )
+    if args.detach:
+        job_id = detach(sw, args.force_new)
+        print(
+            f"submitted the sweep driver as Slurm job {job_id}; log off freely. "
+            f"Follow it with `maskvlp sweep-status {spec.name}`"
+        )
+        return 0
+    started = time.time()
+    groups = run_sweep(sw, args.force_new, progress=not args.quiet)
+    print(summary_line(sw, groups, time.time() - started))
+    if args.report:
+        from maskvlp.sweep.report import report
+
+        text, out = report(spec.name, args.report, sw.base_cfg.train.runs_dir)
+        print(text)
+        print(f"wrote {out}/")
+    return 0
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    from maskvlp.sweep.report import status
+
+    print(status(args.name, args.runs_dir))
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from maskvlp.sweep.report import report
+
+    text, out = report(args.name, args.out, args.runs_dir)
+    print(text)
+    print(f"wrote {out}/ (trials.csv, trials.md, best_params.yaml, plots)")
+    return 0
+
+
 def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
     print(to_yaml(cfg), end="")
     return 0
@@ -295,6 +342,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser(
+        "sweep",
+        help='run an Optuna sweep from a sweep file: one full pretrain + evaluate per trial (README "Sweeps")',
+        description="Sample the search space of FILE (e.g. sweeps/masking.yaml) with its sampler and run each trial "
+        "as its own run in runs/<study>/trial-NNNN/ (config.yaml holds its complete params), `parallel` at a time: "
+        "local processes or, with launcher.executor=slurm, Slurm jobs. Stop it any time and run the same command "
+        "again: it continues to n_trials finished trials, following jobs still running and retrying trials whose "
+        "job died from their checkpoint. Everything is checked before anything is submitted.",
+        epilog="example: maskvlp sweep sweeps/masking.yaml --set launcher.executor=slurm --parallel 2\n"
+        "then: maskvlp sweep-status masking; maskvlp sweep-report masking",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", metavar="FILE", help="sweep file (name, base, space, objectives, sampler, pruner, ...)")
+    _common(p)
+    p.add_argument(
+        "--n-trials", type=int, default=None, metavar="N", help="finished trials to reach (default: the file's)"
+    )
+    p.add_argument("--parallel", type=int, default=None, metavar="N", help="trials at a time (default: the file's)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage: an RDB URL such as mysql+pymysql://user:pw@host/db (big sweeps), or a journal file "
+        "path (default: runs/<study>/study.journal)",
+    )
+    p.add_argument("--detach", action="store_true", help="submit the driver itself as a small Slurm job and return")
+    p.add_argument(
+        "--force-new", action="store_true", help="set an existing study of this name aside and start a new one"
+    )
+    p.add_argument("--report", default="", metavar="DIR", help="when done, also write the sweep report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep, raw=True)
+
+    p = sub.add_parser(
+        "sweep-status",
+        help="a sweep's trials by state, best so far, running trials and time left",
+        description="Read the study of runs/<NAME> from its storage (while it runs or after).",
+    )
+    p.add_argument("name", metavar="NAME", help="the study name (the sweep file's name:)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
+    p.set_defaults(func=cmd_sweep_status, raw=True)
+
+    p = sub.add_parser(
+        "sweep-report",
+        help="a sweep's report: table, CSV, Markdown, best params file and plots",
+        description="One row per trial (number, state, params, objectives, duration, job) to the console, "
+        "trials.csv and trials.md; best_params.yaml; Optuna's plots (history, importances, slice, contour, "
+        "intermediate values, Pareto front for two objectives) as PNG.",
+    )
+    p.add_argument("name", metavar="NAME", help="the study name")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/sweeps/NAME)")
+    p.set_defaults(func=cmd_sweep_report, raw=True)
+
+    p = sub.add_parser(
         "config",
         help="print the resolved, validated parameters",
         description="Load params.yaml with overrides, validate, and print the result as YAML.",
@@ -309,10 +410,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[Config, argparse.Namespace], int] = args.func
     try:
+        if getattr(args, "raw", False):  # the sweep commands load their own params
+            return args.func(args)
         cfg = load_config(args.params, args.overrides)
         return func(cfg, args)
     except ConfigError as exc:
         print(f"maskvlp {args.command}: invalid parameters: {exc}", file=sys.stderr)
+        return 2
+    except SweepSpecError as exc:
+        print(f"maskvlp {args.command}: invalid sweep: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"maskvlp {args.command}: error: {exc}", file=sys.stderr)

@@ -337,9 +337,12 @@ class SubsetEvaluator:
             model.train(was_training)
 
 
-def write_tensorboard_hparams(run_dir: Path, metrics: dict[str, float]) -> Path:
+def write_tensorboard_hparams(
+    run_dir: Path, metrics: dict[str, float], extra_hparams: dict[str, Any] | None = None
+) -> Path:
     """One HParams session per run, in the run's own folder (runs/<name>/eval), not a timestamped one:
-    the run's masking and model params as hparams, the final metrics as its metrics."""
+    the run's masking and model params as hparams (plus `extra_hparams`: a sweep trial's sampled params,
+    number and state), the final metrics as its metrics. Writing again replaces the session."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
@@ -357,6 +360,8 @@ def write_tensorboard_hparams(run_dir: Path, metrics: dict[str, float]) -> Path:
             "seed": run_cfg.seed,
         }
     )
+    hp.update(extra_hparams or {})
+    hp = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in hp.items()}
     scalars = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
     exp, ssi, sei = hparams(hp, scalars)
     writer = SummaryWriter(str(log_dir))

@@ -74,6 +74,21 @@ class SweepSpec:
     n_trials: int = 20
     parallel: int = 1
     retries: int = 1
+    sampler_options: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the sampler
+    pruner_options: dict[str, Any] = field(default_factory=dict)  # of the pruner, e.g. n_startup_trials
+
+    def fingerprint(self) -> str:
+        """What makes a study this study: base, space and objectives (not n_trials, parallel, retries,
+        sampler or pruner, which may change between runs of the same study)."""
+        import hashlib
+        import json
+
+        ident = {
+            "base": self.base,
+            "space": [vars(p) | {"choices": list(p.choices)} for p in self.space],
+            "objectives": [vars(o) for o in self.objectives],
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def overrides(self, values: dict[str, Any]) -> list[str]:
         """`key=value` overrides of one trial: the base, then the sampled values."""
@@ -153,12 +168,17 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
             raise _fail(f"objectives[{i}].direction", f"must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
         objectives.append(Objective(str(o["metric"]), direction))
     sampler_raw = raw.get("sampler") or {}
+    if not isinstance(sampler_raw, dict):
+        raise _fail("sampler", "must be a mapping such as {name: tpe, seed: 0}")
     sampler = sampler_raw.get("name", "nsga2" if len(objectives) > 1 else "tpe")
     if sampler not in SAMPLERS:
         raise _fail("sampler.name", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if sampler == "grid" and any(p.type == "float" and p.step is None for p in space):
         raise _fail("sampler.name", "grid needs a step for every float parameter (or categorical choices)")
-    pruner = (raw.get("pruner") or {}).get("name", "median")
+    pruner_raw = raw.get("pruner") or {}
+    if not isinstance(pruner_raw, dict):
+        raise _fail("pruner", "must be a mapping such as {name: median, n_startup_trials: 5}")
+    pruner = pruner_raw.get("name", "median")
     if pruner not in PRUNERS:
         raise _fail("pruner.name", f"must be one of {', '.join(PRUNERS)}, got {pruner!r}")
     if pruner != "none" and len(objectives) > 1:
@@ -169,8 +189,20 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise _fail(key, f"must be an integer >= {minimum}, got {value!r}")
         ints[key] = value
+    seed = sampler_raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise _fail("sampler.seed", f"must be an integer, got {seed!r}")
     return SweepSpec(
-        name, dict(base), space, tuple(objectives), sampler, int(sampler_raw.get("seed", 0)), pruner, **ints
+        name,
+        dict(base),
+        space,
+        tuple(objectives),
+        sampler,
+        seed,
+        pruner,
+        **ints,
+        sampler_options={k: v for k, v in sampler_raw.items() if k not in ("name", "seed")},
+        pruner_options={k: v for k, v in pruner_raw.items() if k != "name"},
     )
 
 
@@ -220,6 +252,17 @@ def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: 
                 f"objectives[{i}].metric",
                 f"{o.metric!r} is not produced by evaluation of {cfg.eval.datasets} "
                 f"nor a run-record key ({', '.join(RECORD_OBJECTIVES)}){hint}",
+            )
+    if spec.pruner != "none":
+        if spec.objectives[0].metric in RECORD_OBJECTIVES:
+            raise _fail(
+                "pruner.name", f"pruning needs an evaluation metric objective, not {spec.objectives[0].metric!r}"
+            )
+        if cfg.train.eval_every_samples <= 0:
+            raise _fail(
+                "pruner.name",
+                "pruning needs evaluations during training: set train.eval_every_samples > 0 in base "
+                "(or pruner: {name: none})",
             )
     return cfg
 

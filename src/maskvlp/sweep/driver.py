@@ -1,0 +1,482 @@
+"""`maskvlp sweep FILE`: run a study to `n_trials` finished trials, `parallel` at a time.
+
+The driver holds no state of its own: everything is in the study's storage (trial params, states,
+user attributes `run_dir` and `job`) and in the trials' run folders, so it can be killed at any
+moment and started again with the same command. Each pass of its loop:
+
+1. polls its trials: a trial its job has told (COMPLETE, PRUNED) frees its slot at once;
+2. reconciles trials whose job is gone while the trial is still RUNNING (sacct for Slurm jobs, the
+   process table for local ones): a run that finished its evaluation is told COMPLETE from its record;
+   otherwise the attempt is told FAIL and a retry with the same params and run folder is enqueued
+   (it resumes from the folder's checkpoint), at most `retries` times for crashes (a clean stop, such
+   as Ctrl-C or SIGTERM, does not count);
+3. starts trials until `parallel` are in flight: enqueued retries first, then new points from the
+   sampler, while finished + in flight < n_trials. A new trial starts as soon as any slot frees.
+
+Local trials are separate processes in their own session (Ctrl-C of the driver stops them at a step
+boundary with a checkpoint); Slurm trials are jobs submitted through launch.submit and keep running
+when the driver dies. Each trial process gets its share of the cores: locally `launcher.threads` =
+CPUs // parallel, under Slurm the job's `launcher.cpus_per_task`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from maskvlp.config import Config, load_config, to_dict
+from maskvlp.progress import Progress, format_duration
+from maskvlp.runs import RunPaths, read_result, write_json_atomic
+from maskvlp.sweep.job import TRIAL_FILE, TrialJob, TrialTask
+from maskvlp.sweep.study import (
+    Logical,
+    create_or_resume,
+    is_finished,
+    logical_trials,
+    storage_url,
+    suggest,
+    trial_handle,
+    values_from_record,
+)
+from maskvlp.sweepspec import SweepSpec, SweepSpecError, grid_size, validate
+
+SWEEP_FILE = "sweep.json"  # in the study folder: the spec, storage and params the study was started with
+LOCK_FILE = "driver.json"
+ALIVE_SLURM = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
+UNKNOWN_GRACE_S = 120.0  # a job sacct does not know yet (just submitted) counts as alive this long
+
+
+@dataclass
+class Sweep:
+    """A sweep ready to run: the spec (with command-line changes), its raw mapping for the jobs, where
+    the study lives, and how trials are configured."""
+
+    spec: SweepSpec
+    raw: dict[str, Any]
+    params: str | None
+    base_cfg: Config
+    study_dir: Path
+    storage: str
+    executor: str
+    threads: int  # per local trial process (launcher.threads); 0 = Slurm's cpus_per_task
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "spec": self.raw,
+            "fingerprint": self.spec.fingerprint(),
+            "storage": self.storage,
+            "params": self.params,
+            "executor": self.executor,
+        }
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SweepSpecError(f"--set {item}: must look like key=value, e.g. train.samples=5000")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def prepare(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    params: str | None = "params.yaml",
+    n_trials: int | None = None,
+    parallel: int | None = None,
+    storage: str | None = None,
+) -> Sweep:
+    """Load and validate everything before anything is submitted: the sweep file, the params with the
+    sweep's base and `--set` overrides (merged into the base: they define the study), the shards."""
+    from maskvlp.data.shards import check_manifest, load_manifest
+    from maskvlp.sweepspec import load, parse
+
+    spec = load(path)
+    raw = yaml.safe_load(Path(path).read_text())
+    raw["base"] = {**(raw.get("base") or {}), **_parse_set(overrides or [])}
+    for key, value in (("n_trials", n_trials), ("parallel", parallel)):
+        if value is not None:
+            raw[key] = value
+    spec = parse(raw, str(path))
+    cfg = validate(spec, params)
+    if spec.sampler == "grid" and spec.n_trials > grid_size(spec):
+        raise SweepSpecError(f"n_trials: {spec.n_trials} exceeds the grid's {int(grid_size(spec))} points")
+    try:
+        check_manifest(cfg, load_manifest(cfg.data.out_dir))
+    except FileNotFoundError as exc:
+        raise SweepSpecError(f"data: {exc} (run `maskvlp shard` or `dvc repro shard` first)") from exc
+    study_dir = Path(cfg.train.runs_dir) / spec.name
+    url = storage_url(study_dir, storage)
+    executor = cfg.launcher.executor
+    threads = 0
+    if executor == "local":
+        threads = cfg.launcher.threads or max(1, len(os.sched_getaffinity(0)) // spec.parallel)
+    return Sweep(spec, raw, params, cfg, study_dir, url, executor, threads)
+
+
+def trial_config(sw: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
+    """The trial's complete params: params.yaml + base + sampled values, in its own run folder."""
+    extra = [
+        f"train.runs_dir={run_dir.parent}",
+        f"train.run_name={run_dir.name}",
+        f"eval.metrics_file={run_dir / 'eval' / 'summary.json'}",
+        f"launcher.job_name={sw.spec.name}-{run_dir.name}",
+    ]
+    if sw.threads:
+        extra.append(f"launcher.threads={sw.threads}")
+    return load_config(sw.params, sw.spec.overrides(values) + extra)
+
+
+# --------------------------------------------------------------------------------- job handles
+@dataclass
+class Handle:
+    number: int
+    run_dir: Path
+    job: str  # "slurm:<id>" or "local:<host>:<pid>:<start ticks>"
+    launched: float = field(default_factory=time.time)
+    process: subprocess.Popen | None = None  # local trials started by this driver
+
+
+def _proc_start(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] == "Z" else fields[19]  # state, ..., starttime (field 22)
+
+
+def job_alive(job: str, launched: float, slurm_states: dict[str, str]) -> bool:
+    kind, _, ref = job.partition(":")
+    if kind == "slurm":
+        state = slurm_states.get(ref, "UNKNOWN")
+        return state in ALIVE_SLURM or (state == "UNKNOWN" and time.time() - launched < UNKNOWN_GRACE_S)
+    host, pid, start = ref.split(":")
+    if host != socket.gethostname():
+        print(f"sweep: trial process {pid} ran on {host}, not here: counted as gone", file=sys.stderr)
+        return False
+    return _proc_start(int(pid)) == start
+
+
+def _slurm_states(handles: list[Handle]) -> dict[str, str]:
+    from maskvlp.launch import sacct_states
+
+    ids = [h.job.split(":", 1)[1] for h in handles if h.job.startswith("slurm:")]
+    return sacct_states(ids) if ids else {}
+
+
+def _recorded_job(trial: optuna.trial.FrozenTrial) -> str:
+    """The trial's job: its `job` attribute, else the last Slurm job its run folder recorded (the driver
+    may have died between submitting and noting it)."""
+    if trial.user_attrs.get("job"):
+        return trial.user_attrs["job"]
+    jobs = RunPaths(Path(trial.user_attrs.get("run_dir", "."))).jobs
+    lines = jobs.read_text().splitlines() if jobs.is_file() else []
+    return f"slurm:{json.loads(lines[-1])['job_id']}" if lines else ""
+
+
+# ------------------------------------------------------------------------------------- driver
+class Driver:
+    def __init__(self, sw: Sweep, study: optuna.Study, progress: bool = True, poll_s: float = 2.0):
+        self.sw, self.study, self.poll_s = sw, study, poll_s
+        self.active: dict[int, Handle] = {}
+        self.progress = progress
+        self.launched_count = 0
+
+    # -- launching
+    def launch(self) -> Handle:
+        sw, spec = self.sw, self.sw.spec
+        trial = self.study.ask()
+        values = suggest(trial, spec)
+        run_dir = Path(trial.user_attrs.get("run_dir") or sw.study_dir / f"trial-{trial.number:04d}")
+        cfg = trial_config(sw, values, run_dir)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("overrides", spec.overrides(values))
+        task = TrialTask(to_dict(cfg), sw.raw, sw.storage, trial.number, values)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / TRIAL_FILE).write_text(task.to_json())
+        if sw.executor == "local":
+            log = open(run_dir / "trial.log", "a")  # noqa: SIM115 (the child keeps it)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "maskvlp.sweep.job", str(run_dir / TRIAL_FILE)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the driver's Ctrl-C is relayed as SIGTERM (a clean stop), not SIGINT
+                env=env,
+            )
+            log.close()
+            job = f"local:{socket.gethostname()}:{proc.pid}:{_proc_start(proc.pid)}"
+            handle = Handle(trial.number, run_dir, job, process=proc)
+        else:
+            from maskvlp.launch import submit
+
+            submitted = submit(cfg, TrialJob(task), run_dir, "trial")
+            handle = Handle(trial.number, run_dir, f"slurm:{submitted.job.job_id}")
+        trial.set_user_attr("job", handle.job)
+        trial.set_user_attr("launched", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.active[trial.number] = handle
+        self.launched_count += 1
+        return handle
+
+    # -- reconciliation
+    def settle_dead(self, trial: optuna.trial.FrozenTrial, why: str) -> str:
+        """A RUNNING trial whose job is gone: told COMPLETE from its record when it evaluated, PRUNED
+        when it was pruned, else FAIL (+ a retry enqueued). Returns what was done."""
+        run_dir = Path(trial.user_attrs.get("run_dir", ""))
+        result = read_result(RunPaths(run_dir)) if trial.user_attrs.get("run_dir") else {}
+        values = values_from_record(self.sw.spec, result) if RunPaths(run_dir).model.exists() else None
+        if values is not None and result.get("eval"):
+            self.study.tell(trial.number, values, skip_if_finished=True)
+            return "COMPLETE (from its run record)"
+        if result.get("status") == "pruned":
+            self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+            return "PRUNED (from its run record)"
+        launched = bool(trial.user_attrs.get("job"))
+        crash = launched and result.get("status") != "stopped" and why != "stopped cleanly"
+        handle = trial_handle(self.study, trial.number)
+        handle.set_user_attr("failure", why)
+        handle.set_user_attr("counts_as_failure", bool(crash))
+        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        group = next((g for g in logical_trials(self.study) if g.run_dir == str(run_dir)), None)
+        if group is None or not trial.user_attrs.get("run_dir"):
+            return "FAIL (never launched)"
+        if group.failures > self.sw.spec.retries:
+            return f"FAIL (no retries left: {group.failures - 1} of {self.sw.spec.retries} used)"
+        self.study.enqueue_trial(
+            dict(trial.params),
+            user_attrs={"run_dir": str(run_dir), "retry_of": trial.number, "attempt": len(group.attempts) + 1},
+        )
+        return "FAIL, retry enqueued (resumes from its checkpoint)"
+
+    def poll(self) -> None:
+        """Free the slots of trials that finished, reconcile those whose job died."""
+        states = _slurm_states(list(self.active.values()))
+        trials = self.study.get_trials(deepcopy=False)
+        for number, h in list(self.active.items()):
+            trial = trials[number]
+            if trial.state != TrialState.RUNNING:
+                self._reap(h)
+                self._say(f"trial {number} {trial.state.name} {self._values(trial)}")
+                del self.active[number]
+                continue
+            if h.process is not None:
+                code = h.process.poll()
+                if code is None:
+                    continue
+                why = "stopped cleanly" if code == 3 else f"process exited with code {code}"
+            elif job_alive(h.job, h.launched, states):
+                continue
+            else:
+                why = f"job ended {states.get(h.job.split(':', 1)[1], 'UNKNOWN')}"
+            trial = self.study.get_trials(deepcopy=False)[number]  # it may have told just now
+            if trial.state == TrialState.RUNNING:
+                self._say(f"trial {number}: {why}: {self.settle_dead(trial, why)} (logs in {h.run_dir})")
+            del self.active[number]
+
+    def adopt_orphans(self) -> None:
+        """At start: RUNNING trials of an earlier driver. Alive jobs are followed again; dead ones settled."""
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        handles = {}
+        for t in trials:
+            if t.number in self.active:
+                continue
+            job = _recorded_job(t)
+            if not t.user_attrs.get("run_dir") or not job:
+                self._say(f"trial {t.number}: {self.settle_dead(t, 'never launched (the driver stopped first)')}")
+                continue
+            launched = time.mktime(
+                time.strptime(t.user_attrs.get("launched", "1970-01-01T00:00:00"), "%Y-%m-%dT%H:%M:%S")
+            )
+            handles[t.number] = Handle(t.number, Path(t.user_attrs["run_dir"]), job, launched)
+        states = _slurm_states(list(handles.values()))
+        for number, h in handles.items():
+            if job_alive(h.job, h.launched, states):
+                self.active[number] = h
+                self._say(f"trial {number}: its job {h.job} is still running: following it")
+            else:
+                trial = self.study.get_trials(deepcopy=False)[number]
+                self._say(f"trial {number}: {self.settle_dead(trial, f'job gone ({h.job})')}")
+
+    # -- the loop
+    def counts(self) -> tuple[int, int, list[Logical]]:
+        groups = logical_trials(self.study)
+        finished = sum(is_finished(g, self.sw.spec.retries) for g in groups)
+        waiting = sum(g.last.state == TrialState.WAITING for g in groups)
+        return finished, waiting, groups
+
+    def run(self) -> list[Logical]:
+        spec = self.sw.spec
+        self.adopt_orphans()
+        finished, _, _ = self.counts()
+        bar = Progress(spec.n_trials, f"sweep {spec.name}", unit="trial", enabled=self.progress, initial=finished)
+        try:
+            while True:
+                self.poll()
+                finished, waiting, groups = self.counts()
+                bar.update(finished - bar.n)
+                bar.set_postfix(running=len(self.active), best=self._best())
+                while len(self.active) < spec.parallel and (
+                    waiting > 0 or finished + len(self.active) + waiting < spec.n_trials
+                ):
+                    h = self.launch()
+                    self._say(f"trial {h.number} started ({h.job}) in {h.run_dir}")
+                    finished, waiting, groups = self.counts()
+                if not self.active:
+                    break  # finished >= n_trials: nothing left to start
+                time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            self.stop_local()
+            raise
+        finally:
+            bar.close()
+        return groups
+
+    def stop_local(self) -> None:
+        """Ctrl-C: local trials get SIGTERM (checkpoint at the next step, then exit); Slurm jobs keep
+        running and the next `maskvlp sweep` follows them again."""
+        for h in self.active.values():
+            if h.process is not None and h.process.poll() is None:
+                h.process.send_signal(signal.SIGTERM)
+        for h in self.active.values():
+            if h.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    h.process.wait(timeout=120)
+        if any(h.process is None for h in self.active.values()):
+            print("sweep: Slurm trials keep running; run the same command again to follow them", file=sys.stderr)
+
+    # -- helpers
+    def _reap(self, h: Handle) -> None:
+        if h.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                h.process.wait(timeout=60)
+
+    def _values(self, trial: optuna.trial.FrozenTrial) -> str:
+        return "" if trial.values is None else " ".join(f"{v:.4f}" for v in trial.values)
+
+    def _best(self) -> str:
+        try:
+            if len(self.sw.spec.objectives) > 1:
+                return f"{len(self.study.best_trials)} on the Pareto front"
+            return f"{self.study.best_value:.4f}"
+        except ValueError:
+            return "-"
+
+    def _say(self, message: str) -> None:
+        print(f"sweep {self.sw.spec.name}: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def driver_lock(study_dir: Path):
+    """One driver per study on this host: a second one would start the same retries twice."""
+    path = study_dir / LOCK_FILE
+    if path.is_file():
+        other = json.loads(path.read_text())
+        if other.get("host") == socket.gethostname() and _proc_start(other["pid"]) == other.get("start"):
+            raise SweepSpecError(
+                f"a driver for this study already runs (pid {other['pid']}); follow it with "
+                f"`maskvlp sweep-status {study_dir.name}` or stop it first"
+            )
+    pid = os.getpid()
+    write_json_atomic(path, {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)})
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def set_aside(study_dir: Path) -> Path | None:
+    """--force-new: move the old study's folder to <name>.replaced-<time> (nothing is deleted)."""
+    if not study_dir.exists():
+        return None
+    target = study_dir.with_name(f"{study_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    study_dir.rename(target)
+    return target
+
+
+def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s: float = 2.0) -> list[Logical]:
+    """Create or resume the study and drive it to n_trials finished trials."""
+    if force_new:
+        moved = set_aside(sw.study_dir)  # its journal too, when it lives there (an RDB study is deleted below)
+        if moved:
+            print(f"sweep {sw.spec.name}: the old study's folder is now {moved}", file=sys.stderr)
+    study = create_or_resume(sw.spec, sw.storage, sw.spec.parallel, force_new)
+    sw.study_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(sw.study_dir / SWEEP_FILE, sw.info)
+    with driver_lock(sw.study_dir):
+        groups = Driver(sw, study, progress, poll_s).run()
+    return groups
+
+
+def summary_line(sw: Sweep, groups: list[Logical], elapsed_s: float) -> str:
+    states: dict[str, int] = {}
+    for g in groups:
+        states[g.last.state.name] = states.get(g.last.state.name, 0) + 1
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    return (
+        f"sweep {sw.spec.name}: {counts} in {format_duration(elapsed_s)}; report: maskvlp sweep-report {sw.spec.name}"
+    )
+
+
+class DriverJob:
+    """`maskvlp sweep --detach`: the driver itself as a small Slurm job."""
+
+    def __init__(self, sw: Sweep, force_new: bool):
+        self.sw, self.force_new = sw, force_new
+
+    def __call__(self) -> str:
+        started = time.time()
+        groups = run_sweep(self.sw, self.force_new, progress=True)
+        return summary_line(self.sw, groups, time.time() - started)
+
+
+def detach(sw: Sweep, force_new: bool) -> str:
+    """Submit the driver as a Slurm job (1 CPU, 2 GB, the launcher's partition and time limit)."""
+    from maskvlp.launch import submit
+
+    cfg = sw.base_cfg
+    cfg = replace(
+        cfg,
+        launcher=replace(
+            cfg.launcher,
+            executor="slurm",
+            cpus_per_task=1,
+            mem_gb=2.0,
+            nodes=1,
+            tasks_per_node=1,
+            gpus_per_node=0,
+            job_name=f"{sw.spec.name}-driver",
+        ),
+    )
+    sw.study_dir.mkdir(parents=True, exist_ok=True)
+    submitted = submit(cfg, DriverJob(sw, force_new), sw.study_dir / "driver", "sweep-driver")
+    return str(submitted.job.job_id)

@@ -1,0 +1,269 @@
+"""`maskvlp sweep-status NAME` and `maskvlp sweep-report NAME`: read a study back from its storage.
+
+The report writes into its folder (default reports/sweeps/<name>/):
+  trials.csv, trials.md    one row per trial attempt: number, state, params, objectives, duration,
+                           job, run folder, retry_of, failure
+  best_params.yaml         a complete params file of the best trial (first objective), ready for
+                           `maskvlp pretrain --params` or to copy into params.yaml
+  pareto.csv               two objectives: the non-dominated trials
+  *.png                    Optuna's matplotlib plots: history, importances, slice, contour, Pareto front
+  summary.json             counts by state, best values and params (a DVC metrics file)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from maskvlp.progress import format_duration
+from maskvlp.sweep.study import Logical, is_finished, load_study, logical_trials, quiet_optuna
+from maskvlp.sweepspec import SweepSpec, SweepSpecError, parse
+
+
+def open_study_folder(name: str, runs_dir: str = "runs") -> tuple[dict[str, Any], SweepSpec, optuna.Study]:
+    """The study started in <runs_dir>/<name> (its sweep.json says where the storage is)."""
+    from maskvlp.sweep.driver import SWEEP_FILE
+
+    info_path = Path(runs_dir) / name / SWEEP_FILE
+    if not info_path.is_file():
+        known = sorted(p.parent.name for p in Path(runs_dir).glob(f"*/{SWEEP_FILE}"))
+        hint = f"; studies here: {', '.join(known)}" if known else ""
+        raise SweepSpecError(f"no sweep '{name}' in {runs_dir}/ (no {info_path}){hint}")
+    info = json.loads(info_path.read_text())
+    spec = parse(info["spec"], str(info_path))
+    return info, spec, load_study(spec, info["storage"])
+
+
+def _duration(t: optuna.trial.FrozenTrial) -> float | None:
+    if t.datetime_start is None:
+        return None
+    end = t.datetime_complete
+    if end is None:
+        return None
+    return (end - t.datetime_start).total_seconds()
+
+
+def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if "run_dir" not in t.user_attrs:
+            continue  # asked but never launched
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        for p in spec.space:
+            row[p.key] = t.params.get(p.key, "")
+        for i, o in enumerate(spec.objectives):
+            row[o.metric] = t.values[i] if t.values is not None else ""
+        last = max(t.intermediate_values) if t.intermediate_values else None
+        row["last_intermediate"] = t.intermediate_values[last] if last is not None else ""
+        row["at_samples"] = last if last is not None else ""
+        d = _duration(t)
+        row["duration_s"] = round(d, 1) if d is not None else ""
+        row["job"] = t.user_attrs.get("job", "")
+        row["run"] = t.user_attrs.get("run_dir", "")
+        row["retry_of"] = t.user_attrs.get("retry_of", "")
+        row["failure"] = t.user_attrs.get("failure", "")
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def console_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+def best_trial(study: optuna.Study, spec: SweepSpec) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial on the first objective (for two objectives: among the Pareto front)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    pool = study.best_trials if len(spec.objectives) > 1 else done
+    sign = 1 if spec.objectives[0].direction == "maximize" else -1
+    return max(pool, key=lambda t: sign * t.values[0])
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def counts(groups: list[Logical], retries: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for g in groups:
+        state = g.last.state.name
+        if state == "FAIL" and not is_finished(g, retries):
+            state = "FAIL (retrying)"
+        out[state] = out.get(state, 0) + 1
+    return out
+
+
+def status(name: str, runs_dir: str = "runs") -> str:
+    """Trials by state, best so far, running trials and an estimate of the time left."""
+    info, spec, study = open_study_folder(name, runs_dir)
+    groups = logical_trials(study)
+    by_state = counts(groups, spec.retries)
+    finished = sum(is_finished(g, spec.retries) for g in groups)
+    lines = [
+        f"study {name} ({info['storage']}): {finished}/{spec.n_trials} trials finished, parallel {spec.parallel}",
+        "  " + ", ".join(f"{state} {n}" for state, n in sorted(by_state.items())),
+    ]
+    best = best_trial(study, spec)
+    if best is not None:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        values = ", ".join(f"{o.metric}={v:.4f}" for o, v in zip(spec.objectives, best.values))
+        lines.append(f"  best so far: trial {best.number}: {values} ({params})")
+    now = time.time()
+    running = [g.last for g in groups if g.last.state == TrialState.RUNNING]
+    for t in running:
+        since = now - t.datetime_start.timestamp() if t.datetime_start else 0
+        step = max(t.intermediate_values) if t.intermediate_values else None
+        at = f", last report at {step} samples" if step is not None else ""
+        lines.append(f"  running: trial {t.number} ({t.user_attrs.get('job', '?')}) for {format_duration(since)}{at}")
+    durations = [d for g in groups if is_finished(g, spec.retries) for d in [_duration(g.last)] if d]
+    left = max(0, spec.n_trials - finished)
+    if left and durations:
+        mean = sum(durations) / len(durations)
+        elapsed = sum(now - t.datetime_start.timestamp() for t in running if t.datetime_start)
+        estimate = max(0.0, (left * mean - elapsed) / spec.parallel)
+        lines.append(
+            f"  time left: about {format_duration(estimate)} ({left} trials, mean {format_duration(mean)} each)"
+        )
+    elif left:
+        lines.append(f"  time left: unknown until a trial finishes ({left} trials to go)")
+    driver = Path(runs_dir) / name / "driver.json"
+    lines.append(f"  driver: {'running (' + driver.read_text().strip() + ')' if driver.is_file() else 'not running'}")
+    return "\n".join(lines)
+
+
+def _save(fig_or_ax: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = fig_or_ax.figure if hasattr(fig_or_ax, "figure") and not hasattr(fig_or_ax, "savefig") else fig_or_ax
+    if not hasattr(fig, "savefig"):  # an array of axes (slice, contour)
+        import numpy as np
+
+        fig = np.asarray(fig).ravel()[0].figure
+    fig.set_size_inches(max(6.0, fig.get_figwidth()), max(4.0, fig.get_figheight()))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plots(study: optuna.Study, spec: SweepSpec, out: Path) -> tuple[list[Path], list[str]]:
+    """Optuna's matplotlib plots; a plot the data cannot support (too few trials) is noted, not fatal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna.visualization.matplotlib as vis
+
+    first = spec.objectives[0].metric
+    multi = len(spec.objectives) > 1
+    target = {"target": (lambda t: t.values[0]), "target_name": first} if multi else {"target_name": first}
+    wanted = {
+        "history.png": lambda: vis.plot_optimization_history(study, **target),
+        "importances.png": lambda: vis.plot_param_importances(study, **target),
+        "slice.png": lambda: vis.plot_slice(study, **target),
+        "intermediate.png": lambda: vis.plot_intermediate_values(study),
+    }
+    if len(spec.space) >= 2:
+        keys = [p.key for p in spec.space][:2]
+        wanted["contour.png"] = lambda: vis.plot_contour(study, params=keys, **target)
+    if multi:
+        names = [o.metric for o in spec.objectives]
+        wanted["pareto.png"] = lambda: vis.plot_pareto_front(study, target_names=names)
+    written, notes = [], []
+    for filename, draw in wanted.items():
+        try:
+            with quiet_optuna():
+                written.append(_save(draw(), out / filename))
+        except Exception as exc:  # e.g. importances need 2+ complete trials with varying params
+            notes.append(f"{filename}: not drawn ({type(exc).__name__}: {exc})")
+    return written, notes
+
+
+def best_params_file(info: dict[str, Any], spec: SweepSpec, trial: optuna.trial.FrozenTrial, path: Path) -> Path:
+    """The best trial's params as a complete params file (params.yaml + base + its values)."""
+    from maskvlp.config import load_config, to_yaml
+
+    cfg = load_config(info.get("params"), trial.user_attrs.get("overrides") or spec.overrides(trial.params))
+    header = (
+        f"# Best trial {trial.number} of sweep '{spec.name}' "
+        f"({', '.join(f'{o.metric}={v:.4f}' for o, v in zip(spec.objectives, trial.values))}).\n"
+        f"# Its values: {', '.join(f'{k}={_fmt(v)}' for k, v in trial.params.items())}\n"
+        "# Train it: maskvlp pretrain --params THIS_FILE --set train.run_name=NAME\n"
+    )
+    path.write_text(header + to_yaml(cfg))
+    return path
+
+
+def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> tuple[str, Path]:
+    """Write the report folder; returns (console text, folder)."""
+    info, spec, study = open_study_folder(name, runs_dir)
+    out = Path(out or Path("reports") / "sweeps" / name)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows(study, spec)
+    params = [p.key for p in spec.space]
+    objectives = [o.metric for o in spec.objectives]
+    columns = ["number", "state", *params, *objectives, "duration_s", "job", "retry_of"]
+    with open(out / "trials.csv", "w", newline="") as fh:
+        all_columns = list(rows[0]) if rows else columns
+        writer = csv.DictWriter(fh, fieldnames=all_columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    groups = logical_trials(study)
+    best = best_trial(study, spec)
+    summary: dict[str, Any] = {
+        "study": name,
+        "n_trials": spec.n_trials,
+        "states": counts(groups, spec.retries),
+        "objectives": [vars(o) for o in spec.objectives],
+    }
+    md = [f"# Sweep `{name}`", "", f"Storage `{info['storage']}`; written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    md.append("States: " + ", ".join(f"{s} {n}" for s, n in sorted(summary["states"].items())) + ".")
+    if best is not None:
+        best_params_file(info, spec, best, out / "best_params.yaml")
+        summary["best"] = {"trial": best.number, "values": dict(zip(objectives, best.values)), "params": best.params}
+        md += [
+            "",
+            f"Best trial: **{best.number}**, " + ", ".join(f"{k} = {v:.4f}" for k, v in zip(objectives, best.values)),
+        ]
+        md.append("with " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in best.params.items()) + " (best_params.yaml).")
+    if len(spec.objectives) > 1:
+        front = pareto_front(study)
+        summary["pareto"] = [t.number for t in front]
+        front_rows = [r for r in rows if r["number"] in set(summary["pareto"])]
+        with open(out / "pareto.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(front_rows)
+        md += ["", "## Pareto front", "", markdown_table(front_rows, ["number", *params, *objectives])]
+    written, notes = plots(study, spec, out)
+    md += ["", "## Trials", "", markdown_table(rows, columns), ""]
+    md += [f"![{p.stem}]({p.name})" for p in written]
+    md += [f"- {n}" for n in notes]
+    (out / "trials.md").write_text("\n".join(md) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    text = console_table(rows, columns)
+    if best is not None:
+        text += f"\nbest: trial {best.number} " + " ".join(f"{k}={v:.4f}" for k, v in zip(objectives, best.values))
+    return text, out

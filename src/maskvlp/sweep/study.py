@@ -1,0 +1,254 @@
+"""The Optuna side of a sweep: storage, sampler, pruner, sampling a trial, and counting trials.
+
+A *logical trial* is one point of the search space and its run folder `runs/<study>/trial-NNNN/`
+(NNNN = the number of its first attempt). When its job dies, the attempt is told FAIL and a retry is
+enqueued with the same params and the same folder (it resumes from the folder's checkpoint); the
+retry is a new Optuna trial with user attribute `retry_of`. So a study's finished count is the
+number of logical trials whose latest attempt is COMPLETE, PRUNED, or FAIL with no retry left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from maskvlp.sweepspec import SweepSpec, SweepSpecError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+JOURNAL = "study.journal"  # the default storage, in the study folder
+SPEC_ATTR = "maskvlp.fingerprint"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def storage_url(study_dir: Path, storage: str | None) -> str:
+    """The storage as a string: an RDB URL (`mysql+pymysql://...`, `postgresql://...`) or a journal
+    file path (default: <study_dir>/study.journal)."""
+    return storage or str(study_dir / JOURNAL)
+
+
+def is_rdb(url: str) -> bool:
+    return "://" in url
+
+
+def open_storage(url: str, parallel: int = 1) -> optuna.storages.BaseStorage:
+    """JournalStorage on a file (no server; safe on a shared filesystem) or an RDB storage. SQLite is
+    refused with parallel workers: it locks the whole file and loses updates under concurrent writers."""
+    if not is_rdb(url):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        # an open(O_EXCL) lock file: works on NFS and on local disks alike
+        return optuna.storages.JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
+    if url.startswith("sqlite") and parallel > 1:
+        raise SweepSpecError(
+            f"--storage {url}: SQLite cannot take parallel workers; use the default journal file "
+            "(omit --storage) or a server database (mysql+pymysql://..., postgresql://...)"
+        )
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # sqlalchemy's errors: unknown driver, refused connection, bad credentials
+        raise SweepSpecError(f"--storage {url}: cannot open the database: {exc}") from exc
+
+
+def make_sampler(spec: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with `seed + offset`. The driver passes the number of trials the study
+    already holds as offset, so a resumed sweep draws new points instead of repeating its first ones."""
+    seed, opts = spec.seed + offset, dict(spec.sampler_options)
+    try:
+        if spec.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, **{"constant_liar": True, **opts})
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed, **opts)
+        if spec.sampler == "qmc":
+            return optuna.samplers.QMCSampler(seed=spec.seed, **opts)  # the sequence is resumed by count
+        if spec.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, **opts)
+        return optuna.samplers.GridSampler(grid_space(spec), seed=spec.seed, **opts)
+    except TypeError as exc:
+        raise SweepSpecError(f"sampler: {exc}") from exc
+
+
+def grid_space(spec: SweepSpec) -> dict[str, list[Any]]:
+    space = {}
+    for p in spec.space:
+        if p.type == "categorical":
+            space[p.key] = list(p.choices)
+            continue
+        n = int((p.high - p.low) / (p.step or 1) + 1e-9) + 1
+        values = [p.low + i * (p.step or 1) for i in range(n)]
+        space[p.key] = [int(round(v)) for v in values] if p.type == "int" else [round(v, 12) for v in values]
+    return space
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    try:
+        return pruners[spec.pruner](**spec.pruner_options)
+    except TypeError as exc:
+        raise SweepSpecError(f"pruner: {exc}") from exc
+
+
+def directions(spec: SweepSpec) -> list[str]:
+    return [o.direction for o in spec.objectives]
+
+
+def load_study(spec: SweepSpec, url: str, parallel: int = 1, sampler_offset: int = 0) -> optuna.Study:
+    """The existing study (for trial jobs, status and report)."""
+    return optuna.load_study(
+        study_name=spec.name,
+        storage=open_storage(url, parallel),
+        sampler=make_sampler(spec, sampler_offset),
+        pruner=make_pruner(spec),
+    )
+
+
+def create_or_resume(spec: SweepSpec, url: str, parallel: int, force_new: bool) -> optuna.Study:
+    """The study of this spec in the storage: created, or resumed when its fingerprint matches.
+    A study of the same name with another base / space / objectives is refused unless force_new,
+    which deletes it from the storage (the caller moves its run folders aside)."""
+    storage = open_storage(url, parallel)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if spec.name in existing:
+        stored = existing[spec.name].user_attrs.get(SPEC_ATTR)
+        if stored == spec.fingerprint() and not force_new:
+            study = optuna.load_study(study_name=spec.name, storage=storage)
+            offset = len(study.get_trials(deepcopy=False))
+            return load_study(spec, url, parallel, offset)
+        if not force_new:
+            raise SweepSpecError(
+                f"study '{spec.name}' already exists in {url} with a different base, search space or objectives; "
+                "rename the sweep (name:), or pass --force-new to set the old study aside and start afresh"
+            )
+        optuna.delete_study(study_name=spec.name, storage=storage)
+    make_pruner(spec)  # refuse bad pruner options before the study exists
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        directions=directions(spec),
+    )
+    study.set_user_attr(SPEC_ATTR, spec.fingerprint())
+    study.set_user_attr("maskvlp.objectives", [o.metric for o in spec.objectives])
+    return study
+
+
+def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
+    """Sample the spec's space for one trial (a parameter with `when` only where its conditions hold
+    on the base and the values sampled before it). Enqueued trials (retries) get their fixed params."""
+    values: dict[str, Any] = {}
+    for p in spec.space:
+        known = {**spec.base, **values}
+        if any(known.get(k) != v for k, v in p.when.items()):
+            continue
+        if p.type == "categorical":
+            values[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+        elif p.type == "int":
+            values[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            values[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
+            if p.step:  # 0.30000000000000004 -> 0.3: the value a user would write in params.yaml
+                values[p.key] = round(values[p.key], 10)
+    return values
+
+
+def trial_handle(study: optuna.Study, number: int) -> optuna.Trial:
+    """A live Trial for `number` in another process (a trial's job): report() and should_prune() then
+    reach the shared storage. Optuna has no public constructor from a number; this is the one place
+    that uses the storage's trial id lookup."""
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.trial.Trial(study, trial_id)
+
+
+# ------------------------------------------------------------------------------ logical trials
+@dataclass
+class Logical:
+    """One point of the space and its run folder; `attempts` are its Optuna trials, oldest first."""
+
+    run_dir: str
+    attempts: list[optuna.trial.FrozenTrial]
+
+    @property
+    def last(self) -> optuna.trial.FrozenTrial:
+        return self.attempts[-1]
+
+    @property
+    def number(self) -> int:
+        return self.attempts[0].number
+
+    @property
+    def failures(self) -> int:
+        """Attempts that failed by a crash (a clean stop or a never-launched attempt does not count)."""
+        return sum(1 for t in self.attempts if t.state == TrialState.FAIL and t.user_attrs.get("counts_as_failure"))
+
+
+def logical_trials(study: optuna.Study) -> list[Logical]:
+    groups: dict[str, Logical] = {}
+    for t in study.get_trials(deepcopy=False):
+        run_dir = t.user_attrs.get("run_dir")
+        if run_dir is None:  # asked but never launched (the driver died in between): not a trial
+            continue
+        groups.setdefault(run_dir, Logical(run_dir, [])).attempts.append(t)
+    for g in groups.values():
+        g.attempts.sort(key=lambda t: t.number)
+    return sorted(groups.values(), key=lambda g: g.number)
+
+
+def is_finished(g: Logical, retries: int) -> bool:
+    """COMPLETE or PRUNED, or FAIL with its retries used up."""
+    state = g.last.state
+    if state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return state == TrialState.FAIL and g.failures > retries
+
+
+def values_from_record(spec: SweepSpec, result: dict[str, Any]) -> list[float] | None:
+    """The objective values of a run record (result.json), or None when one is missing."""
+    out = []
+    for o in spec.objectives:
+        value = result.get("eval", {}).get(o.metric, result.get(o.metric))
+        if not isinstance(value, int | float):
+            return None
+        out.append(float(value))
+    return out
+
+
+def intermediate_key(spec: SweepSpec) -> str | None:
+    """The metric of the cheap evaluation during training (evaluate.SubsetEvaluator) that stands for
+    the first objective when pruning: the subset's zero-shot top-1 for zero-shot objectives, its
+    retrieval R@1 in the objective's direction for retrieval ones, else the mean of both R@1."""
+    metric = spec.objectives[0].metric
+    task = metric.split("/")[0]
+    if task == "zeroshot":
+        return "zeroshot/subset/top1"
+    if task == "retrieval":
+        return "retrieval/subset/t2i_r1" if "t2i" in metric else "retrieval/subset/i2t_r1"
+    return None  # mean of both R@1 (see intermediate_value)
+
+
+def intermediate_value(spec: SweepSpec, metrics: dict[str, float]) -> float | None:
+    key = intermediate_key(spec)
+    if key is not None and key in metrics:
+        return float(metrics[key])
+    r1 = [metrics[k] for k in ("retrieval/subset/i2t_r1", "retrieval/subset/t2i_r1") if k in metrics]
+    return sum(r1) / len(r1) if r1 else None
+
+
+@contextlib.contextmanager
+def quiet_optuna():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
