@@ -19,6 +19,25 @@ requires_emoji_font = pytest.mark.skipif(
 )
 
 
+def slurm_up() -> bool:
+    """A Slurm cluster answers (scripts/slurm-local.sh start; .ci/run starts it)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+
+
+def require_slurm() -> None:
+    """Skip the calling test module when no cluster answers; in CI (CI=true) that is an error."""
+    if slurm_up():
+        return
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI must start Slurm first: scripts/slurm-local.sh start")
+    pytest.skip("no Slurm cluster answers: start one with `scripts/slurm-local.sh start`", allow_module_level=True)
+
+
 def make_cfg(tmp_path: Path, *overrides: str) -> Config:
     """Defaults with small sizes, writing under tmp_path, plus the given key=value overrides."""
     base = [

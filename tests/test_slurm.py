@@ -5,7 +5,6 @@ Outside CI these tests skip when no cluster answers; in CI (CI=true) a missing c
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,19 +20,9 @@ from maskvlp.launch import EvalJob, LaunchError, TrainJob, list_jobs, submit, wa
 from maskvlp.runs import run_paths
 from maskvlp.train import pretrain
 
-from .conftest import as_set_args, make_tiny_shards, tiny_run
+from .conftest import as_set_args, make_tiny_shards, require_slurm, tiny_run
 
-
-def _slurm_up() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
-
-
-if not _slurm_up():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("CI must start Slurm first: scripts/slurm-local.sh start")
-    pytest.skip("no Slurm cluster answers: start one with `sudo scripts/slurm-local.sh start`", allow_module_level=True)
+require_slurm()
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

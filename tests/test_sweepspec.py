@@ -9,7 +9,7 @@ from maskvlp.sweepspec import SweepSpecError
 
 GOOD = {
     "name": "masking",
-    "base": {"train.samples": 2000},
+    "base": {"train.samples": 2000, "train.eval_every_samples": 500},
     "space": {
         "masking.ratio": {"type": "float", "low": 0.25, "high": 0.75, "step": 0.25},
         "masking.anchor_ratio": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
@@ -39,6 +39,7 @@ def test_a_good_spec_parses_with_defaults_and_gives_trial_overrides():
     assert sweepspec.validate(spec, None).train.samples == 2000
     assert spec.overrides({"masking.ratio": 0.5, "masking.features": "rgb+embed"}) == [
         "train.samples=2000",
+        "train.eval_every_samples=500",
         "masking.ratio=0.5",
         "masking.features=rgb+embed",
     ]
@@ -68,6 +69,9 @@ def test_a_good_spec_parses_with_defaults_and_gives_trial_overrides():
         ({"objectives": [{"metric": "train_flops", "direction": "down"}]}, "direction"),
         ({"sampler": {"name": "cmaes"}}, "sampler.name"),
         ({"pruner": {"name": "patient"}}, "pruner.name"),
+        ({"base": {"train.samples": 2000}}, "train.eval_every_samples"),  # pruning without evaluations
+        ({"objectives": [{"metric": "train_flops", "direction": "minimize"}]}, "evaluation metric objective"),
+        ({"sampler": {"name": "tpe", "seed": "zero"}}, "sampler.seed"),
         ({"parallel": 0}, "parallel: must be an integer >= 1"),
         ({"n_trials": "many"}, "n_trials"),
         ({"name": "my study/1"}, "name"),

@@ -1,0 +1,264 @@
+"""Sweeps without Slurm: real Optuna storage (a journal file, the local MariaDB), local trial processes,
+the report, refusals before anything runs, optuna-dashboard over a study's storage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from maskvlp.cli import main
+from maskvlp.sweep import study as st
+from maskvlp.sweep.driver import prepare
+from maskvlp.sweepspec import SweepSpecError, parse
+
+from .sweeping import hparams_of, tiny_base, tiny_shards, write_sweep
+
+RDB_URL = os.environ.get(
+    "MASKVLP_TEST_RDB", "mysql+pymysql://optuna:optuna@localhost/optuna?unix_socket=/run/mysqld/mysqld.sock"
+)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return tiny_shards(tmp_path_factory)
+
+
+def _rdb_up() -> bool:
+    try:
+        optuna.get_all_study_summaries(optuna.storages.RDBStorage(RDB_URL))
+        return True
+    except Exception:
+        return False
+
+
+# ----------------------------------------------------------------------------------- refusals
+def test_invalid_sweep_is_refused_before_any_study_or_job_exists(shards, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = write_sweep(tmp_path / "bad.yaml", tiny_base(shards, runs), objectives=[{"metric": "zeroshot/objects/top2"}])
+    assert main(["sweep", str(path), "--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid sweep" in err and "objectives[0].metric" in err
+    assert not runs.exists()  # nothing was created, let alone submitted
+    assert main(["sweep", str(path), "--params", "params.yaml", "--parallel", "0"]) == 2
+    assert "parallel: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_missing_shards_are_refused_with_the_command_that_makes_them(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", tiny_base(tmp_path / "no-shards", tmp_path / "runs"))
+    with pytest.raises(SweepSpecError, match="maskvlp shard"):
+        prepare(path, params="params.yaml")
+
+
+def test_a_reused_study_name_with_another_space_is_refused_unless_force_new(shards, tmp_path):
+    base = tiny_base(shards, tmp_path / "runs")
+    first = prepare(write_sweep(tmp_path / "a.yaml", base), params="params.yaml")
+    study = st.create_or_resume(first.spec, first.storage, 2, force_new=False)
+    study.enqueue_trial({"masking.ratio": 0.5, "masking.threshold": 0.5})
+    # the same spec resumes the same study (another n_trials or parallel does not change it)
+    again = prepare(write_sweep(tmp_path / "a2.yaml", base, n_trials=9), params="params.yaml")
+    assert len(st.create_or_resume(again.spec, again.storage, 2, False).trials) == 1
+    other_space = {"masking.ratio": {"type": "float", "low": 0.25, "high": 0.5, "step": 0.25}}
+    other = prepare(write_sweep(tmp_path / "b.yaml", base, space=other_space), params="params.yaml")
+    with pytest.raises(SweepSpecError, match="--force-new"):
+        st.create_or_resume(other.spec, other.storage, 2, force_new=False)
+    fresh = st.create_or_resume(other.spec, other.storage, 2, force_new=True)
+    assert fresh.trials == [] and fresh.user_attrs[st.SPEC_ATTR] == other.spec.fingerprint()
+
+
+def test_sqlite_is_refused_for_parallel_workers_and_bad_pruner_options_are_named(tmp_path):
+    with pytest.raises(SweepSpecError, match="SQLite cannot take parallel workers"):
+        st.open_storage(f"sqlite:///{tmp_path}/s.db", parallel=2)
+    spec = parse(
+        {
+            "name": "x",
+            "base": {"train.eval_every_samples": 100},
+            "space": {"masking.ratio": {"low": 0.2, "high": 0.8}},
+            "objectives": [{"metric": "zeroshot/val/top1"}],
+            "pruner": {"name": "median", "n_startup": 3},
+        }
+    )
+    with pytest.raises(SweepSpecError, match="pruner: .*n_startup"):
+        st.create_or_resume(spec, str(tmp_path / "j.journal"), 1, False)
+
+
+def test_suggest_respects_steps_logs_and_conditions():
+    spec = parse(
+        {
+            "name": "c",
+            "base": {"masking.strategy": "random"},
+            "space": {
+                "masking.ratio": {"low": 0.25, "high": 0.75, "step": 0.05},
+                "masking.anchor_ratio": {"low": 0.01, "high": 0.2, "log": True},
+                "masking.threshold": {"low": 0.2, "high": 0.9, "when": {"masking.strategy": "cluster"}},
+                "train.batch_size": {"type": "int", "low": 16, "high": 64, "step": 16},
+            },
+            "objectives": [{"metric": "zeroshot/val/top1"}],
+        }
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(30):
+        values = st.suggest(study.ask(), spec)
+        assert "masking.threshold" not in values  # its condition (strategy cluster) does not hold
+        assert round(values["masking.ratio"] / 0.05, 6) == round(values["masking.ratio"] / 0.05)
+        assert values["masking.ratio"] == round(values["masking.ratio"], 10)
+        assert 0.01 <= values["masking.anchor_ratio"] <= 0.2 and values["train.batch_size"] in (16, 32, 48, 64)
+
+
+# ----------------------------------------------------------------------------- shared storage
+def _worker(url: str, spec_raw: dict, trials: int, tag: str) -> None:
+    spec = parse(spec_raw)
+    study = st.load_study(spec, url, parallel=4)
+    for i in range(trials):
+        trial = study.ask()
+        values = st.suggest(trial, spec)
+        trial.set_user_attr("run_dir", f"{tag}-{i}")
+        study.tell(trial, values["masking.ratio"])
+
+
+@pytest.mark.parametrize("backend", ["journal", "rdb"])
+def test_many_workers_on_one_storage_lose_and_duplicate_no_trial(backend, tmp_path):
+    if backend == "rdb" and not _rdb_up():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must provide the MariaDB of scripts/slurm-local.sh ({RDB_URL})")
+        pytest.skip("no MariaDB answers: scripts/slurm-local.sh start")
+    raw = {
+        "name": f"many-{uuid.uuid4().hex[:8]}",
+        "space": {"masking.ratio": {"low": 0.2, "high": 0.8}},
+        "objectives": [{"metric": "zeroshot/val/top1"}],
+        "pruner": {"name": "none"},
+        "sampler": {"name": "random"},
+    }
+    spec = parse(raw)
+    url = str(tmp_path / "study.journal") if backend == "journal" else RDB_URL
+    st.create_or_resume(spec, url, 4, force_new=False)
+    workers, per_worker = 4, 6
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(url, raw, per_worker, f"w{w}")) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    trials = st.load_study(spec, url).trials
+    try:
+        assert sorted(t.number for t in trials) == list(range(workers * per_worker))
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        assert len({t.user_attrs["run_dir"] for t in trials}) == workers * per_worker
+        assert all(t.values[0] == t.params["masking.ratio"] for t in trials)
+    finally:
+        if backend == "rdb":
+            optuna.delete_study(study_name=spec.name, storage=RDB_URL)
+
+
+# --------------------------------------------------------------------------- local executor
+@pytest.mark.slow
+def test_two_objective_sweep_with_local_processes_reports_only_the_pareto_front(shards, tmp_path, capsys):
+    runs, report_dir = tmp_path / "runs", tmp_path / "report"
+    path = write_sweep(
+        tmp_path / "two.yaml",
+        tiny_base(shards, runs, **{"masking.strategy": "random"}),
+        name="two",
+        space={"masking.ratio": {"type": "float", "low": 0.0, "high": 0.75, "step": 0.25}},
+        objectives=[
+            {"metric": "retrieval/val/i2t_r1", "direction": "maximize"},
+            {"metric": "train_flops", "direction": "minimize"},
+        ],
+        sampler={"name": "nsga2", "seed": 0},
+        n_trials=4,
+        parallel=2,
+    )
+    assert main(["sweep", str(path), "--params", "params.yaml", "--quiet", "--report", str(report_dir)]) == 0
+    rows = list(csv.DictReader(open(report_dir / "trials.csv")))
+    front = list(csv.DictReader(open(report_dir / "pareto.csv")))
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    assert len(done) == 4 and front
+
+    def point(r):
+        return float(r["retrieval/val/i2t_r1"]), -float(r["train_flops"])  # both to maximise
+
+    def dominated(a, b):  # b dominates a
+        return all(y >= x for x, y in zip(point(a), point(b))) and point(a) != point(b)
+
+    front_numbers = {r["number"] for r in front}
+    for r in done:
+        is_dominated = any(dominated(r, other) for other in done)
+        assert (r["number"] in front_numbers) == (not is_dominated), r
+    # the masking-aware cost: more masking, fewer FLOPs
+    by_ratio = sorted(done, key=lambda r: float(r["masking.ratio"]))
+    flops = [float(r["train_flops"]) for r in by_ratio]
+    assert flops == sorted(flops, reverse=True) or len({r["masking.ratio"] for r in done}) == 1
+    assert (report_dir / "pareto.png").stat().st_size > 10_000
+    # each local trial ran with its share of the cores: one thread of two CPUs at parallel 2
+    info = json.loads((runs / "two" / "trial-0000" / "run.json").read_text())
+    assert info["cpu_share"]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert info["cpu_share"]["source"] == "launcher.threads"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_serves_the_study_from_its_journal(tmp_path, tool_env):
+    spec = parse(
+        {
+            "name": "dash",
+            "space": {"masking.ratio": {"low": 0.2, "high": 0.8}},
+            "objectives": [{"metric": "zeroshot/val/top1"}],
+            "pruner": {"name": "none"},
+        }
+    )
+    journal = tmp_path / "dash" / "study.journal"
+    study = st.create_or_resume(spec, str(journal), 1, False)
+    trial = study.ask()
+    study.tell(trial, st.suggest(trial, spec)["masking.ratio"])
+    port = _free_port()
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "optuna-dashboard", str(journal), "--port", str(port), "--quiet"],
+        env=tool_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline, body = time.time() + 60, None
+        while time.time() < deadline and body is None:
+            try:
+                body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read())
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard did not answer within 60 s"
+        names = [s["study_name"] for s in body["study_summaries"]]
+        assert names == ["dash"]
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.slow
+def test_local_trial_process_writes_one_hparams_session_with_its_params(shards, tmp_path):
+    runs = tmp_path / "runs"
+    path = write_sweep(tmp_path / "one.yaml", tiny_base(shards, runs), name="one", n_trials=1, parallel=1)
+    assert main(["sweep", str(path), "--params", "params.yaml", "--quiet"]) == 0
+    trial_dir = runs / "one" / "trial-0000"
+    hp = hparams_of(trial_dir / "eval")
+    cfg = yaml.safe_load((trial_dir / "config.yaml").read_text())
+    assert hp["sweep.trial"] == 0 and hp["sweep.state"] == "COMPLETE"
+    assert hp["masking.ratio"] == cfg["masking"]["ratio"] and hp["masking.threshold"] == cfg["masking"]["threshold"]
+    assert len(list((trial_dir / "eval").glob("events.out.tfevents.*"))) == 1
+    assert cfg["train"]["run_name"] == "trial-0000" and cfg["eval"]["metrics_file"].startswith(str(trial_dir))
