@@ -70,6 +70,9 @@ def test_a_reused_study_name_with_another_space_is_refused_unless_force_new(shar
     # the same spec resumes the same study (another n_trials or parallel does not change it)
     again = prepare(write_sweep(tmp_path / "a2.yaml", base, n_trials=9), params="params.yaml")
     assert len(st.create_or_resume(again.spec, again.storage, 2, False).trials) == 1
+    # where trials run is not what the study is: launcher keys may change between runs
+    moved = prepare(write_sweep(tmp_path / "a3.yaml", base), ["launcher.executor=slurm"], params="params.yaml")
+    assert len(st.create_or_resume(moved.spec, moved.storage, 2, False).trials) == 1
     other_space = {"masking.ratio": {"type": "float", "low": 0.25, "high": 0.5, "step": 0.25}}
     other = prepare(write_sweep(tmp_path / "b.yaml", base, space=other_space), params="params.yaml")
     with pytest.raises(SweepSpecError, match="--force-new"):

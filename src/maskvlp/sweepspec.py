@@ -79,12 +79,12 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         """What makes a study this study: base, space and objectives (not n_trials, parallel, retries,
-        sampler or pruner, which may change between runs of the same study)."""
+        sampler, pruner or launcher.* keys, which may change between runs of the same study)."""
         import hashlib
         import json
 
         ident = {
-            "base": self.base,
+            "base": {k: v for k, v in self.base.items() if not k.startswith("launcher.")},  # where, not what
             "space": [vars(p) | {"choices": list(p.choices)} for p in self.space],
             "objectives": [vars(o) for o in self.objectives],
         }

@@ -183,8 +183,9 @@ def plots(study: optuna.Study, spec: SweepSpec, out: Path) -> tuple[list[Path], 
         "history.png": lambda: vis.plot_optimization_history(study, **target),
         "importances.png": lambda: vis.plot_param_importances(study, **target),
         "slice.png": lambda: vis.plot_slice(study, **target),
-        "intermediate.png": lambda: vis.plot_intermediate_values(study),
     }
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        wanted["intermediate.png"] = lambda: vis.plot_intermediate_values(study)
     if len(spec.space) >= 2:
         keys = [p.key for p in spec.space][:2]
         wanted["contour.png"] = lambda: vis.plot_contour(study, params=keys, **target)

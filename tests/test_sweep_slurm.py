@@ -1,0 +1,174 @@
+"""Sweeps on the real local Slurm cluster: async trials as jobs, the driver killed and re-run, a trial's
+job cancelled and retried from its checkpoint, pruning decided inside a job through the shared storage."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from maskvlp.cli import main
+from maskvlp.sweep import study as st
+from maskvlp.sweep.driver import prepare
+
+from .conftest import require_slurm
+from .sweeping import hparams_of, tiny_base, tiny_shards, write_sweep
+
+require_slurm()
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SLURM = ["--set", "launcher.executor=slurm"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return tiny_shards(tmp_path_factory)
+
+
+def _study(path: Path) -> optuna.Study:
+    sw = prepare(path, params="params.yaml")
+    return st.load_study(sw.spec, sw.storage)
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _driver(path: Path, tool_env, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskvlp.cli", "sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM, *extra],
+        env=tool_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_six_trials_two_at_a_time_as_slurm_jobs_with_report_and_hparams(shards, tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    path = write_sweep(tmp_path / "six.yaml", tiny_base(shards, runs), name="six", n_trials=6, parallel=2)
+    assert main(["sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM, "--report", str(out)]) == 0
+    trials = _study(path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert all(t.user_attrs["job"].startswith("slurm:") for t in trials)
+    # asynchronous and parallel: two trials overlapped in time
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    for t in trials:
+        run = Path(t.user_attrs["run_dir"])
+        hp = hparams_of(run / "eval")  # one HParams session per trial, read back from its event file
+        assert hp["sweep.trial"] == t.number and hp["masking.ratio"] == t.params["masking.ratio"]
+        assert json.loads((run / "result.json").read_text())["eval"]["zeroshot/objects/top1"] == t.values[0]
+        assert len((run / "jobs.jsonl").read_text().splitlines()) == 1  # one job per trial
+    for name in ("trials.csv", "trials.md", "best_params.yaml", "history.png", "slice.png", "contour.png"):
+        assert (out / name).stat().st_size > 0, name
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    best_trial = max(trials, key=lambda t: t.values[0])
+    assert best["masking"]["ratio"] == best_trial.params["masking.ratio"]
+    text = capsys.readouterr().out
+    assert "6 COMPLETE" in text
+    assert main(["sweep-status", "six", "--runs-dir", str(runs)]) == 0
+    assert "6/6 trials finished" in capsys.readouterr().out
+
+
+def test_driver_killed_mid_sweep_and_run_again_finishes_exactly_n_trials(shards, tmp_path, tool_env):
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"train.samples": 512})
+    path = write_sweep(tmp_path / "kill.yaml", base, name="kill", n_trials=4, parallel=2)
+    driver = _driver(path, tool_env)
+    journal = runs / "kill" / "study.journal"
+
+    def running_and_done():
+        if not journal.exists():
+            return False
+        states = [t.state for t in _study(path).trials]
+        return TrialState.RUNNING in states and (TrialState.COMPLETE in states or len(states) >= 2)
+
+    try:
+        _wait_for(running_and_done, 180, "a trial in flight")
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert any(t.state == TrialState.RUNNING for t in _study(path).trials)  # jobs outlive the driver
+    assert main(["sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM]) == 0
+    trials = _study(path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # followed, not failed nor repeated
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 4
+    for t in trials:  # every trial trained by exactly one job
+        assert len((Path(t.user_attrs["run_dir"]) / "jobs.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_cancelled_trial_job_is_retried_from_its_checkpoint(shards, tmp_path, tool_env):
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"train.samples": 16384, "train.checkpoint_every_samples": 512})
+    path = write_sweep(tmp_path / "cancel.yaml", base, name="cancel", n_trials=1, parallel=1)
+    driver = _driver(path, tool_env)
+    trial_dir = runs / "cancel" / "trial-0000"
+    try:
+        _wait_for(lambda: list((trial_dir / "checkpoints").glob("step-*.pt")), 180, "the trial's first checkpoint")
+        job_id = json.loads((trial_dir / "jobs.jsonl").read_text().splitlines()[0])["job_id"]
+        subprocess.run(["scancel", job_id], check=True)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output
+    trials = _study(path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], output
+    assert "CANCELLED" in trials[0].user_attrs["failure"] and trials[0].user_attrs["counts_as_failure"]
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert trials[1].user_attrs["run_dir"] == str(trial_dir)
+    info = json.loads((trial_dir / "run.json").read_text())
+    assert info["resumed_at_step"] > 0  # the retry continued from the checkpoint
+    assert "retry enqueued" in output
+
+
+def test_a_clearly_worse_trial_is_pruned_from_inside_its_slurm_job(shards, tmp_path):
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"train.samples": 1024, "train.eval_every_samples": 128})
+    path = write_sweep(
+        tmp_path / "prune.yaml",
+        base,
+        name="prune",
+        n_trials=3,
+        parallel=1,
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+    )
+    sw = prepare(path, params="params.yaml")
+    study = st.create_or_resume(sw.spec, sw.storage, 1, False)
+    distributions = {
+        "masking.ratio": optuna.distributions.FloatDistribution(0.25, 0.75, step=0.25),
+        "masking.threshold": optuna.distributions.FloatDistribution(0.2, 0.9),
+    }
+    for i in range(2):  # two constructed trials that were perfect at every evaluation
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"masking.ratio": 0.5, "masking.threshold": 0.5},
+                distributions=distributions,
+                values=[1.0],
+                intermediate_values={s: 1.0 for s in range(128, 1024, 128)},
+                user_attrs={"run_dir": f"constructed-{i}"},
+            )
+        )
+    assert main(["sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM]) == 0
+    trial = _study(path).trials[2]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["job"].startswith("slurm:")
+    assert list(trial.intermediate_values) == [128]  # reported by the job, pruned at its first evaluation
+    run = Path(trial.user_attrs["run_dir"])
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "pruned" and result["pruned_at_samples"] == 128
+    assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "model.safetensors").exists()
+    assert hparams_of(run / "eval")["sweep.state"] == "PRUNED"
