@@ -94,3 +94,9 @@ def test_interpolations_are_refused(tmp_path):
 def test_missing_params_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="--params"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_train_seed_follows_seed_unless_given_so_replicates_share_shards_and_eval_sets():
+    assert load_config(None, ["seed=3"]).train.seed == 3
+    cfg = load_config(None, ["seed=3", "train.seed=11"])
+    assert (cfg.seed, cfg.train.seed) == (3, 11)  # shards and evaluation sets follow seed, training train.seed

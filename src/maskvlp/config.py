@@ -124,6 +124,7 @@ class TrainConfig:
     run_name: str = "default"
     runs_dir: str = "runs"
     samples: int = 30000  # training budget in samples seen
+    seed: int | None = None  # model init, data order, masks; null = the top-level seed (which also splits the data)
     batch_size: int = 64  # per process
     recipe: str = "default"  # default | flip | cluster: fills the keys below left at null (recipes.py)
     lr: float | None = None  # base learning rate per 256 samples, scaled to the global batch by lr_scaling
@@ -249,7 +250,7 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
 
 def resolve_derived(cfg: Config) -> None:
     """Fill the keys left at null: recipe keys from `train.recipe` (recipes.py), and
-    masking.fusion_samples from the training budget. Values given explicitly are kept."""
+    masking.fusion_samples from the training budget, train.seed from seed. Values given explicitly are kept."""
     from maskvlp.recipes import RECIPES
 
     _choice("train.recipe", cfg.train.recipe, tuple(RECIPES))
@@ -262,6 +263,8 @@ def resolve_derived(cfg: Config) -> None:
             setattr(node, leaf, list(value) if isinstance(value, list) else value)
     if cfg.masking.fusion_samples is None:
         cfg.masking.fusion_samples = cfg.train.samples
+    if cfg.train.seed is None:
+        cfg.train.seed = cfg.seed
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

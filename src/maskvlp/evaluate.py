@@ -358,6 +358,7 @@ def write_tensorboard_hparams(
             "train.samples": run_cfg.train.samples,
             "train.batch_size": run_cfg.train.batch_size,
             "seed": run_cfg.seed,
+            "train.seed": run_cfg.train.seed,
         }
     )
     hp.update(extra_hparams or {})

@@ -130,7 +130,7 @@ def choose_mask(
     """The kept tokens for one micro-batch (no gradient flows through the choice): the configured
     strategy (from the masking registry) in the masked phase, every token in the unmasked one."""
     k = replace(cfg.masking, threshold=threshold) if masked else replace(cfg.masking, strategy="none")
-    gen = torch.Generator(device=images.device).manual_seed(mask_seed(cfg.seed, rank, step, micro))
+    gen = torch.Generator(device=images.device).manual_seed(mask_seed(cfg.train.seed, rank, step, micro))
     # fp32 whatever autocast the caller runs under: clusters must not depend on the device's precision
     with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
         embed_tokens, weight = None, 0.0
@@ -146,7 +146,7 @@ def _calibrated_threshold(cfg: Config, device: torch.device) -> tuple[float, flo
         return k.threshold, None
     images = read_images(cfg.data.out_dir, 256, cfg.model.image_size)[0].to(device)
     norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     return calibrate_threshold(norm, cfg.model.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)
 
 
@@ -227,7 +227,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     check_manifest(cfg, manifest)
     paths = run_paths(cfg)
     state = _prepare_run_dir(cfg, paths, resume, env)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     model = CLIP.from_config(m).to(device)
     if t.grad_checkpointing:
         model.set_grad_checkpointing()
@@ -280,7 +280,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         t.batch_size,
         m.image_size,
         m.context_length,
-        cfg.seed,
+        cfg.train.seed,
         env.rank,
         env.world_size,
         cfg.data.shuffle_buffer,
