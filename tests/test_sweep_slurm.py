@@ -172,3 +172,22 @@ def test_a_clearly_worse_trial_is_pruned_from_inside_its_slurm_job(shards, tmp_p
     assert result["status"] == "pruned" and result["pruned_at_samples"] == 128
     assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "model.safetensors").exists()
     assert hparams_of(run / "eval")["sweep.state"] == "PRUNED"
+
+
+def test_detach_submits_the_driver_as_a_slurm_job_that_runs_the_sweep(shards, tmp_path, capsys):
+    from maskvlp.launch import sacct_states
+
+    runs = tmp_path / "runs"
+    path = write_sweep(tmp_path / "det.yaml", tiny_base(shards, runs), name="det", n_trials=1, parallel=1)
+    assert main(["sweep", str(path), "--params", "params.yaml", *SLURM, "--detach"]) == 0
+    out = capsys.readouterr().out
+    job_id = out.split("Slurm job ")[1].split(";")[0]
+    assert "sweep-status det" in out
+    done = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+    state = _wait_for(
+        lambda: sacct_states([job_id]).get(job_id) in done and sacct_states([job_id])[job_id], 240, "the driver job"
+    )
+    assert state == "COMPLETED", (runs / "det" / "driver").rglob("*.err")
+    assert [t.state for t in _study(path).trials] == [TrialState.COMPLETE]
+    assert main(["sweep-status", "det", "--runs-dir", str(runs)]) == 0
+    assert "1/1 trials finished" in capsys.readouterr().out
