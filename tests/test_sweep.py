@@ -120,6 +120,17 @@ def test_suggest_respects_steps_logs_and_conditions():
         assert 0.01 <= values["masking.anchor_ratio"] <= 0.2 and values["train.batch_size"] in (16, 32, 48, 64)
 
 
+def test_cpu_slots_split_the_cores_between_parallel_trials():
+    from maskvlp.sweep.driver import cpu_slots
+
+    slots = cpu_slots(list(range(8)), 3)
+    assert [len(s) for s in slots] == [3, 3, 2] and frozenset().union(*slots) == frozenset(range(8))
+    assert all(not (a & b) for i, a in enumerate(slots) for b in slots[i + 1 :])
+    assert cpu_slots([0, 1], 2) == [frozenset({0}), frozenset({1})]
+    assert cpu_slots([0, 1], 3) == [frozenset({0}), frozenset({1}), frozenset({0})]  # more trials than CPUs
+    assert cpu_slots([4, 5, 6, 7], 1) == [frozenset({4, 5, 6, 7})]
+
+
 # ----------------------------------------------------------------------------- shared storage
 def _worker(url: str, spec_raw: dict, trials: int, tag: str) -> None:
     spec = parse(spec_raw)
@@ -204,10 +215,12 @@ def test_two_objective_sweep_with_local_processes_reports_only_the_pareto_front(
     flops = [float(r["train_flops"]) for r in by_ratio]
     assert flops == sorted(flops, reverse=True) or len({r["masking.ratio"] for r in done}) == 1
     assert (report_dir / "pareto.png").stat().st_size > 10_000
-    # each local trial ran with its share of the cores: one thread of two CPUs at parallel 2
-    info = json.loads((runs / "two" / "trial-0000" / "run.json").read_text())
-    assert info["cpu_share"]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
-    assert info["cpu_share"]["source"] == "launcher.threads"
+    # each local trial ran pinned to its share of the cores: one of two CPUs at parallel 2
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    for trial in (runs / "two").glob("trial-*"):
+        info = json.loads((trial / "run.json").read_text())
+        assert info["cpu_share"]["source"] == "affinity"
+        assert info["cpu_share"]["cpus"] == share and info["cpu_share"]["threads"] == share
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@ job cancelled and retried from its checkpoint, pruning decided inside a job thro
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -172,6 +173,12 @@ def test_a_clearly_worse_trial_is_pruned_from_inside_its_slurm_job(shards, tmp_p
     assert result["status"] == "pruned" and result["pruned_at_samples"] == 128
     assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "model.safetensors").exists()
     assert hparams_of(run / "eval")["sweep.state"] == "PRUNED"
+    # the report never shows a pruned trial's intermediate value as its objective
+    from maskvlp.sweep.report import report
+
+    report("prune", tmp_path / "report", str(runs))
+    row = [r for r in csv.DictReader(open(tmp_path / "report" / "trials.csv")) if r["number"] == "2"][0]
+    assert row["state"] == "PRUNED" and row["zeroshot/objects/top1"] == "" and float(row["last_intermediate"]) < 1
 
 
 def test_detach_submits_the_driver_as_a_slurm_job_that_runs_the_sweep(shards, tmp_path, capsys):

@@ -11,7 +11,7 @@
       eval/<dataset>/      metrics.json of `maskvlp evaluate --dataset SPEC` on another set
       jobs.jsonl, slurm/   Slurm jobs submitted for the run and their logs
 
-result.json holds `status` (running | complete | stopped | failed), `samples_seen`, `steps`,
+result.json holds `status` (running | complete | stopped | failed | pruned: a sweep trial stopped by its pruner), `samples_seen`, `steps`,
 `train_loss`, `wall_s`, `images_per_s`, `train_flops`, `params_nonembedding`, `masking`,
 `git_commit`, `evals` (evaluations during training) and, once evaluated, `eval` (flat metric keys).
 Sweeps, scaling fits and the report read runs through :func:`list_runs`.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("running", "complete", "stopped", "failed")
+STATUSES = ("running", "complete", "stopped", "failed", "pruned")
 
 
 @dataclass(frozen=True)

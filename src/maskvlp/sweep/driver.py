@@ -83,7 +83,7 @@ class Sweep:
     study_dir: Path
     storage: str
     executor: str
-    threads: int  # per local trial process (launcher.threads); 0 = Slurm's cpus_per_task
+    cpu_sets: list[frozenset[int]]  # local trials: the CPUs of each of the `parallel` slots (empty for Slurm)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -137,10 +137,24 @@ def prepare(
     study_dir = Path(cfg.train.runs_dir) / spec.name
     url = storage_url(study_dir, storage)
     executor = cfg.launcher.executor
-    threads = 0
-    if executor == "local":
-        threads = cfg.launcher.threads or max(1, len(os.sched_getaffinity(0)) // spec.parallel)
-    return Sweep(spec, raw, params, cfg, study_dir, url, executor, threads)
+    cpu_sets = cpu_slots(sorted(os.sched_getaffinity(0)), spec.parallel) if executor == "local" else []
+    return Sweep(spec, raw, params, cfg, study_dir, url, executor, cpu_sets)
+
+
+def cpu_slots(cpus: list[int], parallel: int) -> list[frozenset[int]]:
+    """The driver's CPUs split into `parallel` slots, one per local trial process: contiguous, as even as
+    possible (8 CPUs, parallel 3: 3+3+2); with more slots than CPUs, slots share CPUs round-robin.
+    A trial process is pinned to its slot, so its CPU share (resources.py: torch threads, loader
+    workers) follows from its affinity mask as for any process started under taskset."""
+    if parallel >= len(cpus):
+        return [frozenset({cpus[i % len(cpus)]}) for i in range(parallel)]
+    size, extra = divmod(len(cpus), parallel)
+    slots, start = [], 0
+    for i in range(parallel):
+        end = start + size + (1 if i < extra else 0)
+        slots.append(frozenset(cpus[start:end]))
+        start = end
+    return slots
 
 
 def trial_config(sw: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
@@ -151,8 +165,6 @@ def trial_config(sw: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
         f"eval.metrics_file={run_dir / 'eval' / 'summary.json'}",
         f"launcher.job_name={sw.spec.name}-{run_dir.name}",
     ]
-    if sw.threads:
-        extra.append(f"launcher.threads={sw.threads}")
     return load_config(sw.params, sw.spec.overrides(values) + extra)
 
 
@@ -164,6 +176,7 @@ class Handle:
     job: str  # "slurm:<id>" or "local:<host>:<pid>:<start ticks>"
     launched: float = field(default_factory=time.time)
     process: subprocess.Popen | None = None  # local trials started by this driver
+    slot: int | None = None  # local trials: the index of the CPU slot it is pinned to
 
 
 def _proc_start(pid: int) -> str:
@@ -225,6 +238,8 @@ class Driver:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / TRIAL_FILE).write_text(task.to_json())
         if sw.executor == "local":
+            slot = self.free_slot()
+            cpus = sw.cpu_sets[slot]
             log = open(run_dir / "trial.log", "a")  # noqa: SIM115 (the child keeps it)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(
@@ -233,10 +248,11 @@ class Driver:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the driver's Ctrl-C is relayed as SIGTERM (a clean stop), not SIGINT
                 env=env,
+                preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # its share of the cores
             )
             log.close()
             job = f"local:{socket.gethostname()}:{proc.pid}:{_proc_start(proc.pid)}"
-            handle = Handle(trial.number, run_dir, job, process=proc)
+            handle = Handle(trial.number, run_dir, job, process=proc, slot=slot)
         else:
             from maskvlp.launch import submit
 
@@ -247,6 +263,11 @@ class Driver:
         self.active[trial.number] = handle
         self.launched_count += 1
         return handle
+
+    def free_slot(self) -> int:
+        """A CPU slot no running local trial holds (adopted orphans hold the slot matching their affinity)."""
+        taken = {h.slot for h in self.active.values()}
+        return next(i for i in range(len(self.sw.cpu_sets)) if i not in taken)
 
     # -- reconciliation
     def settle_dead(self, trial: optuna.trial.FrozenTrial, why: str) -> str:
@@ -321,6 +342,8 @@ class Driver:
         states = _slurm_states(list(handles.values()))
         for number, h in handles.items():
             if job_alive(h.job, h.launched, states):
+                if h.job.startswith("local:"):
+                    h.slot = self._slot_of(int(h.job.split(":")[2]))
                 self.active[number] = h
                 self._say(f"trial {number}: its job {h.job} is still running: following it")
             else:
@@ -375,13 +398,26 @@ class Driver:
             print("sweep: Slurm trials keep running; run the same command again to follow them", file=sys.stderr)
 
     # -- helpers
+    def _slot_of(self, pid: int) -> int | None:
+        try:
+            cpus = frozenset(os.sched_getaffinity(pid))
+        except OSError:
+            return None
+        taken = {h.slot for h in self.active.values()}
+        return next((i for i, s in enumerate(self.sw.cpu_sets) if s == cpus and i not in taken), None)
+
     def _reap(self, h: Handle) -> None:
         if h.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 h.process.wait(timeout=60)
 
     def _values(self, trial: optuna.trial.FrozenTrial) -> str:
-        return "" if trial.values is None else " ".join(f"{v:.4f}" for v in trial.values)
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            at = max(trial.intermediate_values)
+            return f"at {at} samples (intermediate {trial.intermediate_values[at]:.4f})"
+        if trial.state != TrialState.COMPLETE or trial.values is None:
+            return ""
+        return " ".join(f"{o.metric}={v:.4f}" for o, v in zip(self.sw.spec.objectives, trial.values))
 
     def _best(self) -> str:
         try:

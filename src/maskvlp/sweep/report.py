@@ -57,8 +57,8 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         for p in spec.space:
             row[p.key] = t.params.get(p.key, "")
-        for i, o in enumerate(spec.objectives):
-            row[o.metric] = t.values[i] if t.values is not None else ""
+        for i, o in enumerate(spec.objectives):  # Optuna gives a PRUNED trial its last intermediate value:
+            row[o.metric] = t.values[i] if t.state == TrialState.COMPLETE else ""  # not the objective
         last = max(t.intermediate_values) if t.intermediate_values else None
         row["last_intermediate"] = t.intermediate_values[last] if last is not None else ""
         row["at_samples"] = last if last is not None else ""
