@@ -454,7 +454,10 @@ def pretrain(
         s = start_or_resume(cfg, share, resume)
         log = TrainLog(s, progress)
         evaluator = SubsetEvaluator(cfg, s.device) if cfg.train.eval_every_samples and s.env.is_main else None
-        eval_every = math.ceil(cfg.train.eval_every_samples / s.budget.global_batch) if evaluator else 0
+        # every rank counts the evaluation steps: the hooks' decision is agreed on by all ranks (any_rank)
+        eval_every = (
+            math.ceil(cfg.train.eval_every_samples / s.budget.global_batch) if cfg.train.eval_every_samples else 0
+        )
         own_stop, stop = stop is None, stop or StopRequest()
         status, started = "complete", time.perf_counter()
         try:
@@ -464,8 +467,9 @@ def pretrain(
                     break
                 log.after_step(s, train_step(s))
                 if eval_every and s.step % eval_every == 0 and s.step < s.budget.total_steps:
-                    metrics = evaluator(s.model)
-                    log.evaluation(s, metrics)
+                    metrics = evaluator(s.model) if evaluator is not None else {}  # rank 0 evaluates
+                    if metrics:
+                        log.evaluation(s, metrics)
                     if any_rank(any(hook(s.samples_seen, metrics) for hook in hooks), s.device):
                         status = "stopped"
                         break

@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 from maskvlp.config import Config, load_config, to_dict
 from maskvlp.progress import Progress, format_duration
 from maskvlp.runs import RunPaths, read_result, write_json_atomic
-from maskvlp.sweep.job import TRIAL_FILE, TrialJob, TrialTask
+from maskvlp.sweep.job import STOPPED_FILE, TRIAL_FILE, TrialJob, TrialTask
 from maskvlp.sweep.study import (
     Logical,
     create_or_resume,
@@ -188,9 +188,11 @@ def _proc_start(pid: int) -> str:
     return "" if fields[0] == "Z" else fields[19]  # state, ..., starttime (field 22)
 
 
-def job_alive(job: str, launched: float, slurm_states: dict[str, str]) -> bool:
+def job_alive(job: str, launched: float, slurm_states: dict[str, str] | None) -> bool:
     kind, _, ref = job.partition(":")
     if kind == "slurm":
+        if slurm_states is None:  # sacct did not answer
+            return True
         state = slurm_states.get(ref, "UNKNOWN")
         return state in ALIVE_SLURM or (state == "UNKNOWN" and time.time() - launched < UNKNOWN_GRACE_S)
     host, pid, start = ref.split(":")
@@ -200,11 +202,17 @@ def job_alive(job: str, launched: float, slurm_states: dict[str, str]) -> bool:
     return _proc_start(int(pid)) == start
 
 
-def _slurm_states(handles: list[Handle]) -> dict[str, str]:
-    from maskvlp.launch import sacct_states
+def _slurm_states(handles: list[Handle]) -> dict[str, str] | None:
+    """sacct's states of the handles' Slurm jobs; None when sacct does not answer (then no Slurm trial
+    is judged this pass: a live job must never be taken for a dead one)."""
+    from maskvlp.launch import LaunchError, sacct_states
 
     ids = [h.job.split(":", 1)[1] for h in handles if h.job.startswith("slurm:")]
-    return sacct_states(ids) if ids else {}
+    try:
+        return sacct_states(ids) if ids else {}
+    except LaunchError as exc:
+        print(f"sweep: {exc}; trying again at the next poll", file=sys.stderr)
+        return None
 
 
 def _recorded_job(trial: optuna.trial.FrozenTrial) -> str:
@@ -217,6 +225,16 @@ def _recorded_job(trial: optuna.trial.FrozenTrial) -> str:
     return f"slurm:{json.loads(lines[-1])['job_id']}" if lines else ""
 
 
+def _launched_at(trial: optuna.trial.FrozenTrial) -> float:
+    """When the trial's job was started: its `launched` attribute, else the submission time its run
+    folder recorded, else now (so a job sacct does not know yet gets its grace period)."""
+    stamp = trial.user_attrs.get("launched")
+    jobs = RunPaths(Path(trial.user_attrs.get("run_dir", "."))).jobs
+    if not stamp and jobs.is_file() and jobs.read_text().strip():
+        stamp = json.loads(jobs.read_text().splitlines()[-1]).get("submitted")
+    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) if stamp else time.time()
+
+
 # ------------------------------------------------------------------------------------- driver
 class Driver:
     def __init__(self, sw: Sweep, study: optuna.Study, progress: bool = True, poll_s: float = 2.0):
@@ -226,14 +244,38 @@ class Driver:
         self.launched_count = 0
 
     # -- launching
-    def launch(self) -> Handle:
-        sw, spec = self.sw, self.sw.spec
+    def launch(self) -> Handle | None:
+        """Ask the study for a trial (an enqueued retry first) and start its job. A trial whose params the
+        config refuses is told FAIL (a crash: it is retried, then given up); a job the cluster refuses stops
+        the sweep (every trial would be refused alike)."""
+        from maskvlp.config import ConfigError
+        from maskvlp.launch import LaunchError
+
         trial = self.study.ask()
+        try:
+            return self._start(trial)
+        except ConfigError as exc:
+            self._fail(trial, f"params refused: {exc}", crash=True)
+            self._say(f"trial {trial.number}: params refused, told FAIL: {exc}")
+            return None
+        except (LaunchError, OSError) as exc:
+            self._fail(trial, f"could not start its job: {exc}", crash=False)
+            raise
+
+    def _fail(self, trial: optuna.Trial | optuna.trial.FrozenTrial, why: str, crash: bool) -> None:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            handle = trial_handle(self.study, trial.number)
+            handle.set_user_attr("failure", why)
+            handle.set_user_attr("counts_as_failure", crash)
+        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+    def _start(self, trial: optuna.Trial) -> Handle:
+        sw, spec = self.sw, self.sw.spec
         values = suggest(trial, spec)
         run_dir = Path(trial.user_attrs.get("run_dir") or sw.study_dir / f"trial-{trial.number:04d}")
-        cfg = trial_config(sw, values, run_dir)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", spec.overrides(values))
+        cfg = trial_config(sw, values, run_dir)
         task = TrialTask(to_dict(cfg), sw.raw, sw.storage, trial.number, values)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / TRIAL_FILE).write_text(task.to_json())
@@ -258,8 +300,9 @@ class Driver:
 
             submitted = submit(cfg, TrialJob(task), run_dir, "trial")
             handle = Handle(trial.number, run_dir, f"slurm:{submitted.job.job_id}")
-        trial.set_user_attr("job", handle.job)
-        trial.set_user_attr("launched", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # it may have told already
+            trial.set_user_attr("job", handle.job)
+            trial.set_user_attr("launched", time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.active[trial.number] = handle
         self.launched_count += 1
         return handle
@@ -272,7 +315,7 @@ class Driver:
     # -- reconciliation
     def settle_dead(self, trial: optuna.trial.FrozenTrial, why: str) -> str:
         """A RUNNING trial whose job is gone: told COMPLETE from its record when it evaluated, PRUNED
-        when it was pruned, else FAIL (+ a retry enqueued). Returns what was done."""
+        when it was pruned, else FAIL (`ensure_retries` then enqueues its retry). Returns what was done."""
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
         result = read_result(RunPaths(run_dir)) if trial.user_attrs.get("run_dir") else {}
         values = values_from_record(self.sw.spec, result) if RunPaths(run_dir).model.exists() else None
@@ -283,21 +326,30 @@ class Driver:
             self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
             return "PRUNED (from its run record)"
         launched = bool(trial.user_attrs.get("job"))
-        crash = launched and result.get("status") != "stopped" and why != "stopped cleanly"
-        handle = trial_handle(self.study, trial.number)
-        handle.set_user_attr("failure", why)
-        handle.set_user_attr("counts_as_failure", bool(crash))
-        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        group = next((g for g in logical_trials(self.study) if g.run_dir == str(run_dir)), None)
-        if group is None or not trial.user_attrs.get("run_dir"):
-            return "FAIL (never launched)"
-        if group.failures > self.sw.spec.retries:
-            return f"FAIL (no retries left: {group.failures - 1} of {self.sw.spec.retries} used)"
-        self.study.enqueue_trial(
-            dict(trial.params),
-            user_attrs={"run_dir": str(run_dir), "retry_of": trial.number, "attempt": len(group.attempts) + 1},
+        marker = run_dir / STOPPED_FILE
+        clean = why == "stopped cleanly" or (
+            marker.is_file() and json.loads(marker.read_text()).get("attempt") == trial.number
         )
-        return "FAIL, retry enqueued (resumes from its checkpoint)"
+        self._fail(trial, why, crash=launched and not clean)
+        if not trial.user_attrs.get("run_dir"):
+            return "FAIL (never launched)"
+        return "FAIL" + (" (a clean stop: not counted against retries)" if clean else "")
+
+    def ensure_retries(self) -> None:
+        """Every logical trial whose latest attempt FAILed with retries left gets exactly one WAITING
+        retry (same params, same folder: it resumes from the folder's checkpoint). Idempotent, so a
+        driver killed between a FAIL and its retry leaves nothing stranded."""
+        for g in logical_trials(self.study):
+            if g.last.state != TrialState.FAIL or is_finished(g, self.sw.spec.retries):
+                continue
+            self.study.enqueue_trial(
+                dict(g.last.params),
+                user_attrs={"run_dir": g.run_dir, "retry_of": g.last.number, "attempt": len(g.attempts) + 1},
+            )
+            self._say(
+                f"trial {g.number}: retry enqueued ({g.failures} of {self.sw.spec.retries} crash retries used); "
+                f"it resumes from {g.run_dir}/checkpoints"
+            )
 
     def poll(self) -> None:
         """Free the slots of trials that finished, reconcile those whose job died."""
@@ -318,7 +370,7 @@ class Driver:
             elif job_alive(h.job, h.launched, states):
                 continue
             else:
-                why = f"job ended {states.get(h.job.split(':', 1)[1], 'UNKNOWN')}"
+                why = f"job ended {(states or {}).get(h.job.split(':', 1)[1], 'UNKNOWN')}"
             trial = self.study.get_trials(deepcopy=False)[number]  # it may have told just now
             if trial.state == TrialState.RUNNING:
                 self._say(f"trial {number}: {why}: {self.settle_dead(trial, why)} (logs in {h.run_dir})")
@@ -335,9 +387,7 @@ class Driver:
             if not t.user_attrs.get("run_dir") or not job:
                 self._say(f"trial {t.number}: {self.settle_dead(t, 'never launched (the driver stopped first)')}")
                 continue
-            launched = time.mktime(
-                time.strptime(t.user_attrs.get("launched", "1970-01-01T00:00:00"), "%Y-%m-%dT%H:%M:%S")
-            )
+            launched = _launched_at(t)
             handles[t.number] = Handle(t.number, Path(t.user_attrs["run_dir"]), job, launched)
         states = _slurm_states(list(handles.values()))
         for number, h in handles.items():
@@ -360,11 +410,13 @@ class Driver:
     def run(self) -> list[Logical]:
         spec = self.sw.spec
         self.adopt_orphans()
+        self.ensure_retries()
         finished, _, _ = self.counts()
         bar = Progress(spec.n_trials, f"sweep {spec.name}", unit="trial", enabled=self.progress, initial=finished)
         try:
             while True:
                 self.poll()
+                self.ensure_retries()
                 finished, waiting, groups = self.counts()
                 bar.update(finished - bar.n)
                 bar.set_postfix(running=len(self.active), best=self._best())
@@ -372,7 +424,9 @@ class Driver:
                     waiting > 0 or finished + len(self.active) + waiting < spec.n_trials
                 ):
                     h = self.launch()
-                    self._say(f"trial {h.number} started ({h.job}) in {h.run_dir}")
+                    if h is not None:
+                        self._say(f"trial {h.number} started ({h.job}) in {h.run_dir}")
+                    self.ensure_retries()
                     finished, waiting, groups = self.counts()
                 if not self.active:
                     break  # finished >= n_trials: nothing left to start
@@ -431,19 +485,43 @@ class Driver:
         print(f"sweep {self.sw.spec.name}: {message}", file=sys.stderr, flush=True)
 
 
+def driver_alive(study_dir: Path) -> dict[str, Any] | None:
+    """The running driver of the study on this host (driver.json with a live pid), else None. A driver
+    on another host (a --detach job) is reported as alive while its Slurm job runs."""
+    path = study_dir / LOCK_FILE
+    if not path.is_file():
+        return None
+    other = json.loads(path.read_text())
+    if other.get("host") == socket.gethostname():
+        return other if _proc_start(other["pid"]) == other.get("start") else None
+    job = other.get("slurm_job")
+    if job:
+        from maskvlp.launch import sacct_states
+
+        return other if sacct_states([job]).get(job) in ALIVE_SLURM else None
+    return other  # another host, not a Slurm job: cannot check, assume it runs
+
+
+def refuse_second_driver(study_dir: Path) -> None:
+    other = driver_alive(study_dir)
+    if other is not None:
+        raise SweepSpecError(
+            f"a driver for study '{study_dir.name}' already runs (pid {other['pid']} on {other['host']}); "
+            f"follow it with `maskvlp sweep-status {study_dir.name}`, or stop it first "
+            f"(a stale {study_dir / LOCK_FILE} from a lost host may be deleted by hand)"
+        )
+
+
 @contextlib.contextmanager
 def driver_lock(study_dir: Path):
-    """One driver per study on this host: a second one would start the same retries twice."""
+    """One driver per study: a second one would start the same retries twice."""
+    refuse_second_driver(study_dir)
     path = study_dir / LOCK_FILE
-    if path.is_file():
-        other = json.loads(path.read_text())
-        if other.get("host") == socket.gethostname() and _proc_start(other["pid"]) == other.get("start"):
-            raise SweepSpecError(
-                f"a driver for this study already runs (pid {other['pid']}); follow it with "
-                f"`maskvlp sweep-status {study_dir.name}` or stop it first"
-            )
     pid = os.getpid()
-    write_json_atomic(path, {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)})
+    record = {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
+    if os.environ.get("SLURM_JOB_ID"):
+        record["slurm_job"] = os.environ["SLURM_JOB_ID"]
+    write_json_atomic(path, record)
     try:
         yield
     finally:
@@ -461,6 +539,7 @@ def set_aside(study_dir: Path) -> Path | None:
 
 def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s: float = 2.0) -> list[Logical]:
     """Create or resume the study and drive it to n_trials finished trials."""
+    refuse_second_driver(sw.study_dir)  # before --force-new moves anything a running driver uses
     if force_new:
         moved = set_aside(sw.study_dir)  # its journal too, when it lives there (an RDB study is deleted below)
         if moved:
@@ -494,10 +573,29 @@ class DriverJob:
         groups = run_sweep(self.sw, self.force_new, progress=True)
         return summary_line(self.sw, groups, time.time() - started)
 
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Time limit or preemption: requeue the driver (it resumes the study; trials keep running)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(DriverJob(self.sw, force_new=False))
+
 
 def detach(sw: Sweep, force_new: bool) -> str:
-    """Submit the driver as a Slurm job (1 CPU, 2 GB, the launcher's partition and time limit)."""
+    """Submit the driver as a Slurm job (1 CPU, 2 GB, the launcher's partition and time limit; at the time
+    limit it is requeued, up to launcher.max_requeues times). --force-new is done here, before submitting,
+    so a requeued driver resumes the new study instead of setting it aside again."""
     from maskvlp.launch import submit
+
+    if sw.executor != "slurm":
+        raise SweepSpecError(
+            "--detach runs the driver as a Slurm job, and its trials must be Slurm jobs too: "
+            "add --set launcher.executor=slurm"
+        )
+    refuse_second_driver(sw.study_dir)
+    if force_new:
+        set_aside(sw.study_dir)
+        create_or_resume(sw.spec, sw.storage, sw.spec.parallel, True)
+        force_new = False
 
     cfg = sw.base_cfg
     cfg = replace(

@@ -11,6 +11,7 @@ driver reconciles it (driver.py). Preemption under Slurm works as for single run
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskvlp.runs import RunPaths, read_result, update_result
+from maskvlp.runs import RunPaths, read_result, update_result, write_json_atomic
 from maskvlp.sweepspec import SweepSpec
 
 TRIAL_FILE = "trial.json"  # what the driver hands a local trial process
+STOPPED_FILE = "stopped.json"  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved), not a crash
 
 
 @dataclass
@@ -83,10 +85,17 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
     trial = trial_handle(study, task.number)
     hparams = {**task.params, "sweep.trial": task.number}
     hook = PruneHook(trial, spec)
+    prunable = len(spec.objectives) == 1 and spec.pruner != "none"  # report() is single-objective only
+    rank = 0
     if not paths.model.exists():
         resume = bool(list_checkpoints(paths.checkpoints))
-        result = pretrain(cfg, resume=resume, progress=progress, stop=stop, hooks=[hook])
+        result = pretrain(cfg, resume=resume, progress=progress, stop=stop, hooks=[hook] if prunable else [])
+        rank = result["rank"]
+        if rank != 0:  # rank 0 alone reports, evaluates and tells; a stop here is a signal or the pruner
+            signalled = result["status"] == "stopped" and bool(getattr(stop, "requested", False))
+            return {"state": "STOPPED" if signalled else "RANK", "rank": rank}
         if result["status"] == "stopped" and hook.pruned_at is None:
+            write_json_atomic(paths.root / STOPPED_FILE, {"attempt": task.number})
             return {"state": "STOPPED", "result": result}
         if hook.pruned_at is not None:
             update_result(paths, status="pruned", pruned_at_samples=hook.pruned_at, sweep_state="PRUNED")
@@ -96,8 +105,8 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
             return {"state": "PRUNED", "pruned_at_samples": hook.pruned_at}
     metrics = evaluate_and_write(cfg, paths.root, progress=progress)
     values = values_from_record(spec, read_result(paths))
-    if values is None:
-        raise RuntimeError(f"trial {task.number}: the run record of {paths.root} lacks an objective")
+    if values is None or not all(math.isfinite(v) for v in values):
+        raise RuntimeError(f"trial {task.number}: the run record of {paths.root} lacks a finite objective: {values}")
     if hook.last is not None:
         metrics = {**metrics, "sweep/intermediate": hook.last}
     write_tensorboard_hparams(paths.root, metrics, {**hparams, "sweep.state": "COMPLETE"})

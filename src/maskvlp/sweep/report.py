@@ -149,8 +149,20 @@ def status(name: str, runs_dir: str = "runs") -> str:
         )
     elif left:
         lines.append(f"  time left: unknown until a trial finishes ({left} trials to go)")
-    driver = Path(runs_dir) / name / "driver.json"
-    lines.append(f"  driver: {'running (' + driver.read_text().strip() + ')' if driver.is_file() else 'not running'}")
+    from maskvlp.sweep.driver import driver_alive
+
+    driver = driver_alive(Path(runs_dir) / name)
+    where = (
+        f"pid {driver['pid']} on {driver['host']}"
+        + (f", Slurm job {driver['slurm_job']}" if driver and driver.get("slurm_job") else "")
+        if driver
+        else ""
+    )
+    lines.append(
+        f"  driver: running ({where})"
+        if driver
+        else "  driver: not running (run the same `maskvlp sweep` command to continue)"
+    )
     return "\n".join(lines)
 
 

@@ -71,9 +71,17 @@ def make_sampler(spec: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSample
             return optuna.samplers.QMCSampler(seed=spec.seed, **opts)  # the sequence is resumed by count
         if spec.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, **opts)
-        return optuna.samplers.GridSampler(grid_space(spec), seed=spec.seed, **opts)
+        return _GridSampler(grid_space(spec), seed=spec.seed, **opts)
     except TypeError as exc:
         raise SweepSpecError(f"sampler: {exc}") from exc
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its `study.stop()` after the last point: that only works inside
+    `study.optimize` and raised in the trial job's tell; the driver stops at n_trials itself."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def grid_space(spec: SweepSpec) -> dict[str, list[Any]]:
