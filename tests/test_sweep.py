@@ -183,7 +183,8 @@ def test_two_objective_sweep_with_local_processes_reports_only_the_pareto_front(
     runs, report_dir = tmp_path / "runs", tmp_path / "report"
     path = write_sweep(
         tmp_path / "two.yaml",
-        tiny_base(shards, runs, **{"masking.strategy": "random"}),
+        # evaluations during training on: a two-objective trial must not report to a pruner
+        tiny_base(shards, runs, **{"masking.strategy": "random", "train.eval_every_samples": 128}),
         name="two",
         space={"masking.ratio": {"type": "float", "low": 0.0, "high": 0.75, "step": 0.25}},
         objectives=[
@@ -269,12 +270,61 @@ def test_optuna_dashboard_serves_the_study_from_its_journal(tmp_path, tool_env):
 @pytest.mark.slow
 def test_local_trial_process_writes_one_hparams_session_with_its_params(shards, tmp_path):
     runs = tmp_path / "runs"
-    path = write_sweep(tmp_path / "one.yaml", tiny_base(shards, runs), name="one", n_trials=1, parallel=1)
+    grid = {"masking.ratio": {"type": "float", "low": 0.25, "high": 0.5, "step": 0.25}}
+    path = write_sweep(
+        tmp_path / "one.yaml",
+        tiny_base(shards, runs),
+        name="one",
+        n_trials=2,
+        parallel=1,
+        space=grid,
+        sampler={"name": "grid"},
+    )
     assert main(["sweep", str(path), "--params", "params.yaml", "--quiet"]) == 0
+    trials = sorted(runs.glob("one/trial-*"))
+    assert [yaml.safe_load((t / "config.yaml").read_text())["masking"]["ratio"] for t in trials] in (
+        [0.25, 0.5],
+        [0.5, 0.25],
+    )
+    assert all("Traceback" not in (t / "trial.log").read_text() for t in trials)  # the last grid point tells cleanly
     trial_dir = runs / "one" / "trial-0000"
     hp = hparams_of(trial_dir / "eval")
     cfg = yaml.safe_load((trial_dir / "config.yaml").read_text())
     assert hp["sweep.trial"] == 0 and hp["sweep.state"] == "COMPLETE"
-    assert hp["masking.ratio"] == cfg["masking"]["ratio"] and hp["masking.threshold"] == cfg["masking"]["threshold"]
+    assert hp["masking.ratio"] == cfg["masking"]["ratio"]
     assert len(list((trial_dir / "eval").glob("events.out.tfevents.*"))) == 1
     assert cfg["train"]["run_name"] == "trial-0000" and cfg["eval"]["metrics_file"].startswith(str(trial_dir))
+
+
+def test_a_failed_attempt_gets_exactly_one_retry_until_its_retries_are_used(shards, tmp_path):
+    """ensure_retries runs every pass: a FAIL left without its retry (driver killed in between) gets one,
+    a second pass adds none, and a trial whose crashes exceed `retries` is finished, not retried."""
+    from optuna.trial import TrialState
+
+    from maskvlp.sweep.driver import Driver
+
+    sw = prepare(
+        write_sweep(tmp_path / "r.yaml", tiny_base(shards, tmp_path / "runs"), retries=1), params="params.yaml"
+    )
+    study = st.create_or_resume(sw.spec, sw.storage, 2, False)
+    driver = Driver(sw, study, progress=False)
+
+    def crash(run_dir: str) -> None:
+        trial = study.ask()
+        st.suggest(trial, sw.spec)
+        trial.set_user_attr("run_dir", run_dir)
+        trial.set_user_attr("job", "slurm:0")
+        driver._fail(trial, "job ended FAILED", crash=True)
+
+    crash("a")
+    driver.ensure_retries()
+    driver.ensure_retries()
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["run_dir"] == "a" and waiting[0].user_attrs["retry_of"] == 0
+    retry = study.ask()  # the retry is taken first, and samples the same params
+    assert retry.number == waiting[0].number and st.suggest(retry, sw.spec) == study.trials[0].params
+    driver._fail(retry, "job ended FAILED", crash=True)
+    driver.ensure_retries()
+    (group,) = st.logical_trials(study)
+    assert group.failures == 2 and st.is_finished(group, sw.spec.retries)
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
