@@ -175,3 +175,16 @@ def test_recipe_flip_sets_the_papers_values_and_explicit_keys_win():
     d = decayed_names(load_config(None, ["train.recipe=cluster"]))
     assert d["visual.positional_embedding"] and not d["visual.class_embedding"]
     assert load_config(None, ["train.recipe=cluster"]).model.context_length == 77
+
+
+def test_the_scaling_family_spans_30x_in_non_embedding_parameters_with_depth_growing():
+    from maskvlp.model import CLIP, SCALING_FAMILY
+
+    sizes = []
+    for name in SCALING_FAMILY:
+        model = CLIP(vision=name, text=name, image_size=32, patch_size=8, embed_dim=32, context_length=16)
+        counts = model.nonembedding_params()
+        sizes.append(counts["vision"] + counts["text"])
+    assert len(sizes) >= 5 and sizes == sorted(sizes) and sizes[-1] / sizes[0] >= 30
+    depths = [shape.layers for shape in SCALING_FAMILY.values()]
+    assert depths == sorted(depths) and depths[-1] > depths[0]

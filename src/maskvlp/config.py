@@ -90,8 +90,8 @@ class DataConfig:
 # ---------------------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
-    vision: str = "tiny"  # image tower preset: tiny | S | B | L
-    text: str = "tiny"  # text tower preset: tiny | S | B | L
+    vision: str = "tiny"  # image tower preset: tiny | S | B | L, or the scaling family w64 | w96 | w128 | w192 | w256
+    text: str = "tiny"  # text tower preset: tiny | S | B | L, or w64 | w96 | w128 | w192 | w256
     image_size: int = 64  # model input resolution (training crops and evaluation resize)
     patch_size: int = 8
     embed_dim: int = 128  # shared image-text embedding width

@@ -43,6 +43,18 @@ TEXT_PRESETS = {
 }
 
 
+# A family for scaling studies on a CPU (both towers alike): width and depth grow together, spanning
+# about 48x in non-embedding parameters (w64 ~0.1M per tower to w256 ~4.7M). w128 has tiny's shape.
+SCALING_FAMILY = {
+    "w64": TowerShape(64, 2, 2),
+    "w96": TowerShape(96, 3, 3),
+    "w128": TowerShape(128, 4, 4),
+    "w192": TowerShape(192, 5, 4),
+    "w256": TowerShape(256, 6, 4),
+}
+VISION_PRESETS.update(SCALING_FAMILY)
+TEXT_PRESETS.update(SCALING_FAMILY)
+
 POS_EMBEDS = ("learned", "sincos")  # image positions: learned (CLIP) | fixed 2-D sin-cos (FLIP, MAE)
 POOLS = ("cls", "avg")  # image feature: the class token (CLIP) | the mean of the kept tokens (FLIP)
 

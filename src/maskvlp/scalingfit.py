@@ -1,0 +1,226 @@
+"""Scaling-law fits with honest uncertainty (pure functions over arrays; scipy does the fitting).
+
+Forms:
+    compute  err(C)    = E + A * (C / C0)^-alpha             (saturating power law; C0 = geometric mean of C)
+    joint    err(N, D) = E + A * (N / N0)^-a + B * (D / D0)^-b   (model size N, data size D)
+Normalising by the geometric mean keeps A of order one whatever the units (FLOPs are ~1e12).
+
+Every fit reports whether it converged. It fails when the optimiser fails, when a parameter sits on a
+bound (the data did not determine it), or when there are no more points than parameters. A fit that
+did not converge carries no numbers, only its message. Intervals come from a bootstrap over points
+(seeded): percentile 95% intervals of every parameter and of predictions, plus the share of resamples
+whose refit failed. `frontier` keeps the compute-efficient points (no cheaper point has lower error),
+`held_out` fits the cheaper half and checks the dearest points against that fit's 95% band, and
+`compare` says whether one strategy's curve lies below another's and whether their intervals separate.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ALPHA_MAX = 3.0  # exponents beyond this are not a power law in any data we fit: treated as a bound
+MIN_DROP = 1e-3  # a fitted curve that falls less than this over the measured points has no scaling to report
+FORMS = {"compute": ("E", "A", "alpha"), "joint": ("E", "A", "a", "B", "b")}
+
+
+@dataclass
+class Fit:
+    form: str
+    converged: bool
+    message: str
+    n_points: int
+    params: dict[str, float] = field(default_factory=dict)  # empty unless converged
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)  # C0 (compute) or N0, D0 (joint)
+    rmse: float = math.nan
+    bootstrap_failed: float = math.nan  # share of bootstrap refits that did not converge
+
+    def predict(self, *x: np.ndarray | float) -> np.ndarray:
+        if not self.converged:
+            raise ValueError(f"the {self.form} fit did not converge ({self.message}): it predicts nothing")
+        return _model(self.form, self.params, self.scale, *x)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"form": self.form, "converged": self.converged, "message": self.message}
+        out["n_points"] = self.n_points
+        if self.converged:
+            out.update(params=self.params, intervals={k: list(v) for k, v in self.intervals.items()})
+            out.update(scale=self.scale, rmse=self.rmse, bootstrap_failed=self.bootstrap_failed)
+        return out
+
+
+def _model(form: str, p: dict[str, float], scale: dict[str, float], *x) -> np.ndarray:
+    if form == "compute":
+        (c,) = x
+        return p["E"] + p["A"] * (np.asarray(c, float) / scale["C0"]) ** -p["alpha"]
+    n, d = (np.asarray(v, float) for v in x)
+    return p["E"] + p["A"] * (n / scale["N0"]) ** -p["a"] + p["B"] * (d / scale["D0"]) ** -p["b"]
+
+
+def _geomean(v: np.ndarray) -> float:
+    return float(np.exp(np.mean(np.log(v))))
+
+
+def _fit_once(form: str, xs: list[np.ndarray], y: np.ndarray, scale: dict[str, float]) -> tuple[dict, str]:
+    """Least squares from several starts; ({} , why) when it fails."""
+    from scipy.optimize import least_squares
+
+    names = FORMS[form]
+    if len(y) <= len(names):
+        return {}, f"{len(y)} points cannot determine {len(names)} parameters"
+    normed = [x / scale[k] for x, k in zip(xs, ("C0",) if form == "compute" else ("N0", "D0"))]
+    lo_e, hi_e = 0.0, float(np.min(y))
+    span = max(float(np.max(y) - np.min(y)), 1e-6)
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        if form == "compute":
+            e, a, al = theta
+            return e + a * normed[0] ** -al - y
+        e, a, ea, b, eb = theta
+        return e + a * normed[0] ** -ea + b * normed[1] ** -eb - y
+
+    if form == "compute":
+        lower, upper = [lo_e, 0.0, 0.0], [hi_e, np.inf, ALPHA_MAX]
+        starts = [[hi_e * f, span, al] for f in (0.0, 0.5, 0.9) for al in (0.1, 0.5, 1.5)]
+    else:
+        lower, upper = [lo_e, 0.0, 0.0, 0.0, 0.0], [hi_e, np.inf, ALPHA_MAX, np.inf, ALPHA_MAX]
+        starts = [[hi_e * f, span / 2, al, span / 2, al] for f in (0.0, 0.5, 0.9) for al in (0.2, 0.7)]
+    best = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in starts:
+            s = np.clip(s, lower, [u if np.isfinite(u) else 1e9 for u in upper])
+            try:
+                r = least_squares(resid, s, bounds=(lower, upper), max_nfev=2000)
+            except (ValueError, FloatingPointError):
+                continue
+            if r.success and np.all(np.isfinite(r.x)) and (best is None or r.cost < best.cost):
+                best = r
+    if best is None:
+        return {}, "the optimiser did not converge from any start"
+    params = dict(zip(names, map(float, best.x)))
+    for name, value in params.items():  # a parameter on its bound was not determined by the data
+        if name in ("alpha", "a", "b") and (value >= ALPHA_MAX * 0.999 or value <= 1e-6):
+            return {}, f"{name} = {value:.3g} sits on its bound [0, {ALPHA_MAX}]: the points do not fix it"
+        if name in ("A", "B") and value <= 1e-9:
+            return {}, f"{name} = 0: no decrease with scale in these points"
+    drop = float(np.max(-resid(best.x) + y) - np.min(-resid(best.x) + y))
+    if drop < MIN_DROP:
+        return {}, f"the fitted error changes by {drop:.2g} over the points: no decrease with scale to fit"
+    return params, "converged"
+
+
+def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: int = 0) -> Fit:
+    """Fit `form` to error values y at x (compute: C; joint: N, D), with bootstrap intervals."""
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; one of {', '.join(FORMS)}")
+    y = np.asarray(y, float)
+    xs_ = [np.asarray(x, float) for x in xs]
+    if any(np.any(x <= 0) for x in xs_):
+        raise ValueError("scales (compute, model size, data size) must be positive")
+    scale = {"C0": _geomean(xs_[0])} if form == "compute" else {"N0": _geomean(xs_[0]), "D0": _geomean(xs_[1])}
+    params, message = _fit_once(form, xs_, y, scale)
+    if not params:
+        return Fit(form, False, message, len(y))
+    result = Fit(form, True, message, len(y), params, scale=scale)
+    result.rmse = float(np.sqrt(np.mean((result.predict(*xs_) - y) ** 2)))
+    samples, failed = [], 0
+    rng = np.random.default_rng(seed)
+    for _ in range(bootstrap):
+        idx = rng.integers(0, len(y), len(y))
+        if len({tuple(float(x[i]) for x in xs_) for i in idx}) <= len(FORMS[form]):
+            failed += 1
+            continue
+        p, _ = _fit_once(form, [x[idx] for x in xs_], y[idx], scale)
+        if p:
+            samples.append(p)
+        else:
+            failed += 1
+    result.bootstrap_failed = failed / bootstrap if bootstrap else math.nan
+    result._samples = samples  # type: ignore[attr-defined]  # for prediction bands
+    for name in FORMS[form]:
+        values = [s[name] for s in samples]
+        result.intervals[name] = (
+            (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if values else (math.nan, math.nan)
+        )
+    return result
+
+
+def band(f: Fit, *x: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% bootstrap band of the fit's prediction at x."""
+    samples = getattr(f, "_samples", [])
+    if not f.converged or not samples:
+        raise ValueError("no bootstrap samples: fit with bootstrap > 0 and a converged fit")
+    preds = np.stack([_model(f.form, s, f.scale, *x) for s in samples])
+    return np.percentile(preds, 2.5, axis=0), np.percentile(preds, 97.5, axis=0)
+
+
+def frontier(compute: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Indices of the compute-efficient points: sorted by compute, each with lower error than every
+    cheaper point (the lower envelope a scaling curve is fitted on)."""
+    order = np.lexsort((error, compute))  # by compute, then error: at equal compute the better point first
+    keep, best = [], math.inf
+    for i in order:
+        if error[i] < best:
+            keep.append(int(i))
+            best = error[i]
+    return np.array(keep, dtype=int)
+
+
+@dataclass
+class HeldOut:
+    flagged: bool
+    message: str
+    mean_abs_error: float = math.nan
+    outside_band: int = 0
+    n_held: int = 0
+
+
+def held_out(compute: np.ndarray, error: np.ndarray, held: int | None = None, seed: int = 0) -> HeldOut:
+    """Fit the compute form on the cheaper points and predict the `held` dearest (default: the dearer
+    half). Flagged when the fit does not converge or a held-out point falls outside its 95% band."""
+    compute, error = np.asarray(compute, float), np.asarray(error, float)
+    order = np.argsort(compute)
+    held = held or len(order) // 2
+    train, test = order[:-held], order[-held:]
+    f = fit("compute", error[train], compute[train], bootstrap=300, seed=seed)
+    if not f.converged:
+        return HeldOut(True, f"the fit on the cheaper {len(train)} points did not converge: {f.message}", n_held=held)
+    pred = f.predict(compute[test])
+    lo, hi = band(f, compute[test])
+    outside = int(np.sum((error[test] < lo) | (error[test] > hi)))
+    mae = float(np.mean(np.abs(pred - error[test])))
+    message = (
+        f"fit on the cheaper {len(train)} points predicts the {held} dearest with mean absolute error "
+        f"{mae:.4f}; {outside} of {held} outside its 95% band"
+    )
+    return HeldOut(outside > 0, message, mae, outside, held)
+
+
+def compare(name_a: str, fa: Fit, name_b: str, fb: Fit, c_range: tuple[float, float], target: float) -> str:
+    """One sentence: does a's curve lie below b's over the compute range, and do their 95% bands at the
+    target compute separate?"""
+    if not (fa.converged and fb.converged):
+        missing = [n for n, f in ((name_a, fa), (name_b, fb)) if not f.converged]
+        return f"{name_a} vs {name_b}: cannot compare, the fit of {' and '.join(missing)} did not converge"
+    grid = np.geomspace(c_range[0], c_range[1], 50)
+    below = float(np.mean(fa.predict(grid) < fb.predict(grid)))
+    (la, ha), (lb, hb) = (tuple(float(v) for v in band(f, target)) for f in (fa, fb))
+    where = (
+        f"lies below {name_b} over the whole measured compute range"
+        if below == 1.0
+        else f"lies above {name_b} over the whole measured compute range"
+        if below == 0.0
+        else f"is below {name_b} over {below:.0%} of the measured compute range (the curves cross)"
+    )
+    separate = ha < lb or hb < la
+    return (
+        f"{name_a} {where}; at compute {target:.3g} the predicted errors are {float(fa.predict(target)):.4f} "
+        f"[{la:.4f}, {ha:.4f}] vs {float(fb.predict(target)):.4f} [{lb:.4f}, {hb:.4f}]: the intervals "
+        + ("separate." if separate else "overlap, so the two cannot be told apart there.")
+    )
