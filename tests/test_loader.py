@@ -115,3 +115,22 @@ def test_eval_loader_yields_each_sample_exactly_once_with_full_images(shards):
 def test_no_training_shards_is_a_clear_error():
     with pytest.raises(ValueError, match="run the shard stage"):
         train_loader(StreamSpec(urls=(), batch_size=2, image_size=32, context_length=8), 0)
+
+
+@pytest.mark.parametrize("n", [30, 55])
+def test_unique_pairs_limits_training_to_the_first_n_pairs_of_the_shards(shards, n):
+    """train.unique_pairs: every epoch draws exactly the first n pairs (shard-then-member order), the same
+    batches with 0 or 2 loader workers."""
+    from maskvlp.data.shards import ShardError, first_pairs
+
+    limits = first_pairs(shards, "train", n)
+    assert sum(limits) == n and limits[0] == min(40, n)
+    first = [s["__key__"] for s in slot_samples(list(shard_paths(shards, "train")), 0, 1, None)][:n]
+    spec = _spec(shards, limits=limits, streams=2)
+    batches = _take(train_loader(spec, 0), 2 * -(-n // 8) + 2)  # more than two epochs' worth
+    keys = [k for b in batches for k in b["keys"]]
+    assert set(keys) == set(first)  # nothing beyond the first n pairs, and every one of them drawn
+    assert [b["keys"] for b in _take(train_loader(spec, 2), 4)] == [b["keys"] for b in batches[:4]]
+    with pytest.raises(ShardError, match="exceeds the"):
+        first_pairs(shards, "train", 10_000)
+    assert first_pairs(shards, "train", 0) == ()

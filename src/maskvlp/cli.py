@@ -242,6 +242,30 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaling_fit(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from maskvlp.scaling import fit_spec, write_outputs
+    from maskvlp.sweepspec import parse
+
+    study_dir = Path(args.runs_dir) / args.name
+    info_path = study_dir / "sweep.json"
+    if not info_path.is_file():
+        known = sorted(p.parent.name for p in Path(args.runs_dir).glob("*/sweep.json"))
+        hint = f"; studies here: {', '.join(known)}" if known else ""
+        raise SweepSpecError(f"no study '{args.name}' in {args.runs_dir}/ (no {info_path}){hint}")
+    raw = json.loads(info_path.read_text())["spec"]
+    if args.metric:
+        raw = {**raw, "fit": {**(raw.get("fit") or {}), "metric": args.metric}}
+    spec = parse(raw, str(info_path))
+    fs = fit_spec(spec)
+    out = Path(args.out or f"reports/scaling/{args.name}")
+    write_outputs(args.name, study_dir, out, fs, quiet=args.quiet)
+    print(f"wrote {out}/ (fits.json, summary.md, *.png) and TensorBoard figures in {study_dir / 'scaling-fit'}")
+    return 0
+
+
 def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
     print(to_yaml(cfg), end="")
     return 0
@@ -394,6 +418,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/sweeps/NAME)")
     p.set_defaults(func=cmd_sweep_report, raw=True)
+
+    p = sub.add_parser(
+        "scaling-fit",
+        help="fit scaling curves to a scaling study's trials (docs/scaling.md)",
+        description="Read the evaluated trials of runs/<NAME> (a study run by `maskvlp sweep sweeps/scaling.yaml`) "
+        "and fit, per strategy, error = E + A (C/C0)^-alpha on the compute frontier and, where the grid varies "
+        "both, E + A/N^a + B/D^b over model size N and data size D; bootstrap 95%% intervals, a held-out check "
+        "(fit the cheaper half, predict the dearest points) and a sentence per pair of strategies. A fit that "
+        "does not converge is reported as such, never as a number. Writes fits.json, summary.md, PNG plots, "
+        "and the figures to TensorBoard (runs/<NAME>/scaling-fit).",
+        epilog="example: maskvlp sweep sweeps/scaling.yaml && maskvlp scaling-fit scaling",
+    )
+    p.add_argument("name", metavar="NAME", help="the study name (the scaling file's name:)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: reports/scaling/NAME)")
+    p.add_argument("--metric", default="", help="fit this metric instead of the file's fit.metric")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary")
+    p.set_defaults(func=cmd_scaling_fit, raw=True)
 
     p = sub.add_parser(
         "config",

@@ -125,6 +125,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     samples: int = 30000  # training budget in samples seen
     seed: int | None = None  # model init, data order, masks; null = the top-level seed (which also splits the data)
+    unique_pairs: int = 0  # train on the first N pairs of the train shards only (data size); 0 = all
     batch_size: int = 64  # per process
     recipe: str = "default"  # default | flip | cluster: fills the keys below left at null (recipes.py)
     lr: float | None = None  # base learning rate per 256 samples, scaled to the global batch by lr_scaling
@@ -379,6 +380,7 @@ def validate(cfg: Config) -> None:
     _choice("train.lr_scaling", t.lr_scaling, LR_SCALING)
     _choice("train.accum_mode", t.accum_mode, tuple(ACCUMULATORS))
     _check(t.warmup_samples >= 0, "train.warmup_samples", "must be >= 0", t.warmup_samples)
+    _check(t.unique_pairs >= 0, "train.unique_pairs", "must be >= 0 (0 = every training pair)", t.unique_pairs)
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)", (t.beta1, t.beta2))
     _check(t.eps > 0, "train.eps", "must be > 0", t.eps)

@@ -60,6 +60,22 @@ def num_anchors(num_patches: int, anchor_ratio: float) -> int:
     return max(1, num_patches - int(num_patches * (1.0 - anchor_ratio)))
 
 
+def mask_flops_per_image(
+    strategy: str, num_patches: int, patch_size: int, anchor_ratio: float, embed_width: int = 0
+) -> float:
+    """FLOPs of choosing one image's mask (docs/records.md): nothing for none/random; for cluster,
+    standardising the L patches of D = 3 P^2 values (~4 L D: mean, centre, square, scale) and the
+    A x L similarity matmul (2 A L D); with the embedding fused (embed_width > 0) the patch
+    embedding run once more without gradient (2 L D E) and its A x L cosine (2 A L E + 3 L E)."""
+    if strategy != "cluster":
+        return 0.0
+    n, d, a = num_patches, 3 * patch_size * patch_size, num_anchors(num_patches, anchor_ratio)
+    total = 4.0 * n * d + 2.0 * a * n * d
+    if embed_width:
+        total += 2.0 * n * d * embed_width + 2.0 * a * n * embed_width + 3.0 * n * embed_width
+    return total
+
+
 def check_params(
     ratio: float, anchor_ratio: float = 0.05, threshold: float = 0.5, num_patches: int | None = None
 ) -> None:

@@ -7,6 +7,11 @@
       masking.anchor_ratio: {type: float, low: 0.01, high: 0.2, log: true}
       masking.features: {type: categorical, choices: [rgb, rgb+embed]}
       masking.threshold: {type: float, low: 0.2, high: 0.9, when: {masking.strategy: cluster}}
+      model: {choices: [w64, w128], set: [model.vision, model.text]}     # a label: one value, several keys
+      strategy:                        # a label whose choices are named bundles of params
+        choices: {none: {masking.strategy: none}, random: {masking.strategy: random, masking.ratio: 0.5}}
+    rules: {warmup_fraction: 0.1}      # params derived per trial (maskvlp.scaling.derive)
+    fit: {metric: zeroshot/objects/top1}   # scaling studies: what `maskvlp scaling-fit` fits
     objectives:                        # metric keys of evaluation or of the run record
       - {metric: zeroshot/objects/top1, direction: maximize}
       - {metric: train_flops, direction: minimize}
@@ -54,6 +59,26 @@ class Param:
     log: bool = False
     choices: tuple[Any, ...] = ()
     when: dict[str, Any] = field(default_factory=dict)  # sampled only when these (base) params hold
+    sets: tuple[str, ...] = ()  # a label (key without a dot): the chosen value goes to each of these keys
+    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)  # a label: choice name -> params
+
+    @property
+    def is_label(self) -> bool:
+        return bool(self.sets or self.bundles)
+
+    def expand(self, value: Any) -> dict[str, Any]:
+        """The params keys this parameter's value sets: itself, each of `sets`, or the chosen bundle."""
+        if self.bundles:
+            return dict(self.bundles[value])
+        if self.sets:
+            return {k: value for k in self.sets}
+        return {self.key: value}
+
+    def identity(self) -> dict[str, Any]:
+        out = {k: v for k, v in vars(self).items() if k not in ("sets", "bundles")} | {"choices": list(self.choices)}
+        if self.is_label:  # only for labels, so the fingerprints of studies from before labels stay the same
+            out |= {"sets": list(self.sets), "bundles": self.bundles}
+        return out
 
 
 @dataclass(frozen=True)
@@ -76,24 +101,38 @@ class SweepSpec:
     retries: int = 1
     sampler_options: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the sampler
     pruner_options: dict[str, Any] = field(default_factory=dict)  # of the pruner, e.g. n_startup_trials
+    rules: dict[str, Any] = field(default_factory=dict)  # params derived per trial (maskvlp.scaling.RULES)
+    fit: dict[str, Any] = field(default_factory=dict)  # scaling studies: the fit (maskvlp.scaling.FitSpec)
 
     def fingerprint(self) -> str:
-        """What makes a study this study: base, space and objectives (not n_trials, parallel, retries,
-        sampler, pruner or launcher.* keys, which may change between runs of the same study)."""
+        """What makes a study this study: base, space, rules and objectives (not n_trials, parallel,
+        retries, sampler, pruner, fit or launcher.* keys, which may change between runs of the same study)."""
         import hashlib
         import json
 
         ident = {
             "base": {k: v for k, v in self.base.items() if not k.startswith("launcher.")},  # where, not what
-            "space": [vars(p) | {"choices": list(p.choices)} for p in self.space],
+            "space": [p.identity() for p in self.space],
             "objectives": [vars(o) for o in self.objectives],
         }
+        if self.rules:
+            ident["rules"] = self.rules
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The params of one trial as {key: value}: the base, the sampled values (labels expanded into
+        the keys they set), then the keys the rules derive from those."""
+        from maskvlp.scaling import derive
+
+        merged = dict(self.base)
+        by_key = {p.key: p for p in self.space}
+        for key, value in values.items():
+            merged.update(by_key[key].expand(value) if key in by_key else {key: value})
+        return {**merged, **derive(merged, self.rules)}
+
     def overrides(self, values: dict[str, Any]) -> list[str]:
-        """`key=value` overrides of one trial: the base, then the sampled values."""
-        merged = {**self.base, **values}
-        return [f"{k}={_yaml_value(v)}" for k, v in merged.items()]
+        """`key=value` overrides of one trial (see `resolve`)."""
+        return [f"{k}={_yaml_value(v)}" for k, v in self.resolve(values).items()]
 
 
 def _yaml_value(v: Any) -> str:
@@ -111,12 +150,16 @@ def _param(key: str, raw: Any) -> Param:
     kind = raw.get("type", "categorical" if "choices" in raw else "float")
     if kind not in TYPES:
         raise _fail(where, f"type must be one of {', '.join(TYPES)}, got {kind!r}")
-    unknown = set(raw) - {"type", "low", "high", "step", "log", "choices", "when"}
+    unknown = set(raw) - {"type", "low", "high", "step", "log", "choices", "when", "set"}
     if unknown:
         raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
     when = raw.get("when") or {}
     if not isinstance(when, dict):
         raise _fail(f"{where}.when", "must map params keys to the values that enable this parameter")
+    if "." not in key:
+        return _label(key, kind, raw, dict(when))
+    if "set" in raw:
+        raise _fail(f"{where}.set", "only a label (a key without a dot, e.g. `model`) sets other keys")
     if kind == "categorical":
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -139,11 +182,55 @@ def _param(key: str, raw: Any) -> Param:
     return Param(key, kind, float(low), float(high), None if step is None else float(step), log, when=dict(when))
 
 
+def _label(key: str, kind: str, raw: dict[str, Any], when: dict[str, Any]) -> Param:
+    """A label: a categorical whose value is a name. Either `set: [keys]` (the value goes to each key,
+    e.g. one model size for both towers) or `choices: {name: {params key: value, ...}}` (named bundles,
+    e.g. a masking strategy with its ratio)."""
+    where = f"space.{key}"
+    if not NAME.match(key):
+        raise _fail(where, "a label must be a plain name (letters, digits, _ . -)")
+    if kind != "categorical":
+        raise _fail(where, "a key without a dot is a label and must be categorical (params keys have dots)")
+    choices, sets = raw.get("choices"), raw.get("set")
+    if isinstance(choices, dict):
+        if not choices:
+            raise _fail(f"{where}.choices", "a label needs at least one named choice")
+        if sets is not None:
+            raise _fail(f"{where}.set", "give either set: [keys] or choices as named bundles, not both")
+        bundles = {}
+        for name, bundle in choices.items():
+            if not isinstance(bundle, dict) or not bundle or not all(isinstance(k, str) and "." in k for k in bundle):
+                raise _fail(f"{where}.choices.{name}", "must map params keys to values, e.g. {masking.strategy: none}")
+            bundles[str(name)] = dict(bundle)
+        return Param(key, kind, choices=tuple(bundles), when=when, bundles=bundles)
+    if not isinstance(choices, list) or not choices:
+        raise _fail(f"{where}.choices", "a label needs a non-empty list of choices (with set:) or named bundles")
+    if not isinstance(sets, list) or not sets or not all(isinstance(k, str) and "." in k for k in sets):
+        raise _fail(
+            where,
+            "a key without a dot is a label: give `set: [params keys]` for its list of choices, or choices as "
+            "named bundles {name: {key: value}}; or name a params key such as masking.ratio",
+        )
+    return Param(key, kind, choices=tuple(choices), when=when, sets=tuple(sets))
+
+
 def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     """A SweepSpec from the loaded YAML mapping (structure and ranges; see `validate` for params)."""
     if not isinstance(raw, dict):
         raise SweepSpecError(f"{origin}: expected a mapping with name, space and objectives")
-    unknown = set(raw) - {"name", "base", "space", "objectives", "sampler", "pruner", "n_trials", "parallel", "retries"}
+    unknown = set(raw) - {
+        "name",
+        "base",
+        "space",
+        "objectives",
+        "sampler",
+        "pruner",
+        "n_trials",
+        "parallel",
+        "retries",
+        "rules",
+        "fit",
+    }
     if unknown:
         raise _fail(", ".join(sorted(unknown)), f"unknown top-level key(s) in {origin}")
     name = str(raw.get("name", ""))
@@ -184,7 +271,8 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     if pruner != "none" and len(objectives) > 1:
         raise _fail("pruner.name", "pruning needs a single objective; set pruner: {name: none} for two objectives")
     ints = {}
-    for key, default, minimum in (("n_trials", 20, 1), ("parallel", 1, 1), ("retries", 1, 0)):
+    whole_grid = int(grid_size_of(space)) if sampler == "grid" and math.isfinite(grid_size_of(space)) else 20
+    for key, default, minimum in (("n_trials", whole_grid, 1), ("parallel", 1, 1), ("retries", 1, 0)):
         value = raw.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise _fail(key, f"must be an integer >= {minimum}, got {value!r}")
@@ -192,6 +280,13 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     seed = sampler_raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise _fail("sampler.seed", f"must be an integer, got {seed!r}")
+    from maskvlp.scaling import check_rules
+
+    rules = raw.get("rules") or {}
+    check_rules(rules, base, space)
+    fit = raw.get("fit") or {}
+    if not isinstance(fit, dict):
+        raise _fail("fit", "must be a mapping such as {metric: zeroshot/objects/top1}")
     return SweepSpec(
         name,
         dict(base),
@@ -203,6 +298,8 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
         **ints,
         sampler_options={k: v for k, v in sampler_raw.items() if k not in ("name", "seed")},
         pruner_options={k: v for k, v in pruner_raw.items() if k != "name"},
+        rules=dict(rules),
+        fit=dict(fit),
     )
 
 
@@ -238,7 +335,7 @@ def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: 
                     [
                         *base_overrides,
                         *(f"{k}={_yaml_value(v)}" for k, v in p.when.items()),
-                        f"{p.key}={_yaml_value(value)}",
+                        *(f"{k}={_yaml_value(v)}" for k, v in p.expand(value).items()),
                     ],
                 )
             except ConfigError as exc:
@@ -280,8 +377,12 @@ def load(path: str | Path) -> SweepSpec:
 
 def grid_size(spec: SweepSpec) -> float:
     """Points of the full grid (inf when a float has no step)."""
+    return grid_size_of(spec.space)
+
+
+def grid_size_of(space: tuple[Param, ...]) -> float:
     total = 1.0
-    for p in spec.space:
+    for p in space:
         if p.type == "categorical":
             total *= len(p.choices)
         elif p.step is None and p.type == "float":

@@ -29,11 +29,19 @@ from maskvlp.config import Config, to_dict, to_yaml
 from maskvlp.coverage import STATS as PROBE_STATS
 from maskvlp.coverage import ObjectProbe
 from maskvlp.data.loader import StreamSpec, read_images, train_loader
-from maskvlp.data.shards import MANIFEST, check_manifest, load_manifest, sha256_file, shard_paths
+from maskvlp.data.shards import MANIFEST, check_manifest, first_pairs, load_manifest, sha256_file, shard_paths
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, any_rank, init_distributed
 from maskvlp.evaluate import SubsetEvaluator
-from maskvlp.masking import MaskResult, calibrate_threshold, compute_mask, describe, fusion_weight, get_strategy
+from maskvlp.masking import (
+    MaskResult,
+    calibrate_threshold,
+    compute_mask,
+    describe,
+    fusion_weight,
+    get_strategy,
+    mask_flops_per_image,
+)
 from maskvlp.model import CLIP
 from maskvlp.resources import CpuShare, cpu_share_applied
 from maskvlp.runs import RunPaths, run_paths, update_result, write_json_atomic
@@ -140,6 +148,17 @@ def choose_mask(
         return compute_mask(images, k, cfg.model.patch_size, gen, embed_tokens, weight)
 
 
+def _mask_flops(cfg: Config, model: CLIP, mask: MaskResult, samples_seen: int) -> float:
+    """The mask's own cost per image (masking.mask_flops_per_image): cluster masking only, with the
+    embedding pass where rgb+embed fuses it (choose_mask runs it once the fusion weight is > 0)."""
+    if mask.num_anchors == 0:
+        return 0.0
+    k = cfg.masking
+    fused = k.features == "rgb+embed" and fusion_weight(samples_seen, k.fusion_samples) > 0
+    width = model.visual.patch_embed.weight.shape[0] if fused else 0
+    return mask_flops_per_image("cluster", model.visual.num_patches, cfg.model.patch_size, k.anchor_ratio, width)
+
+
 def _calibrated_threshold(cfg: Config, device: torch.device) -> tuple[float, float | None]:
     k = cfg.masking
     if k.strategy != "cluster" or k.calibrate_coverage <= 0:
@@ -182,6 +201,7 @@ def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -
 def preflight(cfg: Config, resume: bool, world_size: int) -> None:
     """The checks `pretrain` makes before any work, for a launcher to run before it submits a job."""
     check_manifest(cfg, load_manifest(cfg.data.out_dir))
+    first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)  # no more pairs than the shards hold
     _prepare_run_dir(cfg, run_paths(cfg), resume, DistEnv(0, world_size, 0))
 
 
@@ -288,6 +308,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         (cfg.data.augment.crop_ratio_min, cfg.data.augment.crop_ratio_max),
         streams=max(1, cfg.data.loader_workers),
         hflip=bool(cfg.data.augment.hflip),
+        limits=first_pairs(cfg.data.out_dir, "train", t.unique_pairs),
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     s = Session(
@@ -375,7 +396,8 @@ def train_step(s: Session) -> StepOut:
         micros.append((images, tokens, None if kept == s.model.visual.num_patches else mask.keep_idx))
         ratio_sum += mask.mask_ratio
         coverage_sum += mask.cluster_coverage.mean()
-        flops = s.model.train_flops_per_sample(kept) * images.shape[0]
+        per_image = s.model.train_flops_per_sample(kept) + _mask_flops(cfg, s.model, mask, s.samples_seen)
+        flops = per_image * images.shape[0]
         s.totals["train_flops"] += flops * (4 / 3 if t.accum_mode == "cache" and t.accum_steps > 1 else 1)
     no_sync = s.ddp.no_sync if s.ddp is not None else None
     loss = ACCUMULATORS[t.accum_mode](s.forward, micros, t.local_loss, s.autocast, no_sync)
@@ -487,6 +509,10 @@ def pretrain(
         return finish(s, status, log, time.perf_counter() - started, share)
 
 
+def _train_pairs(cfg: Config) -> int:
+    return int(load_manifest(cfg.data.out_dir)["splits"]["train"]["count"])
+
+
 def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuShare) -> dict[str, Any]:
     """Close the logs, save the checkpoint (and, when complete, the weights), write result.json."""
     log.close(s)
@@ -509,6 +535,7 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
         "images_per_s": round(log.samples_this_attempt / max(attempt_s, 1e-9), 2),
         "train_flops": s.totals["train_flops"] * s.env.world_size,
         "params_nonembedding": s.model.nonembedding_params(),
+        "unique_pairs": sum(s.spec.limits) if s.spec.limits else _train_pairs(s.cfg),
         "masking": {
             "label": describe(s.cfg.masking),
             "mean_mask_ratio": s.totals["mask_ratio_sum"] / n,

@@ -49,6 +49,7 @@ class StreamSpec:
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)
     streams: int = 1  # logical streams per rank (data.loader_workers): fixes the batches, not the processes
     hflip: bool = False  # random horizontal flip (FLIP's recipe)
+    limits: tuple[int, ...] = ()  # per url: read only its first N samples (train.unique_pairs); () = all
 
 
 def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
@@ -56,16 +57,29 @@ def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
     return wds.tarfile_samples({"url": u} for u in urls)
 
 
-def slot_samples(urls: list[str], slot: int, num_slots: int, epoch_seed: int | None) -> Iterator[dict[str, Any]]:
-    """One pass over the samples of this slot. epoch_seed=None keeps shard order (evaluation)."""
+def slot_samples(
+    urls: list[str], slot: int, num_slots: int, epoch_seed: int | None, limits: tuple[int, ...] = ()
+) -> Iterator[dict[str, Any]]:
+    """One pass over the samples of this slot. epoch_seed=None keeps shard order (evaluation). With
+    `limits`, only the first limits[i] samples of urls[i] exist (shards limited to 0 are left out)."""
+    if limits:
+        kept = [(u, n) for u, n in zip(urls, limits) if n > 0]
+        urls, limits = [u for u, _ in kept], tuple(n for _, n in kept)
     order = list(range(len(urls)))
     if epoch_seed is not None:
         order = np.random.default_rng(epoch_seed).permutation(len(urls)).tolist()
     shards = [urls[i] for i in order]
+    cap = dict(zip(urls, limits)) if limits else {}
+
+    def read(selected: list[str]) -> Iterator[dict[str, Any]]:
+        if not cap:
+            return _raw_samples(selected)
+        return itertools.chain.from_iterable(itertools.islice(_raw_samples([u]), cap[u]) for u in selected)
+
     if len(shards) >= num_slots:
-        yield from _raw_samples(shards[slot::num_slots])
+        yield from read(shards[slot::num_slots])
     else:
-        yield from itertools.islice(_raw_samples(shards), slot, None, num_slots)
+        yield from itertools.islice(read(shards), slot, None, num_slots)
 
 
 def buffer_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -113,7 +127,7 @@ class TrainStream(IterableDataset):
         def epochs():
             for epoch in itertools.count():
                 yield from slot_samples(
-                    list(self.spec.urls), slot, num_slots, epoch_seed=self.spec.seed * 100003 + epoch
+                    list(self.spec.urls), slot, num_slots, self.spec.seed * 100003 + epoch, self.spec.limits
                 )
 
         return buffer_shuffle(epochs(), self.spec.shuffle_buffer, random.Random(f"{self.spec.seed}/shuffle/{slot}"))

@@ -208,6 +208,26 @@ def shard_paths(out_dir: str | Path, split: str) -> list[str]:
     return [str(Path(out_dir) / sh["name"]) for sh in shards]
 
 
+def first_pairs(out_dir: str | Path, split: str, n: int) -> tuple[int, ...]:
+    """Per shard of the split (manifest order), how many of its samples make up the split's first `n`
+    pairs in shard-then-member order: the data-size axis of scaling studies (train.unique_pairs).
+    n = 0 means every pair (an empty tuple)."""
+    if n <= 0:
+        return ()
+    shards = load_manifest(out_dir)["splits"].get(split, {}).get("shards", [])
+    total = sum(sh["count"] for sh in shards)
+    if n > total:
+        raise ShardError(
+            f"train.unique_pairs={n} exceeds the {total} {split} pairs in {out_dir}: lower it, or shard more data"
+        )
+    limits, left = [], n
+    for sh in shards:
+        take = min(sh["count"], left)
+        limits.append(take)
+        left -= take
+    return tuple(limits)
+
+
 # The data params that determine the shards (the shard stage's params in dvc.yaml).
 SHARD_PARAMS = (
     "source",

@@ -130,15 +130,47 @@ def prepare(
     cfg = validate(spec, params)
     if spec.sampler == "grid" and spec.n_trials > grid_size(spec):
         raise SweepSpecError(f"n_trials: {spec.n_trials} exceeds the grid's {int(grid_size(spec))} points")
+    if spec.fit:
+        from maskvlp.scaling import validate_fit
+
+        validate_fit(spec, cfg)
     try:
         check_manifest(cfg, load_manifest(cfg.data.out_dir))
     except FileNotFoundError as exc:
         raise SweepSpecError(f"data: {exc} (run `maskvlp shard` or `dvc repro shard` first)") from exc
+    if spec.sampler == "grid":
+        check_grid(spec, params)
     study_dir = Path(cfg.train.runs_dir) / spec.name
     url = storage_url(study_dir, storage)
     executor = cfg.launcher.executor
     cpu_sets = cpu_slots(sorted(os.sched_getaffinity(0)), spec.parallel) if executor == "local" else []
     return Sweep(spec, raw, params, cfg, study_dir, url, executor, cpu_sets)
+
+
+GRID_CHECK_LIMIT = 2000  # grids up to this many points get every point loaded before anything runs
+
+
+def check_grid(spec: SweepSpec, params: str | None) -> None:
+    """Every point of a grid (up to GRID_CHECK_LIMIT) through the params validation, and its data size
+    against the shards: a combination the config refuses, or more unique pairs than the train split
+    holds, is refused here, naming the point, instead of failing as a trial later."""
+    import itertools
+
+    from maskvlp.config import ConfigError
+    from maskvlp.data.shards import ShardError, first_pairs
+    from maskvlp.sweep.study import grid_space
+
+    space = grid_space(spec)
+    if grid_size(spec) > GRID_CHECK_LIMIT:
+        return
+    for combo in itertools.product(*space.values()):
+        values = dict(zip(space, combo))
+        try:
+            cfg = load_config(params, spec.overrides(values))
+            first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)
+        except (ConfigError, ShardError) as exc:
+            point = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise SweepSpecError(f"space: the grid point {point} is refused: {exc}") from exc
 
 
 def cpu_slots(cpus: list[int], parallel: int) -> list[frozenset[int]]:

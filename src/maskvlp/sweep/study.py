@@ -159,7 +159,7 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     on the base and the values sampled before it). Enqueued trials (retries) get their fixed params."""
     values: dict[str, Any] = {}
     for p in spec.space:
-        known = {**spec.base, **values}
+        known = spec.resolve(values)
         if any(known.get(k) != v for k, v in p.when.items()):
             continue
         if p.type == "categorical":

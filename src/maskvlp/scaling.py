@@ -1,0 +1,484 @@
+"""Scaling studies: a sweep whose grid crosses model size, data size and samples seen with masking
+strategies and seeds (sweeps/scaling.yaml), plus `maskvlp scaling-fit NAME` (docs/scaling.md).
+
+This module owns what is particular to scaling (no optuna here; the trials run through maskvlp.sweep):
+    rules      params derived per trial from its point (warmup, checkpoint cadence, lr by width)
+    FitSpec    the sweep file's `fit:` section, checked against the grid before anything runs
+    points     the finished trials read back from their run records (result.json, trial.json)
+    fit_study  the fits (maskvlp.scalingfit) per strategy: compute frontier, joint N/D form, held-out
+               check, bootstrap intervals, pairwise comparisons; JSON, Markdown, PNG and TensorBoard
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# ----------------------------------------------------------------------------------- rules
+# rule -> (the params key it derives, what it needs, a one-line description for errors and docs)
+RULES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "warmup_fraction": ("train.warmup_samples", ("train.samples",), "warmup = fraction x samples"),
+    "checkpoints": ("train.checkpoint_every_samples", ("train.samples",), "checkpoint every samples / n"),
+    "evaluations": ("train.eval_every_samples", ("train.samples",), "evaluate a val subset every samples / n"),
+    "lr": ("train.lr", ("model.vision",), "lr per 256 samples at width 128, x (width / 128)^lr_width_exponent"),
+}
+RULE_OPTIONS = ("lr_width_exponent",)
+REFERENCE_WIDTH = 128
+
+
+class ScalingError(ValueError):
+    """A scaling study's file or results cannot be used; the message names the key and what to do."""
+
+
+def _keys_set(base: dict[str, Any], space) -> set[str]:
+    keys = set(base)
+    for p in space:
+        keys |= set(p.sets) if p.sets else {k for b in p.bundles.values() for k in b} if p.bundles else {p.key}
+    return keys
+
+
+def check_rules(rules: Any, base: dict[str, Any], space) -> None:
+    """Refuse unknown rules, bad values, a derived key that base or space also sets (which one would
+    win is not obvious), and a rule whose input no trial sets."""
+    from maskvlp.sweepspec import SweepSpecError
+
+    if not isinstance(rules, dict):
+        raise SweepSpecError("rules: must be a mapping such as {warmup_fraction: 0.1, checkpoints: 2}")
+    unknown = set(rules) - set(RULES) - set(RULE_OPTIONS)
+    if unknown:
+        known = ", ".join(f"{k} ({v[2]})" for k, v in RULES.items())
+        raise SweepSpecError(f"rules: unknown rule(s) {', '.join(sorted(unknown))}; known: {known}")
+    given = _keys_set(base, space)
+    for name, value in rules.items():
+        if name in RULE_OPTIONS:
+            if "lr" not in rules:
+                raise SweepSpecError(f"rules.{name}: needs rules.lr (the lr per 256 samples at width 128)")
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise SweepSpecError(f"rules.{name}: must be a number, got {value!r}")
+            continue
+        target, needs, _ = RULES[name]
+        ok = {
+            "warmup_fraction": isinstance(value, int | float) and 0 <= value < 1,
+            "checkpoints": isinstance(value, int) and value >= 1,
+            "evaluations": isinstance(value, int) and value >= 0,
+            "lr": isinstance(value, int | float) and value > 0,
+        }[name] and not isinstance(value, bool)
+        if not ok:
+            want = {"warmup_fraction": "a fraction in [0, 1)", "checkpoints": "an integer >= 1"}
+            want |= {"evaluations": "an integer >= 0", "lr": "a positive number"}
+            raise SweepSpecError(f"rules.{name}: must be {want[name]}, got {value!r}")
+        if target in given:
+            raise SweepSpecError(f"rules.{name}: derives {target}, which base or space also sets; drop one of the two")
+        missing = [k for k in needs if k not in given]
+        if missing:
+            raise SweepSpecError(f"rules.{name}: needs {', '.join(missing)} in base or space to derive {target}")
+
+
+def derive(merged: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+    """The params the rules derive from one trial's base + sampled values (pure)."""
+    out: dict[str, Any] = {}
+    samples = merged.get("train.samples")
+    if "warmup_fraction" in rules:
+        out["train.warmup_samples"] = int(round(rules["warmup_fraction"] * samples))
+    if "checkpoints" in rules:
+        out["train.checkpoint_every_samples"] = max(1, math.ceil(samples / rules["checkpoints"]))
+    if "evaluations" in rules:
+        out["train.eval_every_samples"] = samples // rules["evaluations"] if rules["evaluations"] else 0
+    if "lr" in rules:
+        from maskvlp.model import VISION_PRESETS
+
+        width = VISION_PRESETS[merged["model.vision"]].width
+        out["train.lr"] = float(rules["lr"] * (width / REFERENCE_WIDTH) ** rules.get("lr_width_exponent", 0.0))
+    return out
+
+
+# ------------------------------------------------------------------------------- fit spec
+AXES = {"compute": "train_flops", "model_size": "params_nonembedding", "data_size": "unique_pairs"}
+FORM_NAMES = ("compute", "joint")
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    metric: str  # an evaluation metric key (or a run-record key)
+    error: str  # "one_minus" (error = 1 - metric, for accuracies and recalls) | "value" (a loss)
+    group: str  # the space key whose value names a curve (e.g. the label `strategy`)
+    forms: tuple[str, ...]  # compute, and joint where the grid varies model and data size
+    target_compute: float | None  # where strategies are compared; None = the largest measured compute
+    bootstrap: int = 500
+    seed: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)  # why a form was left out
+
+    def error_of(self, value: float) -> float:
+        return 1.0 - value if self.error == "one_minus" else value
+
+
+def _distinct(space, key: str, keys: tuple[str, ...]) -> int:
+    """How many distinct values of the params `keys` the grid takes through its parameters."""
+    values = set()
+    for p in space:
+        for choice in p.choices or ():
+            expanded = p.expand(choice)
+            if any(k in expanded for k in keys):
+                values.add(json.dumps({k: expanded.get(k) for k in keys}, sort_keys=True, default=str))
+    return max(1, len(values))
+
+
+def fit_spec(spec) -> FitSpec:
+    """The sweep's `fit:` section, checked against its grid (without the params; see `validate_fit`)."""
+    from maskvlp.scalingfit import FORMS
+    from maskvlp.sweepspec import SweepSpecError, grid_size
+
+    raw = dict(spec.fit)
+    unknown = set(raw) - {"metric", "error", "group", "forms", "target_compute", "bootstrap", "seed"}
+    if unknown:
+        raise SweepSpecError(f"fit: unknown key(s) {', '.join(sorted(unknown))}")
+    metric = str(raw.get("metric", spec.objectives[0].metric))
+    default_error = "one_minus" if spec.objectives[0].direction == "maximize" else "value"
+    error = raw.get("error", default_error)
+    if error not in ("one_minus", "value"):
+        raise SweepSpecError(f"fit.error: must be one_minus (1 - metric) or value, got {error!r}")
+    keys = [p.key for p in spec.space]
+    group = raw.get("group", "strategy" if "strategy" in keys else None)
+    if group is not None and group not in keys:
+        raise SweepSpecError(f"fit.group: {group!r} is not a key of space ({', '.join(keys)})")
+    size = grid_size(spec)
+    if not math.isfinite(size) or spec.sampler != "grid":
+        raise SweepSpecError("fit: a scaling study is a grid: set sampler: {name: grid} with categorical axes")
+    groups = next((len(p.choices) for p in spec.space if p.key == group), 1)
+    per_group = int(size) // groups
+    models = _distinct(spec.space, "model", ("model.vision", "model.text"))
+    datas = _distinct(spec.space, "data", ("train.unique_pairs",))
+    computes = models * _distinct(spec.space, "samples", ("train.samples",))
+    notes = []
+    asked = raw.get("forms")
+    forms = tuple(asked) if asked else ("compute", "joint")
+    for form in forms:
+        if form not in FORM_NAMES:
+            raise SweepSpecError(f"fit.forms: unknown form {form!r}; one of {', '.join(FORM_NAMES)}")
+    if computes <= len(FORMS["compute"]):
+        raise SweepSpecError(
+            f"fit: the grid has {computes} compute values per {group or 'study'} (model sizes x samples), fewer "
+            f"than the compute fit's {len(FORMS['compute'])} parameters + 1: add model sizes or samples values"
+        )
+    if "joint" in forms and (models < 2 or datas < 2 or per_group <= len(FORMS["joint"])):
+        why = (
+            f"the joint fit E + A/N^a + B/D^b needs >= 2 model sizes and >= 2 data sizes and more than "
+            f"{len(FORMS['joint'])} points per {group or 'study'}; the grid has {models} x {datas}, {per_group} points"
+        )
+        if asked:
+            raise SweepSpecError(f"fit.forms: {why}")
+        forms = tuple(f for f in forms if f != "joint")
+        notes.append(why)
+    target = raw.get("target_compute")
+    if target is not None and (not isinstance(target, int | float) or target <= 0):
+        raise SweepSpecError(f"fit.target_compute: must be a positive number of FLOPs, got {target!r}")
+    bootstrap = raw.get("bootstrap", 500)
+    if not isinstance(bootstrap, int) or bootstrap < 20:
+        raise SweepSpecError(f"fit.bootstrap: must be an integer >= 20 (resamples), got {bootstrap!r}")
+    return FitSpec(
+        metric, error, group, forms, None if target is None else float(target), bootstrap, int(raw.get("seed", 0)),
+        tuple(notes),
+    )  # fmt: skip
+
+
+def validate_fit(spec, cfg) -> FitSpec:
+    """fit_spec, plus the metric checked against what evaluation produces for the base params."""
+    from maskvlp.sweepspec import RECORD_OBJECTIVES, SweepSpecError, objective_keys
+
+    fs = fit_spec(spec)
+    known = objective_keys(cfg)
+    if fs.metric not in known:
+        near = sorted(k for k in known if k.split("/")[-1] == fs.metric.split("/")[-1])[:6]
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise SweepSpecError(
+            f"fit.metric: {fs.metric!r} is not produced by evaluation of {cfg.eval.datasets} "
+            f"nor a run-record key ({', '.join(RECORD_OBJECTIVES)}){hint}"
+        )
+    return fs
+
+
+# ---------------------------------------------------------------------------------- points
+@dataclass
+class Point:
+    run: str  # the trial's run folder
+    group: str  # its curve (the value of fit.group)
+    params: dict[str, Any]  # the sampled values
+    compute: float  # training FLOPs (masking-aware, mask computation included)
+    model_size: int  # non-embedding parameters, both towers
+    data_size: int  # unique training pairs
+    samples: int  # samples seen
+    value: float  # the metric
+    error: float
+    wall_s: float
+    images_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def points(study_dir: Path, fs: FitSpec) -> tuple[list[Point], dict[str, int]]:
+    """The finished, evaluated trials of a study folder, and counts of the trials left out by reason."""
+    from maskvlp.runs import list_runs
+
+    out, skipped = [], {}
+    for run in list_runs(study_dir):
+        task_file = run.paths.root / "trial.json"
+        if not task_file.is_file():
+            continue
+        r = run.result
+        value = r.get("eval", {}).get(fs.metric, r.get(fs.metric))
+        reason = None
+        if r.get("status") == "pruned":
+            reason = "pruned"
+        elif r.get("status") != "complete" or not r.get("eval"):
+            reason = "not finished"
+        elif not isinstance(value, int | float) or not math.isfinite(value):
+            reason = f"no {fs.metric}"
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        params = json.loads(task_file.read_text())["params"]
+        group = str(params.get(fs.group, r.get("masking", {}).get("label", "?"))) if fs.group else "all"
+        out.append(
+            Point(
+                str(run.paths.root),
+                group,
+                params,
+                float(r["train_flops"]),
+                int(sum(r["params_nonembedding"].values())),
+                int(r["unique_pairs"]),
+                int(r["samples_seen"]),
+                float(value),
+                fs.error_of(float(value)),
+                float(r.get("wall_s", math.nan)),
+                float(r.get("images_per_s", math.nan)),
+            )
+        )
+    return out, skipped
+
+
+# ------------------------------------------------------------------------------------ fits
+def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
+    import numpy as np
+
+    from maskvlp.scalingfit import band, fit, frontier, held_out
+
+    c = np.array([p.compute for p in pts])
+    e = np.array([p.error for p in pts])
+    front = frontier(c, e)
+    out: dict[str, Any] = {"points": len(pts), "frontier": [pts[i].run for i in front]}
+    f = fit("compute", e[front], c[front], bootstrap=fs.bootstrap, seed=fs.seed)
+    out["compute"] = f.to_dict()
+    out["_fit"] = f
+    if f.converged:
+        lo, hi = band(f, target)
+        out["at_target"] = {"compute": target, "error": float(f.predict(target)), "lo": float(lo), "hi": float(hi)}
+    if len(front) >= 2:
+        h = held_out(c[front], e[front], seed=fs.seed)
+        out["held_out"] = {**vars(h)}
+    else:
+        out["held_out"] = {"flagged": True, "message": f"{len(front)} frontier point(s): nothing to hold out"}
+    if "joint" in fs.forms:
+        n = np.array([p.model_size for p in pts], float)
+        d = np.array([p.data_size for p in pts], float)
+        j = fit("joint", e, n, d, bootstrap=fs.bootstrap, seed=fs.seed)
+        out["joint"] = j.to_dict()
+        out["_joint"] = j
+    return out
+
+
+def fit_study(pts: list[Point], fs: FitSpec) -> dict[str, Any]:
+    """Every fit of a study's points, per group (strategy), and a sentence per pair of groups."""
+    from maskvlp.scalingfit import compare
+
+    if not pts:
+        raise ScalingError("no finished, evaluated trial to fit: run the study first (maskvlp sweep FILE)")
+    target = fs.target_compute or max(p.compute for p in pts)
+    groups = sorted({p.group for p in pts})
+    fits = {g: _fit_group([p for p in pts if p.group == g], fs, target) for g in groups}
+    comparisons = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            ca = [p.compute for p in pts if p.group == a]
+            cb = [p.compute for p in pts if p.group == b]
+            lo, hi = max(min(ca), min(cb)), min(max(ca), max(cb))
+            if lo >= hi:  # no shared compute range: compare over the union
+                lo, hi = min(ca + cb), max(ca + cb)
+            comparisons.append(compare(a, fits[a]["_fit"], b, fits[b]["_fit"], (lo, hi), target))
+    return {
+        "metric": fs.metric,
+        "error": fs.error,
+        "target_compute": target,
+        "groups": fits,
+        "comparisons": comparisons,
+    }
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in result.items() if k != "groups"},
+        "groups": {g: {k: v for k, v in r.items() if not k.startswith("_")} for g, r in result["groups"].items()},
+    }
+
+
+def _fmt_fit(f: dict[str, Any]) -> str:
+    if not f["converged"]:
+        return f"did not converge ({f['message']}; {f['n_points']} points)"
+    parts = [f"{k} = {v:.4g} [{f['intervals'][k][0]:.4g}, {f['intervals'][k][1]:.4g}]" for k, v in f["params"].items()]
+    return ", ".join(parts) + f"; rmse {f['rmse']:.4f}, {f['n_points']} points"
+
+
+def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skipped: dict[str, int], fs: FitSpec) -> str:
+    err = f"1 - {fs.metric}" if fs.error == "one_minus" else fs.metric
+    lines = [
+        f"# Scaling study `{name}`: {err} against training compute",
+        "",
+        f"{len(pts)} evaluated trials"
+        + (f"; left out: {', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))}" if skipped else "")
+        + ". Compute = masking-aware training FLOPs from the run records (kept tokens, both towers, the mask "
+        "computation included); model size = non-embedding parameters of both towers; data size = unique training pairs.",
+        "",
+        "| group | model | data | samples | compute (FLOPs) | N (non-emb.) | metric | error | img/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    front = {r for g in result["groups"].values() for r in g["frontier"]}
+    for p in sorted(pts, key=lambda p: (p.group, p.compute, p.data_size)):
+        model = p.params.get("model", p.params.get("model.vision", ""))
+        star = " *" if p.run in front else ""
+        lines.append(
+            f"| {p.group} | {model} | {p.data_size} | {p.samples} | {p.compute:.3g}{star} | {p.model_size:,} | "
+            f"{p.value:.4f} | {p.error:.4f} | {p.images_per_s:.0f} |"
+        )
+    lines += ["", "`*`: on the group's compute frontier (no cheaper point of the group has lower error).", ""]
+    lines += [
+        "## Fits",
+        "",
+        "Compute form `err = E + A (C / C0)^-alpha` on each group's frontier; 95% bootstrap intervals.",
+        "",
+    ]
+    for g, r in result["groups"].items():
+        lines.append(f"- **{g}**, compute: {_fmt_fit(r['compute'])}")
+        if r["compute"]["converged"]:
+            lines.append(f"  (C0 = {r['compute']['scale']['C0']:.3g})")
+        if "at_target" in r:
+            t = r["at_target"]
+            lines.append(
+                f"  predicted error at {t['compute']:.3g} FLOPs: {t['error']:.4f} [{t['lo']:.4f}, {t['hi']:.4f}]"
+            )
+        lines.append(
+            f"  held-out check: {'FLAGGED: ' if r['held_out']['flagged'] else 'ok: '}{r['held_out']['message']}"
+        )
+        if "joint" in r:
+            lines.append(f"- **{g}**, joint `E + A (N/N0)^-a + B (D/D0)^-b`: {_fmt_fit(r['joint'])}")
+    for note in fs.notes:
+        lines.append(f"- joint form left out: {note}")
+    lines += ["", "## Strategies compared", ""]
+    lines += [f"- {s}" for s in result["comparisons"]] or ["- one group only: nothing to compare"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------- plots
+def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, Any]:
+    """matplotlib figures: error vs compute (log-log: points, frontier, fit and 95% band per group),
+    error vs model size at the largest data size, and error vs data size at the largest model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from maskvlp.scalingfit import band
+
+    groups = sorted(result["groups"])
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    ylabel = f"error (1 - {fs.metric})" if fs.error == "one_minus" else fs.metric
+    figs = {}
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for g in groups:
+        gp = [p for p in pts if p.group == g]
+        front = set(result["groups"][g]["frontier"])
+        ax.scatter([p.compute for p in gp], [p.error for p in gp], color=colours[g], alpha=0.35, s=18)
+        fp = sorted((p for p in gp if p.run in front), key=lambda p: p.compute)
+        ax.scatter([p.compute for p in fp], [p.error for p in fp], color=colours[g], s=36, edgecolor="k", lw=0.5)
+        f = result["groups"][g]["_fit"]
+        label = g
+        if f.converged:
+            grid = np.geomspace(min(p.compute for p in gp) / 1.5, max(p.compute for p in gp) * 1.5, 80)
+            ax.plot(grid, f.predict(grid), color=colours[g])
+            if getattr(f, "_samples", None):
+                lo, hi = band(f, grid)
+                ax.fill_between(grid, lo, hi, color=colours[g], alpha=0.15)
+            label += f" (alpha {f.params['alpha']:.2f})"
+        else:
+            label += " (fit did not converge)"
+        ax.plot([], [], color=colours[g], label=label)
+    ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs, masking-aware)", ylabel=ylabel)
+    ax.set_title("error vs compute: all points (faint), frontier (outlined), fit and 95% band")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    figs["compute"] = fig
+
+    for axis, fixed, xlabel in (
+        ("model_size", "data_size", "non-embedding parameters (both towers)"),
+        ("data_size", "model_size", "unique training pairs"),
+    ):
+        at = max(getattr(p, fixed) for p in pts)
+        sel = [p for p in pts if getattr(p, fixed) == at]
+        if len({getattr(p, axis) for p in sel}) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for g in groups:
+            gp = sorted((p for p in sel if p.group == g), key=lambda p: (getattr(p, axis), p.samples))
+            if not gp:
+                continue
+            ax.plot([getattr(p, axis) for p in gp], [p.error for p in gp], "o", color=colours[g], label=g)
+            joint = result["groups"][g].get("_joint")
+            if joint is not None and joint.converged:
+                xs = np.geomspace(min(getattr(p, axis) for p in gp), max(getattr(p, axis) for p in gp), 50)
+                n, d = (xs, np.full_like(xs, at)) if axis == "model_size" else (np.full_like(xs, at), xs)
+                ax.plot(xs, joint.predict(n, d), color=colours[g], lw=1)
+        fixed_name = "data size" if fixed == "data_size" else "model size"
+        ax.set(
+            xscale="log", xlabel=xlabel, ylabel=ylabel, title=f"at the largest {fixed_name} ({at:,}); lines: joint fit"
+        )
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        figs[axis] = fig
+    return figs
+
+
+def write_outputs(name: str, study_dir: Path, out_dir: Path, fs: FitSpec, quiet: bool = False) -> dict[str, Any]:
+    """Fit a study and write fits.json, summary.md and PNGs to out_dir, and the figures to TensorBoard
+    (<study_dir>/scaling-fit, so `tensorboard --logdir runs/<study>` shows them beside the trials)."""
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    pts, skipped = points(study_dir, fs)
+    if not pts:
+        why = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())) or "no trial folders"
+        raise ScalingError(f"{study_dir}: no finished, evaluated trial with {fs.metric} to fit ({why})")
+    result = fit_study(pts, fs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    public = _public(result) | {"name": name, "points": [p.to_dict() for p in pts], "skipped": skipped}
+    public["notes"] = list(fs.notes)
+    tmp = out_dir / "fits.json.tmp"
+    tmp.write_text(json.dumps(public, indent=2, default=float) + "\n")
+    tmp.replace(out_dir / "fits.json")
+    (out_dir / "summary.md").write_text(summary_markdown(name, result, pts, skipped, fs))
+    writer = SummaryWriter(str(study_dir / "scaling-fit"))
+    try:
+        for key, fig in figures(result, pts, fs).items():
+            fig.savefig(out_dir / f"{key}.png", dpi=120)
+            writer.add_figure(f"scaling/{key}", fig, global_step=0)
+            plt.close(fig)
+    finally:
+        writer.close()
+    if not quiet:
+        print((out_dir / "summary.md").read_text())
+    return public
