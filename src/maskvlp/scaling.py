@@ -24,6 +24,7 @@ RULES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "checkpoints": ("train.checkpoint_every_samples", ("train.samples",), "checkpoint every samples / n"),
     "evaluations": ("train.eval_every_samples", ("train.samples",), "evaluate a val subset every samples / n"),
     "lr": ("train.lr", ("model.vision",), "lr per 256 samples at width 128, x (width / 128)^lr_width_exponent"),
+    "samples_per_pair": ("train.samples", ("train.unique_pairs",), "samples seen = n x unique pairs (fixed epochs)"),
 }
 RULE_OPTIONS = ("lr_width_exponent",)
 REFERENCE_WIDTH = 128
@@ -65,29 +66,39 @@ def check_rules(rules: Any, base: dict[str, Any], space) -> None:
             "checkpoints": isinstance(value, int) and value >= 1,
             "evaluations": isinstance(value, int) and value >= 0,
             "lr": isinstance(value, int | float) and value > 0,
+            "samples_per_pair": isinstance(value, int | float) and value > 0,
         }[name] and not isinstance(value, bool)
         if not ok:
             want = {"warmup_fraction": "a fraction in [0, 1)", "checkpoints": "an integer >= 1"}
-            want |= {"evaluations": "an integer >= 0", "lr": "a positive number"}
+            want |= {
+                "evaluations": "an integer >= 0",
+                "lr": "a positive number",
+                "samples_per_pair": "a positive number",
+            }
             raise SweepSpecError(f"rules.{name}: must be {want[name]}, got {value!r}")
         if target in given:
             raise SweepSpecError(f"rules.{name}: derives {target}, which base or space also sets; drop one of the two")
-        missing = [k for k in needs if k not in given]
+        derived = {RULES[r][0] for r in rules if r in RULES}
+        missing = [k for k in needs if k not in given and k not in derived]
         if missing:
             raise SweepSpecError(f"rules.{name}: needs {', '.join(missing)} in base or space to derive {target}")
 
 
 def derive(merged: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
-    """The params the rules derive from one trial's base + sampled values (pure)."""
+    """The params the rules derive from one trial's base + sampled values (pure). A rule whose input is
+    not in `merged` (the base alone, before a point is sampled) derives nothing."""
     out: dict[str, Any] = {}
-    samples = merged.get("train.samples")
-    if "warmup_fraction" in rules:
-        out["train.warmup_samples"] = int(round(rules["warmup_fraction"] * samples))
-    if "checkpoints" in rules:
-        out["train.checkpoint_every_samples"] = max(1, math.ceil(samples / rules["checkpoints"]))
-    if "evaluations" in rules:
-        out["train.eval_every_samples"] = samples // rules["evaluations"] if rules["evaluations"] else 0
-    if "lr" in rules:
+    if "samples_per_pair" in rules and "train.unique_pairs" in merged:
+        out["train.samples"] = int(round(rules["samples_per_pair"] * merged["train.unique_pairs"]))
+    samples = out.get("train.samples", merged.get("train.samples"))
+    if samples is not None:
+        if "warmup_fraction" in rules:
+            out["train.warmup_samples"] = int(round(rules["warmup_fraction"] * samples))
+        if "checkpoints" in rules:
+            out["train.checkpoint_every_samples"] = max(1, math.ceil(samples / rules["checkpoints"]))
+        if "evaluations" in rules:
+            out["train.eval_every_samples"] = samples // rules["evaluations"] if rules["evaluations"] else 0
+    if "lr" in rules and "model.vision" in merged:
         from maskvlp.model import VISION_PRESETS
 
         width = VISION_PRESETS[merged["model.vision"]].width
@@ -115,15 +126,18 @@ class FitSpec:
         return 1.0 - value if self.error == "one_minus" else value
 
 
-def _distinct(space, key: str, keys: tuple[str, ...]) -> int:
-    """How many distinct values of the params `keys` the grid takes through its parameters."""
-    values = set()
-    for p in space:
-        for choice in p.choices or ():
-            expanded = p.expand(choice)
-            if any(k in expanded for k in keys):
-                values.add(json.dumps({k: expanded.get(k) for k in keys}, sort_keys=True, default=str))
-    return max(1, len(values))
+def _per_group(spec, group: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The grid's resolved points (params after labels and rules) by the value of the group key."""
+    from maskvlp.sweepspec import grid_points
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for values in grid_points(spec):
+        out.setdefault(str(values.get(group, "all")), []).append(spec.resolve(values))
+    return out
+
+
+def _count(points: list[dict[str, Any]], *keys: str) -> int:
+    return len({json.dumps([p.get(k) for k in keys], default=str) for p in points})
 
 
 def fit_spec(spec) -> FitSpec:
@@ -144,14 +158,14 @@ def fit_spec(spec) -> FitSpec:
     group = raw.get("group", "strategy" if "strategy" in keys else None)
     if group is not None and group not in keys:
         raise SweepSpecError(f"fit.group: {group!r} is not a key of space ({', '.join(keys)})")
-    size = grid_size(spec)
-    if not math.isfinite(size) or spec.sampler != "grid":
+    if not math.isfinite(grid_size(spec)) or spec.sampler != "grid":
         raise SweepSpecError("fit: a scaling study is a grid: set sampler: {name: grid} with categorical axes")
-    groups = next((len(p.choices) for p in spec.space if p.key == group), 1)
-    per_group = int(size) // groups
-    models = _distinct(spec.space, "model", ("model.vision", "model.text"))
-    datas = _distinct(spec.space, "data", ("train.unique_pairs",))
-    computes = models * _distinct(spec.space, "samples", ("train.samples",))
+    by_group = _per_group(spec, group)
+    pts = min(by_group.values(), key=len)
+    per_group = len(pts)
+    models = _count(pts, "model.vision", "model.text")
+    datas = _count(pts, "train.unique_pairs")
+    computes = _count(pts, "model.vision", "model.text", "train.samples")
     notes = []
     asked = raw.get("forms")
     forms = tuple(asked) if asked else ("compute", "joint")

@@ -375,6 +375,27 @@ def load(path: str | Path) -> SweepSpec:
     return parse(raw, str(path))
 
 
+def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
+    """The values each parameter of a grid takes (categoricals: their choices; numbers: low..high by step)."""
+    space = {}
+    for p in spec.space:
+        if p.type == "categorical":
+            space[p.key] = list(p.choices)
+            continue
+        n = int((p.high - p.low) / (p.step or 1) + 1e-9) + 1
+        values = [p.low + i * (p.step or 1) for i in range(n)]
+        space[p.key] = [int(round(v)) for v in values] if p.type == "int" else [round(v, 12) for v in values]
+    return space
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every point of the grid as {parameter: value}."""
+    import itertools
+
+    space = grid_values(spec)
+    return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+
+
 def grid_size(spec: SweepSpec) -> float:
     """Points of the full grid (inf when a float has no step)."""
     return grid_size_of(spec.space)

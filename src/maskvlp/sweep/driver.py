@@ -154,17 +154,13 @@ def check_grid(spec: SweepSpec, params: str | None) -> None:
     """Every point of a grid (up to GRID_CHECK_LIMIT) through the params validation, and its data size
     against the shards: a combination the config refuses, or more unique pairs than the train split
     holds, is refused here, naming the point, instead of failing as a trial later."""
-    import itertools
-
     from maskvlp.config import ConfigError
     from maskvlp.data.shards import ShardError, first_pairs
-    from maskvlp.sweep.study import grid_space
+    from maskvlp.sweepspec import grid_points
 
-    space = grid_space(spec)
     if grid_size(spec) > GRID_CHECK_LIMIT:
         return
-    for combo in itertools.product(*space.values()):
-        values = dict(zip(space, combo))
+    for values in grid_points(spec):
         try:
             cfg = load_config(params, spec.overrides(values))
             first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)
@@ -364,6 +360,10 @@ class Driver:
         )
         self._fail(trial, why, crash=launched and not clean)
         if not trial.user_attrs.get("run_dir"):
+            if self.sw.spec.sampler == "grid" and trial.params:
+                # the grid sampler counts the FAIL as its point visited: put the point back in the queue
+                self.study.enqueue_trial(dict(trial.params))
+                return "FAIL (never launched; its grid point is enqueued again)"
             return "FAIL (never launched)"
         return "FAIL" + (" (a clean stop: not counted against retries)" if clean else "")
 

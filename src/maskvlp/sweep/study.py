@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from maskvlp.sweepspec import SweepSpec, SweepSpecError
+from maskvlp.sweepspec import SweepSpec, SweepSpecError, grid_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -85,15 +85,7 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def grid_space(spec: SweepSpec) -> dict[str, list[Any]]:
-    space = {}
-    for p in spec.space:
-        if p.type == "categorical":
-            space[p.key] = list(p.choices)
-            continue
-        n = int((p.high - p.low) / (p.step or 1) + 1e-9) + 1
-        values = [p.low + i * (p.step or 1) for i in range(n)]
-        space[p.key] = [int(round(v)) for v in values] if p.type == "int" else [round(v, 12) for v in values]
-    return space
+    return grid_values(spec)
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
