@@ -70,7 +70,11 @@ def test_result_record_after_a_complete_run_and_after_evaluation(shards, tmp_pat
     assert 0 < record["masking"]["mean_cluster_coverage"] <= 1
     # masking-aware FLOPs: (32/8)^2 = 16 patches, 8 kept: the cost of 8 image tokens + 1 class token
     model = __import__("maskvlp.model", fromlist=["CLIP"]).CLIP.from_config(cfg.model)
-    assert record["train_flops"] == pytest.approx(320 * model.train_flops_per_sample(8))
+    from maskvlp.masking import mask_flops_per_image
+
+    mask = mask_flops_per_image("cluster", 16, 8, cfg.masking.anchor_ratio)  # the mask's own cost, counted too
+    assert 0 < mask < model.train_flops_per_sample(8) / 100
+    assert record["train_flops"] == pytest.approx(320 * (model.train_flops_per_sample(8) + mask))
     assert model.train_flops_per_sample(8) < model.train_flops_per_sample(16)
     nonembed = record["params_nonembedding"]
     assert 0 < nonembed["text"] < sum(p.numel() for p in model.text.parameters()) / 2  # the table dominates

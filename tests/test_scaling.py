@@ -161,7 +161,7 @@ def test_study_fit_from_run_records_recovers_the_curves_and_writes_every_output(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rng = np.random.default_rng(0)
-    study, n = tmp_path / "runs" / "scal", 0
+    study, extension, n = tmp_path / "runs" / "scal", tmp_path / "runs" / "scal-more", 0
     truth = {"none": (0.30, 0.25, 0.5, 1.0), "random": (0.20, 0.25, 0.5, 0.5)}  # E, A, alpha, compute factor
     compute = np.geomspace(1e11, 1e14, 8)
     c0 = float(np.exp(np.mean(np.log(compute))))
@@ -178,11 +178,12 @@ def test_study_fit_from_run_records_recovers_the_curves_and_writes_every_output(
                 "images_per_s": 200.0,
                 "eval": {"zeroshot/objects/top1": 1 - err},
             }
-            _write_trial(study, n, {"strategy": group, "model": f"m{i}"}, record)
+            # half the points in a second study (e.g. another samples budget), fitted together
+            _write_trial(study if i % 2 else extension, n, {"strategy": group, "model": f"m{i}"}, record)
             n += 1
     _write_trial(study, n, {"strategy": "none"}, {"status": "pruned", "eval": {}})  # left out, counted
     fs = scaling.FitSpec("zeroshot/objects/top1", "one_minus", "strategy", ("compute",), None, bootstrap=200)
-    out = scaling.write_outputs("scal", study, tmp_path / "report", fs, quiet=True)
+    out = scaling.write_outputs("scal", [study, extension], tmp_path / "report", fs, quiet=True)
     assert out["skipped"] == {"pruned": 1} and len(out["points"]) == 16
     for group, (e, _, alpha, _) in truth.items():
         fit = out["groups"][group]["compute"]

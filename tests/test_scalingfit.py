@@ -87,3 +87,19 @@ def test_compare_says_which_curve_is_below_and_whether_intervals_separate():
     assert "cluster lies below random over the whole measured compute range" in text and "separate" in text
     same = sf.compare("cluster", fa, "again", sf.fit("compute", good + 0.001, c, bootstrap=200), (1e11, 1e14), 1e14)
     assert "cannot be told apart" in same
+
+
+def test_four_points_fit_but_get_no_interval_and_no_claimed_separation():
+    """4 points, 3 parameters: only resamples holding all 4 points can be refitted, and they all agree,
+    which would make a zero-width 'interval'. None is reported, and no comparison claims separation."""
+    c = np.geomspace(1e11, 1e13, 4)
+    good = 0.3 + 0.4 * (c / 1e12) ** -0.3 + np.array([0.003, -0.002, 0.002, -0.003])
+    bad = good + 0.05
+    fa, fb = (sf.fit("compute", y, c, bootstrap=200) for y in (good, bad))
+    assert fa.converged and not fa.has_intervals and fa.bootstrap_failed > 0.5
+    assert "no intervals" in fa.interval_note and "intervals" not in fa.to_dict()
+    with pytest.raises(ValueError, match="no prediction band"):
+        sf.band(fa, 1e12)
+    sentence = sf.compare("a", fa, "b", fb, (1e11, 1e13), 1e13)
+    assert sentence.startswith("a lies below b") and "cannot be told apart" in sentence
+    assert sf.held_out(c, good).flagged

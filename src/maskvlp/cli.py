@@ -249,20 +249,28 @@ def cmd_scaling_fit(args: argparse.Namespace) -> int:
     from maskvlp.scaling import fit_spec, write_outputs
     from maskvlp.sweepspec import parse
 
-    study_dir = Path(args.runs_dir) / args.name
-    info_path = study_dir / "sweep.json"
-    if not info_path.is_file():
-        known = sorted(p.parent.name for p in Path(args.runs_dir).glob("*/sweep.json"))
-        hint = f"; studies here: {', '.join(known)}" if known else ""
-        raise SweepSpecError(f"no study '{args.name}' in {args.runs_dir}/ (no {info_path}){hint}")
-    raw = json.loads(info_path.read_text())["spec"]
-    if args.metric:
-        raw = {**raw, "fit": {**(raw.get("fit") or {}), "metric": args.metric}}
-    spec = parse(raw, str(info_path))
-    fs = fit_spec(spec)
-    out = Path(args.out or f"reports/scaling/{args.name}")
-    write_outputs(args.name, study_dir, out, fs, quiet=args.quiet)
-    print(f"wrote {out}/ (fits.json, summary.md, *.png) and TensorBoard figures in {study_dir / 'scaling-fit'}")
+    specs = []
+    for name in args.names:
+        info_path = Path(args.runs_dir) / name / "sweep.json"
+        if not info_path.is_file():
+            known = sorted(p.parent.name for p in Path(args.runs_dir).glob("*/sweep.json"))
+            hint = f"; studies here: {', '.join(known)}" if known else ""
+            raise SweepSpecError(f"no study '{name}' in {args.runs_dir}/ (no {info_path}){hint}")
+        raw = json.loads(info_path.read_text())["spec"]
+        if args.metric:
+            raw = {**raw, "fit": {**(raw.get("fit") or {}), "metric": args.metric}}
+        specs.append(fit_spec(parse(raw, str(info_path))))
+    fs = specs[0]
+    for name, other in zip(args.names[1:], specs[1:]):
+        if (other.metric, other.error, other.group) != (fs.metric, fs.error, fs.group):
+            raise SweepSpecError(
+                f"{name}: its fit (metric {other.metric}, error {other.error}, group {other.group}) differs from "
+                f"{args.names[0]}'s ({fs.metric}, {fs.error}, {fs.group}): studies fitted together must agree"
+            )
+    study_dirs = [Path(args.runs_dir) / n for n in args.names]
+    out = Path(args.out or f"reports/scaling/{args.names[0]}")
+    write_outputs("+".join(args.names), study_dirs, out, fs, quiet=args.quiet)
+    print(f"wrote {out}/ (fits.json, summary.md, *.png) and TensorBoard figures in {study_dirs[0] / 'scaling-fit'}")
     return 0
 
 
@@ -424,15 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit scaling curves to a scaling study's trials (docs/scaling.md)",
         description="Read the evaluated trials of runs/<NAME> (a study run by `maskvlp sweep sweeps/scaling.yaml`) "
         "and fit, per strategy, error = E + A (C/C0)^-alpha on the compute frontier and, where the grid varies "
-        "both, E + A/N^a + B/D^b over model size N and data size D; bootstrap 95%% intervals, a held-out check "
+        "both, E + A/N^a + B/D^b over model size N and data size D; bootstrap 95% intervals, a held-out check "
         "(fit the cheaper half, predict the dearest points) and a sentence per pair of strategies. A fit that "
         "does not converge is reported as such, never as a number. Writes fits.json, summary.md, PNG plots, "
         "and the figures to TensorBoard (runs/<NAME>/scaling-fit).",
         epilog="example: maskvlp sweep sweeps/scaling.yaml && maskvlp scaling-fit scaling",
     )
-    p.add_argument("name", metavar="NAME", help="the study name (the scaling file's name:)")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: reports/scaling/NAME)")
+    p.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME",
+        help="the study name (the scaling file's name:); several are fitted together (e.g. a study and its "
+        "extension to another samples budget), with the first one's fit section",
+    )
+    p.add_argument(
+        "--runs-dir", default="runs", metavar="DIR", help="where the study folders are (default: %(default)s)"
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: reports/scaling/<first NAME>)")
     p.add_argument("--metric", default="", help="fit this metric instead of the file's fit.metric")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     p.set_defaults(func=cmd_scaling_fit, raw=True)

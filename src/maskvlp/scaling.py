@@ -288,8 +288,10 @@ def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
     out["compute"] = f.to_dict()
     out["_fit"] = f
     if f.converged:
-        lo, hi = band(f, target)
-        out["at_target"] = {"compute": target, "error": float(f.predict(target)), "lo": float(lo), "hi": float(hi)}
+        out["at_target"] = {"compute": target, "error": float(f.predict(target))}
+        if f.has_intervals:
+            lo, hi = band(f, target)
+            out["at_target"] |= {"lo": float(lo), "hi": float(hi)}
     if len(front) >= 2:
         h = held_out(c[front], e[front], seed=fs.seed)
         out["held_out"] = {**vars(h)}
@@ -341,6 +343,9 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 def _fmt_fit(f: dict[str, Any]) -> str:
     if not f["converged"]:
         return f"did not converge ({f['message']}; {f['n_points']} points)"
+    if "intervals" not in f:
+        parts = [f"{k} = {v:.4g}" for k, v in f["params"].items()]
+        return ", ".join(parts) + f"; rmse {f['rmse']:.4f}, {f['n_points']} points; {f['intervals_note']}"
     parts = [f"{k} = {v:.4g} [{f['intervals'][k][0]:.4g}, {f['intervals'][k][1]:.4g}]" for k, v in f["params"].items()]
     return ", ".join(parts) + f"; rmse {f['rmse']:.4f}, {f['n_points']} points"
 
@@ -379,9 +384,8 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
             lines.append(f"  (C0 = {r['compute']['scale']['C0']:.3g})")
         if "at_target" in r:
             t = r["at_target"]
-            lines.append(
-                f"  predicted error at {t['compute']:.3g} FLOPs: {t['error']:.4f} [{t['lo']:.4f}, {t['hi']:.4f}]"
-            )
+            within = f" [{t['lo']:.4f}, {t['hi']:.4f}]" if "lo" in t else " (no interval)"
+            lines.append(f"  predicted error at {t['compute']:.3g} FLOPs: {t['error']:.4f}{within}")
         lines.append(
             f"  held-out check: {'FLAGGED: ' if r['held_out']['flagged'] else 'ok: '}{r['held_out']['message']}"
         )
@@ -423,7 +427,7 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
         if f.converged:
             grid = np.geomspace(min(p.compute for p in gp) / 1.5, max(p.compute for p in gp) * 1.5, 80)
             ax.plot(grid, f.predict(grid), color=colours[g])
-            if getattr(f, "_samples", None):
+            if f.has_intervals:
                 lo, hi = band(f, grid)
                 ax.fill_between(grid, lo, hi, color=colours[g], alpha=0.15)
             label += f" (alpha {f.params['alpha']:.2f})"
@@ -431,7 +435,7 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
             label += " (fit did not converge)"
         ax.plot([], [], color=colours[g], label=label)
     ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs, masking-aware)", ylabel=ylabel)
-    ax.set_title("error vs compute: all points (faint), frontier (outlined), fit and 95% band")
+    ax.set_title("error vs compute: points (faint), frontier (outlined), fit + 95% band", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -467,16 +471,27 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
     return figs
 
 
-def write_outputs(name: str, study_dir: Path, out_dir: Path, fs: FitSpec, quiet: bool = False) -> dict[str, Any]:
-    """Fit a study and write fits.json, summary.md and PNGs to out_dir, and the figures to TensorBoard
-    (<study_dir>/scaling-fit, so `tensorboard --logdir runs/<study>` shows them beside the trials)."""
+def write_outputs(
+    name: str, study_dirs: Path | list[Path], out_dir: Path, fs: FitSpec, quiet: bool = False
+) -> dict[str, Any]:
+    """Fit the points of one study, or of several fitted together (a study extended by another, e.g.
+    a second samples budget), and write fits.json, summary.md and PNGs to out_dir, and the figures to
+    TensorBoard in the first study's folder (<study>/scaling-fit, beside its trials)."""
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
-    pts, skipped = points(study_dir, fs)
+    dirs = [study_dirs] if isinstance(study_dirs, Path) else list(study_dirs)
+    study_dir = dirs[0]
+    pts, skipped = [], {}
+    for d in dirs:
+        more, left = points(d, fs)
+        pts += more
+        for k, n in left.items():
+            skipped[k] = skipped.get(k, 0) + n
     if not pts:
         why = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())) or "no trial folders"
-        raise ScalingError(f"{study_dir}: no finished, evaluated trial with {fs.metric} to fit ({why})")
+        where = ", ".join(map(str, dirs))
+        raise ScalingError(f"{where}: no finished, evaluated trial with {fs.metric} to fit ({why})")
     result = fit_study(pts, fs)
     out_dir.mkdir(parents=True, exist_ok=True)
     public = _public(result) | {"name": name, "points": [p.to_dict() for p in pts], "skipped": skipped}

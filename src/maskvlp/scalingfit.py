@@ -25,6 +25,10 @@ import numpy as np
 
 ALPHA_MAX = 3.0  # exponents beyond this are not a power law in any data we fit: treated as a bound
 MIN_DROP = 1e-3  # a fitted curve that falls less than this over the measured points has no scaling to report
+# Intervals need resamples that can be refitted: with few distinct points most resamples hold too few
+# of them (4 points, 3 parameters: only 9% of resamples hold all 4), and the few that succeed are all
+# the same point set, which would give a zero-width "interval". Below this share, none is reported.
+MIN_BOOTSTRAP_OK = 0.5
 FORMS = {"compute": ("E", "A", "alpha"), "joint": ("E", "A", "a", "B", "b")}
 
 
@@ -40,6 +44,19 @@ class Fit:
     rmse: float = math.nan
     bootstrap_failed: float = math.nan  # share of bootstrap refits that did not converge
 
+    @property
+    def has_intervals(self) -> bool:
+        return self.converged and bool(getattr(self, "_samples", None))
+
+    @property
+    def interval_note(self) -> str:
+        if self.has_intervals:
+            return ""
+        return (
+            f"no intervals: {self.bootstrap_failed:.0%} of bootstrap resamples could not be refitted "
+            f"(too few distinct points for {len(FORMS[self.form])} parameters)"
+        )
+
     def predict(self, *x: np.ndarray | float) -> np.ndarray:
         if not self.converged:
             raise ValueError(f"the {self.form} fit did not converge ({self.message}): it predicts nothing")
@@ -49,8 +66,11 @@ class Fit:
         out: dict[str, Any] = {"form": self.form, "converged": self.converged, "message": self.message}
         out["n_points"] = self.n_points
         if self.converged:
-            out.update(params=self.params, intervals={k: list(v) for k, v in self.intervals.items()})
-            out.update(scale=self.scale, rmse=self.rmse, bootstrap_failed=self.bootstrap_failed)
+            out.update(params=self.params, scale=self.scale, rmse=self.rmse, bootstrap_failed=self.bootstrap_failed)
+            if self.has_intervals:
+                out["intervals"] = {k: list(v) for k, v in self.intervals.items()}
+            else:
+                out["intervals_note"] = self.interval_note
         return out
 
 
@@ -142,6 +162,9 @@ def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: i
         else:
             failed += 1
     result.bootstrap_failed = failed / bootstrap if bootstrap else math.nan
+    if not bootstrap or 1 - result.bootstrap_failed < MIN_BOOTSTRAP_OK:
+        result._samples = []  # type: ignore[attr-defined]  # no intervals (interval_note says why)
+        return result
     result._samples = samples  # type: ignore[attr-defined]  # for prediction bands
     for name in FORMS[form]:
         values = [s[name] for s in samples]
@@ -153,9 +176,9 @@ def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: i
 
 def band(f: Fit, *x: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """The 95% bootstrap band of the fit's prediction at x."""
-    samples = getattr(f, "_samples", [])
-    if not f.converged or not samples:
-        raise ValueError("no bootstrap samples: fit with bootstrap > 0 and a converged fit")
+    if not f.has_intervals:
+        raise ValueError(f"no prediction band: {f.interval_note or 'the fit did not converge'}")
+    samples = f._samples  # type: ignore[attr-defined]
     preds = np.stack([_model(f.form, s, f.scale, *x) for s in samples])
     return np.percentile(preds, 2.5, axis=0), np.percentile(preds, 97.5, axis=0)
 
@@ -191,6 +214,8 @@ def held_out(compute: np.ndarray, error: np.ndarray, held: int | None = None, se
     f = fit("compute", error[train], compute[train], bootstrap=300, seed=seed)
     if not f.converged:
         return HeldOut(True, f"the fit on the cheaper {len(train)} points did not converge: {f.message}", n_held=held)
+    if not f.has_intervals:
+        return HeldOut(True, f"the fit on the cheaper {len(train)} points has no band: {f.interval_note}", n_held=held)
     pred = f.predict(compute[test])
     lo, hi = band(f, compute[test])
     outside = int(np.sum((error[test] < lo) | (error[test] > hi)))
@@ -210,7 +235,6 @@ def compare(name_a: str, fa: Fit, name_b: str, fb: Fit, c_range: tuple[float, fl
         return f"{name_a} vs {name_b}: cannot compare, the fit of {' and '.join(missing)} did not converge"
     grid = np.geomspace(c_range[0], c_range[1], 50)
     below = float(np.mean(fa.predict(grid) < fb.predict(grid)))
-    (la, ha), (lb, hb) = (tuple(float(v) for v in band(f, target)) for f in (fa, fb))
     where = (
         f"lies below {name_b} over the whole measured compute range"
         if below == 1.0
@@ -218,9 +242,18 @@ def compare(name_a: str, fa: Fit, name_b: str, fb: Fit, c_range: tuple[float, fl
         if below == 0.0
         else f"is below {name_b} over {below:.0%} of the measured compute range (the curves cross)"
     )
+    pa, pb = float(fa.predict(target)), float(fb.predict(target))
+    if not (fa.has_intervals and fb.has_intervals):
+        missing = [n for n, f in ((name_a, fa), (name_b, fb)) if not f.has_intervals]
+        return (
+            f"{name_a} {where}; at compute {target:.3g} the predicted errors are {pa:.4f} vs {pb:.4f}, but the "
+            f"fit of {' and '.join(missing)} has no interval (too few distinct points to bootstrap), so the two "
+            "cannot be told apart with any stated confidence."
+        )
+    (la, ha), (lb, hb) = (tuple(float(v) for v in band(f, target)) for f in (fa, fb))
     separate = ha < lb or hb < la
     return (
-        f"{name_a} {where}; at compute {target:.3g} the predicted errors are {float(fa.predict(target)):.4f} "
-        f"[{la:.4f}, {ha:.4f}] vs {float(fb.predict(target)):.4f} [{lb:.4f}, {hb:.4f}]: the intervals "
+        f"{name_a} {where}; at compute {target:.3g} the predicted errors are {pa:.4f} "
+        f"[{la:.4f}, {ha:.4f}] vs {pb:.4f} [{lb:.4f}, {hb:.4f}]: the intervals "
         + ("separate." if separate else "overlap, so the two cannot be told apart there.")
     )

@@ -396,9 +396,11 @@ def train_step(s: Session) -> StepOut:
         micros.append((images, tokens, None if kept == s.model.visual.num_patches else mask.keep_idx))
         ratio_sum += mask.mask_ratio
         coverage_sum += mask.cluster_coverage.mean()
-        per_image = s.model.train_flops_per_sample(kept) + _mask_flops(cfg, s.model, mask, s.samples_seen)
-        flops = per_image * images.shape[0]
-        s.totals["train_flops"] += flops * (4 / 3 if t.accum_mode == "cache" and t.accum_steps > 1 else 1)
+        step_flops = s.model.train_flops_per_sample(kept) * (
+            4 / 3 if t.accum_mode == "cache" and t.accum_steps > 1 else 1
+        )
+        mask_flops = _mask_flops(cfg, s.model, mask, s.samples_seen)  # once per image, however it is forwarded
+        s.totals["train_flops"] += (step_flops + mask_flops) * images.shape[0]
     no_sync = s.ddp.no_sync if s.ddp is not None else None
     loss = ACCUMULATORS[t.accum_mode](s.forward, micros, t.local_loss, s.autocast, no_sync)
     if t.grad_clip > 0:
