@@ -406,6 +406,7 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     from maskvlp.scalingfit import band
@@ -435,6 +436,8 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
             label += " (fit did not converge)"
         ax.plot([], [], color=colours[g], label=label)
     ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs, masking-aware)", ylabel=ylabel)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2f"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2f"))
     ax.set_title("error vs compute: points (faint), frontier (outlined), fit + 95% band", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
@@ -461,9 +464,8 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
                 n, d = (xs, np.full_like(xs, at)) if axis == "model_size" else (np.full_like(xs, at), xs)
                 ax.plot(xs, joint.predict(n, d), color=colours[g], lw=1)
         fixed_name = "data size" if fixed == "data_size" else "model size"
-        ax.set(
-            xscale="log", xlabel=xlabel, ylabel=ylabel, title=f"at the largest {fixed_name} ({at:,}); lines: joint fit"
-        )
+        ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
+        ax.set_title(f"at the largest {fixed_name} ({at:,}); lines: joint fit, where it converged", fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
