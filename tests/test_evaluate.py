@@ -123,3 +123,22 @@ def test_report_without_evaluated_runs_says_what_to_do(tmp_path, capsys):
 def test_evaluating_an_unfinished_run_is_a_clear_error(tmp_path):
     with pytest.raises(EvalError, match="maskvlp pretrain"):
         load_run(tmp_path)
+
+
+def test_fashion_mnist_zero_shot_and_linear_probe_from_idx_files(trained, tmp_path):
+    """The registered `fashion-mnist` set over a small copy of the package's IDX layout written here:
+    zero-shot with its class names and templates, and the probe on its train split."""
+    from .test_idx import _fake_fashion
+
+    tmp, overrides = trained
+    fake = _fake_fashion(tmp_path / "fm", n=40)
+    extra = [f"eval.fashion_mnist_dir={fake}", "eval.fashion_mnist_samples=30", "eval.linear_probe_samples=40"]
+    assert main(["evaluate", "--quiet", "--dataset", "fashion-mnist", *_args(overrides + extra)]) == 0
+    run = tmp / "runs" / "default"
+    metrics = json.loads((run / "eval" / "fashion-mnist" / "metrics.json").read_text())
+    metrics = metrics.get("metrics", metrics)
+    assert metrics["zeroshot/fashion-mnist/samples"] == 30 and metrics["zeroshot/fashion-mnist/chance_top1"] == 0.1
+    assert 0 <= metrics["zeroshot/fashion-mnist/top1"] <= 1 and "linear_probe/fashion-mnist/top1" in metrics
+    assert not any(k.startswith("retrieval/fashion-mnist") for k in metrics)  # labels only, no captions to retrieve
+    missing = [*overrides, f"eval.fashion_mnist_dir={tmp_path / 'absent'}"]
+    assert main(["evaluate", "--quiet", "--dataset", "fashion-mnist", *_args(missing)]) != 0

@@ -165,6 +165,8 @@ class EvalConfig:
     linear_probe_samples: int = 2000  # train-split images whose features fit the probe
     subset_samples: int = 256  # val pairs evaluated during training (train.eval_every_samples)
     metrics_file: str = "metrics/eval.json"
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # `fashion-mnist`: Debian's dataset-fashion-mnist
+    fashion_mnist_samples: int = 2000  # `fashion-mnist`: test images evaluated (the first N); 0 = all 10,000
 
 
 # ------------------------------------------------------------------------------------- launcher
@@ -438,6 +440,9 @@ def validate(cfg: Config) -> None:
     _check(ev.objects_per_class >= 1, "eval.objects_per_class", "must be >= 1", ev.objects_per_class)
     _check(ev.subset_samples >= 2, "eval.subset_samples", "must be >= 2", ev.subset_samples)
     _check(ev.linear_probe_samples >= 2, "eval.linear_probe_samples", "must be >= 2", ev.linear_probe_samples)
+    _check(
+        ev.fashion_mnist_samples >= 0, "eval.fashion_mnist_samples", "must be >= 0 (0 = all)", ev.fashion_mnist_samples
+    )
 
     la = cfg.launcher
     _choice("launcher.executor", la.executor, EXECUTORS)

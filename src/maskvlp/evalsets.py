@@ -40,6 +40,7 @@ class EvalSet:
     train_batches: Callable[[int, int], Batches] | None = None  # a train split for the linear probe
     retrieval: bool = True
     skipped: Counter[str] = field(default_factory=Counter)  # unusable samples, by reason (filled while read)
+    templates: tuple[str, ...] | None = None  # zero-shot prompt templates; None = evaluate.TEMPLATES
 
 
 DATASETS: dict[str, Callable[[Config, str], EvalSet]] = {}
@@ -226,5 +227,47 @@ def _batched(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[
         yield eval_collate(chunk)
 
 
+# ------------------------------------------------------------------------------- Fashion-MNIST
+def fashion_mnist_set(cfg: Config, spec: str) -> EvalSet:
+    """Debian's Fashion-MNIST (data/fashion_mnist.py): its test split (the first
+    `eval.fashion_mnist_samples`, 0 = all 10,000) for zero-shot with its class names and templates, its
+    train split for the linear probe. 28x28 grayscale, resized to the model's image size as RGB."""
+    from maskvlp.data import fashion_mnist as fm
+
+    directory = cfg.eval.fashion_mnist_dir
+    try:
+        fm.load_split(directory, "test", limit=1)  # refuse a missing package before any model runs
+    except FileNotFoundError as exc:
+        raise EvalSetError(str(exc)) from exc
+
+    def split(name: str, limit: int):
+        def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+            images, labels = fm.load_split(directory, name, limit)
+            for start in range(0, len(images), batch_size):
+                chunk = torch.from_numpy(images[start : start + batch_size].copy())[:, None].float()
+                resized = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
+                rgb = resized.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+                ys = labels[start : start + batch_size].tolist()
+                metas = [{"label": y, "label_name": fm.CLASSES[y]} for y in ys]
+                yield {
+                    "images": rgb,
+                    "captions": [f"a photo of a {fm.CLASSES[y]}." for y in ys],
+                    "metas": metas,
+                    "keys": [f"fashion-{name}-{start + i:05d}" for i in range(len(ys))],
+                }
+
+        return batches
+
+    return EvalSet(
+        "fashion-mnist",
+        split("test", cfg.eval.fashion_mnist_samples),
+        list(fm.CLASSES),
+        split("train", 0),
+        retrieval=False,
+        templates=fm.TEMPLATES,
+    )
+
+
 register_dataset("val", val_set)
 register_dataset("objects", objects_set)
+register_dataset("fashion-mnist", fashion_mnist_set)

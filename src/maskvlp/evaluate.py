@@ -235,7 +235,7 @@ def evaluate_set(
         notes.append(f"{name}: no labels, so no zero-shot classification or linear probe")
         return SetResult(metrics, plots, notes, dict(es.skipped))
     keep = labels >= 0
-    weights = classifier_weights(model, es.classes, tokenizer, device)
+    weights = classifier_weights(model, es.classes, tokenizer, device, es.templates or TEMPLATES)
     res = zero_shot(enc.features[keep], labels[keep], weights)
     for k in ("top1", "top5", "mean_per_class_recall"):
         metrics[f"zeroshot/{name}/{k}"] = res[k]
