@@ -431,7 +431,7 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
             if f.has_intervals:
                 lo, hi = band(f, grid)
                 ax.fill_between(grid, lo, hi, color=colours[g], alpha=0.15)
-            label += f" (alpha {f.params['alpha']:.2f})"
+            label += f" (alpha {f.params['alpha']:.2f}" + (")" if f.has_intervals else ", no interval)")
         else:
             label += " (fit did not converge)"
         ax.plot([], [], color=colours[g], label=label)

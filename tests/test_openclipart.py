@@ -1,0 +1,93 @@
+"""OpenClipart metadata, captions, categories and rendering, on small SVG files written here."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskvlp.data import openclipart as oc
+
+WORK = """<?xml version="1.0" encoding="{encoding}"?>
+<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"
+     xmlns:cc="{cc}" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+     width="{width}pt" height="{height}pt" viewBox="0 0 {width} {height}">
+  <metadata><rdf:RDF><cc:Work rdf:about="">
+    <dc:title>{title}</dc:title>
+    <dc:description>{description}</dc:description>
+    <dc:subject><rdf:Bag><rdf:li>hash</rdf:li><rdf:li></rdf:li>{keywords}</rdf:Bag></dc:subject>
+    <dc:creator><cc:Agent><dc:title>Some Author</dc:title></cc:Agent></dc:creator>
+  </cc:Work></rdf:RDF></metadata>
+  {body}
+</svg>"""
+
+
+def svg(
+    title="An  Apple",
+    description="",
+    keywords=("food", "Apple", "fruit", "apple"),
+    body='<circle cx="50" cy="50" r="40" fill="#d22"/>',
+    width=100,
+    height=100,
+    cc="http://web.resource.org/cc/",
+    encoding="UTF-8",
+) -> bytes:
+    words = "".join(f"<rdf:li>{k}</rdf:li>" for k in keywords)
+    text = WORK.format(
+        title=title, description=description, keywords=words, body=body, width=width, height=height, cc=cc,
+        encoding=encoding,
+    )  # fmt: skip
+    return text.encode("utf-8" if encoding == "UTF-8" else encoding)
+
+
+def test_title_description_and_keywords_come_from_the_work_not_the_author():
+    meta = oc.parse_metadata(svg(description=" A red\n apple. "))
+    assert meta == oc.Meta("An Apple", "A red apple.", ("food", "apple", "fruit"))  # placeholders and repeats gone
+    newer = oc.parse_metadata(svg(cc="http://creativecommons.org/ns#"))  # the cc namespace's later version
+    assert newer.title == "An Apple"
+    latin = oc.parse_metadata(svg(title="Caf\u00e9 au lait", encoding="ISO-8859-1"))  # declared, not UTF-8
+    assert latin.title == "Caf\u00e9 au lait"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty_file"),
+        (b"   \n", "empty_file"),
+        (b"<svg><unclosed></svg>", "bad_svg"),
+        ("<?xml version='1.0' encoding='UTF-8'?><svg>caf\xe9</svg>".encode("latin-1"), "bad_svg"),  # not UTF-8
+        (b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="1" height="1"/></svg>', "no_title"),
+        (svg(title="   "), "no_title"),
+        (b"<svg>" + b" " * (oc.MAX_SVG_BYTES + 1) + b"</svg>", "svg_too_large"),
+    ],
+)
+def test_unusable_files_are_a_reason_to_skip_not_an_error(data, reason):
+    assert oc.parse_metadata(data).reason == reason
+
+
+def test_captions_from_a_template_leave_no_stray_punctuation():
+    meta = oc.Meta("An Apple", "", ("food", "apple", "fruit", "red", "round", "shiny"))
+    assert oc.caption(meta, "fruit") == "An Apple"
+    assert oc.caption(meta, "fruit", "{title}. {description}, {keywords}") == "An Apple. food, apple, fruit, red, round"
+    assert oc.caption(meta, "fruit", "a drawing of {title} ({category})") == "a drawing of An Apple (fruit)"
+    assert oc.caption(oc.Meta("Pear", "", ()), "fruit", "{title}, {keywords}") == "Pear"
+
+
+def test_categories_at_leaf_and_top_level_and_readable_class_names(tmp_path):
+    root = tmp_path / "svg"
+    assert oc.category(root / "food/fruit/a.svg", root) == "food/fruit"
+    assert oc.category(root / "food/fruit/a.svg", root, "top") == "food"
+    assert oc.category(root / "animals/a.svg", root) == "animals"
+    assert oc.category(root / "unsorted/duplicates/a.svg", root) is None
+    assert oc.category(root / "a.svg", root) is None
+    names = oc.class_names(["food/fruit", "signs_and_symbols/flags", "recreation/games", "computer/games"])
+    assert names["signs_and_symbols/flags"] == "flags" and names["food/fruit"] == "fruit"
+    assert names["recreation/games"] == "recreation games" and names["computer/games"] == "computer games"
+
+
+def test_render_keeps_the_aspect_on_the_background_and_refuses_blank_or_broken_drawings():
+    wide = oc.render(svg(width=200, height=100, body='<rect width="200" height="100" fill="#00f"/>'), 32)
+    assert wide.size == (32, 32) and wide.mode == "RGB"
+    assert wide.getpixel((16, 16)) == (0, 0, 255) and wide.getpixel((16, 2)) == (255, 255, 255)  # letterboxed
+    tall = oc.render(svg(width=50, height=100, body='<rect width="50" height="100" fill="#0f0"/>'), 32, (0, 0, 0))
+    assert tall.getpixel((16, 16)) == (0, 255, 0) and tall.getpixel((2, 16)) == (0, 0, 0)
+    assert oc.render(svg(body=""), 32).reason == "blank_render"
+    assert oc.render(b"<svg><unclosed></svg>", 32).reason == "render_failed"
