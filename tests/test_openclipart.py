@@ -91,3 +91,72 @@ def test_render_keeps_the_aspect_on_the_background_and_refuses_blank_or_broken_d
     assert tall.getpixel((16, 16)) == (0, 255, 0) and tall.getpixel((2, 16)) == (0, 0, 0)
     assert oc.render(svg(body=""), 32).reason == "blank_render"
     assert oc.render(b"<svg><unclosed></svg>", 32).reason == "render_failed"
+
+
+def _tree(root):
+    """A small OpenClipart-like tree: two categories of 6 drawings, a rare one, duplicates, bad files."""
+    colours = ["#d22", "#2d2", "#22d", "#dd2", "#2dd", "#d2d"]
+    for folder, title in (("food/fruit", "apple"), ("animals/birds", "bird")):
+        (root / folder).mkdir(parents=True)
+        for i, c in enumerate(colours):
+            body = f'<circle cx="50" cy="50" r="{20 + 3 * i}" fill="{c}"/>'
+            (root / folder / f"{title}_{i}.svg").write_bytes(svg(title=f"A {title} {i}", body=body))
+    (root / "food/fruit/broken.svg").write_bytes(b"<svg><unclosed>")
+    (root / "food/fruit/untitled.svg").write_bytes(svg(title=""))
+    (root / "food/fruit/empty_drawing.svg").write_bytes(svg(body=""))
+    (root / "plants").mkdir()
+    (root / "plants/tree.svg").write_bytes(svg(title="A tree"))  # 1 drawing: a rare category
+    (root / "unsorted/duplicates").mkdir(parents=True)
+    (root / "unsorted/duplicates/apple_0.svg").write_bytes(svg(title="A copy"))
+    return root
+
+
+def test_openclipart_source_shards_with_a_stratified_split_and_counts_every_skip(tmp_path):
+    from maskvlp.config import load_config
+    from maskvlp.data.shards import load_manifest, shard, shard_paths
+
+    root = _tree(tmp_path / "svg")
+    over = [
+        "data.source=openclipart",
+        f"data.openclipart.root={root}",
+        "data.openclipart.min_per_class=5",
+        "data.openclipart.template='a drawing of {title}'",
+        f"data.out_dir={tmp_path / 'shards'}",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "data.val_fraction=0.2",
+    ]
+    manifest = shard(load_config(None, over), progress=False)
+    assert manifest["source"]["classes"] == ["birds", "fruit"]  # leaf names, sorted by folder
+    assert manifest["skipped"] == {
+        "bad_svg": 1,
+        "no_title": 1,
+        "blank_render": 1,
+        "rare_category": 1,
+        "duplicates_or_uncategorised": 1,
+    }
+    assert manifest["splits"]["train"]["count"] + manifest["splits"]["val"]["count"] == 12
+    import json
+    import tarfile
+
+    val = []
+    for url in shard_paths(tmp_path / "shards", "val"):
+        with tarfile.open(url) as tar:
+            val += [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    # stratified: every category has val drawings (fruit: 9 files, 6 usable; birds: 6)
+    assert sorted({m["label_name"] for m in val}) == ["birds", "fruit"]
+    again = shard(load_config(None, over), progress=False)  # deterministic by seed
+    assert again["splits"] == load_manifest(tmp_path / "shards")["splits"]
+
+
+def test_openclipart_missing_package_and_bad_template_are_clear(tmp_path):
+    from maskvlp.config import ConfigError, load_config
+    from maskvlp.data.sources import OpenClipartMissing, make_source
+
+    cfg = load_config(None, ["data.source=openclipart", f"data.openclipart.root={tmp_path / 'none'}"])
+    with pytest.raises(OpenClipartMissing, match="apt-get install openclipart-svg"):
+        make_source(cfg)
+    with pytest.raises(ConfigError, match="data.openclipart.template.*unknown field 'name'"):
+        load_config(None, ["data.openclipart.template='{name}'"])
+    with pytest.raises(ConfigError, match="data.openclipart.level"):
+        load_config(None, ["data.openclipart.level=middle"])

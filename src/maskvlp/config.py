@@ -42,6 +42,16 @@ class EmojiConfig:
 
 
 @dataclass
+class OpenClipartConfig:
+    root: str = "/usr/share/openclipart/svg"  # Debian package openclipart-svg
+    level: str = "leaf"  # category = leaf folder (food/fruit) | top folder (food)
+    template: str = "{title}"  # caption: fields {title}, {description}, {keywords}, {category}
+    background: list[int] = field(default_factory=lambda: [255, 255, 255])  # RGB under transparent parts
+    min_per_class: int = 10  # categories with fewer drawings are left out (rare_category)
+    max_per_class: int = 0  # at most this many drawings per category (a seeded choice); 0 = all
+
+
+@dataclass
 class FolderConfig:
     table: str = ""  # CSV / TSV / JSONL / Parquet with one row per image-caption pair
     images_dir: str = ""  # image paths in the table are relative to this ("" = the table's folder)
@@ -69,7 +79,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | emoji | folder | shards
+    source: str = "synthetic"  # synthetic | emoji | openclipart | folder | shards
     out_dir: str = "data/shards"
     image_size: int = 64  # stored images: shorter side resized to this, then centre-cropped
     image_format: str = "jpg"  # jpg | png | webp
@@ -82,6 +92,7 @@ class DataConfig:
     shuffle_buffer: int = 1000  # samples in the training stream's shuffle buffer
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     emoji: EmojiConfig = field(default_factory=EmojiConfig)
+    openclipart: OpenClipartConfig = field(default_factory=OpenClipartConfig)
     folder: FolderConfig = field(default_factory=FolderConfig)
     shards: ShardSourceConfig = field(default_factory=ShardSourceConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -321,6 +332,23 @@ def validate(cfg: Config) -> None:
     )
     _check(0 <= s.context <= 1, "data.synthetic.context", "must be in [0, 1]", s.context)
     _check(0 <= s.textured_fraction <= 1, "data.synthetic.textured_fraction", "must be in [0, 1]", s.textured_fraction)
+    oc = d.openclipart
+    _choice("data.openclipart.level", oc.level, ("leaf", "top"))
+    _check(oc.min_per_class >= 1, "data.openclipart.min_per_class", "must be >= 1", oc.min_per_class)
+    _check(oc.max_per_class >= 0, "data.openclipart.max_per_class", "must be >= 0 (0 = all)", oc.max_per_class)
+    _check(
+        len(oc.background) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in oc.background),
+        "data.openclipart.background",
+        "must be three integers 0..255 (RGB)",
+        oc.background,
+    )
+    try:
+        oc.template.format(title="", description="", keywords="", category="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"data.openclipart.template: {oc.template!r} has an unknown field {exc}; "
+            "use {title}, {description}, {keywords}, {category}"
+        ) from exc
     e = d.emoji
     _check(e.samples_per_emoji >= 1, "data.emoji.samples_per_emoji", "must be >= 1", e.samples_per_emoji)
     _check(e.max_emoji >= 0, "data.emoji.max_emoji", "must be >= 0 (0 = all)", e.max_emoji)

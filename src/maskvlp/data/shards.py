@@ -147,7 +147,8 @@ def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
             bar.set_postfix(skipped=sum(skipped.values()))
             continue
         seen_keys.add(result.key)
-        writers[split_of(result.key, cfg.seed, d.val_fraction)].write(result)
+        chosen = result.meta.get("split")  # a source's own (stratified) split, else the hash of the key
+        writers[chosen if chosen in SPLITS else split_of(result.key, cfg.seed, d.val_fraction)].write(result)
     bar.close()
     splits = {s: w.close() for s, w in writers.items()}
     counts = {s: sum(sh["count"] for sh in shards) for s, shards in splits.items()}
@@ -239,6 +240,7 @@ SHARD_PARAMS = (
     "max_samples_per_shard",
     "synthetic",
     "emoji",
+    "openclipart",
     "folder",
     "shards",
 )

@@ -332,7 +332,104 @@ class ShardSource:
 
 
 # data.source -> its class (config validation takes the choices from here)
-SOURCES = {"synthetic": SyntheticSource, "emoji": EmojiSource, "folder": FolderSource, "shards": ShardSource}
+class OpenClipartMissing(FileNotFoundError):
+    """The package's drawings are not there; the message says how to install them."""
+
+
+class OpenClipartSource:
+    """Debian's OpenClipart drawings (data/openclipart.py): rendered at data.image_size on the
+    configured background, captioned from their metadata, labelled by category folder. The train/val
+    split is stratified by category (seeded), so every category has val drawings to be scored on."""
+
+    def __init__(self, cfg: Config):
+        import zlib
+
+        from maskvlp.data import openclipart as oc
+
+        self.o, self.size, self.oc = cfg.data.openclipart, cfg.data.image_size, oc
+        root = Path(self.o.root)
+        if not root.is_dir():
+            raise OpenClipartMissing(
+                f"OpenClipart not found at {root}: install it with `apt-get install {oc.PACKAGE}` "
+                "(or set data.openclipart.root)"
+            )
+        self.root = root
+        by_cat: dict[str, list[Path]] = {}
+        self.excluded: list[Skip] = []
+        for path in sorted(root.rglob("*.svg")):
+            cat = oc.category(path, root, self.o.level)
+            if cat is None:
+                self.excluded.append(Skip("duplicates_or_uncategorised", self._key(path)))
+            else:
+                by_cat.setdefault(cat, []).append(path)
+        kept = {c: ps for c, ps in by_cat.items() if len(ps) >= self.o.min_per_class}
+        for c, ps in by_cat.items():
+            if c not in kept:
+                self.excluded += [Skip("rare_category", self._key(p), c) for p in ps]
+        if not kept:
+            raise ValueError(
+                f"no OpenClipart category under {root} has data.openclipart.min_per_class="
+                f"{self.o.min_per_class} drawings; lower it"
+            )
+        self.classes = sorted(kept)
+        self.names = oc.class_names(self.classes)
+        self.plan: list[tuple[Path, str, str]] = []
+        for cat in self.classes:
+            rng = np.random.default_rng([cfg.seed, zlib.crc32(cat.encode())])
+            paths = [kept[cat][i] for i in rng.permutation(len(kept[cat]))]
+            if self.o.max_per_class:
+                paths = paths[: self.o.max_per_class]
+            n_val = max(1, round(cfg.data.val_fraction * len(paths))) if cfg.data.val_fraction > 0 else 0
+            self.plan += [(p, cat, "val" if i < n_val else "train") for i, p in enumerate(paths)]
+
+    def _key(self, path: Path) -> str:
+        return "oc-" + sanitize_key(str(path.relative_to(self.root).with_suffix("")))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "openclipart",
+            "root": str(self.root),
+            "level": self.o.level,
+            "template": self.o.template,
+            "num_classes": len(self.classes),
+            "categories": self.classes,
+            "classes": [self.names[c] for c in self.classes],
+        }
+
+    def __len__(self) -> int:
+        return len(self.plan) + len(self.excluded)
+
+    def items(self) -> Iterator[tuple[Path, str, str] | Skip]:
+        yield from self.excluded
+        yield from self.plan
+
+    def load(self, item: tuple[Path, str, str] | Skip) -> RawSample | Skip:
+        if isinstance(item, Skip):
+            return item
+        path, cat, split = item
+        key, oc = self._key(path), self.oc
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return Skip("unreadable_file", key, str(exc))
+        meta = oc.parse_metadata(data)
+        if isinstance(meta, oc.SkipReason):
+            return Skip(meta.reason, key, meta.detail)
+        image = oc.render(data, self.size, tuple(self.o.background))
+        if isinstance(image, oc.SkipReason):
+            return Skip(image.reason, key, image.detail)
+        name = self.names[cat]
+        info = {"label": self.classes.index(cat), "label_name": name, "category": cat, "split": split}
+        return RawSample(key, image, oc.caption(meta, name, self.o.template), info | {"title": meta.title})
+
+
+SOURCES = {
+    "synthetic": SyntheticSource,
+    "emoji": EmojiSource,
+    "openclipart": OpenClipartSource,
+    "folder": FolderSource,
+    "shards": ShardSource,
+}
 
 
 def make_source(cfg: Config):
