@@ -1,8 +1,9 @@
 """Evaluation datasets: a registry of named sets plus any captions table or shard set given by path.
 
 `maskvlp evaluate --dataset SPEC` and `eval.datasets` take:
-- a registered name: `val` (the shard stage's val split; linear probe on its train split) or
-  `objects` (generated single-object scenes, 32 classes);
+- a registered name: `val` (the shard stage's val split; linear probe on its train split),
+  `objects` (generated single-object scenes, 32 classes) or `fashion-mnist` (Debian's
+  dataset-fashion-mnist: zero-shot on its test split with its own templates, probe on its train split);
 - a captions table (.csv / .tsv / .jsonl / .parquet, read as the folder source reads it, with
   `data.folder.path_column`, `caption_column`, `label_column`; images relative to the table);
 - a shard folder with a maskvlp manifest (its val split, else train; the probe uses its train split),
