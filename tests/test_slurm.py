@@ -167,7 +167,9 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
         _wait_for(lambda n=3 + 10 * attempt: len(_logged_steps(run_dir)) >= n, what=f"progress of attempt {attempt}")
         before = json.loads(info.read_text())["resumed_at_step"]
         job._interrupt()  # SIGTERM + SIGUSR2, as Slurm does on preemption
-        _wait_for(lambda b=before: json.loads(info.read_text())["resumed_at_step"] > b, what="requeue + resume")
+        # a requeue waits for Slurm to end the old allocation and schedule again: minutes on a loaded 2-core node
+        resumed = lambda b=before: json.loads(info.read_text())["resumed_at_step"] > b  # noqa: E731
+        _wait_for(resumed, timeout=600.0, what="requeue + resume")
     result = wait(submitted)
     assert result["status"] == "complete" and result["steps"] == 100
 
