@@ -35,10 +35,8 @@ class ScalingError(ValueError):
 
 
 def _keys_set(base: dict[str, Any], space) -> set[str]:
-    keys = set(base)
-    for p in space:
-        keys |= set(p.sets) if p.sets else {k for b in p.bundles.values() for k in b} if p.bundles else {p.key}
-    return keys
+    """The params keys base and space set (a label: every key its choices expand into)."""
+    return set(base) | {k for p in space for choice in (p.choices or (None,)) for k in p.expand(choice)}
 
 
 def check_rules(rules: Any, base: dict[str, Any], space) -> None:
@@ -107,7 +105,6 @@ def derive(merged: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- fit spec
-AXES = {"compute": "train_flops", "model_size": "params_nonembedding", "data_size": "unique_pairs"}
 FORM_NAMES = ("compute", "joint")
 
 
