@@ -52,6 +52,12 @@ class OpenClipartConfig:
 
 
 @dataclass
+class MixConfig:
+    sources: list[str] = field(default_factory=lambda: ["openclipart", "emoji"])  # data.source: mix
+    val_sources: list[str] = field(default_factory=lambda: ["openclipart"])  # the others go to train only
+
+
+@dataclass
 class FolderConfig:
     table: str = ""  # CSV / TSV / JSONL / Parquet with one row per image-caption pair
     images_dir: str = ""  # image paths in the table are relative to this ("" = the table's folder)
@@ -79,7 +85,8 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | emoji | openclipart | folder | shards
+    preset: str = "synthetic"  # synthetic | real: fills data.source and eval.datasets when null (presets.py)
+    source: str | None = None  # synthetic | emoji | openclipart | mix | folder | shards; null = from preset
     out_dir: str = "data/shards"
     image_size: int = 64  # stored images: shorter side resized to this, then centre-cropped
     image_format: str = "jpg"  # jpg | png | webp
@@ -93,6 +100,7 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     emoji: EmojiConfig = field(default_factory=EmojiConfig)
     openclipart: OpenClipartConfig = field(default_factory=OpenClipartConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     folder: FolderConfig = field(default_factory=FolderConfig)
     shards: ShardSourceConfig = field(default_factory=ShardSourceConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -134,7 +142,8 @@ class MaskingConfig:
 class TrainConfig:
     run_name: str = "default"
     runs_dir: str = "runs"
-    samples: int = 30000  # training budget in samples seen
+    samples: int = 30000  # training budget in samples seen (derived when compute_samples > 0)
+    compute_samples: int = 0  # > 0: train for the FLOPs of this many unmasked samples (train.samples derived)
     seed: int | None = None  # model init, data order, masks; null = the top-level seed (which also splits the data)
     unique_pairs: int = 0  # train on the first N pairs of the train shards only (data size); 0 = all
     batch_size: int = 64  # per process
@@ -169,7 +178,7 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------- eval
 @dataclass
 class EvalConfig:
-    datasets: list[str] = field(default_factory=lambda: ["val", "objects"])  # registered names or paths
+    datasets: list[str] | None = None  # registered names or paths; null = from data.preset (presets.py)
     batch_size: int = 256
     objects_per_class: int = 20  # `objects`: generated single-object scenes per class (32 classes)
     linear_probe: bool = True
@@ -263,22 +272,71 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
 
 
 def resolve_derived(cfg: Config) -> None:
-    """Fill the keys left at null: recipe keys from `train.recipe` (recipes.py), and
-    masking.fusion_samples from the training budget, train.seed from seed. Values given explicitly are kept."""
+    """Fill the keys left at null: data keys from `data.preset` (presets.py), recipe keys from
+    `train.recipe` (recipes.py), train.samples from train.compute_samples, masking.fusion_samples from
+    the training budget, train.seed from seed. Values given explicitly are kept."""
+    from maskvlp.presets import PRESETS
     from maskvlp.recipes import RECIPES
 
+    _choice("data.preset", cfg.data.preset, tuple(PRESETS))
     _choice("train.recipe", cfg.train.recipe, tuple(RECIPES))
-    for key, value in RECIPES[cfg.train.recipe].items():
-        *parents, leaf = key.split(".")
-        node: Any = cfg
-        for part in parents:
-            node = getattr(node, part)
-        if getattr(node, leaf) is None:
-            setattr(node, leaf, list(value) if isinstance(value, list) else value)
+    for table in (PRESETS[cfg.data.preset], RECIPES[cfg.train.recipe]):
+        for key, value in table.items():
+            *parents, leaf = key.split(".")
+            node: Any = cfg
+            for part in parents:
+                node = getattr(node, part)
+            if getattr(node, leaf) is None:
+                setattr(node, leaf, list(value) if isinstance(value, list) else value)
+    if cfg.train.compute_samples:
+        cfg.train.samples = compute_matched_samples(cfg)
+        _check(cfg.train.samples >= 1, "train.compute_samples", "must be >= 1 (0 = off)", cfg.train.compute_samples)
     if cfg.masking.fusion_samples is None:
         cfg.masking.fusion_samples = cfg.train.samples
     if cfg.train.seed is None:
         cfg.train.seed = cfg.seed
+
+
+def compute_matched_samples(cfg: Config) -> int:
+    """train.samples for `train.compute_samples = N`: the samples whose masking-aware training FLOPs
+    (docs/records.md: kept tokens, both towers, forward and backward, plus cluster masking's own cost)
+    equal those of N samples trained unmasked on the same model, so masked runs see more samples for
+    the same compute. Needs a fixed token count: none, random, or cluster in exact mode."""
+    import torch
+
+    from maskvlp.masking import mask_flops_per_image, num_keep
+    from maskvlp.model import CLIP
+
+    k, m, t = cfg.masking, cfg.model, cfg.train
+    _check(
+        t.compute_samples >= 0, "train.compute_samples", "must be >= 0 (0 = train.samples as given)", t.compute_samples
+    )
+    fixed = k.strategy in ("none", "random") or (k.strategy == "cluster" and k.mode == "exact")
+    _check(
+        fixed,
+        "train.compute_samples",
+        "needs a fixed token count per step: masking.strategy none, random, or cluster with masking.mode exact "
+        f"(masking.strategy={k.strategy}, masking.mode={k.mode})",
+        t.compute_samples,
+    )
+    _check(
+        t.unmasked_tuning_samples == 0,
+        "train.compute_samples",
+        "cannot be combined with train.unmasked_tuning_samples (two token counts in one run); set one of them to 0",
+        t.compute_samples,
+    )
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            model = CLIP.from_config(m)
+        grid = model.visual.num_patches
+        kept = grid if k.strategy == "none" else num_keep(grid, k.ratio)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise ConfigError(f"train.compute_samples: cannot size the model to count its FLOPs ({exc})") from exc
+    width = model.visual.patch_embed.weight.shape[0] if k.features == "rgb+embed" else 0
+    masked = model.train_flops_per_sample(kept) + mask_flops_per_image(
+        k.strategy, grid, m.patch_size, k.anchor_ratio, width
+    )
+    return max(1, round(t.compute_samples * model.train_flops_per_sample(grid) / masked))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -349,13 +407,28 @@ def validate(cfg: Config) -> None:
             f"data.openclipart.template: {oc.template!r} has an unknown field {exc}; "
             "use {title}, {description}, {keywords}, {category}"
         ) from exc
+    mx = d.mix
+    mixable = tuple(name for name in SOURCES if name != "mix")
+    _check(
+        bool(mx.sources) and all(name in mixable for name in mx.sources) and len(set(mx.sources)) == len(mx.sources),
+        "data.mix.sources",
+        f"must list distinct sources among {', '.join(mixable)}",
+        mx.sources,
+    )
+    _check(
+        all(name in mx.sources for name in mx.val_sources),
+        "data.mix.val_sources",
+        f"must be among data.mix.sources={mx.sources} (the others go to the train split only)",
+        mx.val_sources,
+    )
     e = d.emoji
     _check(e.samples_per_emoji >= 1, "data.emoji.samples_per_emoji", "must be >= 1", e.samples_per_emoji)
     _check(e.max_emoji >= 0, "data.emoji.max_emoji", "must be >= 0 (0 = all)", e.max_emoji)
     _check(0 <= e.scene_fraction <= 4, "data.emoji.scene_fraction", "must be in [0, 4]", e.scene_fraction)
-    if d.source == "folder":
+    uses = d.mix.sources if d.source == "mix" else [d.source]
+    if "folder" in uses:
         _check(bool(d.folder.table), "data.folder.table", "must name a CSV/TSV/JSONL/Parquet file", d.folder.table)
-    if d.source == "shards":
+    if "shards" in uses:
         _check(bool(d.shards.urls), "data.shards.urls", "must name existing shards (brace pattern or glob)", "")
     a = d.augment
     _check(

@@ -2,7 +2,8 @@
 
 `maskvlp evaluate --dataset SPEC` and `eval.datasets` take:
 - a registered name: `val` (the shard stage's val split; linear probe on its train split),
-  `objects` (generated single-object scenes, 32 classes) or `fashion-mnist` (Debian's
+  `objects` (generated single-object scenes, 32 classes), `emoji` (every emoji of Debian's
+  fonts-noto-color-emoji, rendered apart from training: zero-shot and relation composition) or `fashion-mnist` (Debian's
   dataset-fashion-mnist: zero-shot on its test split with its own templates, probe on its train split);
 - a captions table (.csv / .tsv / .jsonl / .parquet, read as the folder source reads it, with
   `data.folder.path_column`, `caption_column`, `label_column`; images relative to the table);
@@ -228,6 +229,48 @@ def _batched(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[
         yield eval_collate(chunk)
 
 
+# ------------------------------------------------------------------------------- emoji
+EMOJI_SEED_OFFSET = 5_000_011  # renderings seeded apart from the shard stage's (placement, size, background)
+
+
+def emoji_set(cfg: Config, spec: str) -> EvalSet:
+    """Every emoji of the font (`data.emoji.max_emoji`, 0 = all), rendered once more with a seed the
+    shard stage never uses: zero-shot over the emoji names (a held-out rendering of glyphs seen in
+    training, on a new placement and background), plus two-emoji scenes (`data.emoji.scene_fraction`
+    of them) whose relation captions and their swapped negatives give composition/emoji/relation.
+    The scenes carry no label, so zero-shot scores single glyphs only. No retrieval: captions repeat
+    the class names; no probe: one rendering per class."""
+    import numpy as np
+
+    from maskvlp.data import emoji
+    from maskvlp.data.transforms import to_uint8_tensor
+
+    e = cfg.data.emoji
+    try:
+        table = emoji.list_emoji(e.font_path)
+    except FileNotFoundError as exc:  # refuse a missing font before any model runs
+        raise EvalSetError(str(exc)) from exc
+    table = table[: e.max_emoji] if e.max_emoji else table
+    seed = cfg.seed + EMOJI_SEED_OFFSET
+
+    def items(size: int) -> Iterator[dict[str, Any]]:
+        codepoints = [cp for cp, _ in table]
+        for cp in codepoints:
+            image, caption, meta = emoji.render_sample(e.font_path, (cp,), seed, 0, size)
+            yield _item(to_uint8_tensor(image), caption, f"emoji-{cp:05x}", meta)
+        rng = np.random.default_rng([seed, 0xE30])
+        for j in range(int(round(e.scene_fraction * len(codepoints)))):
+            a, b = rng.choice(len(codepoints), size=2, replace=False)
+            image, caption, meta = emoji.render_sample(e.font_path, (codepoints[a], codepoints[b]), seed, j, size)
+            meta.pop("label_name", None)  # a scene of two: not a zero-shot sample
+            yield _item(to_uint8_tensor(image), caption, f"emoji-scene-{j:05d}", meta)
+
+    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+        yield from _batched(items(size), batch_size)
+
+    return EvalSet("emoji", batches, [name for _, name in table], retrieval=False)
+
+
 # ------------------------------------------------------------------------------- Fashion-MNIST
 def fashion_mnist_set(cfg: Config, spec: str) -> EvalSet:
     """Debian's Fashion-MNIST (data/fashion_mnist.py): its test split (the first
@@ -271,4 +314,5 @@ def fashion_mnist_set(cfg: Config, spec: str) -> EvalSet:
 
 register_dataset("val", val_set)
 register_dataset("objects", objects_set)
+register_dataset("emoji", emoji_set)
 register_dataset("fashion-mnist", fashion_mnist_set)

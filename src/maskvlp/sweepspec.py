@@ -12,6 +12,7 @@
         choices: {none: {masking.strategy: none}, random: {masking.strategy: random, masking.ratio: 0.5}}
     rules: {warmup_fraction: 0.1}      # params derived per trial (maskvlp.scaling.derive)
     fit: {metric: zeroshot/objects/top1}   # scaling studies: what `maskvlp scaling-fit` fits
+    compare: {group: strategy, seeds: train.seed}   # strategies over seeds (maskvlp.sweep.compare)
     objectives:                        # metric keys of evaluation or of the run record
       - {metric: zeroshot/objects/top1, direction: maximize}
       - {metric: train_flops, direction: minimize}
@@ -103,6 +104,7 @@ class SweepSpec:
     pruner_options: dict[str, Any] = field(default_factory=dict)  # of the pruner, e.g. n_startup_trials
     rules: dict[str, Any] = field(default_factory=dict)  # params derived per trial (maskvlp.scaling.RULES)
     fit: dict[str, Any] = field(default_factory=dict)  # scaling studies: the fit (maskvlp.scaling.FitSpec)
+    compare: dict[str, Any] = field(default_factory=dict)  # strategies over seeds (maskvlp.sweep.compare)
 
     def fingerprint(self) -> str:
         """What makes a study this study: base, space, rules and objectives (not n_trials, parallel,
@@ -230,6 +232,7 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
         "retries",
         "rules",
         "fit",
+        "compare",
     }
     if unknown:
         raise _fail(", ".join(sorted(unknown)), f"unknown top-level key(s) in {origin}")
@@ -287,7 +290,7 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     fit = raw.get("fit") or {}
     if not isinstance(fit, dict):
         raise _fail("fit", "must be a mapping such as {metric: zeroshot/objects/top1}")
-    return SweepSpec(
+    spec = SweepSpec(
         name,
         dict(base),
         space,
@@ -300,7 +303,13 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
         pruner_options={k: v for k, v in pruner_raw.items() if k != "name"},
         rules=dict(rules),
         fit=dict(fit),
+        compare=dict(raw.get("compare") or {}),
     )
+    if "compare" in raw:
+        from maskvlp.sweep.compare import compare_spec
+
+        compare_spec(spec)  # refuse a bad section before any trial runs
+    return spec
 
 
 def objective_keys(cfg: Config) -> set[str]:

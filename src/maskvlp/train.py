@@ -163,7 +163,8 @@ def _calibrated_threshold(cfg: Config, device: torch.device) -> tuple[float, flo
     k = cfg.masking
     if k.strategy != "cluster" or k.calibrate_coverage <= 0:
         return k.threshold, None
-    images = read_images(cfg.data.out_dir, 256, cfg.model.image_size)[0].to(device)
+    first = shard_paths(cfg.data.out_dir, "train")[0]  # training images: what the masks will see
+    images = read_images(first, 256, cfg.model.image_size)[0].to(device)
     norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     return calibrate_threshold(norm, cfg.model.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)

@@ -231,6 +231,7 @@ def first_pairs(out_dir: str | Path, split: str, n: int) -> tuple[int, ...]:
 
 # The data params that determine the shards (the shard stage's params in dvc.yaml).
 SHARD_PARAMS = (
+    "preset",
     "source",
     "image_size",
     "image_format",
@@ -241,6 +242,7 @@ SHARD_PARAMS = (
     "synthetic",
     "emoji",
     "openclipart",
+    "mix",
     "folder",
     "shards",
 )

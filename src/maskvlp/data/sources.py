@@ -423,10 +423,72 @@ class OpenClipartSource:
         return RawSample(key, image, oc.caption(meta, name, self.o.template), info | {"title": meta.title})
 
 
+class MixSource:
+    """Several sources in one shard set (`data.mix.sources`; the `real` preset: OpenClipart + emoji).
+
+    A source in `data.mix.val_sources` keeps its own split (OpenClipart's stratified one; others the
+    hash of the key) and its class labels, which make the val split's classes. Every sample of the
+    other sources goes to the train split, its label kept as `source_label_name` only, so a probe
+    fitted on the train split never mixes one source's label indices with another's."""
+
+    def __init__(self, cfg: Config):
+        self.names = list(cfg.data.mix.sources)
+        self.val = set(cfg.data.mix.val_sources)
+        self.parts = [SOURCES[name](cfg) for name in self.names]  # each refuses a missing package itself
+
+    def describe(self) -> dict[str, Any]:
+        parts = [p.describe() for p in self.parts]
+        classes: list[str] = []
+        for name, part in zip(self.names, parts):
+            if name in self.val:
+                classes += [c for c in part.get("classes") or [] if c not in classes]
+        return {"kind": "mix", "val_sources": sorted(self.val), "sources": parts, "classes": classes}
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts if hasattr(p, "__len__"))  # existing shards: not known ahead
+
+    def items(self) -> Iterator[tuple[int, Any]]:
+        """The parts interleaved in proportion to their sizes, so every shard (and so every stretch of
+        the training stream's shuffle buffer) holds each source at its share; parts of unknown size
+        (existing shards) follow the others."""
+        import heapq
+
+        sized = [i for i, p in enumerate(self.parts) if hasattr(p, "__len__") and len(p)]
+        streams = {i: iter(self.parts[i].items()) for i in sized}
+        heap = [(0.5 / len(self.parts[i]), i, 0) for i in sized]
+        heapq.heapify(heap)
+        while heap:
+            _, i, k = heapq.heappop(heap)
+            item = next(streams[i], None)
+            if item is None:
+                continue
+            yield i, item
+            heapq.heappush(heap, ((k + 1.5) / len(self.parts[i]), i, k + 1))
+        for i, part in enumerate(self.parts):
+            if i not in sized:
+                for item in part.items():
+                    yield i, item
+
+    def load(self, item: tuple[int, Any]) -> RawSample | Skip:
+        i, inner = item
+        raw = self.parts[i].load(inner)
+        if isinstance(raw, Skip):
+            return raw
+        raw.meta["source"] = self.names[i]
+        if self.names[i] not in self.val:
+            raw.meta.pop("label", None)
+            name = raw.meta.pop("label_name", None)
+            if name is not None:
+                raw.meta["source_label_name"] = name
+            raw.meta["split"] = "train"
+        return raw
+
+
 SOURCES = {
     "synthetic": SyntheticSource,
     "emoji": EmojiSource,
     "openclipart": OpenClipartSource,
+    "mix": MixSource,
     "folder": FolderSource,
     "shards": ShardSource,
 }

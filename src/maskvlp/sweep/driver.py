@@ -134,6 +134,10 @@ def prepare(
         from maskvlp.scaling import validate_fit
 
         validate_fit(spec, cfg)
+    if spec.compare:
+        from maskvlp.sweep.compare import validate_compare
+
+        validate_compare(spec, cfg)
     try:
         check_manifest(cfg, load_manifest(cfg.data.out_dir))
     except FileNotFoundError as exc:

@@ -8,6 +8,8 @@ The report writes into its folder (default reports/sweeps/<name>/):
   pareto.csv               two objectives: the non-dominated trials
   *.png                    Optuna's matplotlib plots: history, importances, slice, contour, Pareto front
   summary.json             counts by state, best values and params (a DVC metrics file)
+  comparison.md/.json/.png with a `compare:` section (maskvlp.sweep.compare): mean and 95% interval
+                           over seeds per strategy and metric, each claim tested in one sentence
 """
 
 from __future__ import annotations
@@ -271,12 +273,23 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
             writer.writerows(front_rows)
         md += ["", "## Pareto front", "", markdown_table(front_rows, ["number", *params, *objectives])]
     written, notes = plots(study, spec, out)
+    compared = None
+    if spec.compare:
+        from maskvlp.sweep.compare import compare_spec, write_comparison
+
+        compared, result = write_comparison(Path(runs_dir) / name, compare_spec(spec), out)
+        summary["comparison"] = {
+            "claims": [{k: c[k] for k in ("budget", "better", "worse", "metric", "verdict")} for c in result["claims"]]
+        }
+        md += ["", "## Comparison over seeds (comparison.md, comparison.json)", "", compared]
     md += ["", "## Trials", "", markdown_table(rows, columns), ""]
     md += [f"![{p.stem}]({p.name})" for p in written]
     md += [f"- {n}" for n in notes]
     (out / "trials.md").write_text("\n".join(md) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     text = console_table(rows, columns)
+    if compared is not None:
+        text += "\n\n" + compared
     if best is not None:
         text += f"\nbest: trial {best.number} " + " ".join(f"{k}={v:.4f}" for k, v in zip(objectives, best.values))
     return text, out

@@ -1,0 +1,358 @@
+"""Comparisons of strategies over seeds: the sweep file's `compare:` section (sweeps/paper.yaml).
+
+    compare:
+      group: strategy                  # a space key (usually a label): one row / colour per value
+      seeds: train.seed                # the replicates: means with 95% t-intervals over them
+      budget: budget                   # optional space key: each of its values is its own comparison
+      claims: [cluster > random, cluster > none, none > random]   # orderings to test (group values)
+      claim_metrics: [zeroshot/val/top1, retrieval/val/t2i_r1]    # what the sentences are about
+      metrics: [...]                   # optional: table columns (default: every key of the families
+                                       # below that some trial's evaluation wrote)
+
+`maskvlp sweep-report NAME` writes comparison.md, comparison.json and comparison.png next to the
+trials table (one reporting path for every study). Metrics are "higher is better" scores; each claim
+"a > b" is tested per budget and claim metric on the per-seed differences a - b (same seed: same split,
+data order and initialisation), and gets one sentence: the ordering holds, is reversed, or the
+interval contains 0 (cannot be told apart here), with the size of the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maskvlp.stats import Interval, mean_ci, paired_difference, verdict
+from maskvlp.sweepspec import SweepSpecError
+
+# metric families reported by default (regular expressions over evaluation keys)
+DEFAULT_FAMILIES = (
+    r"zeroshot/[^/]+/top1",
+    r"retrieval/[^/]+/(i2t|t2i)_r(1|5)",
+    r"linear_probe/[^/]+/top1",
+    r"composition/[^/]+/(attribute|relation|object)",
+)
+# run-record columns beside the metrics: key -> how to read it from result.json
+RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "images_per_s": ("images_per_s",),
+    "train_flops": ("train_flops",),
+    "samples_seen": ("samples_seen",),
+    "cluster_coverage": ("masking", "mean_cluster_coverage"),
+}
+CLAIM = re.compile(r"^\s*([A-Za-z0-9_.+-]+)\s*>\s*([A-Za-z0-9_.+-]+)\s*$")
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    group: str
+    seeds: str
+    budget: str | None = None
+    claims: tuple[tuple[str, str], ...] = ()
+    claim_metrics: tuple[str, ...] = ()
+    metrics: tuple[str, ...] | None = None
+    group_values: tuple[str, ...] = field(default=(), compare=False)  # in the sweep file's order
+
+
+def compare_spec(spec) -> CompareSpec:
+    """The `compare:` section checked against the space (structure only; `validate_compare` checks
+    the metric names against the params). Raises SweepSpecError naming the key."""
+    raw = spec.compare
+    if not isinstance(raw, dict):
+        raise SweepSpecError("compare: must be a mapping such as {group: strategy, seeds: train.seed}")
+    unknown = set(raw) - {"group", "seeds", "budget", "claims", "claim_metrics", "metrics"}
+    if unknown:
+        raise SweepSpecError(f"compare: unknown key(s) {', '.join(sorted(unknown))}")
+    by_key = {p.key: p for p in spec.space}
+    for key in ("group", "seeds", "budget"):
+        value = raw.get(key)
+        if value is None and key != "budget":
+            raise SweepSpecError(f"compare.{key}: required (a key of space)")
+        if value is not None and value not in by_key:
+            raise SweepSpecError(f"compare.{key}: {value!r} is not a key of space ({', '.join(by_key)})")
+    named = [raw[k] for k in ("group", "seeds", "budget") if raw.get(k) is not None]
+    if len(set(named)) < len(named):
+        raise SweepSpecError("compare: group, seeds and budget must be three different space keys")
+    group = by_key[raw["group"]]
+    values = tuple(str(v) for v in group.choices)
+    if not values:
+        raise SweepSpecError(f"compare.group: space.{group.key} must be categorical (a label or choices)")
+    claims = []
+    for i, text in enumerate(raw.get("claims") or []):
+        m = CLAIM.match(str(text))
+        if not m:
+            raise SweepSpecError(f"compare.claims[{i}]: {text!r} must read 'A > B' with A, B values of {group.key}")
+        for side in m.groups():
+            if side not in values:
+                raise SweepSpecError(
+                    f"compare.claims[{i}]: {side!r} is not a value of {group.key} ({', '.join(values)})"
+                )
+        if m.group(1) == m.group(2):
+            raise SweepSpecError(f"compare.claims[{i}]: compares {m.group(1)!r} with itself")
+        claims.append((m.group(1), m.group(2)))
+    lists = {}
+    for key in ("claim_metrics", "metrics"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise SweepSpecError(f"compare.{key}: must be a list of metric keys, got {value!r}")
+        lists[key] = tuple(value) if value is not None else None
+    if claims and not lists["claim_metrics"]:
+        raise SweepSpecError("compare.claim_metrics: list the metrics the claims are tested on")
+    return CompareSpec(
+        group.key,
+        raw["seeds"],
+        raw.get("budget"),
+        tuple(claims),
+        lists["claim_metrics"] or (),
+        lists["metrics"],
+        values,
+    )
+
+
+def validate_compare(spec, cfg) -> CompareSpec:
+    """compare_spec + every named metric is one evaluation of cfg.eval.datasets produces."""
+    from maskvlp.sweepspec import objective_keys
+
+    cs = compare_spec(spec)
+    known = objective_keys(cfg) | set(RECORD_COLUMNS)
+    for key in ("claim_metrics", "metrics"):
+        for metric in getattr(cs, key) or ():
+            if metric not in known:
+                near = sorted(k for k in known if k.split("/")[-1] == metric.split("/")[-1])[:6]
+                hint = f" (did you mean {', '.join(near)}?)" if near else ""
+                raise SweepSpecError(
+                    f"compare.{key}: {metric!r} is not produced by evaluation of {cfg.eval.datasets}{hint}"
+                )
+    return cs
+
+
+# ------------------------------------------------------------------------------ reading trials
+def _record_value(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = result
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return float(node) if isinstance(node, int | float) and math.isfinite(node) else None
+
+
+def trial_records(study_dir: Path, cs: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One row per complete, evaluated trial: group, budget, seed, metrics (evaluation + record
+    columns); and counts of the trials left out, by reason. A point run twice keeps its last run."""
+    from maskvlp.runs import list_runs
+
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    skipped: dict[str, int] = {}
+    for run in list_runs(study_dir):
+        task_file = run.paths.root / "trial.json"
+        if not task_file.is_file():
+            continue
+        r = run.result
+        if r.get("status") != "complete" or not r.get("eval"):
+            reason = "pruned" if r.get("status") == "pruned" else "not finished"
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        params = json.loads(task_file.read_text())["params"]
+        values = {k: float(v) for k, v in r["eval"].items() if isinstance(v, int | float)}
+        values |= {k: v for k, path in RECORD_COLUMNS.items() if (v := _record_value(r, path)) is not None}
+        row = {
+            "group": str(params.get(cs.group)),
+            "budget": str(params.get(cs.budget)) if cs.budget else "all",
+            "seed": str(params.get(cs.seeds)),
+            "run": str(run.paths.root),
+            "values": values,
+        }
+        found[(row["group"], row["budget"], row["seed"])] = row
+    return list(found.values()), skipped
+
+
+def metric_columns(rows: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
+    if cs.metrics is not None:
+        return list(cs.metrics)
+    keys = {k for r in rows for k in r["values"]}
+    ordered = []
+    for family in DEFAULT_FAMILIES:
+        ordered += sorted(k for k in keys if re.fullmatch(family, k))
+    return list(dict.fromkeys([*cs.claim_metrics, *ordered]))
+
+
+# ------------------------------------------------------------------------------ the comparison
+def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
+    """Means with intervals per (budget, group, column), and every claim tested per budget and claim
+    metric (pure: rows in, plain data out)."""
+    metrics = metric_columns(rows, cs)
+    columns = [*metrics, *(k for k in RECORD_COLUMNS if k not in metrics)]
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    per_seed: dict[tuple[str, str, str], dict[str, float]] = {}
+    for r in rows:
+        for key, value in r["values"].items():
+            per_seed.setdefault((r["budget"], r["group"], key), {})[r["seed"]] = value
+    for b in budgets:
+        table[b] = {}
+        for g in [g for g in cs.group_values if any(r["group"] == g and r["budget"] == b for r in rows)]:
+            cells = {}
+            for key in columns:
+                seeds = per_seed.get((b, g, key), {})
+                if seeds:
+                    cells[key] = mean_ci(list(seeds.values())).to_dict()
+            table[b][g] = cells
+    claims = []
+    for b in budgets:
+        for better, worse in cs.claims:
+            for metric in cs.claim_metrics:
+                a, z = per_seed.get((b, better, metric), {}), per_seed.get((b, worse, metric), {})
+                if not set(a) & set(z):
+                    claims.append(
+                        {"budget": b, "better": better, "worse": worse, "metric": metric, "verdict": "no data"}
+                    )
+                    continue
+                diff = paired_difference(a, z)
+                fa = per_seed.get((b, better, "train_flops"), {})
+                fz = per_seed.get((b, worse, "train_flops"), {})
+                flops_ratio = (sum(fa.values()) / len(fa)) / (sum(fz.values()) / len(fz)) if fa and fz else math.nan
+                claims.append(
+                    {
+                        "budget": b,
+                        "better": better,
+                        "worse": worse,
+                        "metric": metric,
+                        "difference": diff.to_dict(),
+                        "verdict": verdict(diff),
+                        "flops_ratio": flops_ratio,
+                    }
+                )
+    for c in claims:
+        c["sentence"] = sentence(c, cs)
+    return {
+        "group": cs.group,
+        "budget_key": cs.budget,
+        "seeds_key": cs.seeds,
+        "budgets": budgets,
+        "columns": columns,
+        "table": table,
+        "claims": claims,
+        "seeds": sorted({r["seed"] for r in rows}),
+    }
+
+
+def sentence(c: dict[str, Any], cs: CompareSpec) -> str:
+    """One sentence per claim: whether `better > worse` holds on the metric, by how much."""
+    where = f"{cs.budget} = {c['budget']}" if cs.budget else "all trials"
+    head = f"{where}, {c['metric']}: "
+    if c["verdict"] == "no data":
+        return head + f"no seed has both {c['better']} and {c['worse']} finished, so nothing can be said."
+    d = Interval(**c["difference"])
+    cost = f" at {c['flops_ratio']:.2f}x its training FLOPs" if math.isfinite(c.get("flops_ratio", math.nan)) else ""
+    size = f"{c['better']} - {c['worse']} = {d.mean:+.4f}"
+    if not d.has_interval:
+        return head + f"{size}{cost} on a single seed: no interval, so no claim."
+    ci = f"[{d.low:+.4f}, {d.high:+.4f}] (95% paired t-interval over {d.n} seeds)"
+    if c["verdict"] == "holds":
+        return head + f"{c['better']} > {c['worse']} holds: {size} {ci}{cost}."
+    if c["verdict"] == "reversed":
+        return head + f"{c['better']} > {c['worse']} is reversed: {size} {ci}{cost}."
+    return head + f"{c['better']} and {c['worse']} cannot be told apart: {size} {ci} contains 0{cost}."
+
+
+# ------------------------------------------------------------------------------ outputs
+def _cell(cell: dict[str, Any] | None, key: str) -> str:
+    if not cell:
+        return "-"
+    scale, fmt = (
+        (1e12, "{:.2f}")
+        if key == "train_flops"
+        else (1.0, "{:.0f}" if key in ("images_per_s", "samples_seen") else "{:.3f}")
+    )
+    mean = fmt.format(cell["mean"] / scale)
+    if not math.isfinite(cell["low"]):
+        return mean
+    return f"{mean} ± {fmt.format((cell['high'] - cell['low']) / 2 / scale)}"
+
+
+def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
+    n = len(result["seeds"])
+    lines = [
+        f"Mean ± half-width of the 95% t-interval over seeds ({n} seeds: {', '.join(result['seeds'])}); "
+        "train_flops in TFLOPs (masking-aware, docs/records.md); images_per_s measured in each run.",
+        "",
+    ]
+    for b in result["budgets"]:
+        if cs.budget:
+            lines += [f"### {cs.budget} = {b}", ""]
+        cols = result["columns"]
+        lines.append(f"| {cs.group} | seeds | " + " | ".join(cols) + " |")
+        lines.append("|---|---:|" + "---:|" * len(cols))
+        for g, cells in result["table"][b].items():
+            seeds = max((c["n"] for c in cells.values()), default=0)
+            lines.append(f"| {g} | {seeds} | " + " | ".join(_cell(cells.get(k), k) for k in cols) + " |")
+        lines.append("")
+    if result["claims"]:
+        lines += ["### The paper's ordering, tested", ""]
+        lines += [f"- {c['sentence']}" for c in result["claims"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
+    """Claim metric (or the first column) vs training FLOPs: one colour per group, one marker per
+    budget, 95% intervals as error bars (both axes: FLOPs vary little over seeds, images do not)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(cs.claim_metrics) or result["columns"][:1]
+    if not metrics or not result["budgets"]:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    colours = {g: f"C{i}" for i, g in enumerate(cs.group_values)}
+    markers = dict(zip(result["budgets"], "osD^v<>"))
+    for ax, metric in zip(axes[0], metrics):
+        for b in result["budgets"]:
+            for g, cells in result["table"][b].items():
+                y, x = cells.get(metric), cells.get("train_flops")
+                if not y or not x:
+                    continue
+
+                def err(c):
+                    return 0.0 if not math.isfinite(c["low"]) else (c["high"] - c["low"]) / 2
+
+                ax.errorbar(
+                    x["mean"],
+                    y["mean"],
+                    yerr=err(y),
+                    xerr=err(x),
+                    fmt=markers[b],
+                    color=colours[g],
+                    capsize=3,
+                    label=f"{g}" + (f" ({b})" if cs.budget else ""),
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (masking-aware)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{cs.group} vs compute: mean and 95% interval over {len(result['seeds'])} seeds", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_comparison(study_dir: Path, cs: CompareSpec, out: Path) -> tuple[str, dict[str, Any]]:
+    """comparison.json, comparison.md and comparison.png in `out`; returns (Markdown, result)."""
+    rows, skipped = trial_records(study_dir, cs)
+    result = compare(rows, cs)
+    result["skipped"] = skipped
+    text = markdown(result, cs)
+    if skipped:
+        text += "\nLeft out: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) + ".\n"
+    out.mkdir(parents=True, exist_ok=True)
+    png = figure(result, cs, out / "comparison.png")
+    if png is not None:
+        text += f"\n![metric vs compute]({png.name})\n"
+    (out / "comparison.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "comparison.md").write_text(f"# Comparison: study `{study_dir.name}`\n\n" + text)
+    return text, result
