@@ -13,7 +13,7 @@ import yaml
 
 from maskvlp.cli import main
 from maskvlp.config import load_config
-from maskvlp.data.shards import load_manifest, shard, shard_paths
+from maskvlp.data.shards import shard, shard_paths
 from maskvlp.stats import mean_ci
 
 from .test_idx import _fake_fashion
@@ -139,7 +139,12 @@ def test_tiny_comparison_study_reports_means_intervals_claims_and_a_plot(tmp_pat
         "name": "tinypaper",
         "base": base,
         "space": {
-            "strategy": {"choices": {"none": {"masking.strategy": "none"}, "random": {"masking.strategy": "random", "masking.ratio": 0.75}}},
+            "strategy": {
+                "choices": {
+                    "none": {"masking.strategy": "none"},
+                    "random": {"masking.strategy": "random", "masking.ratio": 0.75},
+                }
+            },
             "train.seed": {"type": "categorical", "choices": [0, 1]},
         },
         "objectives": [{"metric": "zeroshot/val/top1", "direction": "maximize"}],

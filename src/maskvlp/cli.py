@@ -15,6 +15,7 @@ EPILOG = """\
 Every stage reads params.yaml (sections: seed, data, model, masking, train, eval, launcher) and
 takes repeatable overrides, validated before any work starts:
   maskvlp shard --set data.source=emoji --set data.image_size=96
+  maskvlp shard --set data.preset=real       (real images from Debian packages: README "Real data")
 Run the whole pipeline with `dvc repro`; see README.md."""
 
 
@@ -291,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "shard",
         help="write image-caption pairs into webdataset shards (DVC stage `shard`)",
-        description="Read the source named by data.source (synthetic | emoji | folder | shards), skip and count "
+        description="Read the source named by data.source (synthetic | emoji | openclipart | mix | folder | "
+        "shards; null = from data.preset: synthetic, or real = Debian's clip art + emoji), skip and count "
         "unusable inputs, resize and re-encode images, split train/val by seed, and write "
         "data.out_dir/{train,val}-NNNNNN.tar plus manifest.json.",
     )
@@ -417,10 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sweep-report",
-        help="a sweep's report: table, CSV, Markdown, best params file and plots",
+        help="a sweep's report: table, CSV, Markdown, best params file, plots; comparison over seeds",
         description="One row per trial (number, state, params, objectives, duration, job) to the console, "
         "trials.csv and trials.md; best_params.yaml; Optuna's plots (history, importances, slice, contour, "
-        "intermediate values, Pareto front for two objectives) as PNG.",
+        "intermediate values, Pareto front for two objectives) as PNG. With a `compare:` section in the "
+        "sweep file (sweeps/paper.yaml): comparison.md / .json / .png, the mean and 95% t-interval over "
+        "seeds of every metric per strategy and budget, images/s and FLOPs, and one sentence per claim "
+        "saying whether its ordering holds, is reversed, or cannot be told apart (docs/paper-study.md).",
     )
     p.add_argument("name", metavar="NAME", help="the study name")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")

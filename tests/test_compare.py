@@ -1,0 +1,124 @@
+"""The sweep file's `compare:` section: refused when malformed, and `compare()` over hand-made run rows
+(pure: rows in, numbers and sentences out)."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskvlp.stats import mean_ci
+from maskvlp.sweep.compare import compare, compare_spec, markdown, validate_compare
+from maskvlp.sweepspec import SweepSpecError, parse, validate
+
+SPACE = {
+    "strategy": {"choices": {"none": {"masking.strategy": "none"}, "random": {"masking.strategy": "random"}}},
+    "budget": {"choices": {"samples": {"train.compute_samples": 0}, "compute": {"train.compute_samples": 500}}},
+    "train.seed": {"type": "categorical", "choices": [0, 1, 2]},
+}
+
+
+def spec_with(compare_section):
+    raw = {
+        "name": "cmp",
+        "space": SPACE,
+        "objectives": [{"metric": "zeroshot/val/top1"}],
+        "sampler": {"name": "grid"},
+        "pruner": {"name": "none"},
+        "compare": compare_section,
+    }
+    return parse(raw)
+
+
+GOOD = {
+    "group": "strategy",
+    "seeds": "train.seed",
+    "budget": "budget",
+    "claims": ["none > random"],
+    "claim_metrics": ["zeroshot/val/top1"],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"group": "model"}, "compare.group: 'model' is not a key of space"),
+        ({"seeds": None}, "compare.seeds: required"),
+        ({"budget": "strategy"}, "three different space keys"),
+        ({"claims": ["none >> random"]}, "must read 'A > B'"),
+        ({"claims": ["cluster > random"]}, "'cluster' is not a value of strategy"),
+        ({"claims": ["none > none"]}, "with itself"),
+        ({"claim_metrics": None}, "compare.claim_metrics: list the metrics"),
+        ({"metrics": "zeroshot/val/top1"}, "must be a list of metric keys"),
+        ({"colour": "red"}, "unknown key"),
+    ],
+)
+def test_a_malformed_compare_section_is_refused_at_parse_time(change, message):
+    with pytest.raises(SweepSpecError, match=message):
+        spec_with({**GOOD, **change})
+
+
+def test_compare_metrics_are_checked_against_what_evaluation_produces():
+    spec = spec_with({**GOOD, "claim_metrics": ["zeroshot/vall/top1"]})
+    cfg = validate(spec, "params.yaml")
+    with pytest.raises(SweepSpecError, match="did you mean.*zeroshot/val/top1"):
+        validate_compare(spec, cfg)
+    assert validate_compare(spec_with(GOOD), cfg).claims == (("none", "random"),)
+
+
+def _rows(values):
+    """values: {(strategy, budget): [per-seed metric]} -> rows as trial_records returns them."""
+    rows = []
+    for (strategy, budget), xs in values.items():
+        for seed, x in enumerate(xs):
+            flops = 1e12 if strategy == "none" or budget == "compute" else 0.6e12
+            rows.append(
+                {
+                    "group": strategy,
+                    "budget": budget,
+                    "seed": str(seed),
+                    "run": f"r-{strategy}-{budget}-{seed}",
+                    "values": {"zeroshot/val/top1": x, "train_flops": flops, "images_per_s": 100.0 + seed},
+                }
+            )
+    return rows
+
+
+def test_claims_hold_reverse_or_overlap_with_their_size_in_one_sentence():
+    cs = compare_spec(spec_with(GOOD))
+    rows = _rows(
+        {
+            ("none", "samples"): [0.50, 0.60, 0.70],
+            ("random", "samples"): [0.45, 0.56, 0.64],  # steadily 0.05 lower: holds
+            ("none", "compute"): [0.50, 0.60, 0.70],
+            ("random", "compute"): [0.55, 0.64, 0.745],  # higher at equal compute: reversed
+        }
+    )
+    result = compare(rows, cs)
+    assert result["budgets"] == ["samples", "compute"] and result["seeds"] == ["0", "1", "2"]
+    cell = result["table"]["samples"]["random"]["zeroshot/val/top1"]
+    want = mean_ci([0.45, 0.56, 0.64])
+    assert cell["mean"] == pytest.approx(want.mean) and cell["high"] == pytest.approx(want.high)
+    by_budget = {c["budget"]: c for c in result["claims"]}
+    assert by_budget["samples"]["verdict"] == "holds"
+    assert by_budget["samples"]["difference"]["mean"] == pytest.approx(0.05)
+    assert by_budget["samples"]["flops_ratio"] == pytest.approx(1 / 0.6)
+    assert "none > random holds: none - random = +0.0500" in by_budget["samples"]["sentence"]
+    assert "budget = samples, zeroshot/val/top1" in by_budget["samples"]["sentence"]
+    assert by_budget["compute"]["verdict"] == "reversed" and "is reversed" in by_budget["compute"]["sentence"]
+    md = markdown(result, cs)
+    assert "### budget = samples" in md and "| random | 3 |" in md and "0.550 ± " in md
+
+    noisy = _rows({("none", "samples"): [0.5, 0.7, 0.6], ("random", "samples"): [0.6, 0.5, 0.65]})
+    (claim,) = compare(noisy, cs)["claims"]
+    assert (
+        claim["verdict"] == "overlap"
+        and "cannot be told apart" in claim["sentence"]
+        and "contains 0" in claim["sentence"]
+    )
+
+
+def test_one_seed_or_a_missing_strategy_makes_no_claim():
+    cs = compare_spec(spec_with(GOOD))
+    (single,) = compare(_rows({("none", "samples"): [0.5], ("random", "samples"): [0.4]}), cs)["claims"]
+    assert single["verdict"] == "no interval" and "no claim" in single["sentence"]
+    (missing,) = compare(_rows({("none", "samples"): [0.5, 0.6]}), cs)["claims"]
+    assert missing["verdict"] == "no data" and "nothing can be said" in missing["sentence"]
