@@ -196,3 +196,27 @@ def test_tiny_comparison_study_reports_means_intervals_claims_and_a_plot(tmp_pat
     assert all(c["sentence"] in md for c in claims)
     assert (report / "comparison.png").stat().st_size > 10_000
     assert "## Comparison over seeds" in (report / "trials.md").read_text()
+
+
+OPENCLIPART = Path("/usr/share/openclipart/svg")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not (OPENCLIPART.is_dir() and FASHION.is_dir()),
+    reason="needs Debian's openclipart-svg and dataset-fashion-mnist (installed by .ci/run)",
+)
+def test_the_installed_packages_read_as_documented():
+    """The real packages, as .ci/run installs them: 113 leaf categories with >= 10 drawings, the
+    Fashion-MNIST splits of 60,000 / 10,000 28x28 images, and a rendering of one drawing per category."""
+    from maskvlp.data import fashion_mnist as fm
+    from maskvlp.data.sources import OpenClipartSource
+
+    cfg = load_config("params.yaml", ["data.preset=real", "data.openclipart.max_per_class=1", "data.val_fraction=0"])
+    source = OpenClipartSource(cfg)
+    assert len(source.classes) == 113 and len(source.plan) == 113
+    rendered = [source.load(item) for item in source.plan[:20]]
+    assert sum(not hasattr(r, "reason") for r in rendered) >= 15  # a few drawings are blank or refused
+    for split, count in (("train", 60_000), ("test", 10_000)):
+        images, labels = fm.load_split(FASHION, split)
+        assert images.shape == (count, 28, 28) and sorted(set(labels.tolist())) == list(range(10))

@@ -164,3 +164,33 @@ def test_a_sweep_is_a_dvc_stage_of_its_own_pipeline(repo, tool_env):
     assert (repo / "reports/sweeps/masking/best_params.yaml").is_file()
     again = run(["dvc", "repro", "sweeps/dvc.yaml:masking"], repo, tool_env)
     assert "Running stage" not in again  # nothing changed: nothing re-runs
+
+
+def test_dvc_exp_run_selects_the_real_preset(repo, tool_env, tmp_path_factory):
+    """`dvc exp run -S data.preset=real`: the same pipeline shards the clip-art + emoji mix and evaluates
+    on OpenClipart val, emoji and Fashion-MNIST (small copies the test writes, in place of the packages)."""
+    from .test_idx import _fake_fashion
+    from .test_paper_study import clipart_tree
+
+    data = tmp_path_factory.mktemp("real-data")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["openclipart"].update(root=str(clipart_tree(data / "svg", per_class=10)), min_per_class=5)
+    params["data"]["emoji"].update(max_emoji=20, samples_per_emoji=2)
+    params["data"]["val_fraction"] = 0.3
+    params["eval"].update(fashion_mnist_dir=str(_fake_fashion(data / "fm", n=30)), fashion_mnist_samples=20)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "small real data"], repo, tool_env)
+    out = run(["dvc", "exp", "run", "-S", "data.preset=real"], repo, tool_env)
+    assert all(f"Running stage '{s}'" in out for s in ("shard", "pretrain", "evaluate"))
+    manifest = json.loads((repo / "data/shards/manifest.json").read_text())
+    assert manifest["source"]["kind"] == "mix" and manifest["source"]["classes"] == ["birds", "fruit", "flowers"]
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert {
+        "retrieval/val/t2i_r1",
+        "zeroshot/val/top1",
+        "zeroshot/emoji/top1",
+        "composition/emoji/relation",
+        "zeroshot/fashion-mnist/top1",
+        "linear_probe/fashion-mnist/top1",
+    } <= set(metrics)
+    assert not any(k.startswith("zeroshot/objects") for k in metrics)  # the synthetic preset's set is gone
