@@ -134,3 +134,19 @@ def test_unique_pairs_limits_training_to_the_first_n_pairs_of_the_shards(shards,
     with pytest.raises(ShardError, match="exceeds the"):
         first_pairs(shards, "train", 10_000)
     assert first_pairs(shards, "train", 0) == ()
+
+
+def test_normalize_builds_its_mean_and_std_once_per_device():
+    """A per-batch torch.tensor(..., device=cuda) is a blocking copy: the constants are built once."""
+    from maskvlp.config import CLIP_MEAN, CLIP_STD
+    from maskvlp.data.transforms import _mean_std, normalize
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    want = (images.float() - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255) / (
+        torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255
+    )
+    first = normalize(images, CLIP_MEAN, CLIP_STD)
+    misses = _mean_std.cache_info().misses
+    again = normalize(images, list(CLIP_MEAN), list(CLIP_STD))  # equal values from another list: the same entry
+    assert _mean_std.cache_info().misses == misses
+    assert torch.equal(first, want) and torch.equal(again, want)

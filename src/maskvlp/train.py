@@ -335,7 +335,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     if step >= budget.masked_steps:  # resumed inside the unmasked tuning phase
         enter_tuning(s)
     else:
-        s.batches = iter(train_loader(spec, share.loader_workers, start_step=step * t.accum_steps))
+        s.batches = iter(train_loader(spec, share.loader_workers, step * t.accum_steps, device.type == "cuda"))
     return s
 
 
@@ -358,12 +358,12 @@ def enter_tuning(s: Session) -> None:
     tuning_batch = t.unmasked_tuning_batch_size or t.batch_size
     if tuning_batch == t.batch_size:
         if s.batches is None:
-            s.batches = iter(train_loader(s.spec, s.loader_workers, start_step=s.step * t.accum_steps))
+            s.batches = iter(train_loader(s.spec, s.loader_workers, s.step * t.accum_steps, s.device.type == "cuda"))
         return
     s.batches = None  # shut the masked phase's workers down before the next ones start
     spec = replace(s.spec, batch_size=tuning_batch, seed=s.spec.seed + TUNING_STREAM_SEED)
     start = (s.step - s.budget.masked_steps) * t.accum_steps
-    s.batches = iter(train_loader(spec, s.loader_workers, start_step=start))
+    s.batches = iter(train_loader(spec, s.loader_workers, start, s.device.type == "cuda"))
 
 
 @dataclass
@@ -487,7 +487,10 @@ def pretrain(
         status, started = "complete", time.perf_counter()
         try:
             while s.step < s.budget.total_steps:
-                if any_rank(stop.requested, s.device):
+                # a stop request (SIGTERM, preemption) is agreed on by all ranks; with several ranks that
+                # is an all-reduce + host sync, so it is asked every log_every_steps steps, not every step
+                check = s.env.world_size == 1 or s.step % cfg.train.log_every_steps == 0
+                if check and any_rank(stop.requested, s.device):
                     status = "stopped"
                     break
                 log.after_step(s, train_step(s))

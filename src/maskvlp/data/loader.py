@@ -211,9 +211,10 @@ def eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def train_loader(spec: StreamSpec, num_workers: int, start_step: int = 0) -> DataLoader:
+def train_loader(spec: StreamSpec, num_workers: int, start_step: int = 0, pin_memory: bool = False) -> DataLoader:
     """Batches in an order fixed by `spec` alone (its `streams` included), decoded by `num_workers`
-    processes (0 = the main process; otherwise a divisor of `spec.streams`)."""
+    processes (0 = the main process; otherwise a divisor of `spec.streams`). `pin_memory` (for a CUDA
+    device) makes the step's `non_blocking` copies asynchronous instead of staged and synchronous."""
     if num_workers and spec.streams % num_workers:
         raise ValueError(f"{num_workers} loader workers cannot share {spec.streams} logical streams evenly")
     return DataLoader(
@@ -222,6 +223,7 @@ def train_loader(spec: StreamSpec, num_workers: int, start_step: int = 0) -> Dat
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
+        pin_memory=pin_memory,
     )
 
 

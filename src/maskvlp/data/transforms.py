@@ -7,6 +7,7 @@ crops and resizes in one Pillow call (`resize(box=...)`); normalisation happens 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import random
@@ -80,8 +81,18 @@ def train_image(
     return to_uint8_tensor(img)
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_std(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std in 0..255 units on `device`, built once: a fresh `torch.tensor(...,
+    device=cuda)` per batch is a blocking host-to-device copy."""
+    m = (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0).to(device)
+    s = (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0).to(device)
+    return m, s
+
+
 def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float (B, 3, H, W) normalised with per-channel mean/std (in [0, 1] units)."""
-    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    m, s = _mean_std(tuple(mean), tuple(std), images.device)
     return (images.float() - m) / s
