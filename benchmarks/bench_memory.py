@@ -2,9 +2,11 @@
 
     python benchmarks/bench_memory.py             # tiny (64 px / 8) and S (224 px / 16) on CPU, ~4 min
     python benchmarks/bench_memory.py --quick     # tiny only
-    python benchmarks/bench_memory.py --device cuda   # on a GPU: peak allocated memory instead of RSS
+    python benchmarks/bench_memory.py --device cuda   # on a GPU: B (ViT-B/16 + 12 x 512 text, 77 tokens),
+                                                      # peak allocated memory instead of RSS, bf16 autocast
 
-Each measurement is a fresh process (so the peak is its own): build maskvlp's CLIP and AdamW, then
+Each measurement on the CPU is a fresh process (so the peak RSS is its own; on a GPU the allocator's
+peak is reset in one process): build maskvlp's CLIP and AdamW, then
 one full training step at batch B (random mask at the ratio via masking.compute_mask, forward,
 symmetric contrastive loss, backward, AdamW step) on random inputs, fp32 on CPU. Reported: the peak
 resident set size (ru_maxrss) on CPU, or torch.cuda.max_memory_allocated on GPU. Per ratio, peak
@@ -25,6 +27,7 @@ import sys
 CONFIGS = {
     "tiny": ("tiny", "tiny", 64, 8, 128, 32, (256, 512, 1024)),
     "S": ("S", "S", 224, 16, 384, 32, (32, 64, 128)),
+    "B": ("B", "B", 224, 16, 512, 77, (128, 256, 512)),  # the GPU setup (ViT-B/16 + 12 x 512 text, 77 tokens)
 }
 RATIOS = (0.0, 0.5, 0.75)
 BUDGETS_GIB = (4, 8, 16, 64)
@@ -61,6 +64,25 @@ def one_step(name: str, ratio: float, batch: int, device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # KiB on Linux
 
 
+def peak_of(name: str, ratio: float, batch: int, device: str) -> float:
+    """Peak memory of one step: in a fresh process on the CPU (RSS is per process), in this one on a GPU
+    (the allocator's peak, reset before and the cache emptied after)."""
+    if not device.startswith("cuda"):
+        cmd = [sys.executable, __file__, "--device", device, "--_one", name, str(ratio), str(batch)]
+        return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    peak = one_step(name, ratio, batch, "cuda")
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
+
+
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     """Least-squares line through (batch, bytes): (fixed, per_sample)."""
     n = len(points)
@@ -73,6 +95,9 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny only")
+    parser.add_argument(
+        "--configs", nargs="+", choices=tuple(CONFIGS), default=None, help="default: tiny S on CPU, B on CUDA"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default="", help="also write the measurements here")
     parser.add_argument("--_one", nargs=3, metavar=("NAME", "RATIO", "BATCH"), help=argparse.SUPPRESS)
@@ -81,7 +106,13 @@ def main() -> int:
         name, ratio, batch = args._one
         print(one_step(name, float(ratio), int(batch), args.device))
         return 0
-    names = ["tiny"] if args.quick else list(CONFIGS)
+    cuda = args.device.startswith("cuda")
+    names = ["tiny"] if args.quick else args.configs or (["B"] if cuda else ["tiny", "S"])
+    budgets = BUDGETS_GIB
+    if cuda:  # the card's own memory and an 80 GiB card's
+        import torch
+
+        budgets = (80, int(torch.cuda.get_device_properties(0).total_memory / 2**30))
     out = {}
     for name in names:
         vision, text, image, patch, embed, context, batches = CONFIGS[name]
@@ -90,17 +121,16 @@ def main() -> int:
             f"\n## {name}: vision {vision}, text {text}, {image} px / {patch} ({(image // patch) ** 2} patches), {label}"
         )
         header = "| mask | " + " | ".join(f"B={b}" for b in batches) + " | fixed | per sample | "
-        print(header + " | ".join(f"max B @ {g} GiB" for g in BUDGETS_GIB) + " |")
-        print("|---" * (3 + len(batches) + len(BUDGETS_GIB)) + "|")
+        print(header + " | ".join(f"max B @ {g} GiB" for g in budgets) + " |")
+        print("|---" * (3 + len(batches) + len(budgets)) + "|")
         base_per_sample = None
         for ratio in RATIOS:
             points = []
             for b in batches:
-                cmd = [sys.executable, __file__, "--device", args.device, "--_one", name, str(ratio), str(b)]
-                points.append((b, float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)))
+                points.append((b, peak_of(name, ratio, b, args.device)))
             fixed, per = fit(points)
             base_per_sample = base_per_sample or per
-            fits = [max(0, int((g * 2**30 - fixed) / per)) for g in BUDGETS_GIB]
+            fits = [max(0, int((g * 2**30 - fixed) / per)) for g in budgets]
             out[f"{name}/{ratio}"] = {"points": points, "fixed": fixed, "per_sample": per, "max_batch": fits}
             cells = " | ".join(f"{m / 2**30:.2f} GiB" for _, m in points)
             print(

@@ -71,6 +71,7 @@ class Row:
     state_bytes: int = 0
     peak_bytes: int = 0
     times: list[float] | None = None
+    error: str = ""
 
     @property
     def key(self) -> tuple:
@@ -85,6 +86,20 @@ def inputs(batch: int, image: int, context: int, device: torch.device) -> tuple[
     tokens[torch.arange(batch), eot] = EOT
     tokens[torch.arange(context)[None, :] > eot[:, None]] = 0
     return images.to(device), tokens.to(device)
+
+
+COMPILE_MODES = {"eager": None, "compiled": "default", "compiled-cg": "reduce-overhead"}
+
+
+def compiled(model: torch.nn.Module, mode: str):
+    """The model as the row runs it: eager, torch.compile, or torch.compile with CUDA graphs (reduce-overhead:
+    one graph replay per forward and per backward instead of ~a thousand kernel launches)."""
+    return model if COMPILE_MODES[mode] is None else torch.compile(model, mode=COMPILE_MODES[mode])
+
+
+def begin_step(mode: str) -> None:
+    if mode == "compiled-cg":  # a new iteration: the graphs' output buffers of the last one may be reused
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -103,13 +118,14 @@ def maskvlp_row(cfg: dict, strategy: str, ratio: float, mode: str, tower: str, d
     model = CLIP(cfg["vision"], cfg["text"], cfg["image"], cfg["patch"], cfg["embed"], cfg["context"]).to(device)
     model.train()
     opt = make_optimizer(model, device)
-    run = torch.compile(model) if mode == "compiled" else model
+    # the image-tower rows compile the tower itself (a compiled model's .visual is the eager submodule)
+    run = compiled(model.visual if tower == "image" else model, mode)
     k = MaskingConfig(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
     gen = torch.Generator(device=device).manual_seed(0)
-    grid = model.visual.num_patches
     fixed_text = torch.nn.functional.normalize(torch.randn(len(tokens), cfg["embed"], device=device), dim=-1)
 
     def step() -> None:
+        begin_step(mode)
         images = normalize(images_u8, CLIP_MEAN, CLIP_STD)
         keep = None
         if strategy != "none":
@@ -117,7 +133,7 @@ def maskvlp_row(cfg: dict, strategy: str, ratio: float, mode: str, tower: str, d
                 keep = compute_mask(images, k, cfg["patch"], gen).keep_idx
         with autocast():
             if tower == "image":
-                feats = torch.nn.functional.normalize(run.visual(images, keep), dim=-1)
+                feats = torch.nn.functional.normalize(run(images, keep), dim=-1)
                 loss = clip_loss(feats, fixed_text, model.logit_scale.exp())
             else:
                 loss = clip_loss(*run(images, tokens, keep))
@@ -125,10 +141,16 @@ def maskvlp_row(cfg: dict, strategy: str, ratio: float, mode: str, tower: str, d
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    flops = step_flops(model, cfg, strategy, ratio, tower, len(tokens))
+    return Row("maskvlp", strategy, ratio, mode, tower, step, flops, state_bytes(model))
+
+
+def step_flops(model: CLIP, cfg: dict, strategy: str, ratio: float, tower: str, batch: int) -> float:
+    """Training FLOPs of one step (docs/records.md): kept tokens through the tower(s), plus the mask's cost."""
+    grid = model.visual.num_patches
     kept = grid if strategy == "none" else num_keep(grid, ratio)
     towers = model.train_flops_per_sample(kept) if tower == "both" else vision_flops(model, kept)
-    per_sample = towers + mask_flops_per_image(strategy, grid, cfg["patch"], ANCHOR_RATIO)
-    return Row("maskvlp", strategy, ratio, mode, tower, step, per_sample * len(tokens), state_bytes(model))
+    return batch * (towers + mask_flops_per_image(strategy, grid, cfg["patch"], ANCHOR_RATIO))
 
 
 def vision_flops(model: CLIP, kept: int) -> float:
@@ -152,15 +174,16 @@ def open_clip_row(cfg: dict, ratio: float, mode: str, tower: str, device, autoca
     model = open_clip_model(cfg["vision"], cfg["text"], cfg["image"], cfg["patch"], cfg["embed"], cfg["context"], ratio)
     model = model.to(device).train()
     opt = make_optimizer(model, device)
-    run = torch.compile(model) if mode == "compiled" else model
+    run = compiled(model.visual if tower == "image" else model, mode)  # encode_image is model.visual + normalize
     loss_fn = ClipLoss()
     fixed_text = torch.nn.functional.normalize(torch.randn(len(tokens), cfg["embed"], device=device), dim=-1)
 
     def step() -> None:
+        begin_step(mode)
         images = normalize(images_u8, CLIP_MEAN, CLIP_STD)
         with autocast():
             if tower == "image":
-                feats = torch.nn.functional.normalize(run.encode_image(images), dim=-1)
+                feats = torch.nn.functional.normalize(run(images), dim=-1)
                 loss = loss_fn(feats, fixed_text, model.logit_scale.exp())
             else:
                 loss = loss_fn(*run(images, tokens)[:3])
@@ -204,46 +227,97 @@ def timed(row: Row, device: torch.device) -> float:
     return begin.elapsed_time(end) / 1e3
 
 
-def build_rows(args, cfg: dict, device, autocast, data) -> list[Row]:
-    rows: list[Row] = []
-    towers = ["both", "image"] if args.image_tower else ["both"]
-    with_open_clip = not args.no_open_clip
-    if with_open_clip:
-        try:
-            import open_clip  # noqa: F401
-        except ImportError:
-            with_open_clip = False
+def row_keys(args) -> list[tuple]:
+    """(impl, strategy, ratio, mode, tower) of every row: `--rows` as given (in that order), else the grid
+    of --modes x towers x CASES within --ratios / --compiled-ratios, open_clip beside each non-cluster row."""
+    if args.rows:
+        keys = []
+        for spec in args.rows:
+            impl, strategy, ratio, mode, tower = spec.split(":")
+            if impl not in ("maskvlp", "open_clip") or mode not in COMPILE_MODES or tower not in ("both", "image"):
+                raise SystemExit(
+                    f"--rows {spec}: expected impl:strategy:ratio:mode:tower, e.g. maskvlp:random:0.5:compiled:both"
+                )
+            if (strategy, float(ratio)) not in CASES or (impl == "open_clip" and strategy == "cluster"):
+                raise SystemExit(f"--rows {spec}: no such case (cases: {CASES}; open_clip has no cluster masking)")
+            keys.append((impl, strategy, float(ratio), mode, tower))
+        return keys
+    keys = []
     for mode in args.modes:
-        for tower in towers:
+        for tower in ["both", "image"] if args.image_tower else ["both"]:
+            if tower == "image" and mode not in args.image_tower_modes:
+                continue
             for strategy, ratio in CASES:
                 if ratio not in args.ratios and strategy != "none":
                     continue
-                rows.append(maskvlp_row(cfg, strategy, ratio, mode, tower, device, autocast, data))
-                if with_open_clip and strategy != "cluster":
-                    rows.append(open_clip_row(cfg, ratio, mode, tower, device, autocast, data, rows[-1].flops))
+                if mode != "eager" and args.compiled_ratios is not None and ratio not in args.compiled_ratios:
+                    continue  # each compiled row costs a compilation (~a minute for B)
+                keys.append(("maskvlp", strategy, ratio, mode, tower))
+                if strategy != "cluster":
+                    keys.append(("open_clip", strategy, ratio, mode, tower))
+    return keys
+
+
+def build_rows(args, cfg: dict, device, autocast, data) -> list[Row]:
+    try:
+        import open_clip  # noqa: F401
+
+        with_open_clip = not args.no_open_clip
+    except ImportError:
+        with_open_clip = False
+    rows: list[Row] = []
+    for impl, strategy, ratio, mode, tower in row_keys(args):
+        if impl == "maskvlp":
+            rows.append(maskvlp_row(cfg, strategy, ratio, mode, tower, device, autocast, data))
+        elif with_open_clip:  # the same FLOPs as maskvlp's row: the same kept tokens through the same shapes
+            with torch.device("meta"):
+                shape = CLIP(cfg["vision"], cfg["text"], cfg["image"], cfg["patch"], cfg["embed"], cfg["context"])
+            flops = step_flops(shape, cfg, strategy, ratio, tower, cfg["batch"])
+            rows.append(open_clip_row(cfg, ratio, mode, tower, device, autocast, data, flops))
     return rows
 
 
-def measure(rows: list[Row], steps: int, warmup: int, device: torch.device) -> None:
+def measure(rows: list[Row], steps: int, warmup: int, device: torch.device, budget_s: float = 0) -> list[Row]:
+    """Warm every row up (a row that fails, e.g. a compilation error or out of memory, is reported and
+    left out; with `budget_s`, rows not yet warmed up when that many seconds have passed are left out too),
+    then time the rest in interleaved rounds. Returns the rows that ran."""
+    ok = []
+    began = time.perf_counter()
     for row in rows:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            before = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(warmup):
-            row.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            row.peak_bytes = torch.cuda.max_memory_allocated(device) - before + row.state_bytes
+        start = time.perf_counter()
+        if budget_s and start - began > budget_s:
+            row.error = f"skipped: the warm-up budget (--time-budget {budget_s:g} s) was spent"
+            print(f"# {row.error}: {' '.join(map(str, row.key))}", flush=True)
+            continue
+        try:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                before = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(warmup):
+                row.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                row.peak_bytes = torch.cuda.max_memory_allocated(device) - before + row.state_bytes
+        except Exception as exc:  # noqa: BLE001 (one row's failure must not lose the table)
+            row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            print(f"# warm-up FAILED {' '.join(map(str, row.key))}: {row.error}", flush=True)
+            row.step = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        print(f"# warmed up {' '.join(map(str, row.key))} in {time.perf_counter() - start:.1f} s", flush=True)
         row.times = []
+        ok.append(row)
     for i in range(steps):
-        for row in rows if i % 2 == 0 else rows[::-1]:
+        for row in ok if i % 2 == 0 else ok[::-1]:
             row.times.append(timed(row, device))
+    return ok
 
 
 def table(rows: list[Row], batch: int, peak: float, datasheet: float | None) -> tuple[str, list[dict]]:
     out, records = [], []
-    head = f"{'impl':<10}{'mask':<14}{'mode':<9}{'tower':<7}{'img/s':>10}{'ms/step':>9}{'MFU':>7}"
+    head = f"{'impl':<10}{'mask':<14}{'mode':<13}{'tower':<7}{'img/s':>10}{'ms/step':>9}{'MFU':>7}"
     head += f"{'MFU ds':>8}{'peak GiB':>10}{'vs oc':>8}{'vs r=0':>8}{'vs rand':>9}"
     out.append(head)
     by_key = {r.key: r for r in rows}
@@ -287,7 +361,7 @@ def table(rows: list[Row], batch: int, peak: float, datasheet: float | None) -> 
             return format(v, spec) if v is not None else "-"
 
         out.append(
-            f"{r.impl:<10}{f'{r.strategy} {r.ratio:g}':<14}{r.mode:<9}{r.tower:<7}{ips:>10.1f}{1e3 * t:>9.2f}"
+            f"{r.impl:<10}{f'{r.strategy} {r.ratio:g}':<14}{r.mode:<13}{r.tower:<7}{ips:>10.1f}{1e3 * t:>9.2f}"
             f"{mfu:>7.1%}{fmt(mfu_ds, '.1%'):>8}{fmt(r.peak_bytes / 2**30 if r.peak_bytes else None, '.2f'):>10}"
             f"{fmt(vs_oc, '.2f'):>8}{fmt(vs_base, '.2f'):>8}{fmt(vs_rand, '.3f'):>9}"
         )
@@ -306,15 +380,44 @@ def main() -> int:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=("eager", "compiled"),
+        choices=tuple(COMPILE_MODES),
         default=None,
-        help="default: eager compiled on CUDA, eager on CPU",
+        help="default: eager compiled on CUDA, eager on CPU (compiled-cg: torch.compile with CUDA graphs)",
     )
     p.add_argument(
         "--ratios", nargs="+", type=float, default=[0.5, 0.75], help="mask ratios beside 0 (default: 0.5 0.75)"
     )
     p.add_argument("--image-tower", action="store_true", help="also rows training the image tower alone")
+    p.add_argument(
+        "--image-tower-modes",
+        nargs="+",
+        choices=tuple(COMPILE_MODES),
+        default=list(COMPILE_MODES),
+        help="modes of the --image-tower rows (default: both)",
+    )
+    p.add_argument(
+        "--compiled-ratios",
+        nargs="+",
+        type=float,
+        default=None,
+        help="compiled rows only at these mask ratios (0 = the unmasked row; default: every ratio)",
+    )
     p.add_argument("--no-open-clip", action="store_true", help="maskvlp rows only")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        metavar="IMPL:STRATEGY:RATIO:MODE:TOWER",
+        help="exactly these rows, warmed up in this order (e.g. maskvlp:random:0.5:compiled:both "
+        "open_clip:random:0.5:compiled:image); overrides --modes/--ratios/--image-tower",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        metavar="S",
+        help="stop warming up (compiling) new rows after S seconds and time those ready (0 = no limit)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch's default)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every number here")
     args = p.parse_args()
@@ -325,8 +428,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     args.model = args.model or ("B" if device.type == "cuda" else "tiny")
     args.modes = args.modes or (["eager", "compiled"] if device.type == "cuda" else ["eager"])
+    if args.rows:
+        args.modes = sorted({spec.split(":")[3] for spec in args.rows if spec.count(":") == 4}) or args.modes
     steps = args.steps or (20 if device.type == "cuda" else 5)
-    warmup = args.warmup or (5 if "compiled" in args.modes else 2)
+    warmup = args.warmup or (5 if set(args.modes) - {"eager"} else 2)
     cfg = dict(MODELS[args.model])
     cfg["batch"] = args.batch or cfg["batch"]
     if device.type == "cuda":
@@ -356,9 +461,12 @@ def main() -> int:
     peak = measured_peak(device)
     print(f"# measured peak: {peak / 1e9:,.0f} GFLOP/s" + (f"; datasheet {datasheet:.0f} TFLOP/s" if datasheet else ""))
     rows = build_rows(args, cfg, device, autocast, data)
-    measure(rows, steps, warmup, device)
-    text, records = table(rows, cfg["batch"], peak, datasheet)
+    ran = measure(rows, steps, warmup, device, args.time_budget)
+    text, records = table(ran, cfg["batch"], peak, datasheet)
     print(text)
+    failed = [{"key": list(r.key), "error": r.error} for r in rows if r.error]
+    for f in failed:
+        print(f"# FAILED {' '.join(map(str, f['key']))}: {f['error']}")
     print("# vs oc: maskvlp / open_clip at the same ratio, mode and tower; vs r=0: over the same implementation's")
     print("# unmasked row; vs rand: cluster / random at the same ratio. open_clip's text tower uses an explicit")
     print("# causal mask (no flash kernel): see the --image-tower rows for the image side alone.")
@@ -375,7 +483,7 @@ def main() -> int:
             "measured_peak_flops": peak,
             "datasheet_tflops": datasheet,
         }
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": records}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": records, "failed": failed}, indent=1) + "\n")
         print(f"# wrote {args.json}")
     return 0
 

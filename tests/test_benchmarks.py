@@ -32,3 +32,33 @@ def test_train_throughput_runs_on_cpu_and_writes_every_ratio(tmp_path):
     assert by["maskvlp", "random"]["flops_per_step"] < by["maskvlp", "none"]["flops_per_step"]
     assert by["open_clip", "random"]["flops_per_step"] == by["maskvlp", "random"]["flops_per_step"]
     assert "vs oc" in proc.stdout and "measured peak" in proc.stdout
+
+
+def test_train_throughput_rows_are_taken_as_given_and_a_bad_row_is_refused(tmp_path):
+    out = tmp_path / "tt.json"
+    cmd = [sys.executable, "benchmarks/train_throughput.py", "--device", "cpu", "--model", "tiny", "--steps", "1"]
+    cmd += ["--warmup", "1", "--threads", "1", "--json", str(out), "--rows"]
+    rows = ["maskvlp:cluster:0.5:eager:image", "open_clip:random:0.75:eager:image"]
+    proc = subprocess.run(cmd + rows, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    got = [(r["impl"], r["strategy"], r["ratio"], r["tower"]) for r in json.loads(out.read_text())["rows"]]
+    assert got == [("maskvlp", "cluster", 0.5, "image"), ("open_clip", "random", 0.75, "image")]
+    bad = subprocess.run(cmd + ["open_clip:cluster:0.5:eager:both"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "open_clip has no cluster masking" in bad.stdout + bad.stderr
+
+
+def test_end_to_end_benchmark_reads_the_runs_tensorboard_scalars(tmp_path):
+    """shard + pretrain for real (tiny, 640 samples), the run's images/s read back from its event files."""
+    out = tmp_path / "e2e.json"
+    cmd = [sys.executable, "benchmarks/e2e_throughput.py", "--device", "cpu", "--model", "tiny", "--cpus", "1"]
+    cmd += ["--shard-samples", "200", "--train-samples", "640", "--log-every", "2", "--bare-steps", "2"]
+    cmd += ["--bare-warmup", "1", "--json", str(out), "--workdir", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    # 640 samples / batch 64 = 10 steps, logged every 2: five windows, the first 30% left out
+    assert [s for s, _ in record["run_windows"]] == [128, 256, 384, 512, 640]
+    assert record["run"]["windows"] == 5 and record["run"]["kept"] == 4
+    assert record["bare_images_per_s"] > 0 and record["run"]["median"] > 0
+    assert (tmp_path / "work" / "runs" / "e2e" / "model.safetensors").exists()
+    assert "of bare" in proc.stdout

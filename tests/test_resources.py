@@ -44,3 +44,14 @@ def test_apply_sets_torch_threads(tmp_path):
         assert share.threads == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_loader_hint_names_the_setting_when_streams_leave_cpus_idle():
+    from maskvlp.resources import CpuShare, loader_hint
+
+    # 16 CPUs (a GPU job's cpus_per_task) but the default 2 streams: 2 workers, 13 CPUs idle
+    hint = loader_hint(CpuShare(16, "slurm", 16, loader_processes(2, 16)), 2)
+    assert hint is not None and "data.loader_workers=15" in hint and "2 worker(s) on 16 CPUs" in hint
+    # streams that give every CPU but the main process's a worker: nothing to say
+    assert loader_hint(CpuShare(16, "slurm", 16, loader_processes(15, 16)), 15) is None
+    assert loader_hint(CpuShare(2, "affinity", 2, loader_processes(2, 2)), 2) is None

@@ -58,6 +58,21 @@ def loader_processes(streams: int, cpus: int) -> int:
     return max((w for w in range(1, streams + 1) if streams % w == 0 and w <= cpus - 1), default=0)
 
 
+def loader_hint(share: CpuShare, streams: int) -> str | None:
+    """A line for the log when `data.loader_workers` (the streams) leaves CPUs of the share idle that
+    decoding could use: a GPU step at ~5,000 images/s needs ~7 cores of JPEG decode (~780 images/s per
+    core, benchmarks/RESULTS.md). None when the workers already use every CPU but the main process's."""
+    if share.loader_workers >= share.cpus - 1:
+        return None
+    best = share.cpus - 1  # the main process keeps one CPU
+    return (
+        f"data loading: {share.loader_workers} worker(s) on {share.cpus} CPUs, limited by data.loader_workers="
+        f"{streams} streams (workers divide the streams); set data.loader_workers to a multiple of {best} "
+        f"(e.g. --set data.loader_workers={best}) to decode on {best} workers: the streams fix the batches, "
+        "so change it between runs, not on resume"
+    )
+
+
 def cpu_share(cfg: Config, environ: Mapping[str, str] | None = None) -> CpuShare:
     """The share for one training / evaluation process of `cfg` (pure: reads only `environ`)."""
     cpus, source = available_cpus(environ)

@@ -43,7 +43,7 @@ from maskvlp.masking import (
     mask_flops_per_image,
 )
 from maskvlp.model import CLIP
-from maskvlp.resources import CpuShare, cpu_share_applied
+from maskvlp.resources import CpuShare, cpu_share_applied, loader_hint
 from maskvlp.runs import RunPaths, run_paths, update_result, write_json_atomic
 from maskvlp.schedule import Budget, lr_at, make_budget
 from maskvlp.trainlog import TrainLog
@@ -332,6 +332,9 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     )
     if env.is_main:
         s.probe = ObjectProbe.from_shards(cfg, device)
+        hint = loader_hint(share, spec.streams) if device.type == "cuda" else None
+        if hint:  # CPU training: the workers share the cores with the step itself, fewer is better
+            print(hint, flush=True)
     if step >= budget.masked_steps:  # resumed inside the unmasked tuning phase
         enter_tuning(s)
     else:
