@@ -24,17 +24,17 @@ fi
   python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"; } \
   2>&1 | tee "$out/machine.txt"
 tt="python3 benchmarks/train_throughput.py --device cuda --model B"
-timeout "${T_EAGER:-150}" $tt --modes eager --image-tower --steps 15 --warmup 3 \
+timeout "${T_EAGER:-100}" $tt --modes eager --image-tower --steps 15 --warmup 3 \
   --json "$out/tt_eager.json" 2>&1 | tee "$out/tt_eager.txt"
-# most important first: --time-budget stops compiling new rows after 240 s and times those ready
-timeout "${T_COMPILED:-320}" $tt --steps 15 --warmup 4 --time-budget 240 --json "$out/tt_compiled.json" --rows \
+# most important first: --time-budget stops compiling new rows after 200 s and times those ready
+timeout "${T_COMPILED:-270}" $tt --steps 15 --warmup 4 --time-budget 200 --json "$out/tt_compiled.json" --rows \
   maskvlp:random:0.5:compiled:both open_clip:random:0.5:compiled:both maskvlp:none:0:compiled:both \
   maskvlp:cluster:0.5:compiled:both maskvlp:random:0.5:compiled:image open_clip:random:0.5:compiled:image \
   maskvlp:random:0.5:compiled-cg:both open_clip:none:0:compiled:both maskvlp:random:0.75:compiled:both \
   2>&1 | tee "$out/tt_compiled.txt"
-timeout "${T_MEMORY:-60}" python3 benchmarks/bench_memory.py --device cuda --configs B \
+timeout "${T_MEMORY:-50}" python3 benchmarks/bench_memory.py --device cuda --configs B \
   --json "$out/memory.json" 2>&1 | tee "$out/memory.txt"
-timeout "${T_E2E:-200}" python3 benchmarks/e2e_throughput.py --device cuda --model B --compile \
-  --shard-samples 12000 --train-samples 200000 --log-every 10 --bare-json "$out/tt_compiled.json" \
+timeout "${T_E2E:-150}" python3 benchmarks/e2e_throughput.py --device cuda --model B --compile \
+  --shard-samples 12000 --train-samples 150000 --log-every 10 --bare-json "$out/tt_compiled.json" \
   --json "$out/e2e.json" 2>&1 | tee "$out/e2e.txt"
 echo "gpu_suite: done"
