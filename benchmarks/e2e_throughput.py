@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parent.parent
 
-from train_throughput import MODELS, inputs, maskvlp_row  # noqa: E402
+from train_throughput import MODELS, inputs, maskvlp_row, timed  # noqa: E402
 
 # model name -> the params that give train_throughput's MODELS[name] (recipe defaults otherwise)
 MODEL_PARAMS = {
@@ -109,15 +109,7 @@ def bare_step(args, device: torch.device) -> float:
     row = maskvlp_row(cfg, args.strategy, args.ratio, mode, "both", device, autocast, data)
     for _ in range(args.bare_warmup):
         row.step()
-    times = []
-    for _ in range(args.bare_steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        row.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+    times = [timed(row, device) for _ in range(args.bare_steps)]  # CUDA events on the GPU, as train_throughput
     return args.batch / statistics.median(times)
 
 
