@@ -160,3 +160,73 @@ def test_openclipart_missing_package_and_bad_template_are_clear(tmp_path):
         load_config(None, ["data.openclipart.template='{name}'"])
     with pytest.raises(ConfigError, match="data.openclipart.level"):
         load_config(None, ["data.openclipart.level=middle"])
+
+
+@pytest.mark.parametrize(
+    ("stem", "title"),
+    [
+        ("star_94pt05step", "star"),
+        ("home6", "home"),
+        ("aiga_barber_shop_beauty_salon1", "aiga barber shop beauty salon"),
+        ("tasmania-outline", "tasmania outline"),
+        ("jigsaw_red_09", "jigsaw red"),
+        ("14_ellipse", "ellipse"),
+        ("0123", ""),
+    ],
+)
+def test_a_title_from_the_file_name_keeps_the_words_and_drops_numbers(stem, title):
+    assert oc.name_title(f"/x/{stem}.svg") == title
+
+
+def test_collection_titles_are_those_many_drawings_share_and_placeholders_are_dropped():
+    titles = ["gramastar"] * 5 + ["card"] * 4 + ["An apple"]
+    assert oc.collection_titles(titles, 5) == {"gramastar"}
+    assert oc.collection_titles(titles, 4) == {"gramastar", "card"}
+    assert oc.collection_titles(titles, 0) == set()
+    meta = oc.parse_metadata(svg(description="HASH(0x85a831c)", keywords=("hash(0x8669854)", "usb", "connector")))
+    assert meta.description == "" and meta.keywords == ("usb", "connector")
+
+
+def test_drawings_titled_by_their_collection_are_captioned_from_their_file_names(tmp_path):
+    """A set of drawings that all carry their collection's name as title ("Lemon SVG theme") would give
+    identical captions: they get their file names' words instead, and the manifest counts them."""
+    from maskvlp.config import ConfigError, load_config
+    from maskvlp.data.shards import shard, shard_paths
+
+    root = _tree(tmp_path / "svg")
+    icons = root / "computer/icons"
+    icons.mkdir(parents=True)
+    for i, name in enumerate(["xeyes", "file_find", "knife2", "math-lsub", "home6"]):
+        body = f'<rect width="{40 + 10 * i}" height="50" fill="#{i}{i}4"/>'
+        (icons / f"{name}.svg").write_bytes(svg(title="Lemon SVG theme", body=body))
+    over = [
+        "data.source=openclipart",
+        f"data.openclipart.root={root}",
+        "data.openclipart.min_per_class=5",
+        f"data.out_dir={tmp_path / 'shards'}",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "data.val_fraction=0.2",
+    ]
+    import json
+    import tarfile
+
+    def captions(extra):
+        manifest = shard(load_config(None, over + extra), progress=False)
+        got = {}
+        for split in ("train", "val"):
+            for url in shard_paths(tmp_path / "shards", split):
+                with tarfile.open(url) as tar:
+                    for m in tar.getmembers():
+                        if m.name.endswith(".json") and "computer" in m.name:
+                            meta = json.load(tar.extractfile(m))
+                            got[meta["title"]] = meta.get("collection")
+        return manifest, got
+
+    manifest, got = captions([])
+    assert got == dict.fromkeys(["xeyes", "file find", "knife", "math lsub", "home"], "Lemon SVG theme")
+    assert manifest["source"]["collection_titles"] == 1 and manifest["source"]["collection_titled_drawings"] == 5
+    _, off = captions(["data.openclipart.collection_title_min=0"])
+    assert off == {"Lemon SVG theme": None}  # all five under one caption
+    with pytest.raises(ConfigError, match="data.openclipart.collection_title_min"):
+        load_config(None, ["data.openclipart.collection_title_min=1"])

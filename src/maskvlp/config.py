@@ -49,6 +49,7 @@ class OpenClipartConfig:
     background: list[int] = field(default_factory=lambda: [255, 255, 255])  # RGB under transparent parts
     min_per_class: int = 10  # categories with fewer drawings are left out (rare_category)
     max_per_class: int = 0  # at most this many drawings per category (a seeded choice); 0 = all
+    collection_title_min: int = 5  # a title this many drawings share names a collection: use the file name; 0 = off
 
 
 @dataclass
@@ -394,6 +395,12 @@ def validate(cfg: Config) -> None:
     _choice("data.openclipart.level", oc.level, ("leaf", "top"))
     _check(oc.min_per_class >= 1, "data.openclipart.min_per_class", "must be >= 1", oc.min_per_class)
     _check(oc.max_per_class >= 0, "data.openclipart.max_per_class", "must be >= 0 (0 = all)", oc.max_per_class)
+    _check(
+        oc.collection_title_min in (0,) or oc.collection_title_min >= 2,
+        "data.openclipart.collection_title_min",
+        "must be 0 (off) or >= 2",
+        oc.collection_title_min,
+    )
     _check(
         len(oc.background) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in oc.background),
         "data.openclipart.background",

@@ -22,6 +22,7 @@ DEFAULT_ROOT = "/usr/share/openclipart/svg"
 PACKAGE = "openclipart-svg"
 DUPLICATES = ("unsorted", "duplicates")  # a folder of copies: left out
 NOISE_KEYWORDS = {"hash", ""}  # placeholders that many files carry in their keyword list
+PLACEHOLDER = re.compile(r"^hash\(0x[0-9a-f]+\)$", re.IGNORECASE)  # a Perl reference printed as metadata
 MAX_SVG_BYTES = 4_000_000  # larger files are skipped (svg_too_large): slow to render, rarely clip art
 DC = "http://purl.org/dc/elements/1.1/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -62,12 +63,38 @@ def parse_metadata(data: bytes) -> Meta | SkipReason:
     if not title:
         return SkipReason("no_title")
     description = _clean(work.findtext(f"{{{DC}}}description"))
+    description = "" if PLACEHOLDER.match(description) else description
     words = []
     for li in work.iterfind(f"{{{DC}}}subject//{{{RDF}}}li"):
         word = _clean(li.text).lower()
-        if word not in NOISE_KEYWORDS and word not in words:
+        if word not in NOISE_KEYWORDS and not PLACEHOLDER.match(word) and word not in words:
             words.append(word)
     return Meta(title, description, tuple(words))
+
+
+def name_title(path: str | Path) -> str:
+    """A title from the file name, for drawings whose own title names their collection: words split at
+    `_`, `-`, `.` and spaces, trailing numbers cut off (`home6` -> `home`) and words that still hold a
+    digit dropped (`star_94pt05step` -> `star`), e.g. `aiga_barber_shop_beauty_salon1` -> `aiga barber
+    shop beauty salon`. Empty when nothing is left."""
+    words = []
+    for word in re.split(r"[_\-.\s]+", Path(path).stem.lower()):
+        word = word.rstrip("0123456789")
+        if word and not any(ch.isdigit() for ch in word):
+            words.append(word)
+    return " ".join(words)
+
+
+def collection_titles(titles: list[str], min_share: int) -> set[str]:
+    """Titles that `min_share` or more drawings carry: in OpenClipart these name a collection or an
+    author's set ("gramastar" on 1,375 generated stars, "Part of the Flat Icon Collection (Wed Aug 25
+    23:29:46 2004)", "Lemon SVG theme"), not what one drawing shows. 0 = none."""
+    if min_share <= 0:
+        return set()
+    counts: dict[str, int] = {}
+    for title in titles:
+        counts[title] = counts.get(title, 0) + 1
+    return {title for title, n in counts.items() if n >= min_share}
 
 
 def caption(meta: Meta, category: str, template: str = "{title}", max_keywords: int = 5) -> str:

@@ -7,6 +7,7 @@ why the input cannot be used. Decoding and checking the bytes happens later, in 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import json
@@ -373,6 +374,18 @@ class OpenClipartSource:
             )
         self.classes = sorted(kept)
         self.names = oc.class_names(self.classes)
+        # titles shared by many drawings name a collection (oc.collection_titles): counted over every
+        # drawing of the kept categories (before max_per_class), so the set does not depend on the subset
+        titles = []
+        if self.o.collection_title_min:
+            for ps in kept.values():
+                for path in ps:
+                    with contextlib.suppress(OSError):
+                        meta = oc.parse_metadata(path.read_bytes())
+                        if isinstance(meta, oc.Meta):
+                            titles.append(meta.title)
+        self.collections = oc.collection_titles(titles, self.o.collection_title_min)
+        self.collection_drawings = sum(title in self.collections for title in titles)
         self.plan: list[tuple[Path, str, str]] = []
         for cat in self.classes:
             rng = np.random.default_rng([cfg.seed, zlib.crc32(cat.encode())])
@@ -391,6 +404,10 @@ class OpenClipartSource:
             "root": str(self.root),
             "level": self.o.level,
             "template": self.o.template,
+            # drawings whose title names their collection are titled from their file name instead
+            "collection_title_min": self.o.collection_title_min,
+            "collection_titles": len(self.collections),
+            "collection_titled_drawings": self.collection_drawings,
             "num_classes": len(self.classes),
             "categories": self.classes,
             "classes": [self.names[c] for c in self.classes],
@@ -420,6 +437,9 @@ class OpenClipartSource:
             return Skip(image.reason, key, image.detail)
         name = self.names[cat]
         info = {"label": self.classes.index(cat), "label_name": name, "category": cat, "split": split}
+        if meta.title in self.collections and oc.name_title(path):
+            info["collection"] = meta.title  # the title it carried; the caption's {title} is its file name's
+            meta = oc.Meta(oc.name_title(path), meta.description, meta.keywords)
         return RawSample(key, image, oc.caption(meta, name, self.o.template), info | {"title": meta.title})
 
 
