@@ -122,3 +122,19 @@ def test_one_seed_or_a_missing_strategy_makes_no_claim():
     assert single["verdict"] == "no interval" and "no claim" in single["sentence"]
     (missing,) = compare(_rows({("none", "samples"): [0.5, 0.6]}), cs)["claims"]
     assert missing["verdict"] == "no data" and "nothing can be said" in missing["sentence"]
+
+
+def test_the_evaluations_chance_level_is_a_row_of_the_table():
+    from maskvlp.sweep.compare import chance_key
+
+    assert chance_key("zeroshot/val/top1") == "zeroshot/val/chance_top1"
+    assert chance_key("retrieval/val/t2i_r1") == "retrieval/val/chance_r1"
+    assert chance_key("retrieval/val/t2i_r5") is None and chance_key("images_per_s") is None
+    cs = compare_spec(spec_with(GOOD))
+    rows = _rows({("none", "samples"): [0.5, 0.6, 0.7], ("random", "samples"): [0.4, 0.5, 0.6]})
+    for r in rows:
+        r["values"]["zeroshot/val/chance_top1"] = 1 / 113
+    result = compare(rows, cs)
+    assert result["chance"] == {"zeroshot/val/top1": pytest.approx(1 / 113)}
+    chance_row = next(line for line in markdown(result, cs).splitlines() if line.startswith("| chance |"))
+    assert "0.009" in chance_row

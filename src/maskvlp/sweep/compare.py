@@ -176,6 +176,21 @@ def metric_columns(rows: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
     return list(dict.fromkeys([*cs.claim_metrics, *ordered]))
 
 
+def chance_key(metric: str) -> str | None:
+    """The evaluation's own chance level for a metric column: `zeroshot/val/top1` ->
+    `zeroshot/val/chance_top1`, `retrieval/val/t2i_r1` -> `retrieval/val/chance_r1` (R@1 only: the
+    evaluation records no chance for R@5 / R@10), `linear_probe/val/top1` -> `linear_probe/val/chance_top1`."""
+    parts = metric.split("/")
+    if len(parts) != 3:
+        return None
+    family, data, name = parts
+    if family in ("zeroshot", "linear_probe") and name == "top1":
+        return f"{family}/{data}/chance_top1"
+    if family == "retrieval" and name in ("i2t_r1", "t2i_r1"):
+        return f"retrieval/{data}/chance_r1"
+    return None
+
+
 # ------------------------------------------------------------------------------ the comparison
 def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     """Means with intervals per (budget, group, column), and every claim tested per budget and claim
@@ -224,6 +239,11 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
                 )
     for c in claims:
         c["sentence"] = sentence(c, cs)
+    chance = {}  # what a model that learned nothing scores, so that a reader can tell signal from noise
+    for key in columns:
+        level = next((r["values"][k] for r in rows if (k := chance_key(key)) and k in r["values"]), None)
+        if level is not None:
+            chance[key] = level
     return {
         "group": cs.group,
         "budget_key": cs.budget,
@@ -232,6 +252,7 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
         "columns": columns,
         "table": table,
         "claims": claims,
+        "chance": chance,
         "seeds": sorted({r["seed"] for r in rows}),
     }
 
@@ -286,6 +307,11 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
         for g, cells in result["table"][b].items():
             seeds = max((c["n"] for c in cells.values()), default=0)
             lines.append(f"| {g} | {seeds} | " + " | ".join(_cell(cells.get(k), k) for k in cols) + " |")
+        if result.get("chance"):
+            chance = result["chance"]
+            lines.append(
+                "| chance | - | " + " | ".join(f"{chance[k]:.3f}" if k in chance else "-" for k in cols) + " |"
+            )
         lines.append("")
     if result["claims"]:
         lines += ["### The paper's ordering, tested", ""]
@@ -328,15 +354,18 @@ def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
                     capsize=3,
                     label=f"{g}" + (f" ({b})" if cs.budget else ""),
                 )
+        if metric in result.get("chance", {}):
+            ax.axhline(result["chance"][metric], color="0.4", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs (masking-aware)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not over, the data
     fig.suptitle(f"{cs.group} vs compute: mean and 95% interval over {len(result['seeds'])} seeds", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
