@@ -7,8 +7,14 @@
 #   2. train_throughput compiled: the rows the goals compare (0 and 0.5, the image tower alone, CUDA graphs)
 #   3. bench_memory on B: peak memory per batch and the largest batch per GPU at 0 / 0.5 / 0.75
 #   4. e2e_throughput: maskvlp shard (224 px JPEG) + maskvlp pretrain, compiled, random 0.5
-# Needs the Python packages of pyproject.toml; on a machine without them, put wheels in .whl/ (see
-# benchmarks/RESULTS.md, "GPU step throughput") and they are installed into /tmp/site first.
+# Needs the Python packages of pyproject.toml; on a machine without them (a lent GPU machine has torch,
+# timm, tensorboard, ... but none of these), put wheels in .whl/ (git-ignored through .git/info/exclude)
+# and they are installed into /tmp/site first. For Python 3.12 on x86-64, from a machine with PyPI:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl omegaconf==2.3.1 \
+#     webdataset==1.0.2 braceexpand==0.1.7 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 submitit==1.5.4
+#   pip download --no-deps --no-binary=:all: -d /tmp/sd antlr4-python3-runtime==4.9.3 && \
+#     pip wheel --no-deps /tmp/sd/antlr4-python3-runtime-4.9.3.tar.gz -w .whl
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUT_DIR}
 mkdir -p "$out"

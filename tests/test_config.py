@@ -100,3 +100,19 @@ def test_train_seed_follows_seed_unless_given_so_replicates_share_shards_and_eva
     assert load_config(None, ["seed=3"]).train.seed == 3
     cfg = load_config(None, ["seed=3", "train.seed=11"])
     assert (cfg.seed, cfg.train.seed) == (3, 11)  # shards and evaluation sets follow seed, training train.seed
+
+
+def test_the_typed_defaults_are_params_yaml_s_values():
+    """Tests build configs from the typed defaults and hand their shards to stages that read params.yaml:
+    a default that differs (max_per_class 0 vs 100 once) makes every such stage refuse the shards."""
+    from omegaconf import OmegaConf
+
+    def flat(cfg, prefix=""):
+        out = {}
+        for key, value in cfg.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+        return out
+
+    defaults = flat(OmegaConf.to_container(OmegaConf.structured(load_config(None, []))))
+    yaml = flat(OmegaConf.to_container(OmegaConf.structured(load_config(ROOT / "params.yaml", []))))
+    assert {k: (v, yaml.get(k)) for k, v in defaults.items() if yaml.get(k) != v} == {}

@@ -48,7 +48,7 @@ class OpenClipartConfig:
     template: str = "{title}"  # caption: fields {title}, {description}, {keywords}, {category}
     background: list[int] = field(default_factory=lambda: [255, 255, 255])  # RGB under transparent parts
     min_per_class: int = 10  # categories with fewer drawings are left out (rare_category)
-    max_per_class: int = 0  # at most this many drawings per category (a seeded choice); 0 = all
+    max_per_class: int = 100  # at most this many drawings per category (a seeded choice); 0 = all
     collection_title_min: int = 5  # a title this many drawings share names a collection: use the file name; 0 = off
 
 
