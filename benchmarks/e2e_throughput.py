@@ -24,7 +24,6 @@ kept windows' total time ("sustained", checkpoints included), each as a fraction
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parent.parent
 
-from train_throughput import MODELS, inputs, maskvlp_row, timed  # noqa: E402
+from train_throughput import MODELS, inputs, maskvlp_row, precision, timed  # noqa: E402
 
 # model name -> the params that give train_throughput's MODELS[name] (recipe defaults otherwise)
 MODEL_PARAMS = {
@@ -97,13 +96,7 @@ def bare_step(args, device: torch.device) -> float:
     """images/s of the bare training step (median of --bare-steps) in this process."""
     cfg = dict(MODELS[args.model])
     cfg["batch"] = args.batch
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = precision(device)
     data = inputs(cfg["batch"], cfg["image"], cfg["context"], device)
     mode = "compiled" if args.compile else "eager"
     row = maskvlp_row(cfg, args.strategy, args.ratio, mode, "both", device, autocast, data)
@@ -205,7 +198,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__,
-            "args": {k: v for k, v in vars(args).items()},
+            "args": vars(args),
             "shard_s": shard_s,
             "train_process_s": train_s,
             "cpu_share": info["cpu_share"],

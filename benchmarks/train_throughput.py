@@ -102,6 +102,16 @@ def begin_step(mode: str) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
+def precision(device: torch.device):
+    """The step's precision: bf16 autocast (and TF32 for what stays fp32) on CUDA, plain fp32 on the CPU.
+    Returns a factory of the autocast context."""
+    if device.type != "cuda":
+        return contextlib.nullcontext
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     fused = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, **fused)
@@ -229,7 +239,7 @@ def timed(row: Row, device: torch.device) -> float:
 
 def row_keys(args) -> list[tuple]:
     """(impl, strategy, ratio, mode, tower) of every row: `--rows` as given (in that order), else the grid
-    of --modes x towers x CASES within --ratios / --compiled-ratios, open_clip beside each non-cluster row."""
+    of --modes x towers x CASES within --ratios, open_clip beside each non-cluster row."""
     if args.rows:
         keys = []
         for spec in args.rows:
@@ -245,13 +255,9 @@ def row_keys(args) -> list[tuple]:
     keys = []
     for mode in args.modes:
         for tower in ["both", "image"] if args.image_tower else ["both"]:
-            if tower == "image" and mode not in args.image_tower_modes:
-                continue
             for strategy, ratio in CASES:
                 if ratio not in args.ratios and strategy != "none":
                     continue
-                if mode != "eager" and args.compiled_ratios is not None and ratio not in args.compiled_ratios:
-                    continue  # each compiled row costs a compilation (~a minute for B)
                 keys.append(("maskvlp", strategy, ratio, mode, tower))
                 if strategy != "cluster":
                     keys.append(("open_clip", strategy, ratio, mode, tower))
@@ -388,20 +394,6 @@ def main() -> int:
         "--ratios", nargs="+", type=float, default=[0.5, 0.75], help="mask ratios beside 0 (default: 0.5 0.75)"
     )
     p.add_argument("--image-tower", action="store_true", help="also rows training the image tower alone")
-    p.add_argument(
-        "--image-tower-modes",
-        nargs="+",
-        choices=tuple(COMPILE_MODES),
-        default=list(COMPILE_MODES),
-        help="modes of the --image-tower rows (default: both)",
-    )
-    p.add_argument(
-        "--compiled-ratios",
-        nargs="+",
-        type=float,
-        default=None,
-        help="compiled rows only at these mask ratios (0 = the unmasked row; default: every ratio)",
-    )
     p.add_argument("--no-open-clip", action="store_true", help="maskvlp rows only")
     p.add_argument(
         "--rows",
@@ -434,14 +426,7 @@ def main() -> int:
     warmup = args.warmup or (5 if set(args.modes) - {"eager"} else 2)
     cfg = dict(MODELS[args.model])
     cfg["batch"] = args.batch or cfg["batch"]
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = precision(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     datasheet = next((v for k, v in DATASHEET_TFLOPS.items() if k in name), None) if device.type == "cuda" else None
     try:

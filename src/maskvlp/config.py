@@ -396,7 +396,7 @@ def validate(cfg: Config) -> None:
     _check(oc.min_per_class >= 1, "data.openclipart.min_per_class", "must be >= 1", oc.min_per_class)
     _check(oc.max_per_class >= 0, "data.openclipart.max_per_class", "must be >= 0 (0 = all)", oc.max_per_class)
     _check(
-        oc.collection_title_min in (0,) or oc.collection_title_min >= 2,
+        oc.collection_title_min == 0 or oc.collection_title_min >= 2,
         "data.openclipart.collection_title_min",
         "must be 0 (off) or >= 2",
         oc.collection_title_min,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +92,7 @@ def collection_titles(titles: list[str], min_share: int) -> set[str]:
     23:29:46 2004)", "Lemon SVG theme"), not what one drawing shows. 0 = none."""
     if min_share <= 0:
         return set()
-    counts: dict[str, int] = {}
-    for title in titles:
-        counts[title] = counts.get(title, 0) + 1
-    return {title for title, n in counts.items() if n >= min_share}
+    return {title for title, n in Counter(titles).items() if n >= min_share}
 
 
 def caption(meta: Meta, category: str, template: str = "{title}", max_keywords: int = 5) -> str:

@@ -437,9 +437,9 @@ class OpenClipartSource:
             return Skip(image.reason, key, image.detail)
         name = self.names[cat]
         info = {"label": self.classes.index(cat), "label_name": name, "category": cat, "split": split}
-        if meta.title in self.collections and oc.name_title(path):
+        if meta.title in self.collections and (named := oc.name_title(path)):
             info["collection"] = meta.title  # the title it carried; the caption's {title} is its file name's
-            meta = oc.Meta(oc.name_title(path), meta.description, meta.keywords)
+            meta = oc.Meta(named, meta.description, meta.keywords)
         return RawSample(key, image, oc.caption(meta, name, self.o.template), info | {"title": meta.title})
 
 
