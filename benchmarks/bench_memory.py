@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -137,10 +138,16 @@ def main() -> int:
                 f"| {ratio} | {cells} | {fixed / 2**30:.2f} GiB | {per / 2**20:.2f} MiB "
                 f"({base_per_sample / per:.2f}x fewer) | " + " | ".join(str(f) for f in fits) + " |"
             )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+            if args.json:  # after every row: a run stopped by a time limit keeps the rows it measured
+                write_json(args.json, out)
     return 0
+
+
+def write_json(path: str, out: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(out, fh, indent=2)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,9 @@ def main() -> int:
         windows = read_windows(work / "runs" / "e2e" / "tb")
         info = json.loads((work / "runs" / "e2e" / "run.json").read_text())
         result = steady(windows, args.skip)
-        bare = (bare_from_json(args.bare_json, args) if args.bare_json else None) or bare_step(args, device)
+        bare = bare_from_json(args.bare_json, args) if args.bare_json else None
+        bare_source = args.bare_json if bare else "measured here"
+        bare = bare or bare_step(args, device)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -189,7 +191,7 @@ def main() -> int:
     )
     print(f"# loader: {info['cpu_share']['loader_workers']} workers on {info['cpu_share']['cpus']} CPUs")
     print(f"{'what':<34}{'img/s':>10}{'of bare':>9}")
-    print(f"{'bare step (random data on device)':<34}{bare:>10.1f}{1:>9.2f}")
+    print(f"{'bare step (random data on device)':<34}{bare:>10.1f}{1:>9.2f}  ({bare_source})")
     print(f"{'run, median window':<34}{result['median']:>10.1f}{result['median'] / bare:>9.2f}")
     print(f"{'run, sustained (ckpt included)':<34}{result['sustained']:>10.1f}{result['sustained'] / bare:>9.2f}")
     print(f"# {result['kept']} of {result['windows']} logging windows of {args.log_every} steps kept")
@@ -203,6 +205,7 @@ def main() -> int:
             "train_process_s": train_s,
             "cpu_share": info["cpu_share"],
             "bare_images_per_s": bare,
+            "bare_source": bare_source,  # a train_throughput JSON, or "measured here"
             "run": result,
             "run_windows": windows,
         }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from .conftest import ROOT
 
@@ -62,3 +64,31 @@ def test_end_to_end_benchmark_reads_the_runs_tensorboard_scalars(tmp_path):
     assert record["bare_images_per_s"] > 0 and record["run"]["median"] > 0
     assert (tmp_path / "work" / "runs" / "e2e" / "model.safetensors").exists()
     assert "of bare" in proc.stdout
+
+
+def test_gpu_suite_dry_run_runs_every_part_on_cpu(tmp_path):
+    """benchmarks/gpu_suite.sh is what a lent GPU machine runs in its few minutes: its dry run is the same
+    commands on CPU (tiny model, a few steps), so a wrong row or flag fails here instead of there."""
+    out = tmp_path / "suite"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_suite.sh", str(out), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("gpu_suite: done"), proc.stdout[-3000:]
+    assert "open_clip" in (out / "machine.txt").read_text()
+    eager = json.loads((out / "tt_eager.json").read_text())["rows"]
+    assert {(r["impl"], r["tower"]) for r in eager} == {
+        (i, t) for i in ("maskvlp", "open_clip") for t in ("both", "image")
+    }
+    assert all(r["images_per_s"] > 0 for r in eager)
+    compiled = json.loads((out / "tt_compiled.json").read_text())
+    # the dry run's 1 s budget compiles the first row only; the other eight were parsed and are reported skipped
+    assert [(r["impl"], r["strategy"], r["ratio"], r["mode"]) for r in compiled["rows"]] == [
+        ("maskvlp", "random", 0.5, "compiled")
+    ]
+    assert len(compiled["failed"]) == 8 and all("skipped" in f["error"] for f in compiled["failed"])
+    memory = json.loads((out / "memory.json").read_text())  # written row by row: what ran before the limit
+    assert "tiny/0.0" in memory and memory["tiny/0.0"]["per_sample"] > 0
+    e2e = json.loads((out / "e2e.json").read_text())
+    assert e2e["bare_source"] == str(out / "tt_compiled.json")
+    assert e2e["bare_images_per_s"] == compiled["rows"][0]["images_per_s"] and e2e["run"]["median"] > 0
