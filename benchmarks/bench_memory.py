@@ -19,10 +19,9 @@ contrastive batch can be accum_steps times larger, for one extra forward pass.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 # name: (vision, text, image_size, patch_size, embed_dim, context_length, batches measured)
 CONFIGS = {
@@ -139,15 +138,10 @@ def main() -> int:
                 f"({base_per_sample / per:.2f}x fewer) | " + " | ".join(str(f) for f in fits) + " |"
             )
             if args.json:  # after every row: a run stopped by a time limit keeps the rows it measured
-                write_json(args.json, out)
+                from maskvlp.runs import write_json_atomic
+
+                write_json_atomic(Path(args.json), out)
     return 0
-
-
-def write_json(path: str, out: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(out, fh, indent=2)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
