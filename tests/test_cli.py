@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from maskvlp.cli import main
 
 
@@ -113,3 +115,35 @@ def test_masks_command_skips_and_counts_bad_images_in_a_folder(tmp_path, capsys,
     assert "skipped 3 unusable image(s)" in printed
     assert "image_too_large=1" in printed and "unreadable_image=1" in printed and "image_too_small=1" in printed
     assert Image.open(out).format == "PNG"
+
+
+def test_the_cli_module_does_not_import_torch_or_optuna():
+    """`maskvlp --help` and the sweep commands' help answered in 2-3.5 s: cli.py imported torch at the top."""
+    code = "import maskvlp.cli, sys; print(sorted(m for m in ('torch', 'optuna', 'numpy') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"maskvlp {version('maskvlp')}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["shard"], ["pretrain"], ["evaluate"], ["masks"], ["sweep"], ["sweep-report"], ["scaling-fit"]],
+)
+def test_help_is_wrapped_to_the_terminal(command, capsys, monkeypatch):
+    """`maskvlp sweep --help` printed its description as one ~400-character line."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    long = [line for line in out.splitlines() if len(line) > 100]
+    assert not long, f"`maskvlp {' '.join(command)} --help` has lines over 100 characters: {long}"
+    if command == ["sweep"]:  # the example lines keep their line breaks
+        assert "\nthen: maskvlp sweep-status masking" in out

@@ -6,8 +6,6 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import torch
-
 from maskvlp.config import Config, ConfigError, load_config, to_yaml
 from maskvlp.sweepspec import SweepSpecError
 
@@ -15,8 +13,36 @@ EPILOG = """\
 Every stage reads params.yaml (sections: seed, data, model, masking, train, eval, launcher) and
 takes repeatable overrides, validated before any work starts:
   maskvlp shard --set data.source=emoji --set data.image_size=96
-  maskvlp shard --set data.preset=real       (real images from Debian packages: README "Real data")
+  maskvlp shard --set data.preset=real       (Debian's clip art and emoji: README "Real data")
 Run the whole pipeline with `dvc repro`; see README.md."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's default formatter, which wraps descriptions and epilogs to the terminal width, but
+    keeping their line breaks: each line is wrapped on its own, at its own indentation, so example
+    commands stay one per line and a long paragraph does not print as one unwrapped line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        lines = []
+        for line in text.splitlines():
+            lead = indent + line[: len(line) - len(line.lstrip())]
+            lines.append(textwrap.fill(line.strip(), width, initial_indent=lead, subsequent_indent=lead) or "")
+        return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed distribution's version (importlib.metadata); the package's own when not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("maskvlp")
+    except PackageNotFoundError:  # the source tree on PYTHONPATH
+        from maskvlp import __version__
+
+        return __version__
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +215,8 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
     threshold = k.threshold
     if k.calibrate_coverage > 0:
+        import torch
+
         gen = torch.Generator().manual_seed(cfg.seed)
         threshold, achieved = calibrate_threshold(norm, m.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)
         print(f"calibrated threshold {threshold:.3f}: coverage {achieved:.1%} (target {k.calibrate_coverage:.1%})")
@@ -285,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maskvlp",
         description="Masked CLIP pre-training workflow: shard data, pre-train with FLIP or cluster masking, evaluate.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"maskvlp {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -385,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "job died from their checkpoint. Everything is checked before anything is submitted.",
         epilog="example: maskvlp sweep sweeps/masking.yaml --set launcher.executor=slurm --parallel 2\n"
         "then: maskvlp sweep-status masking; maskvlp sweep-report masking",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="sweep file (name, base, space, objectives, sampler, pruner, ...)")
     _common(p)
