@@ -147,3 +147,50 @@ def test_help_is_wrapped_to_the_terminal(command, capsys, monkeypatch):
     assert not long, f"`maskvlp {' '.join(command)} --help` has lines over 100 characters: {long}"
     if command == ["sweep"]:  # the example lines keep their line breaks
         assert "\nthen: maskvlp sweep-status masking" in out
+
+
+def _no_submission(monkeypatch):
+    import maskvlp.launch
+
+    def submit(*args, **kwargs):
+        raise AssertionError("a job was submitted")
+
+    monkeypatch.setattr(maskvlp.launch, "submit", submit)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ('launcher.job_name="debug\\n#SBATCH --wrap=touch /tmp/pwned"', "launcher.job_name"),
+        ('launcher.partition="x\\ntouch /tmp/pwned"', "launcher.partition"),
+        ('launcher.additional_parameters={comment: "x\\ntouch /tmp/pwned"}', "launcher.additional_parameters.comment"),
+        ('train.run_name=".."', "train.run_name"),
+    ],
+)
+def test_pretrain_refuses_shell_lines_in_params_before_submitting(override, key, tmp_path, capsys, monkeypatch):
+    """A newline in launcher.job_name ended its #SBATCH line: the batch script ran an injected `touch`."""
+    _no_submission(monkeypatch)
+    code = main(
+        ["pretrain", "--set", "launcher.executor=slurm", "--set", f"train.runs_dir={tmp_path}", "--set", override]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert key in err and "invalid parameters" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_sweep_refuses_a_shell_line_in_its_base_before_anything(tmp_path, capsys, monkeypatch):
+    _no_submission(monkeypatch)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        "name: s\n"
+        'base: {launcher.job_name: "x\\ntouch /tmp/pwned", launcher.executor: slurm}\n'
+        "space: {masking.ratio: {type: float, low: 0.3, high: 0.6}}\n"
+        "objectives: [{metric: zeroshot/objects/top1, direction: maximize}]\n"
+        "n_trials: 2\n"
+    )
+    code = main(["sweep", str(sweep), "--set", f"train.runs_dir={tmp_path / 'runs'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "launcher.job_name: control character '\\n'" in err
+    assert not (tmp_path / "runs").exists()

@@ -116,3 +116,93 @@ def test_the_typed_defaults_are_params_yaml_s_values():
     defaults = flat(OmegaConf.to_container(OmegaConf.structured(load_config(None, []))))
     yaml = flat(OmegaConf.to_container(OmegaConf.structured(load_config(ROOT / "params.yaml", []))))
     assert {k: (v, yaml.get(k)) for k, v in defaults.items() if yaml.get(k) != v} == {}
+
+
+# ------------------------------------------------------------------ nothing from params reaches a shell
+INJECTIONS = ["debug\n#SBATCH --wrap=touch /tmp/pwned", "x\ntouch /tmp/pwned", "x\rtouch", "a\tb", "a\x7fb"]
+
+
+@pytest.mark.parametrize("field", ["job_name", "partition", "account", "qos"])
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_control_characters_in_launcher_strings_are_refused_naming_the_key(field, value, tmp_path):
+    """A newline in launcher.job_name ended the #SBATCH line: the batch script ran an injected `touch`."""
+    import yaml
+
+    key = f"launcher.{field}"
+    with pytest.raises(ConfigError, match=rf"{key}: control character") as exc:
+        load_config(write(tmp_path, yaml.safe_dump({"launcher": {field: value}})))
+    assert repr(value[[ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value].index(True)]) in str(exc.value)
+    with pytest.raises(ConfigError, match=rf"{key}: control character"):
+        load_config(None, [f"{key}={yaml.safe_dump(value, default_style=chr(34)).strip()}"])
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"x\ntouch /tmp/pwned": "1"}, r"launcher\.additional_parameters: control character '\\n' in the name"),
+        ({"comment": "x\ntouch /tmp/pwned"}, r"launcher\.additional_parameters\.comment: control character '\\n'"),
+        ({"Constraint": "gpu"}, r"launcher\.additional_parameters: 'Constraint' is not an sbatch option name"),
+        ({"--constraint": "gpu"}, r"launcher\.additional_parameters: '--constraint' is not an sbatch option name"),
+        ({"constraint gpu": 1}, r"is not an sbatch option name"),
+        (
+            {"partition": "other"},
+            r"launcher\.additional_parameters\.partition: not allowed: maskvlp sets it from launcher\.partition",
+        ),
+        ({"job_name": "x"}, r"launcher\.additional_parameters\.job_name: .* launcher\.job_name"),
+        ({"time": 5}, r"launcher\.additional_parameters\.time: .* launcher\.timeout_min"),
+        ({"signal": "USR1@60"}, r"launcher\.additional_parameters\.signal: .* preemption"),
+        ({"output": "/tmp/x"}, r"launcher\.additional_parameters\.output: "),
+        (
+            {"part": "other"},
+            r"launcher\.additional_parameters\.part: not allowed: .*abbreviation of --partition.* launcher\.partition",
+        ),
+        ({"wrap": "touch /tmp/pwned"}, r"launcher\.additional_parameters\.wrap: .*shell command"),
+        ({"exclusive": False}, r"launcher\.additional_parameters\.exclusive: .*true"),
+        ({"exclusive": None}, r"launcher\.additional_parameters\.exclusive: "),
+        ({"constraint": ["a", "b"]}, r"launcher\.additional_parameters\.constraint: "),
+    ],
+)
+def test_bad_additional_sbatch_parameters_are_refused_naming_the_key(params, match, tmp_path):
+    import yaml
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, yaml.safe_dump({"launcher": {"additional_parameters": params}})))
+
+
+def test_usual_launcher_values_pass():
+    cfg = load_config(
+        None,
+        [
+            "launcher.job_name=my-run_2",
+            "launcher.partition=gpu,debug",
+            "launcher.account=proj-123",
+            "launcher.qos=high",
+            'launcher.additional_parameters={constraint: "a100|h100", exclusive: true, gpus: 2, '
+            'mem_per_cpu: 4G, comment: "two words", ntasks: 4}',
+        ],
+    )
+    assert cfg.launcher.additional_parameters["constraint"] == "a100|h100"
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../x", "/abs", "x\ny"])
+def test_run_name_must_be_a_plain_name(name):
+    """train.run_name=.. put the run folder at the project root."""
+    with pytest.raises(ConfigError, match=r"train\.run_name"):
+        load_config(None, [f'train.run_name="{name}"'.replace("\n", "\\n")])
+
+
+@pytest.mark.parametrize("name", ["default", "trial-0000", "flip.v2", "run_1", "..x", "a..b"])
+def test_plain_run_names_pass(name):
+    assert load_config(None, [f"train.run_name={name}"]).train.run_name == name
+
+
+def test_control_characters_in_runs_dir_are_refused():
+    """Slurm's log paths (under train.runs_dir) are written into #SBATCH lines."""
+    with pytest.raises(ConfigError, match=r"train\.runs_dir: control character '\\n'"):
+        load_config(None, ['train.runs_dir="runs\\ntouch /tmp/pwned"'])
+
+
+def test_an_override_that_is_not_yaml_is_a_config_error():
+    """`--set seed=[1` ended in a yaml traceback."""
+    with pytest.raises(ConfigError, match=r"--set seed=\[1: "):
+        load_config(None, ["seed=[1"])

@@ -7,10 +7,12 @@ The rest of the package receives :class:`Config` objects and never reads params.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -265,6 +267,11 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _omegaconf_error(exc, f"--set {item}") from exc
+        except yaml.YAMLError as exc:  # OmegaConf reads the value as YAML: `seed=[1`
+            problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
+            raise ConfigError(
+                f"--set {item}: the value is not valid YAML ({problem}); quote a string, e.g. --set '{key}=\"...\"'"
+            ) from exc
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, Config)
     resolve_derived(cfg)
@@ -357,6 +364,81 @@ def _check(ok: bool, key: str, message: str, value: Any) -> None:
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, f"must be one of {', '.join(choices)}", value)
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character (below 0x20, or DEL) in `text`, or None."""
+    return next((ch for ch in text if ord(ch) < 0x20 or ord(ch) == 0x7F), None)
+
+
+def _no_control_characters(key: str, value: str, why: str) -> None:
+    bad = _control_character(value)
+    if bad is not None:
+        raise ConfigError(f"{key}: control character {bad!r} not allowed ({why}), got {value!r}")
+
+
+# sbatch option names, as submitit writes them: `#SBATCH --{name}={value}` with `_` turned into `-`
+SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9_-]*$")
+# sbatch options that maskvlp sets from its own launcher keys (launch.make_executor), that submitit
+# needs for logs and preemption (one in launcher.additional_parameters would replace them), or that
+# run a shell command
+SBATCH_SET_BY_MASKVLP = {
+    "job-name": "maskvlp sets it from launcher.job_name: set that instead",
+    "partition": "maskvlp sets it from launcher.partition: set that instead",
+    "account": "maskvlp sets it from launcher.account: set that instead",
+    "qos": "maskvlp sets it from launcher.qos: set that instead",
+    "nodes": "maskvlp sets it from launcher.nodes: set that instead",
+    "ntasks-per-node": "maskvlp sets it from launcher.tasks_per_node: set that instead",
+    "cpus-per-task": "maskvlp sets it from launcher.cpus_per_task: set that instead",
+    "gpus-per-node": "maskvlp sets it from launcher.gpus_per_node: set that instead",
+    "mem": "maskvlp sets it from launcher.mem_gb: set that instead",
+    "time": "maskvlp sets it from launcher.timeout_min: set that instead",
+    "output": "submitit sets it: the job's logs go to the run's slurm folder; leave it out",
+    "error": "submitit sets it: the job's logs go to the run's slurm folder; leave it out",
+    "open-mode": "submitit sets it: requeued attempts append to the same logs; leave it out",
+    "signal": "submitit sets it: its preemption signal saves a checkpoint before the requeue; leave it out",
+    "array": "maskvlp submits one job per run; leave it out",
+    "wrap": "sbatch would run its value as a shell command; leave it out",
+}
+# full sbatch options that are also abbreviations of one above (sbatch takes exact names first)
+SBATCH_PREFIX_OPTIONS = {"gpus", "ntasks"}
+
+
+def _check_additional_parameters(params: dict[str, Any]) -> None:
+    """launcher.additional_parameters become `#SBATCH --name=value` lines: names must be sbatch option
+    names, values one-line strings, numbers or true (a flag), and none may replace what maskvlp sets."""
+    key = "launcher.additional_parameters"
+    for name, value in params.items():
+        name = str(name)
+        bad = _control_character(name)
+        if bad is not None:
+            raise ConfigError(
+                f"{key}: control character {bad!r} in the name {name!r} not allowed "
+                "(it would end the #SBATCH line and run the rest as a shell command)"
+            )
+        if not SBATCH_OPTION.match(name):
+            raise ConfigError(
+                f"{key}: {name!r} is not an sbatch option name (lower-case letters, digits, '-' and '_', "
+                "without the leading '--'), e.g. constraint or mem_per_cpu"
+            )
+        option = name.replace("_", "-")
+        if option in SBATCH_SET_BY_MASKVLP:
+            raise ConfigError(f"{key}.{name}: not allowed: {SBATCH_SET_BY_MASKVLP[option]}")
+        clash = [o for o in SBATCH_SET_BY_MASKVLP if o.startswith(option)]
+        if clash and option not in SBATCH_PREFIX_OPTIONS:  # sbatch accepts abbreviated long options
+            raise ConfigError(
+                f"{key}.{name}: not allowed: sbatch may read --{option} as an abbreviation of --{clash[0]}, "
+                f"and {SBATCH_SET_BY_MASKVLP[clash[0]]}"
+            )
+        if isinstance(value, str):
+            _no_control_characters(
+                f"{key}.{name}", value, "it would end the #SBATCH line and run the rest as a shell command"
+            )
+        elif value is not True and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(
+                f"{key}.{name}: must be a string, a number, or true for an option without value "
+                f"(leave the key out to not pass it), got {value!r}"
+            )
 
 
 def validate(cfg: Config) -> None:
@@ -482,8 +564,13 @@ def validate(cfg: Config) -> None:
 
     t = cfg.train
     _check(
-        bool(t.run_name) and "/" not in t.run_name, "train.run_name", "must be a non-empty name without '/'", t.run_name
+        t.run_name not in ("", ".", "..") and "/" not in t.run_name and _control_character(t.run_name) is None,
+        "train.run_name",
+        "must be a plain folder name (not empty, '.' or '..', without '/' or control characters): "
+        "the run folder is train.runs_dir/train.run_name",
+        t.run_name,
     )
+    _no_control_characters("train.runs_dir", t.runs_dir, "Slurm's log paths under it are written into #SBATCH lines")
     _check(t.samples >= 1, "train.samples", "must be >= 1", t.samples)
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
@@ -562,3 +649,11 @@ def validate(cfg: Config) -> None:
     _check(la.mem_gb > 0, "launcher.mem_gb", "must be > 0", la.mem_gb)
     _check(la.timeout_min >= 1, "launcher.timeout_min", "must be >= 1", la.timeout_min)
     _check(la.max_requeues >= 0, "launcher.max_requeues", "must be >= 0", la.max_requeues)
+    # the strings launch.make_executor hands to submitit, which writes each into an #SBATCH line
+    for name in ("job_name", "partition", "account", "qos"):
+        _no_control_characters(
+            f"launcher.{name}",
+            getattr(la, name),
+            "it would end the #SBATCH line and run the rest as a shell command",
+        )
+    _check_additional_parameters(la.additional_parameters)
