@@ -236,3 +236,66 @@ def test_a_folder_of_valid_images_of_odd_shapes_loses_nothing(tmp_path):
         manifest = shard(cfg, progress=False)
         assert manifest["skipped"] == {}
         assert manifest["splits"]["train"]["count"] == len(shapes)
+
+
+def _outside_layout(tmp_path: Path) -> tuple[Path, Path]:
+    """imgs/ with an image and a symlink to an image outside it; a table naming ../, absolute and
+    symlinked paths besides the one inside."""
+    imgs, outside = tmp_path / "imgs", tmp_path / "private"
+    imgs.mkdir()
+    outside.mkdir()
+    (imgs / "inside.jpg").write_bytes(_jpeg())
+    (imgs / "sub").mkdir()
+    (imgs / "sub" / "deep.jpg").write_bytes(_jpeg(color=(0, 90, 0)))
+    (outside / "x.jpg").write_bytes(_jpeg(color=(10, 10, 200)))
+    (outside / "abs.jpg").write_bytes(_jpeg(color=(10, 200, 10)))
+    (outside / "linked.jpg").write_bytes(_jpeg(color=(200, 200, 10)))
+    (imgs / "link.jpg").symlink_to(outside / "linked.jpg")
+    (imgs / "inner-link.jpg").symlink_to(imgs / "inside.jpg")  # a symlink that stays inside is fine
+    table = tmp_path / "pairs.csv"
+    table.write_text(
+        "path,caption\n"
+        "inside.jpg,in the folder\n"
+        "sub/../sub/deep.jpg,in a sub folder\n"
+        "inner-link.jpg,a link inside\n"
+        "../private/x.jpg,climbs out\n"
+        f"{outside / 'abs.jpg'},absolute\n"
+        "link.jpg,a link out\n"
+    )
+    return table, imgs
+
+
+def test_folder_source_keeps_every_path_inside_images_dir(tmp_path):
+    """Table rows with ../, absolute paths or symlinks out of data.folder.images_dir were read into the shards."""
+    table, imgs = _outside_layout(tmp_path)
+    cfg = make_cfg(
+        tmp_path,
+        "data.source=folder",
+        f"data.folder.table={table}",
+        f"data.folder.images_dir={imgs}",
+        "data.val_fraction=0",
+    )
+    manifest = shard(cfg, progress=False)
+    assert manifest["splits"]["train"]["count"] == 3
+    assert manifest["skipped"] == {"outside_folder": 3}
+    examples = " ".join(manifest["skipped_examples"]["outside_folder"])
+    for rel in ("../private/x.jpg", str(tmp_path / "private" / "abs.jpg"), "link.jpg"):
+        assert rel in examples
+    assert "data.folder.allow_outside" in examples
+    with tarfile.open(Path(cfg.data.out_dir) / "train-000000.tar") as tar:
+        captions = sorted(tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt"))
+    assert captions == ["a link inside", "in a sub folder", "in the folder"]
+
+
+def test_folder_source_reads_outside_paths_when_allowed(tmp_path):
+    table, imgs = _outside_layout(tmp_path)
+    cfg = make_cfg(
+        tmp_path,
+        "data.source=folder",
+        f"data.folder.table={table}",
+        f"data.folder.images_dir={imgs}",
+        "data.folder.allow_outside=true",
+        "data.val_fraction=0",
+    )
+    manifest = shard(cfg, progress=False)
+    assert manifest["splits"]["train"]["count"] == 6 and manifest["skipped"] == {}

@@ -67,6 +67,7 @@ class FolderConfig:
     path_column: str = "path"
     caption_column: str = "caption"
     label_column: str = ""  # optional class label column, stored in the sample's json
+    allow_outside: bool = False  # read table paths that lead out of images_dir (../, absolute, symlinks)
 
 
 @dataclass

@@ -38,7 +38,7 @@ class RawSample:
 
 @dataclass(frozen=True)
 class Skip:
-    reason: str  # e.g. missing_file, unreadable_image, empty_caption, duplicate_key, truncated_tar
+    reason: str  # e.g. missing_file, outside_folder, unreadable_image, empty_caption, duplicate_key, truncated_tar
     key: str = ""
     detail: str = ""
 
@@ -207,6 +207,8 @@ class FolderSource:
         self.root = Path(f.images_dir) if f.images_dir else self.table_path.parent
         if not self.root.is_dir():
             raise ConfigError(f"data.folder.images_dir: '{self.root}' is not a directory")
+        self.real_root = self.root.resolve()
+        self.allow_outside = f.allow_outside
         table = read_table(self.table_path)
         for key, col in (
             ("path_column", f.path_column),
@@ -243,7 +245,20 @@ class FolderSource:
             return item
         rel, caption, label = item
         key = sanitize_key(str(Path(rel).with_suffix("")))
-        path = self.root / rel
+        path = self.root / rel  # an absolute rel replaces the root
+        if rel and not self.allow_outside:
+            # the path as the file system follows it (.., symlinks) must stay inside images_dir
+            try:
+                real = path.resolve()
+            except (OSError, RuntimeError) as exc:  # a symlink loop
+                return Skip("missing_file", key, f"{path}: {exc}")
+            if not real.is_relative_to(self.real_root):
+                return Skip(
+                    "outside_folder",
+                    key,
+                    f"{rel} leads to {real}, outside data.folder.images_dir {self.real_root} "
+                    "(set data.folder.allow_outside=true to read it)",
+                )
         if not rel or not path.is_file():
             return Skip("missing_file", key, str(path))
         meta = {"source_path": rel}
