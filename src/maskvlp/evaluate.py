@@ -10,6 +10,7 @@ is skipped with a note. Metric keys: <task>/<set>/<metric>, e.g. zeroshot/object
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from maskvlp.metrics import (
     topk_accuracy,
 )
 from maskvlp.model import CLIP
-from maskvlp.progress import track
+from maskvlp.progress import Progress, track
 from maskvlp.resources import cpu_share_applied
 from maskvlp.runs import RunPaths, update_result, write_json_atomic
 
@@ -152,36 +153,158 @@ def composition(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.d
 
 
 PROBE_GRID = tuple(10.0**e for e in range(-6, 7))  # C: 1e-6 .. 1e6, a decade apart (CLIP's sweep range)
+PROBE_REFINE = (-0.5, -0.25, 0.25, 0.5)  # then a quarter decade around the best, in decades
+PROBE_MAX_ITER = 1000  # L-BFGS iterations per fit; a fit that reaches it is reported as not converged
+PROBE_TOL = 1e-7  # converged: the largest gradient entry of the (mean) objective at most this
+
+
+@dataclass
+class LogisticFit:
+    """A multinomial logistic regression on standardised features: logits = x @ weight + bias."""
+
+    weight: torch.Tensor  # (D, K) float64
+    bias: torch.Tensor  # (K,) float64
+    iterations: int
+    converged: bool
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.weight + self.bias).argmax(1)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self.predict(x) == y).double().mean())
+
+
+def fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    c: float,
+    init: LogisticFit | None = None,
+    max_iter: int = PROBE_MAX_ITER,
+    tol: float = PROBE_TOL,
+) -> LogisticFit:
+    """scikit-learn's LogisticRegression(C=c) objective (multinomial, L2 on the weights, bias free),
+    divided by C*N as scikit-learn's lbfgs solver does: mean cross-entropy + |W|^2 / (2 C N). Full-batch
+    L-BFGS with a strong-Wolfe line search in float64 on `x` (float64, (N, D)), from `init` (a warm
+    start) or zeros. The problem is strictly convex, so the start changes the iterations, not the
+    optimum. Stops when the largest gradient entry (in the preconditioned variables) is at most `tol`,
+    or after `max_iter` iterations (then `converged` is False): no warning, the caller reports it."""
+    n, d = x.shape
+    # Preconditioning: the penalty's curvature 1/(C N) dwarfs the data's (about 1/K per standardised
+    # feature) at small C, and the bias is not penalised; L-BFGS crawls on such a scale gap (1000
+    # iterations at C = 1e-6). So it works on V = W / scale, whose curvature matches the bias's.
+    scale = (1.0 + classes / (c * n)) ** -0.5
+    params = torch.zeros(d * classes + classes, dtype=torch.float64)
+    if init is not None:
+        params.copy_(torch.cat([init.weight.reshape(-1) / scale, init.bias]))
+    params.requires_grad_(True)
+    penalty = scale * scale / (2.0 * c * n)
+    opt = torch.optim.LBFGS(
+        [params],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=2 * max_iter,
+        tolerance_grad=tol,
+        tolerance_change=0.0,  # only the gradient (or the limit) ends a fit: the same criterion every time
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def objective() -> torch.Tensor:
+        opt.zero_grad()
+        v, b = params[: d * classes].view(d, classes), params[d * classes :]
+        loss = torch.nn.functional.cross_entropy(x @ (scale * v) + b, y) + penalty * (v * v).sum()
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    iterations = int(opt.state[params].get("n_iter", 0))
+    objective()
+    converged = bool(params.grad.abs().max() <= tol)
+    p = params.detach()
+    weight = (scale * p[: d * classes]).view(d, classes)
+    return LogisticFit(weight, p[d * classes :].clone(), iterations, converged)
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """torch's CPU kernels split reductions between threads, so the last bits of a sum depend on the
+    thread count; on one thread the probe's every sum has one order, whatever the caller's share."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def linear_probe(
-    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, seed: int = 0
-) -> dict[str, float]:
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    seed: int = 0,
+    desc: str = "linear probe",
+    progress: bool = False,
+    max_iter: int = PROBE_MAX_ITER,
+) -> dict[str, Any]:
     """Logistic regression on frozen features, as CLIP / CLIP_benchmark: the inverse regularisation C
     is chosen on a held-out 20% of the TRAIN features over a wide log grid (1e-6 .. 1e6), refined to a
-    quarter decade around the best, then the probe is refit on all train features with that C and
-    scored once on the test features. Returns top1, the chosen C and the held-out accuracy."""
-    from sklearn.linear_model import LogisticRegression
+    quarter decade around the best (ties: the stronger regularisation), then the probe is refit on all
+    train features with that C and scored once on the test features.
 
-    x, y = train_x.numpy(), train_y.numpy()
-    order = np.random.default_rng(seed).permutation(len(y))
-    cut = max(1, int(0.8 * len(y)))
-    fit_idx, hold_idx = order[:cut], order[cut:]
-    if not len(hold_idx):
-        fit_idx, hold_idx = order, order
+    Deterministic: features standardised with the train statistics, float64, full-batch L-BFGS to a
+    gradient tolerance (fit_logistic), warm-started along the grid from strong to weak regularisation,
+    one thread. Returns top1, the chosen C, the held-out accuracy, whether the final fit converged, its
+    iterations, the C values whose held-out fit stopped at the iteration limit (`unconverged`) and the
+    predicted class of every test sample (`predictions`)."""
+    with _single_thread():
+        x = train_x.detach().cpu().double()
+        mean, std = x.mean(0), x.std(0)
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        x = (x - mean) / std
+        tx = (test_x.detach().cpu().double() - mean) / std
+        y, ty = train_y.detach().cpu().long(), test_y.detach().cpu().long()
+        classes = int(max(int(y.max()), int(ty.max()))) + 1
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
+        cut = max(1, int(0.8 * len(y)))
+        fit_idx, hold_idx = order[:cut], order[cut:]
+        if not len(hold_idx):
+            fit_idx, hold_idx = order, order
+        fx, fy, hx, hy = x[fit_idx], y[fit_idx], x[hold_idx], y[hold_idx]
 
-    def heldout(c: float) -> float:
-        clf = LogisticRegression(C=c, max_iter=1000).fit(x[fit_idx], y[fit_idx])
-        return float(clf.score(x[hold_idx], y[hold_idx]))
+        bar = Progress(len(PROBE_GRID) + len(PROBE_REFINE) + 1, desc, "fit", progress)
+        fits: dict[float, LogisticFit] = {}
+        scores: dict[float, float] = {}
 
-    scores = {c: heldout(c) for c in PROBE_GRID}
-    coarse = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-    for step in (-0.5, -0.25, 0.25, 0.5):
-        c = coarse * 10.0**step
-        scores[c] = heldout(c)
-    best = max(scores, key=lambda c: (scores[c], -c))
-    clf = LogisticRegression(C=best, max_iter=1000).fit(x, y)
-    return {"top1": float(clf.score(test_x.numpy(), test_y.numpy())), "C": best, "heldout_top1": scores[best]}
+        def heldout(c: float, init: LogisticFit | None) -> None:
+            fits[c] = fit_logistic(fx, fy, classes, c, init, max_iter)
+            scores[c] = fits[c].accuracy(hx, hy)
+            bar.set_postfix(C=f"{c:.3g}", heldout=f"{scores[c]:.3f}", iters=fits[c].iterations)
+            bar.update(1)
+
+        try:
+            prev = None
+            for c in PROBE_GRID:  # strong to weak regularisation, each fit starting from the last
+                heldout(c, prev)
+                prev = fits[c]
+            coarse = max(scores, key=lambda c: (scores[c], -c))
+            for step in PROBE_REFINE:
+                heldout(coarse * 10.0**step, fits[coarse])
+            best = max(scores, key=lambda c: (scores[c], -c))
+            final = fit_logistic(x, y, classes, best, fits[best], max_iter)
+            bar.update(1)
+        finally:
+            bar.close()
+    return {
+        "top1": final.accuracy(tx, ty),
+        "C": best,
+        "heldout_top1": scores[best],
+        "converged": final.converged,
+        "iterations": final.iterations,
+        "unconverged": sorted(c for c, f in fits.items() if not f.converged),  # held-out fits
+        "predictions": final.predict(tx),
+    }
 
 
 def labels_for(metas: list[dict[str, Any]], classes: list[str]) -> torch.Tensor:
@@ -250,15 +373,31 @@ def evaluate_set(
         notes.append(f"{name}: no train split, so no linear probe")
         return SetResult(metrics, plots, notes, dict(es.skipped))
     train = encode_images(
-        model, _limit(es.train_batches(size, batch), cfg.eval.linear_probe_samples), run_cfg, device, f"{name} train"
+        model,
+        _limit(es.train_batches(size, batch), cfg.eval.linear_probe_samples),
+        run_cfg,
+        device,
+        f"{name} train",
+        progress,
     )
     tr_y, te_y = labels_for(train.metas, es.classes), labels
     tr, te = tr_y >= 0, te_y >= 0
     if tr.sum() > 1 and te.any() and len(set(tr_y[tr].tolist())) > 1:
-        probe = linear_probe(train.features[tr], tr_y[tr], enc.features[te], te_y[te], cfg.seed)
+        probe = linear_probe(
+            train.features[tr], tr_y[tr], enc.features[te], te_y[te], cfg.seed, f"linear probe {name}", progress
+        )
         metrics[f"linear_probe/{name}/top1"] = probe["top1"]
         metrics[f"linear_probe/{name}/C"] = probe["C"]
         metrics[f"linear_probe/{name}/chance_top1"] = 1.0 / len(es.classes)
+        # non-convergence is a result, not a warning: 1 = the final fit reached the gradient tolerance
+        metrics[f"linear_probe/{name}/converged"] = float(probe["converged"])
+        metrics[f"linear_probe/{name}/unconverged_fits"] = len(probe["unconverged"]) + (not probe["converged"])
+        if probe["unconverged"] or not probe["converged"]:
+            at = ", ".join(f"{c:.3g}" for c in probe["unconverged"]) or "-"
+            notes.append(
+                f"{name}: linear probe fits that stopped at the iteration limit ({PROBE_MAX_ITER}) before converging:"
+                f" held-out C {at}; final fit (C {probe['C']:.3g}) {'converged' if probe['converged'] else 'did not'}"
+            )
     else:
         notes.append(f"{name}: the train split has fewer than 2 labelled classes, so no linear probe")
     return SetResult(metrics, plots, notes, dict(es.skipped))
