@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from maskvlp.data.clean import center_square, decode_image, resize_center_crop
+from maskvlp.data.clean import center_square, clean_caption, clean_sample, decode_image, resize_center_crop
+from maskvlp.data.sources import RawSample
 from maskvlp.data.transforms import train_image
 
 sides = st.integers(min_value=1, max_value=4096)
@@ -51,3 +52,23 @@ def test_images_below_the_minimum_side_are_skipped_by_name():
     skip = decode_image(buf.getvalue(), min_side=16)
     assert skip.reason == "image_too_small" and "200x3" in skip.detail
     assert isinstance(decode_image(buf.getvalue(), min_side=3), Image.Image)
+
+
+def test_a_non_utf8_caption_says_which_byte_where():
+    """The example of a caption read with surrogateescape said "can't encode ... surrogates not allowed"."""
+    expected = "caption is not valid UTF-8 (byte 0xe9 at position 3)"
+    assert clean_caption(b"caf\xe9 au lait").detail == expected  # bytes from a shard's .txt
+    assert clean_caption(b"caf\xe9 au lait".decode("utf-8", "surrogateescape")).detail == expected  # a table's
+    assert clean_caption("x\ud800").detail == "caption is not valid UTF-8 (a lone surrogate U+D800 at character 1)"
+    assert clean_caption(b"caf\xc3\xa9") == "caf\u00e9"
+
+
+def test_an_unreadable_image_names_its_file():
+    """The example showed `cannot identify image file <_io.BytesIO object at 0x...>`."""
+    skip = decode_image(b"not an image" * 10, name="photos/cat.jpg")
+    assert skip.reason == "unreadable_image"
+    assert skip.detail == "cannot identify image file 'photos/cat.jpg'"
+    assert "BytesIO" not in decode_image(b"not an image" * 10).detail
+    raw = RawSample("photos_cat", b"not an image" * 10, "a cat", {"source_path": "photos/cat.jpg"})
+    assert "'photos/cat.jpg'" in clean_sample(raw, 32, "jpg", 90).detail
+    assert "'photos_cat'" in clean_sample(RawSample("photos_cat", b"not an image", "a cat"), 32, "jpg", 90).detail

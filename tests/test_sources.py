@@ -110,6 +110,24 @@ def test_non_utf8_caption_is_skipped(tmp_path):
     manifest = shard(cfg, progress=False)
     assert manifest["splits"]["train"]["count"] == 1
     assert manifest["skipped"] == {"caption_not_utf8": 1}
+    # the example said "can't encode character '\udce9' ... surrogates not allowed"
+    assert manifest["skipped_examples"]["caption_not_utf8"] == [
+        "b: caption is not valid UTF-8 (byte 0xe9 at position 3)"
+    ]
+
+
+def test_the_unreadable_image_example_names_the_file(tmp_path):
+    """The example showed `cannot identify image file <_io.BytesIO object at 0x...>`."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.jpg").write_bytes(_jpeg())
+    (tmp_path / "sub" / "garbage.jpg").write_bytes(b"this is not an image at all" * 10)
+    table = tmp_path / "pairs.csv"
+    table.write_text("path,caption\na.jpg,fine\nsub/garbage.jpg,broken\n")
+    cfg = make_cfg(tmp_path, "data.source=folder", f"data.folder.table={table}", "data.val_fraction=0")
+    manifest = shard(cfg, progress=False)
+    assert manifest["skipped_examples"]["unreadable_image"] == [
+        "sub_garbage: cannot identify image file 'sub/garbage.jpg'"
+    ]
 
 
 def test_folder_missing_column_names_the_columns(tmp_path):

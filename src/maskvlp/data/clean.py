@@ -7,6 +7,7 @@ side is `image_size`, centre-cropped square and re-encoded. Captions must be non
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,23 +61,32 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BICUBIC, box=center_square(*img.size), reducing_gap=3.0)
 
 
-def decode_image(data: bytes, min_side: int = 1) -> Image.Image | Skip:
+_BYTES_IO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _pillow_message(exc: Exception, name: str) -> str:
+    """Pillow's message with the in-memory file it was given (`<_io.BytesIO object at 0x...>`) named."""
+    return _BYTES_IO.sub(repr(name) if name else "(the image's bytes)", str(exc))
+
+
+def decode_image(data: bytes, min_side: int = 1, name: str = "") -> Image.Image | Skip:
     """The decoded image, or a Skip naming why not (empty, unreadable, truncated, too large, smaller
-    than `min_side` pixels on its shorter side)."""
+    than `min_side` pixels on its shorter side). `name` (a file name or key) names the image in the
+    Skip's detail."""
     if len(data) == 0:
         return Skip("empty_file")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except UnidentifiedImageError as exc:
-        return Skip("unreadable_image", detail=str(exc))
+        return Skip("unreadable_image", detail=_pillow_message(exc, name))
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow: "image file is truncated", "broken data stream", ...
         text = str(exc).lower()
         reason = "truncated_image" if "truncat" in text or "broken" in text else "unreadable_image"
-        return Skip(reason, detail=str(exc))
+        return Skip(reason, detail=_pillow_message(exc, name))
     except Image.DecompressionBombError as exc:
-        return Skip("image_too_large", detail=str(exc))
+        return Skip("image_too_large", detail=_pillow_message(exc, name))
     if img.width < 1 or img.height < 1:
         return Skip("unreadable_image", detail="zero-sized image")
     if min(img.size) < min_side:
@@ -86,17 +96,27 @@ def decode_image(data: bytes, min_side: int = 1) -> Image.Image | Skip:
 
 
 def clean_caption(caption: str | bytes | None) -> str | Skip:
+    """The caption with its whitespace collapsed, or a Skip: missing, empty, or not valid UTF-8 (bytes
+    from a shard, or text from a table read with surrogateescape, whose surrogates stand for the bytes
+    that did not decode)."""
     if caption is None:
         return Skip("missing_caption")
-    if isinstance(caption, bytes):
+    if isinstance(caption, str):
         try:
-            caption = caption.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return Skip("caption_not_utf8", detail=str(exc))
+            caption = caption.encode("utf-8", "surrogateescape")  # the table's bytes again
+        except UnicodeEncodeError as exc:  # a surrogate no byte stands for, e.g. JSON's "\ud800"
+            return Skip(
+                "caption_not_utf8",
+                detail=f"caption is not valid UTF-8 (a lone surrogate U+{ord(caption[exc.start]):04X} "
+                f"at character {exc.start})",
+            )
     try:
-        caption.encode("utf-8")  # surrogates left by a table read with surrogateescape
-    except UnicodeEncodeError as exc:
-        return Skip("caption_not_utf8", detail=str(exc))
+        caption = caption.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Skip(
+            "caption_not_utf8",
+            detail=f"caption is not valid UTF-8 (byte 0x{caption[exc.start]:02x} at position {exc.start})",
+        )
     caption = " ".join(caption.split())
     return caption if caption else Skip("empty_caption")
 
@@ -109,13 +129,15 @@ def clean_sample(
     caption = clean_caption(raw.caption)
     if isinstance(caption, Skip):
         return Skip(caption.reason, raw.key, caption.detail)
-    img = raw.image if isinstance(raw.image, Image.Image) else decode_image(raw.image, min_image_side)
+    # the path the folder source read it from (kept in the json of the shards it made), else the key
+    name = str(raw.meta.get("source_path") or raw.key)
+    img = raw.image if isinstance(raw.image, Image.Image) else decode_image(raw.image, min_image_side, name)
     if isinstance(img, Skip):
         return Skip(img.reason, raw.key, img.detail)
     try:
         rgb = resize_center_crop(to_rgb(img), image_size)
     except (OSError, ValueError) as exc:
-        return Skip("unreadable_image", raw.key, str(exc))
+        return Skip("unreadable_image", raw.key, _pillow_message(exc, name))
     buf = io.BytesIO()
     opts = {"quality": jpeg_quality} if image_format in ("jpg", "webp") else {}
     rgb.save(buf, format=IMAGE_FORMATS[image_format], **opts)
