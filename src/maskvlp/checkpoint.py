@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically (temp file + rename), the last N kept, loaded with weights_only."""
+"""Checkpoints and final weights: written atomically (temp file + fsync + rename), the last N checkpoints
+kept, loaded with weights_only; a weights file is checked whole before it is trusted."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load on the CPU; weights_only=True refuses arbitrary pickled objects."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The final weights as safetensors, written atomically: a job killed or a disk filling mid-write
+    leaves no model.safetensors (which would make every retry skip training and fail to load it)."""
+    from safetensors.torch import save_file
+
+    from maskvlp.runs import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))

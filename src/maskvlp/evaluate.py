@@ -35,7 +35,7 @@ from maskvlp.metrics import (
 from maskvlp.model import CLIP
 from maskvlp.progress import Progress, track
 from maskvlp.resources import cpu_share_applied
-from maskvlp.runs import RunPaths, update_result, write_json_atomic
+from maskvlp.runs import RunPaths, update_result, weights_complete, write_json_atomic
 
 # the metrics each task writes as <task>/<set>/<metric> (what a sweep objective may name)
 TASK_METRICS = {
@@ -67,6 +67,11 @@ def load_run(run_dir: str | Path) -> tuple[CLIP, Config]:
     weights, config = run_dir / "model.safetensors", run_dir / "config.yaml"
     if not weights.is_file() or not config.is_file():
         raise EvalError(f"{run_dir} holds no finished run (model.safetensors + config.yaml): run `maskvlp pretrain`")
+    if not weights_complete(weights):
+        raise EvalError(
+            f"{weights} is incomplete or unreadable (a write cut short): run `maskvlp pretrain --resume` "
+            "to write it again from the last checkpoint"
+        )
     cfg = load_config(config)
     model = CLIP.from_config(cfg.model)
     try:

@@ -251,13 +251,28 @@ HOPELESS_REASONS = {
 
 def pending_reason(job_id: str) -> str:
     """squeue's reason for a pending job, or "" (running, finished, or squeue unavailable)."""
+    return pending_reasons([job_id]).get(job_id, "")
+
+
+def pending_reasons(job_ids: list[str]) -> dict[str, str]:
+    """squeue's reasons of those of the jobs that are pending, in one call ({} when squeue does not answer)."""
+    if not job_ids:
+        return {}
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-t", "PD", "-o", "%r"], capture_output=True, text=True, timeout=20
+            ["squeue", "-h", "-j", ",".join(job_ids), "-t", "PD", "-o", "%i|%r"],
+            capture_output=True,
+            text=True,
+            timeout=20,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.strip().splitlines()[0] if out.strip() else ""
+        return {}
+    reasons = {}
+    for line in out.splitlines():
+        job_id, _, reason = line.partition("|")
+        if job_id.strip():
+            reasons[job_id.strip()] = reason.strip()
+    return reasons
 
 
 # ---------------------------------------------------------------------------- reconciliation

@@ -15,12 +15,25 @@ result.json holds `status` (running | complete | stopped | failed | pruned: a sw
 `train_loss`, `wall_s`, `images_per_s`, `train_flops`, `params_nonembedding`, `masking`,
 `git_commit`, `evals` (evaluations during training) and, once evaluated, `eval` (flat metric keys).
 Sweeps, scaling fits and the report read runs through :func:`list_runs`.
+
+Every record, report and weights file is written through :func:`atomic_path` (a unique temporary name
+in the same folder, fsync, rename): a reader, a crash or a full disk never leaves half a file, and two
+writers never share a temporary file. Read-modify-write of result.json happens under
+:func:`record_lock`. A run folder has one writer at a time: :func:`folder_writer` (a kernel lock on
+``writer.lock``, released by the kernel when its holder dies, so a stale holder cannot block anyone).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +81,15 @@ class RunPaths:
     def slurm_logs(self) -> Path:
         return self.root / "slurm"
 
+    @property
+    def writer_lock(self) -> Path:
+        return self.root / "writer.lock"
+
+    @property
+    def attempts(self) -> Path:
+        """attempts.jsonl: one line per writer that held the folder (start / end, who, which study)."""
+        return self.root / "attempts.jsonl"
+
     def eval_dir(self, dataset: str | None = None) -> Path:
         """eval/ for the stage's own evaluation; eval/<dataset>/ for another set."""
         return self.root / "eval" if dataset is None else self.root / "eval" / dataset
@@ -78,12 +100,52 @@ def run_paths(cfg: Any) -> RunPaths:
     return RunPaths(Path(cfg.train.runs_dir) / cfg.train.run_name)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A unique temporary path beside `path` to write to; on success it is fsynced and renamed onto
+    `path`, on any error removed (so a full disk or a kill leaves the old file, never half a new one).
+    `suffix` keeps an extension that a writer looks at (matplotlib's savefig picks the format by it)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself reaches the disk with the folder's entry
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, obj: Any, **dumps: Any) -> None:
+    """Write JSON through :func:`atomic_path`: a reader never sees half a file."""
+    write_text_atomic(path, json.dumps(obj, **{"indent": 2, "sort_keys": True, **dumps}) + "\n")
+
+
+@contextlib.contextmanager
+def record_lock(path: Path, timeout_s: float = 120.0) -> Iterator[None]:
+    """An exclusive lock for a read-modify-write of the record `path` (on `<path>.lock`)."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=timeout_s):
+        yield
 
 
 def read_result(paths: RunPaths) -> dict[str, Any]:
@@ -94,15 +156,114 @@ def read_result(paths: RunPaths) -> dict[str, Any]:
 
 
 def update_result(paths: RunPaths, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` into result.json (the `eval` mapping is merged key by key) and write it atomically."""
-    record = read_result(paths)
-    for key, value in fields.items():
-        if key == "eval" and isinstance(value, dict):
-            record["eval"] = {**record.get("eval", {}), **value}
-        else:
-            record[key] = value
-    write_json_atomic(paths.result, record)
+    """Merge `fields` into result.json (the `eval` mapping is merged key by key) and write it atomically,
+    under the record's lock: another process updating it at the same moment loses none of its fields."""
+    with record_lock(paths.result):
+        record = read_result(paths)
+        for key, value in fields.items():
+            if key == "eval" and isinstance(value, dict):
+                record["eval"] = {**record.get("eval", {}), **value}
+            else:
+                record[key] = value
+        write_json_atomic(paths.result, record)
     return record
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the run folder (see :func:`folder_writer`)."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return "another process"
+    return ", ".join(f"{k} {v}" for k, v in sorted(info.items())) or "another process"
+
+
+@contextlib.contextmanager
+def folder_writer(paths: RunPaths, who: dict[str, Any], wait_s: float = 0.0, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold the run folder as its one writer: a kernel lock (flock; Linux maps it to a POSIX lock on NFS, so hosts sharing the folder see it too) on
+    writer.lock, waited for up to `wait_s`. The kernel drops the lock when its holder dies, so a killed
+    job never leaves a stale lock; the holder's `who` is written into the file for the message the
+    next writer sees. Each holding is appended to attempts.jsonl (start and end), which the fault tests
+    read to show that no two attempts ever wrote one folder at once. Raises FolderBusy."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise FolderBusy(
+                        f"{paths.root} is being written by {_holder(paths.writer_lock)}; "
+                        "one writer per run folder (wait for it to end, or stop it)"
+                    ) from None
+                time.sleep(poll_s)
+        who = {"host": socket.gethostname(), "pid": os.getpid(), **who}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(who, sort_keys=True).encode(), 0)
+        _append_attempt(paths, {**who, "event": "start", "t": time.time()})
+        try:
+            yield
+        finally:
+            _append_attempt(paths, {**who, "event": "end", "t": time.time()})
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def folder_in_use(paths: RunPaths, lock: Path | None = None) -> bool:
+    """Whether some process holds the run folder's writer lock (or the lock file `lock`) now, on any
+    host sharing the folder (it asks the kernel by trying the lock for an instant)."""
+    lock = lock or paths.writer_lock
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (a lock taken here is released with it)
+    return False
+
+
+def _append_attempt(paths: RunPaths, entry: dict[str, Any]) -> None:
+    with open(paths.attempts, "a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_attempts(paths: RunPaths) -> list[dict[str, Any]]:
+    """attempts.jsonl as a list (a line cut short by a kill is skipped)."""
+    if not paths.attempts.is_file():
+        return []
+    out = []
+    for line in paths.attempts.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def weights_complete(path: Path) -> bool:
+    """Whether `path` is a whole safetensors file: its header parses and the file is exactly as long as
+    the header says (a truncated or foreign file is treated as no weights at all)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > min(size - 8, 100_000_000):
+                return False
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, struct.error, UnicodeDecodeError):
+        return False
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return isinstance(header, dict) and size == 8 + n + max(ends, default=0)
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import signal
 import subprocess
@@ -24,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from maskvlp.accumulate import ACCUMULATORS
-from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_weights
 from maskvlp.config import Config, to_dict, to_yaml
 from maskvlp.coverage import STATS as PROBE_STATS
 from maskvlp.coverage import ObjectProbe
@@ -44,9 +43,9 @@ from maskvlp.masking import (
 )
 from maskvlp.model import CLIP
 from maskvlp.resources import CpuShare, cpu_share_applied, loader_hint
-from maskvlp.runs import RunPaths, run_paths, update_result, write_json_atomic
+from maskvlp.runs import RunPaths, run_paths, update_result, weights_complete, write_json_atomic, write_text_atomic
 from maskvlp.schedule import Budget, lr_at, make_budget
-from maskvlp.trainlog import TrainLog
+from maskvlp.trainlog import NonFiniteLoss, TrainLog
 
 # Params that may change between a run and its resume: they do not change what is computed.
 RESUME_FREE = (
@@ -85,6 +84,11 @@ def _git_commit() -> str:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+class Abandoned(RuntimeError):
+    """The run's attempt is no longer wanted (a sweep trial the driver settled, a study replaced): the
+    loop ends at once and writes nothing more into the run folder, which may belong to another attempt."""
 
 
 class StopRequest:
@@ -174,7 +178,7 @@ def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -
     """The checkpoint to resume from, or None. Refuses to silently restart or overwrite."""
     found = list_checkpoints(paths.checkpoints)
     if not resume:
-        if found or paths.model.exists():
+        if found or weights_complete(paths.model):
             raise TrainError(
                 f"{paths.root} already holds a run ({len(found)} checkpoint(s)): pass --resume to continue it, "
                 "or choose another train.run_name (or delete the folder) to start afresh"
@@ -270,7 +274,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             print(f"calibrated masking.threshold = {threshold:.4f} (coverage {coverage:.1%})")
     if env.is_main:
         paths.root.mkdir(parents=True, exist_ok=True)
-        paths.config.write_text(to_yaml(cfg))
+        write_text_atomic(paths.config, to_yaml(cfg))
         info = {
             "git_commit": _git_commit(),
             "manifest_sha256": sha256_file(Path(cfg.data.out_dir) / MANIFEST),
@@ -281,7 +285,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             "resumed_at_step": step,
             "cpu_share": share.record(),
         }
-        paths.info.write_text(json.dumps(info, indent=2) + "\n")
+        write_json_atomic(paths.info, info, sort_keys=False)
         start = {
             "status": "running",
             "git_commit": info["git_commit"],
@@ -476,7 +480,9 @@ def pretrain(
 ) -> dict[str, Any]:
     """Train per cfg; returns the run's result record (also in runs/<name>/result.json). Stops early with
     status "stopped" after saving a checkpoint when a stop is requested (SIGTERM/SIGUSR1) or a hook asks
-    to (hooks are called after each evaluation during training, every train.eval_every_samples).
+    to (hooks are called after each evaluation during training, every train.eval_every_samples). A stop
+    whose `abandoned` attribute is set raises Abandoned instead, writing nothing. A non-finite loss raises
+    NonFiniteLoss at the next log line or checkpoint (result.json: status failed, failure non_finite_loss).
     Uses this process's CPU share (resources.py)."""
     with cpu_share_applied(cfg) as share:
         s = start_or_resume(cfg, share, resume)
@@ -494,6 +500,8 @@ def pretrain(
                 # is an all-reduce + host sync, so it is asked every log_every_steps steps, not every step
                 check = s.env.world_size == 1 or s.step % cfg.train.log_every_steps == 0
                 if check and any_rank(stop.requested, s.device):
+                    if getattr(stop, "abandoned", None):
+                        raise Abandoned(stop.abandoned)
                     status = "stopped"
                     break
                 log.after_step(s, train_step(s))
@@ -505,10 +513,13 @@ def pretrain(
                         status = "stopped"
                         break
                 if s.step % s.budget.checkpoint_every == 0 and s.step < s.budget.total_steps:
+                    log.check_finite(s)
                     save(s)
+            log.check_finite(s)  # before finish() saves the last checkpoint and the weights
         except BaseException as exc:
-            if s.env.is_main:
-                update_result(s.paths, status="failed", error=f"{type(exc).__name__}: {exc}", steps=s.step)
+            if s.env.is_main and not isinstance(exc, Abandoned):
+                extra = {"failure": "non_finite_loss", "loss": str(exc.loss)} if isinstance(exc, NonFiniteLoss) else {}
+                update_result(s.paths, status="failed", error=f"{type(exc).__name__}: {exc}", steps=s.step, **extra)
             log.close()
             raise
         finally:
@@ -527,9 +538,7 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
     log.close(s)
     save(s)
     if status == "complete" and s.env.is_main:
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().contiguous().cpu() for k, v in s.model.state_dict().items()}, str(s.paths.model))
+        save_weights(s.model.state_dict(), s.paths.model)
     n = max(1.0, s.totals["micro_batches"])
     record = {
         "status": status,

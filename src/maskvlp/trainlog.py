@@ -3,6 +3,7 @@ samples-seen axis. One host sync per logging interval, none per step."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,17 @@ if TYPE_CHECKING:
     from maskvlp.train import Session, StepOut
 
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run diverged and stops at once (status failed)."""
+
+    def __init__(self, step: int, samples_seen: int, loss: float):
+        self.step, self.samples_seen, self.loss = step, samples_seen, loss
+        super().__init__(
+            f"the training loss became {loss} by step {step} ({samples_seen} samples): the run diverged. "
+            "Lower train.lr (or raise train.warmup_samples), or use train.precision fp32"
+        )
 
 
 class TrainLog:
@@ -60,9 +72,17 @@ class TrainLog:
         if self.writer is not None and self.image_every and (s.step - 1) % self.image_every == 0:
             self._mask_image(out.mask, out.images_uint8, s.samples_seen)
 
+    def check_finite(self, s: Session) -> None:
+        """Raise NonFiniteLoss when a step since the last log line had a non-finite loss (a host sync:
+        called before a checkpoint is written, so no diverged state is ever saved)."""
+        if self.window["steps"] and not math.isfinite(float(self.window["loss"])):
+            raise NonFiniteLoss(s.step, s.samples_seen, float(self.window["loss"]))
+
     def _scalars(self, s: Session, mask: MaskResult) -> None:
         w = self.window
         loss = float(w["loss"]) / w["steps"]  # the one host sync of the interval
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(s.step, s.samples_seen, loss)
         self.last_loss = loss
         s.totals["coverage_sum"] += float(w["coverage"])
         images_per_s = w["steps"] * self.global_batch / max(time.perf_counter() - self.t0, 1e-9)

@@ -13,6 +13,13 @@ moment and started again with the same command. Each pass of its loop:
 3. starts trials until `parallel` are in flight: enqueued retries first, then new points from the
    sampler, while finished + in flight < n_trials. A new trial starts as soon as any slot frees.
 
+Every study instance has an id (study.INSTANCE_ATTR) that each job carries and checks before it writes
+or tells (job.py): `--force-new` is refused while any trial job of the old study is alive, and a job of a
+replaced study, or one Slurm requeued on its own after the driver gave up on it, stops without writing.
+Trials pending in Slurm for a reason that cannot clear (launch.HOPELESS_REASONS) are cancelled and
+failed with that reason. One driver per study: an flock on `<runs_dir>/.<name>.driver.lock`, which the
+kernel drops when the driver dies (a requeued `--detach` driver takes it again).
+
 Local trials are separate processes in their own session (Ctrl-C of the driver stops them at a step
 boundary with a checkpoint); Slurm trials are jobs submitted through launch.submit and keep running
 when the driver dies. Each trial process gets its share of the cores: locally `launcher.threads` =
@@ -22,6 +29,7 @@ CPUs // parallel, under Slurm the job's `launcher.cpus_per_task`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -39,22 +47,25 @@ from optuna.trial import TrialState
 
 from maskvlp.config import Config, load_config, to_dict
 from maskvlp.progress import Progress, format_duration
-from maskvlp.runs import RunPaths, read_result, write_json_atomic
-from maskvlp.sweep.job import STOPPED_FILE, TRIAL_FILE, TrialJob, TrialTask
+from maskvlp.runs import RunPaths, folder_in_use, read_result, weights_complete, write_json_atomic, write_text_atomic
+from maskvlp.sweep.job import EXIT_NOT_LIVE, EXIT_STOPPED, STOPPED_FILE, TRIAL_FILE, TrialJob, TrialTask
 from maskvlp.sweep.study import (
+    INSTANCE_ATTR,
     Logical,
     create_or_resume,
     is_finished,
     logical_trials,
+    non_finite,
     storage_url,
     suggest,
+    take_password,
     trial_handle,
     values_from_record,
 )
 from maskvlp.sweepspec import SweepSpec, SweepSpecError, grid_size, validate
 
 SWEEP_FILE = "sweep.json"  # in the study folder: the spec, storage and params the study was started with
-LOCK_FILE = "driver.json"
+LOCK_FILE = "driver.json"  # who drives the study (for messages); the lock itself is driver_lock_path()
 ALIVE_SLURM = {
     "PENDING",
     "RUNNING",
@@ -145,7 +156,7 @@ def prepare(
     if spec.sampler == "grid":
         check_grid(spec, params)
     study_dir = Path(cfg.train.runs_dir) / spec.name
-    url = storage_url(study_dir, storage)
+    url = take_password(storage_url(study_dir, storage))  # a password moves to the environment
     executor = cfg.launcher.executor
     cpu_sets = cpu_slots(sorted(os.sched_getaffinity(0)), spec.parallel) if executor == "local" else []
     return Sweep(spec, raw, params, cfg, study_dir, url, executor, cpu_sets)
@@ -220,7 +231,9 @@ def _proc_start(pid: int) -> str:
     return "" if fields[0] == "Z" else fields[19]  # state, ..., starttime (field 22)
 
 
-def job_alive(job: str, launched: float, slurm_states: dict[str, str] | None) -> bool:
+def job_alive(job: str, launched: float, slurm_states: dict[str, str] | None, run_dir: Path | None = None) -> bool:
+    """Whether the job may still run. A local trial on another host cannot be asked through the process
+    table: it counts as alive while it holds its run folder's writer lock (runs.folder_writer)."""
     kind, _, ref = job.partition(":")
     if kind == "slurm":
         if slurm_states is None:  # sacct did not answer
@@ -229,8 +242,7 @@ def job_alive(job: str, launched: float, slurm_states: dict[str, str] | None) ->
         return state in ALIVE_SLURM or (state == "UNKNOWN" and time.time() - launched < UNKNOWN_GRACE_S)
     host, pid, start = ref.split(":")
     if host != socket.gethostname():
-        print(f"sweep: trial process {pid} ran on {host}, not here: counted as gone", file=sys.stderr)
-        return False
+        return run_dir is not None and folder_in_use(RunPaths(run_dir))
     return _proc_start(int(pid)) == start
 
 
@@ -274,6 +286,7 @@ class Driver:
         self.active: dict[int, Handle] = {}
         self.progress = progress
         self.launched_count = 0
+        self.instance = str(study.user_attrs.get(INSTANCE_ATTR, ""))
 
     # -- launching
     def launch(self) -> Handle | None:
@@ -294,11 +307,15 @@ class Driver:
             self._fail(trial, f"could not start its job: {exc}", crash=False)
             raise
 
-    def _fail(self, trial: optuna.Trial | optuna.trial.FrozenTrial, why: str, crash: bool) -> None:
+    def _fail(
+        self, trial: optuna.Trial | optuna.trial.FrozenTrial, why: str, crash: bool, no_retry: bool = False
+    ) -> None:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             handle = trial_handle(self.study, trial.number)
             handle.set_user_attr("failure", why)
             handle.set_user_attr("counts_as_failure", crash)
+            if no_retry:
+                handle.set_user_attr("no_retry", True)
         self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
 
     def _start(self, trial: optuna.Trial) -> Handle:
@@ -308,9 +325,9 @@ class Driver:
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", spec.overrides(values))
         cfg = trial_config(sw, values, run_dir)
-        task = TrialTask(to_dict(cfg), sw.raw, sw.storage, trial.number, values)
+        task = TrialTask(to_dict(cfg), sw.raw, sw.storage, trial.number, values, self.instance)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / TRIAL_FILE).write_text(task.to_json())
+        write_text_atomic(run_dir / TRIAL_FILE, task.to_json())
         if sw.executor == "local":
             slot = self.free_slot()
             cpus = sw.cpu_sets[slot]
@@ -350,10 +367,17 @@ class Driver:
         when it was pruned, else FAIL (`ensure_retries` then enqueues its retry). Returns what was done."""
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
         result = read_result(RunPaths(run_dir)) if trial.user_attrs.get("run_dir") else {}
-        values = values_from_record(self.sw.spec, result) if RunPaths(run_dir).model.exists() else None
+        values = values_from_record(self.sw.spec, result) if weights_complete(RunPaths(run_dir).model) else None
         if values is not None and result.get("eval"):
+            problem = non_finite(self.sw.spec, values)
+            if problem:  # a failed trial, counted against retries (never COMPLETE, never retried forever)
+                self._fail(trial, problem, crash=True)
+                return f"FAIL ({problem})"
             self.study.tell(trial.number, values, skip_if_finished=True)
             return "COMPLETE (from its run record)"
+        if result.get("failure") == "non_finite_loss" and result.get("status") == "failed":
+            self._fail(trial, f"diverged: {result.get('error', 'non-finite loss')}", crash=True)
+            return "FAIL (diverged: non-finite training loss)"
         if result.get("status") == "pruned":
             self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
             return "PRUNED (from its run record)"
@@ -391,6 +415,7 @@ class Driver:
         """Free the slots of trials that finished, reconcile those whose job died."""
         states = _slurm_states(list(self.active.values()))
         trials = self.study.get_trials(deepcopy=False)
+        pending: list[Handle] = []
         for number, h in list(self.active.items()):
             trial = trials[number]
             if trial.state != TrialState.RUNNING:
@@ -402,8 +427,12 @@ class Driver:
                 code = h.process.poll()
                 if code is None:
                     continue
-                why = "stopped cleanly" if code == 3 else f"process exited with code {code}"
-            elif job_alive(h.job, h.launched, states):
+                why = {EXIT_STOPPED: "stopped cleanly", EXIT_NOT_LIVE: "not the live attempt"}.get(
+                    code, f"process exited with code {code}"
+                )
+            elif job_alive(h.job, h.launched, states, h.run_dir):
+                if (states or {}).get(h.job.split(":", 1)[1]) == "PENDING":
+                    pending.append(h)
                 continue
             else:
                 why = f"job ended {(states or {}).get(h.job.split(':', 1)[1], 'UNKNOWN')}"
@@ -411,6 +440,25 @@ class Driver:
             if trial.state == TrialState.RUNNING:
                 self._say(f"trial {number}: {why}: {self.settle_dead(trial, why)} (logs in {h.run_dir})")
             del self.active[number]
+        self.give_up_hopeless(pending)
+
+    def give_up_hopeless(self, pending: list[Handle]) -> None:
+        """Pending Slurm trials whose reason no waiting clears (a partition too small, an invalid account,
+        ...): the job is cancelled and the trial failed with Slurm's reason, not retried (a retry would
+        wait forever alike). Other reasons (Resources, Priority) just wait."""
+        from maskvlp.launch import HOPELESS_REASONS, pending_reasons
+
+        reasons = pending_reasons([h.job.split(":", 1)[1] for h in pending])
+        for h in pending:
+            job_id = h.job.split(":", 1)[1]
+            reason = reasons.get(job_id, "")
+            if reason not in HOPELESS_REASONS:
+                continue
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+            why = f"job {job_id} can never start (Slurm: pending, reason {reason}); cancelled"
+            self._fail(trial_handle(self.study, h.number), why, crash=True, no_retry=True)
+            self._say(f"trial {h.number}: {why}; told FAIL, not retried (check launcher.* against `sinfo`)")
+            del self.active[h.number]
 
     def adopt_orphans(self) -> None:
         """At start: RUNNING trials of an earlier driver. Alive jobs are followed again; dead ones settled."""
@@ -427,7 +475,7 @@ class Driver:
             handles[t.number] = Handle(t.number, Path(t.user_attrs["run_dir"]), job, launched)
         states = _slurm_states(list(handles.values()))
         for number, h in handles.items():
-            if job_alive(h.job, h.launched, states):
+            if job_alive(h.job, h.launched, states, h.run_dir):
                 if h.job.startswith("local:"):
                     h.slot = self._slot_of(int(h.job.split(":")[2]))
                 self.active[number] = h
@@ -521,47 +569,100 @@ class Driver:
         print(f"sweep {self.sw.spec.name}: {message}", file=sys.stderr, flush=True)
 
 
-def driver_alive(study_dir: Path) -> dict[str, Any] | None:
-    """The running driver of the study on this host (driver.json with a live pid), else None. A driver
-    on another host (a --detach job) is reported as alive while its Slurm job runs."""
-    path = study_dir / LOCK_FILE
-    if not path.is_file():
-        return None
-    other = json.loads(path.read_text())
-    if other.get("host") == socket.gethostname():
-        return other if _proc_start(other["pid"]) == other.get("start") else None
-    job = other.get("slurm_job")
-    if job:
-        from maskvlp.launch import sacct_states
+def driver_lock_path(study_dir: Path) -> Path:
+    """The driver's lock file: beside the study folder, not in it, so --force-new can move the folder
+    aside while the lock is held."""
+    return study_dir.parent / f".{study_dir.name}.driver.lock"
 
-        return other if sacct_states([job]).get(job) in ALIVE_SLURM else None
-    return other  # another host, not a Slurm job: cannot check, assume it runs
+
+def driver_alive(study_dir: Path) -> dict[str, Any] | None:
+    """Who drives the study now (driver.json: host, pid, Slurm job), or None when no process holds the
+    driver lock. The lock is the truth: a driver that died, even on another host, holds nothing."""
+    if not folder_in_use(RunPaths(driver_lock_path(study_dir).parent), driver_lock_path(study_dir)):
+        return None
+    path = study_dir / LOCK_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"host": "?", "pid": "?"}
+
+
+def _driver_refusal(study_dir: Path, other: dict[str, Any]) -> SweepSpecError:
+    job = f", Slurm job {other['slurm_job']}" if other.get("slurm_job") else ""
+    return SweepSpecError(
+        f"a driver for study '{study_dir.name}' already runs (pid {other.get('pid')} on {other.get('host')}{job}); "
+        f"follow it with `maskvlp sweep-status {study_dir.name}`, or stop it first"
+    )
 
 
 def refuse_second_driver(study_dir: Path) -> None:
     other = driver_alive(study_dir)
     if other is not None:
-        raise SweepSpecError(
-            f"a driver for study '{study_dir.name}' already runs (pid {other['pid']} on {other['host']}); "
-            f"follow it with `maskvlp sweep-status {study_dir.name}`, or stop it first "
-            f"(a stale {study_dir / LOCK_FILE} from a lost host may be deleted by hand)"
-        )
+        raise _driver_refusal(study_dir, other)
 
 
 @contextlib.contextmanager
 def driver_lock(study_dir: Path):
-    """One driver per study: a second one would start the same retries twice."""
-    refuse_second_driver(study_dir)
-    path = study_dir / LOCK_FILE
-    pid = os.getpid()
-    record = {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
-    if os.environ.get("SLURM_JOB_ID"):
-        record["slurm_job"] = os.environ["SLURM_JOB_ID"]
-    write_json_atomic(path, record)
+    """One driver per study: a second one would start the same retries twice. An flock taken without
+    waiting (of several drivers started at once exactly one gets it); the kernel releases it when the
+    driver exits or dies, so a driver requeued by Slurm, or started again after a kill, takes it anew."""
+    path = driver_lock_path(study_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _driver_refusal(study_dir, driver_alive(study_dir) or {"host": "?", "pid": "?"}) from None
+        pid = os.getpid()
+        record = {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
+        if os.environ.get("SLURM_JOB_ID"):
+            record["slurm_job"] = os.environ["SLURM_JOB_ID"]
+        yield record
     finally:
-        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def alive_trial_jobs(sw: Sweep) -> list[str]:
+    """The jobs of the stored study's RUNNING trials that still run (empty when there is no study)."""
+    import optuna
+
+    from maskvlp.sweep.study import open_storage
+
+    if not sw.storage or (not Path(sw.storage).exists() and "://" not in sw.storage):
+        return []
+    storage = open_storage(sw.storage, sw.spec.parallel)
+    try:
+        study = optuna.load_study(study_name=sw.spec.name, storage=storage)
+    except KeyError:
+        return []
+    handles = [
+        Handle(t.number, Path(t.user_attrs["run_dir"]), _recorded_job(t), _launched_at(t))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get("run_dir") and _recorded_job(t)
+    ]
+    states = _slurm_states(handles)
+    return [h.job for h in handles if job_alive(h.job, h.launched, states, h.run_dir)]
+
+
+def refuse_force_new_while_jobs_run(sw: Sweep) -> None:
+    """--force-new would give the old study's name and storage to a new study while its jobs still write
+    and tell: refused, naming the jobs and how to stop them."""
+    jobs = alive_trial_jobs(sw)
+    if not jobs:
+        return
+    slurm = [j.split(":", 1)[1] for j in jobs if j.startswith("slurm:")]
+    local = [j.split(":")[2] for j in jobs if j.startswith("local:")]
+    how = []
+    if slurm:
+        how.append(f"`scancel {' '.join(slurm)}`")
+    if local:
+        how.append(f"`kill {' '.join(local)}` (on the host that runs them)")
+    raise SweepSpecError(
+        f"--force-new: {len(jobs)} trial job(s) of the old study '{sw.spec.name}' still run ({', '.join(jobs)}); "
+        f"they would write into the new study. Stop them first with {' and '.join(how)}, or follow them "
+        f"without --force-new (`maskvlp sweep-status {sw.spec.name}`)"
+    )
 
 
 def set_aside(study_dir: Path) -> Path | None:
@@ -575,17 +676,21 @@ def set_aside(study_dir: Path) -> Path | None:
 
 def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s: float = 2.0) -> list[Logical]:
     """Create or resume the study and drive it to n_trials finished trials."""
-    refuse_second_driver(sw.study_dir)  # before --force-new moves anything a running driver uses
-    if force_new:
-        moved = set_aside(sw.study_dir)  # its journal too, when it lives there (an RDB study is deleted below)
-        if moved:
-            print(f"sweep {sw.spec.name}: the old study's folder is now {moved}", file=sys.stderr)
-    study = create_or_resume(sw.spec, sw.storage, sw.spec.parallel, force_new)
-    sw.study_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sw.study_dir / SWEEP_FILE, sw.info)
-    with driver_lock(sw.study_dir):
-        groups = Driver(sw, study, progress, poll_s).run()
-    return groups
+    with driver_lock(sw.study_dir) as record:  # before --force-new moves anything a running driver uses
+        if force_new:
+            refuse_force_new_while_jobs_run(sw)
+            moved = set_aside(sw.study_dir)  # its journal too, when it lives there (an RDB study is deleted below)
+            if moved:
+                print(f"sweep {sw.spec.name}: the old study's folder is now {moved}", file=sys.stderr)
+        study = create_or_resume(sw.spec, sw.storage, sw.spec.parallel, force_new)
+        sw.study_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(sw.study_dir / SWEEP_FILE, sw.info)
+        write_json_atomic(sw.study_dir / LOCK_FILE, record)
+        try:
+            return Driver(sw, study, progress, poll_s).run()
+        finally:
+            with contextlib.suppress(OSError):
+                (sw.study_dir / LOCK_FILE).unlink()
 
 
 def summary_line(sw: Sweep, groups: list[Logical], elapsed_s: float) -> str:
@@ -629,8 +734,10 @@ def detach(sw: Sweep, force_new: bool) -> str:
         )
     refuse_second_driver(sw.study_dir)
     if force_new:
-        set_aside(sw.study_dir)
-        create_or_resume(sw.spec, sw.storage, sw.spec.parallel, True)
+        with driver_lock(sw.study_dir):
+            refuse_force_new_while_jobs_run(sw)
+            set_aside(sw.study_dir)
+            create_or_resume(sw.spec, sw.storage, sw.spec.parallel, True)
         force_new = False
 
     cfg = sw.base_cfg

@@ -1,17 +1,27 @@
 """One trial as a job: a Slurm job (through launch.submit) or a local process (`python -m maskvlp.sweep.job`).
 
 The job trains the trial's params in its own run folder (resuming from the folder's checkpoint when
-there is one, skipping training when the weights exist), reports the intermediate objective to the
+there is one, skipping training when whole weights exist), reports the intermediate objective to the
 shared storage after each evaluation during training and stops when the pruner says so (state PRUNED,
 the partial run kept with its checkpoint and marked in result.json), evaluates, writes the trial's
 HParams session and tells the study. A job that dies before telling leaves its trial RUNNING; the
 driver reconciles it (driver.py). Preemption under Slurm works as for single runs (launch.TrainJob).
+
+A job works only while it is its trial's *live attempt* (study.live_problem): the study in the storage
+is the instance the job was started for, and its trial is still RUNNING. It checks before it writes
+anything, every LIVE_CHECK_S during training, before it evaluates and before it tells; a job that is not
+(one Slurm requeued by itself after a node failure, one whose study was replaced by --force-new, one the
+driver already gave up on) stops at once without writing. It holds the run folder as its one writer
+(runs.folder_writer) for as long as it works in it.
+
+A diverged training (NaN loss) or a non-finite objective is a failed trial, told FAIL with the reason
+(user attribute `failure`), and counted against the sweep's `retries`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import signal
 import sys
 import time
@@ -19,11 +29,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskvlp.runs import RunPaths, read_result, update_result, write_json_atomic
+from maskvlp.runs import (
+    FolderBusy,
+    RunPaths,
+    folder_writer,
+    read_result,
+    update_result,
+    weights_complete,
+    write_json_atomic,
+)
 from maskvlp.sweepspec import SweepSpec
 
 TRIAL_FILE = "trial.json"  # what the driver hands a local trial process
 STOPPED_FILE = "stopped.json"  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved), not a crash
+LIVE_CHECK_S = 10.0  # how often a training job asks the storage whether it is still the live attempt
+FOLDER_WAIT_S = 300.0  # how long a job waits for the run folder while an older attempt still holds it
+EXIT_STOPPED, EXIT_NOT_LIVE = 3, 4  # a local trial process's exit codes besides 0 and a crash
+
+
+class NotLive(RuntimeError):
+    """This job is not (or no longer) its trial's live attempt; it wrote nothing and told nothing."""
 
 
 @dataclass
@@ -32,9 +57,10 @@ class TrialTask:
 
     cfg: dict[str, Any]  # the trial's complete, resolved params
     spec: dict[str, Any]  # the sweep file's mapping (re-parsed in the job)
-    storage: str
+    storage: str  # without a password (study.public_url); the job finds it in its environment
     number: int  # the Optuna trial number of this attempt
     params: dict[str, Any]  # the sampled values (hparams)
+    instance: str = ""  # the study instance (study.INSTANCE_ATTR) this attempt belongs to
 
     def to_json(self) -> str:
         return json.dumps(vars(self), indent=2, sort_keys=True)
@@ -66,30 +92,108 @@ class PruneHook:
         return False
 
 
-def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate and tell; returns {"state": COMPLETE | PRUNED | STOPPED, ...}. STOPPED (a stop
-    request: preemption, SIGTERM) leaves the trial RUNNING for the requeued job or the driver."""
-    from optuna.trial import TrialState
+class LiveStop:
+    """The stop request a trial's training polls every step: the inner request (a signal, preemption) or,
+    checked every LIVE_CHECK_S against the storage, the attempt no longer being live (then `abandoned`
+    holds why, and the training ends without writing: train.Abandoned)."""
 
-    from maskvlp.checkpoint import list_checkpoints
-    from maskvlp.evaluate import evaluate_and_write, write_tensorboard_hparams
+    def __init__(self, inner: Any, study, task: TrialTask):
+        self.inner, self.study, self.task = inner, study, task
+        self.abandoned: str | None = None
+        self._next = time.monotonic() + LIVE_CHECK_S
+
+    @property
+    def requested(self) -> bool:
+        if self.abandoned is None and time.monotonic() >= self._next:
+            from maskvlp.sweep.study import live_problem
+
+            self._next = time.monotonic() + LIVE_CHECK_S
+            with contextlib.suppress(Exception):  # a storage hiccup is not a verdict: ask again later
+                self.abandoned = live_problem(self.study, self.task.number, self.task.instance)
+        return self.abandoned is not None or bool(self.inner.requested)
+
+    def __getattr__(self, name: str) -> Any:  # submitit_handler, restore, ... of the inner request
+        return getattr(self.inner, name)
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, Any]:
+    """Train, evaluate and tell; returns {"state": COMPLETE | PRUNED | FAIL | STOPPED | RANK, ...}.
+    STOPPED (a stop request: preemption, SIGTERM) leaves the trial RUNNING for the requeued job or the
+    driver. Raises NotLive, before writing anything, when this job is not its trial's live attempt."""
     from maskvlp.launch import _config_from
-    from maskvlp.sweep.study import load_study, trial_handle, values_from_record
+    from maskvlp.sweep.study import live_problem, load_study
     from maskvlp.sweepspec import parse
-    from maskvlp.train import pretrain
+    from maskvlp.train import Abandoned, StopRequest
 
     spec = parse(task.spec)
     cfg = _config_from(task.cfg)
     paths = RunPaths(Path(cfg.train.runs_dir) / cfg.train.run_name)
     study = load_study(spec, task.storage)
+
+    def check(when: str) -> None:
+        problem = live_problem(study, task.number, task.instance)
+        if problem:
+            raise NotLive(f"trial {task.number} ({paths.root}), {when}: {problem}; this job stops without writing")
+
+    check("at its start")
+    own_stop = stop is None
+    guard = LiveStop(stop or StopRequest(), study, task)
+    try:
+        if _rank() != 0:  # only rank 0 writes into the run folder; the others train beside it
+            return _attempt(task, spec, cfg, paths, study, guard, progress, check)
+        who = {"trial": task.number, "instance": task.instance, "slurm_job": _slurm_job()}
+        with folder_writer(paths, who, wait_s=FOLDER_WAIT_S):
+            check("once it held the run folder")
+            return _attempt(task, spec, cfg, paths, study, guard, progress, check)
+    except Abandoned as exc:
+        raise NotLive(f"trial {task.number} ({paths.root}), during training: {exc}; stopped without writing") from None
+    finally:
+        if own_stop:
+            guard.inner.restore()
+
+
+def _slurm_job() -> str:
+    import os
+
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
+def _attempt(task, spec, cfg, paths: RunPaths, study, stop, progress: bool, check) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    from maskvlp.checkpoint import list_checkpoints
+    from maskvlp.evaluate import evaluate_and_write, write_tensorboard_hparams
+    from maskvlp.sweep.study import non_finite, trial_handle, values_from_record
+    from maskvlp.train import pretrain
+    from maskvlp.trainlog import NonFiniteLoss
+
     trial = trial_handle(study, task.number)
     hparams = {**task.params, "sweep.trial": task.number}
     hook = PruneHook(trial, spec)
     prunable = len(spec.objectives) == 1 and spec.pruner != "none"  # report() is single-objective only
-    rank = 0
-    if not paths.model.exists():
+
+    def fail(why: str) -> dict[str, Any]:
+        check("before telling FAIL")
+        trial.set_user_attr("failure", why)
+        trial.set_user_attr("counts_as_failure", True)
+        update_result(paths, sweep_state="FAIL", sweep_failure=why)
+        study.tell(task.number, state=TrialState.FAIL)
+        return {"state": "FAIL", "failure": why}
+
+    if not weights_complete(paths.model):  # absent, or cut short by a kill or a full disk: train (again)
         resume = bool(list_checkpoints(paths.checkpoints))
-        result = pretrain(cfg, resume=resume, progress=progress, stop=stop, hooks=[hook] if prunable else [])
+        try:
+            result = pretrain(cfg, resume=resume, progress=progress, stop=stop, hooks=[hook] if prunable else [])
+        except NonFiniteLoss as exc:
+            if _rank() != 0:
+                return {"state": "RANK", "rank": _rank()}
+            return fail(f"diverged: {exc}")
         rank = result["rank"]
         if rank != 0:  # rank 0 alone reports, evaluates and tells; a stop here is a signal or the pruner
             signalled = result["status"] == "stopped" and bool(getattr(stop, "requested", False))
@@ -98,17 +202,23 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
             write_json_atomic(paths.root / STOPPED_FILE, {"attempt": task.number})
             return {"state": "STOPPED", "result": result}
         if hook.pruned_at is not None:
+            check("before telling PRUNED")
             update_result(paths, status="pruned", pruned_at_samples=hook.pruned_at, sweep_state="PRUNED")
             metrics = {"sweep/intermediate": hook.last}
             write_tensorboard_hparams(paths.root, metrics, {**hparams, "sweep.state": "PRUNED"})
             study.tell(task.number, state=TrialState.PRUNED)
             return {"state": "PRUNED", "pruned_at_samples": hook.pruned_at}
+    check("before evaluating")
     metrics = evaluate_and_write(cfg, paths.root, progress=progress)
     values = values_from_record(spec, read_result(paths))
-    if values is None or not all(math.isfinite(v) for v in values):
-        raise RuntimeError(f"trial {task.number}: the run record of {paths.root} lacks a finite objective: {values}")
+    if values is None:
+        raise RuntimeError(f"trial {task.number}: the run record of {paths.root} lacks the objective")
+    problem = non_finite(spec, values)
+    if problem:
+        return fail(problem)
     if hook.last is not None:
         metrics = {**metrics, "sweep/intermediate": hook.last}
+    check("before telling COMPLETE")
     write_tensorboard_hparams(paths.root, metrics, {**hparams, "sweep.state": "COMPLETE"})
     update_result(paths, sweep_state="COMPLETE")
     study.tell(task.number, values)
@@ -127,7 +237,11 @@ class TrialJob:
 
         _export_torch_distributed()
         stop = _CooperativeStop()
-        out = run_trial(self.task, stop=stop)
+        try:
+            out = run_trial(self.task, stop=stop)
+        except (NotLive, FolderBusy) as exc:  # ends the job without a retry by submitit; the driver decides
+            print(f"maskvlp trial job: {exc}", file=sys.stderr, flush=True)
+            return {"state": "NOT_LIVE", "why": str(exc)}
         if out["state"] == "STOPPED":
             handler = stop.submitit_handler
             if callable(handler):
@@ -152,9 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     step boundary with a checkpoint (exit 3); the driver then retries it from that checkpoint."""
     argv = sys.argv[1:] if argv is None else argv
     task = TrialTask.from_json(Path(argv[0]).read_text())
-    out = run_trial(task, progress=False)
+    try:
+        out = run_trial(task, progress=False)
+    except NotLive as exc:
+        print(f"maskvlp trial: {exc}", file=sys.stderr, flush=True)
+        return EXIT_NOT_LIVE
     print(json.dumps(out, default=str))
-    return 3 if out["state"] == "STOPPED" else 0
+    return EXIT_STOPPED if out["state"] == "STOPPED" else 0
 
 
 if __name__ == "__main__":

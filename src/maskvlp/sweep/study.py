@@ -10,6 +10,9 @@ number of logical trials whose latest attempt is COMPLETE, PRUNED, or FAIL with 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 JOURNAL = "study.journal"  # the default storage, in the study folder
 SPEC_ATTR = "maskvlp.fingerprint"
+INSTANCE_ATTR = "maskvlp.instance"  # a random id per created study: a job of a replaced study is told apart
+PASSWORD_ENV = "MASKVLP_STORAGE_PASSWORD"  # an RDB storage's password, never written to a file or printed
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -36,6 +41,47 @@ def storage_url(study_dir: Path, storage: str | None) -> str:
 
 def is_rdb(url: str) -> bool:
     return "://" in url
+
+
+def public_url(url: str) -> str:
+    """The storage as it may be printed and stored: an RDB URL without its password (a journal path as
+    it is). The password travels only in the environment (PASSWORD_ENV), as the driver hands it on."""
+    if not is_rdb(url):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).set(password=None).render_as_string(hide_password=False)
+    except Exception:  # not a URL sqlalchemy can parse: keep nothing after the scheme that could be secret
+        return url.split("://", 1)[0] + "://(unparseable URL hidden)"
+
+
+def take_password(url: str) -> str:
+    """`url` without its password, which goes into this process's environment (PASSWORD_ENV), where the
+    trial processes and Slurm jobs this driver starts inherit it (sbatch exports the environment)."""
+    if not is_rdb(url):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise SweepSpecError(
+            f"--storage: not a database URL ({type(exc).__name__}); e.g. mysql+pymysql://user@host/db"
+        ) from None
+    if parsed.password:
+        os.environ[PASSWORD_ENV] = str(parsed.password)
+    return public_url(url)
+
+
+def _with_password(url: str) -> str:
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return url if parsed.password else parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def open_storage(url: str, parallel: int = 1) -> optuna.storages.BaseStorage:
@@ -53,9 +99,13 @@ def open_storage(url: str, parallel: int = 1) -> optuna.storages.BaseStorage:
             "(omit --storage) or a server database (mysql+pymysql://..., postgresql://...)"
         )
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(_with_password(url), engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # sqlalchemy's errors: unknown driver, refused connection, bad credentials
-        raise SweepSpecError(f"--storage {url}: cannot open the database: {exc}") from exc
+        detail = str(exc).replace(os.environ.get(PASSWORD_ENV) or "\0", "***")
+        raise SweepSpecError(
+            f"--storage {public_url(url)}: cannot open the database: {detail} (a password goes in "
+            f"${PASSWORD_ENV} or a MySQL option file: ...?read_default_file=~/.my.cnf)"
+        ) from None
 
 
 def make_sampler(spec: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -125,6 +175,8 @@ def create_or_resume(spec: SweepSpec, url: str, parallel: int, force_new: bool) 
         stored = existing[spec.name].user_attrs.get(SPEC_ATTR)
         if stored == spec.fingerprint() and not force_new:
             study = optuna.load_study(study_name=spec.name, storage=storage)
+            if INSTANCE_ATTR not in study.user_attrs:  # a study begun before instances had ids
+                study.set_user_attr(INSTANCE_ATTR, uuid.uuid4().hex)
             offset = len(study.get_trials(deepcopy=False))
             return load_study(spec, url, parallel, offset)
         if not force_new:
@@ -142,6 +194,7 @@ def create_or_resume(spec: SweepSpec, url: str, parallel: int, force_new: bool) 
         directions=directions(spec),
     )
     study.set_user_attr(SPEC_ATTR, spec.fingerprint())
+    study.set_user_attr(INSTANCE_ATTR, uuid.uuid4().hex)
     study.set_user_attr("maskvlp.objectives", [o.metric for o in spec.objectives])
     return study
 
@@ -208,15 +261,16 @@ def logical_trials(study: optuna.Study) -> list[Logical]:
 
 
 def is_finished(g: Logical, retries: int) -> bool:
-    """COMPLETE or PRUNED, or FAIL with its retries used up."""
+    """COMPLETE or PRUNED, or FAIL with its retries used up (or with a failure no retry can mend)."""
     state = g.last.state
     if state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return state == TrialState.FAIL and g.failures > retries
+    return state == TrialState.FAIL and (g.failures > retries or bool(g.last.user_attrs.get("no_retry")))
 
 
 def values_from_record(spec: SweepSpec, result: dict[str, Any]) -> list[float] | None:
-    """The objective values of a run record (result.json), or None when one is missing."""
+    """The objective values of a run record (result.json), or None when one is missing. A value may be
+    NaN or infinite: see :func:`non_finite`."""
     out = []
     for o in spec.objectives:
         value = result.get("eval", {}).get(o.metric, result.get(o.metric))
@@ -224,6 +278,30 @@ def values_from_record(spec: SweepSpec, result: dict[str, Any]) -> list[float] |
             return None
         out.append(float(value))
     return out
+
+
+def non_finite(spec: SweepSpec, values: list[float]) -> str | None:
+    """Why these objective values cannot be told COMPLETE (a NaN or infinite one), or None."""
+    bad = [f"{o.metric}={v}" for o, v in zip(spec.objectives, values) if not math.isfinite(v)]
+    return f"non-finite objective ({', '.join(bad)})" if bad else None
+
+
+def live_problem(study: optuna.Study, number: int, instance: str) -> str | None:
+    """Why the attempt `number` of study instance `instance` may no longer write or tell, or None when it
+    is the live attempt: the study in the storage is another instance (replaced by --force-new) or gone,
+    or the trial is no longer RUNNING (the driver settled it; its retry is another trial)."""
+    try:
+        current = study._storage.get_study_user_attrs(study._study_id).get(INSTANCE_ATTR)
+        trial = study._storage.get_trial(
+            study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        )
+    except KeyError:
+        return "its study is gone from the storage"
+    if instance and current != instance:
+        return f"its study was replaced (instance {instance[:8]}, the storage now holds {str(current)[:8]})"
+    if trial.state != TrialState.RUNNING:
+        return f"trial {number} is already {trial.state.name}: another attempt is the live one"
+    return None
 
 
 def intermediate_key(spec: SweepSpec) -> str | None:
