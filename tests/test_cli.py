@@ -194,3 +194,42 @@ def test_sweep_refuses_a_shell_line_in_its_base_before_anything(tmp_path, capsys
     err = capsys.readouterr().err
     assert "launcher.job_name: control character '\\n'" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def sweep_shards(tmp_path_factory):
+    from .sweeping import tiny_shards
+
+    return tiny_shards(tmp_path_factory)
+
+
+@pytest.mark.parametrize(
+    "args, refusal",
+    [
+        (["--detach"], "add --set launcher.executor=slurm"),
+        (["--storage", "sqlite:///{tmp}/s.db"], "SQLite cannot take parallel workers"),
+    ],
+)
+def test_sweep_refuses_before_it_prints_its_plan(args, refusal, sweep_shards, tmp_path, capsys):
+    """`maskvlp sweep` printed its plan (trials, storage, folder), then refused to run it."""
+    from .sweeping import tiny_base, write_sweep
+
+    sweep = write_sweep(tmp_path / "s.yaml", tiny_base(sweep_shards, tmp_path / "runs"), parallel=2)
+    code = main(["sweep", str(sweep), *(a.format(tmp=tmp_path) for a in args)])
+    out, err = capsys.readouterr()
+    assert code == 2 and refusal in err
+    assert out == ""
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="driver.prepare (src/maskvlp/sweep/driver.py:144) appends the hint that load_manifest's message holds",
+)
+def test_sweep_without_shards_says_to_shard_once(tmp_path, capsys):
+    from .sweeping import tiny_base, write_sweep
+
+    sweep = write_sweep(tmp_path / "s.yaml", tiny_base(tmp_path / "no-shards", tmp_path / "runs"))
+    assert main(["sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("maskvlp shard") == 1, err

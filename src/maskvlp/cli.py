@@ -232,6 +232,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     sw = prepare(args.file, args.overrides, args.params, args.n_trials, args.parallel, args.storage)
     spec = sw.spec
+    # the refusals before the plan, so that no plan is printed for a sweep that does not run
+    if args.detach and sw.executor != "slurm":  # driver.detach refuses it too, but is called after the plan
+        raise SweepSpecError(
+            "--detach runs the driver as a Slurm job, and its trials must be Slurm jobs too: "
+            "add --set launcher.executor=slurm"
+        )
+    from maskvlp.sweep.study import is_rdb, open_storage
+
+    if is_rdb(sw.storage):
+        open_storage(sw.storage, spec.parallel)  # raises for SQLite with parallel trials, or an unreachable database
     print(
         f"sweep {spec.name}: {spec.n_trials} trials, {spec.parallel} at a time ({sw.executor}), "
         f"sampler {spec.sampler}, pruner {spec.pruner}; storage {sw.storage}; trials in {sw.study_dir}/"
