@@ -187,48 +187,78 @@ def fit_logistic(
     init: LogisticFit | None = None,
     max_iter: int = PROBE_MAX_ITER,
     tol: float = PROBE_TOL,
+    history: int = 20,
 ) -> LogisticFit:
     """scikit-learn's LogisticRegression(C=c) objective (multinomial, L2 on the weights, bias free),
     divided by C*N as scikit-learn's lbfgs solver does: mean cross-entropy + |W|^2 / (2 C N). Full-batch
-    L-BFGS with a strong-Wolfe line search in float64 on `x` (float64, (N, D)), from `init` (a warm
-    start) or zeros. The problem is strictly convex, so the start changes the iterations, not the
-    optimum. Stops when the largest gradient entry (in the preconditioned variables) is at most `tol`,
-    or after `max_iter` iterations (then `converged` is False): no warning, the caller reports it."""
+    L-BFGS (two-loop recursion, `history` pairs, backtracking Armijo line search) with an analytic
+    gradient, in float64 on `x` (float64, (N, D)), from `init` (a warm start) or zeros. Strictly convex:
+    the start changes the iterations, not the optimum. Stops when the largest gradient entry (in the
+    preconditioned variables) is at most `tol`, or after `max_iter` iterations or a line search that
+    finds no decrease (then `converged` is False): no warning, the caller reports it. Written out
+    rather than torch.optim.LBFGS: the same arithmetic in every torch version, and no 2-5 s start-up."""
     n, d = x.shape
     # Preconditioning: the penalty's curvature 1/(C N) dwarfs the data's (about 1/K per standardised
     # feature) at small C, and the bias is not penalised; L-BFGS crawls on such a scale gap (1000
     # iterations at C = 1e-6). So it works on V = W / scale, whose curvature matches the bias's.
     scale = (1.0 + classes / (c * n)) ** -0.5
-    params = torch.zeros(d * classes + classes, dtype=torch.float64)
-    if init is not None:
-        params.copy_(torch.cat([init.weight.reshape(-1) / scale, init.bias]))
-    params.requires_grad_(True)
     penalty = scale * scale / (2.0 * c * n)
-    opt = torch.optim.LBFGS(
-        [params],
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=2 * max_iter,
-        tolerance_grad=tol,
-        tolerance_change=0.0,  # only the gradient (or the limit) ends a fit: the same criterion every time
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
+    xs = x * scale
+    onehot = torch.nn.functional.one_hot(y, classes).double()
 
-    def objective() -> torch.Tensor:
-        opt.zero_grad()
-        v, b = params[: d * classes].view(d, classes), params[d * classes :]
-        loss = torch.nn.functional.cross_entropy(x @ (scale * v) + b, y) + penalty * (v * v).sum()
-        loss.backward()
-        return loss
+    def value_grad(p: torch.Tensor) -> tuple[float, torch.Tensor]:
+        v, b = p[: d * classes].view(d, classes), p[d * classes :]
+        z = xs @ v + b
+        loss = (torch.logsumexp(z, 1) - (z * onehot).sum(1)).mean() + penalty * (v * v).sum()
+        g = (torch.softmax(z, 1) - onehot) / n
+        return float(loss), torch.cat([(xs.T @ g + 2.0 * penalty * v).reshape(-1), g.sum(0)])
 
-    opt.step(objective)
-    iterations = int(opt.state[params].get("n_iter", 0))
-    objective()
-    converged = bool(params.grad.abs().max() <= tol)
-    p = params.detach()
-    weight = (scale * p[: d * classes]).view(d, classes)
-    return LogisticFit(weight, p[d * classes :].clone(), iterations, converged)
+    p = torch.zeros(d * classes + classes, dtype=torch.float64)
+    if init is not None:
+        p = torch.cat([init.weight.reshape(-1) / scale, init.bias])
+    f, g = value_grad(p)
+    pairs: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+    iterations = 0
+    while float(g.abs().max()) > tol and iterations < max_iter:
+        q, alphas = g.clone(), []
+        for s, yv, rho in reversed(pairs):
+            alpha = rho * float(s.dot(q))
+            q -= alpha * yv
+            alphas.append(alpha)
+        if pairs:
+            s, yv, _ = pairs[-1]
+            q *= float(s.dot(yv)) / float(yv.dot(yv))
+        else:
+            q *= min(1.0, 1.0 / float(g.abs().sum()))
+        for (s, yv, rho), alpha in zip(pairs, reversed(alphas)):
+            q += s * (alpha - rho * float(yv.dot(q)))
+        slope = -float(g.dot(q))
+        if slope >= 0:  # not a descent direction (positive curvature pairs rule it out): steepest descent
+            pairs.clear()
+            q = g * min(1.0, 1.0 / float(g.abs().sum()))
+            slope = -float(g.dot(q))
+        step = 1.0
+        while True:
+            p_new = p - step * q
+            f_new, g_new = value_grad(p_new)
+            if f_new <= f + 1e-4 * step * slope:
+                break
+            step *= 0.5
+            if step < 1e-12:
+                return _logistic_fit(p, d, classes, scale, iterations, float(g.abs().max()) <= tol)
+        s, yv = p_new - p, g_new - g
+        sy = float(s.dot(yv))
+        if sy > 1e-12 * float(yv.dot(yv)):
+            pairs.append((s, yv, 1.0 / sy))
+            if len(pairs) > history:
+                pairs.pop(0)
+        p, f, g = p_new, f_new, g_new
+        iterations += 1
+    return _logistic_fit(p, d, classes, scale, iterations, float(g.abs().max()) <= tol)
+
+
+def _logistic_fit(p: torch.Tensor, d: int, classes: int, scale: float, iterations: int, converged: bool):
+    return LogisticFit((scale * p[: d * classes]).view(d, classes), p[d * classes :].clone(), iterations, converged)
 
 
 @contextlib.contextmanager
