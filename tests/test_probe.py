@@ -121,3 +121,20 @@ def test_probe_shows_progress_per_fit_off_a_terminal(enabled, capsys, monkeypatc
     assert len(lines) == fits + 1  # one line per fit, then the closing line
     assert f"1/{fits} fit" in lines[0] and "C=1e-06" in lines[0] and "heldout=" in lines[0]
     assert "done in" in lines[-1]
+
+
+def test_benchmark_runs_old_and_new_side_by_side(tmp_path):
+    """benchmarks/bench_probe.py on one tiny row: both probes, their C / top-1 and the time ratio."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, "benchmarks/bench_probe.py", "--rows", "200x8x4", "--test", "100", "--threads", "1"]
+    done = subprocess.run([*cmd, "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())
+    assert row["old"]["top1"] > 0.5 and row["new"]["top1"] > 0.5 and row["new"]["repeats"]
+    assert "same C / top1 across threads and reruns: True" in done.stdout
