@@ -78,3 +78,40 @@ def hparams_of(event_dir: Path) -> dict[str, Any]:
         kind = value.WhichOneof("kind")
         out[key] = getattr(value, kind)
     return out
+
+
+def check_invariants(study, n_trials: int, retries: int, crashes: int) -> None:
+    """What must hold after any fault: exactly `n_trials` logical trials, all finished and none RUNNING;
+    every crash counted once; no run folder written by two attempts at once or by two study instances
+    (each folder's attempts.jsonl: a writer's start comes after the previous writer's end, and every
+    writer belongs to the study's own instance)."""
+    from optuna.trial import TrialState
+
+    from maskvlp.runs import RunPaths, read_attempts
+    from maskvlp.sweep import study as st
+
+    groups = st.logical_trials(study)
+    assert len(groups) == n_trials, [g.run_dir for g in groups]
+    assert all(st.is_finished(g, retries) for g in groups), [(g.number, g.last.state) for g in groups]
+    assert not [t.number for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(g.failures for g in groups) == crashes, [(t.number, t.user_attrs.get("failure")) for t in study.trials]
+    instance = study.user_attrs[st.INSTANCE_ATTR]
+    for g in groups:
+        entries = read_attempts(RunPaths(Path(g.run_dir)))
+        assert {e["instance"] for e in entries} <= {instance}, (g.run_dir, entries)
+        holder = None  # (pid, host) of the writer holding the folder, per the log
+        for e in sorted(entries, key=lambda e: e["t"]):
+            me = (e["host"], e["pid"])
+            if e["event"] == "start":
+                assert holder is None or not _alive_at(holder, entries, e["t"]), (g.run_dir, entries)
+                holder = me
+            elif me == holder:
+                holder = None
+
+
+def _alive_at(holder, entries, t: float) -> bool:
+    """Whether the writer `holder` could still hold the folder at time t: it logged no end by then. A
+    writer killed without an end line is taken as gone once a later writer started (the kernel lock
+    let that one in only after it died)."""
+    ends = [e["t"] for e in entries if (e["host"], e["pid"]) == holder and e["event"] == "end"]
+    return bool(ends) and min(ends) > t

@@ -222,10 +222,6 @@ def test_sweep_refuses_before_it_prints_its_plan(args, refusal, sweep_shards, tm
     assert not (tmp_path / "runs").exists() and not (tmp_path / "s.db").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="driver.prepare (src/maskvlp/sweep/driver.py:144) appends the hint that load_manifest's message holds",
-)
 def test_sweep_without_shards_says_to_shard_once(tmp_path, capsys):
     from .sweeping import tiny_base, write_sweep
 

@@ -53,4 +53,10 @@ def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from maskvlp.runs import atomic_path
 
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        except Exception as exc:  # safetensors reports a full disk as SafetensorError "... (os error 28)"
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), f"cannot write {path}: {exc}") from exc

@@ -152,7 +152,7 @@ def prepare(
     try:
         check_manifest(cfg, load_manifest(cfg.data.out_dir))
     except FileNotFoundError as exc:
-        raise SweepSpecError(f"data: {exc} (run `maskvlp shard` or `dvc repro shard` first)") from exc
+        raise SweepSpecError(f"data: {exc}") from exc  # load_manifest says how to make the shards
     if spec.sampler == "grid":
         check_grid(spec, params)
     study_dir = Path(cfg.train.runs_dir) / spec.name

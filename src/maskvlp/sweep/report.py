@@ -118,6 +118,16 @@ def counts(groups: list[Logical], retries: int) -> dict[str, int]:
     return out
 
 
+def _pending_reasons(running: list) -> dict[str, str]:
+    """Slurm's reasons for those running trials whose jobs are still pending (one squeue call)."""
+    ids = [t.user_attrs["job"].split(":", 1)[1] for t in running if t.user_attrs.get("job", "").startswith("slurm:")]
+    if not ids:
+        return {}
+    from maskvlp.launch import pending_reasons
+
+    return pending_reasons(ids)
+
+
 def status(name: str, runs_dir: str = "runs") -> str:
     """Trials by state, best so far, running trials and an estimate of the time left."""
     info, spec, study = open_study_folder(name, runs_dir)
@@ -135,11 +145,17 @@ def status(name: str, runs_dir: str = "runs") -> str:
         lines.append(f"  best so far: trial {best.number}: {values} ({params})")
     now = time.time()
     running = [g.last for g in groups if g.last.state == TrialState.RUNNING]
+    reasons = _pending_reasons(running)
     for t in running:
         since = now - t.datetime_start.timestamp() if t.datetime_start else 0
         step = max(t.intermediate_values) if t.intermediate_values else None
         at = f", last report at {step} samples" if step is not None else ""
-        lines.append(f"  running: trial {t.number} ({t.user_attrs.get('job', '?')}) for {format_duration(since)}{at}")
+        job = t.user_attrs.get("job", "?")
+        reason = reasons.get(job.split(":", 1)[-1])
+        if reason is not None:
+            lines.append(f"  pending: trial {t.number} ({job}) for {format_duration(since)}: Slurm's reason {reason}")
+        else:
+            lines.append(f"  running: trial {t.number} ({job}) for {format_duration(since)}{at}")
     durations = [d for g in groups if is_finished(g, spec.retries) for d in [_duration(g.last)] if d]
     left = max(0, spec.n_trials - finished)
     if left and durations:

@@ -1,0 +1,416 @@
+"""Faults a cluster throws at the sweep engine, each reproduced for real (processes killed, two writers,
+two drivers at one instant, a full filesystem, a diverging trial, a study replaced under its jobs),
+with the engine's invariants checked after each. Slurm-only faults are in test_sweep_faults_slurm.py."""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from maskvlp.runs import (
+    FolderBusy,
+    RunPaths,
+    folder_writer,
+    read_result,
+    update_result,
+    weights_complete,
+    write_json_atomic,
+)
+from maskvlp.sweep import study as st
+from maskvlp.sweep.driver import Driver, prepare
+from maskvlp.sweepspec import SweepSpecError
+
+from .sweeping import check_invariants, tiny_base, tiny_shards, write_sweep
+
+CTX = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return tiny_shards(tmp_path_factory)
+
+
+# ------------------------------------------------------------------------- records, two writers
+def _hammer_json(path: str, tag: int, n: int, out) -> None:
+    errors = 0
+    for i in range(n):
+        try:
+            write_json_atomic(Path(path), {"tag": tag, "i": i, "pad": "x" * 2000})
+        except OSError:
+            errors += 1
+    out.put(errors)
+
+
+def test_two_processes_writing_one_record_600_times_never_fail_nor_tear_it(tmp_path):
+    path, out = tmp_path / "run.json", CTX.Queue()
+    procs = [CTX.Process(target=_hammer_json, args=(str(path), t, 300, out)) for t in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [out.get(timeout=5), out.get(timeout=5)] == [0, 0]  # a fixed temp name failed 12 of 600 here
+    assert json.loads(path.read_text())["i"] == 299
+    assert not [p for p in tmp_path.iterdir() if p.name != "run.json"]  # no temp file left behind
+
+
+def _update_fields(root: str, tag: int, n: int, barrier) -> None:
+    barrier.wait()
+    for i in range(n):
+        update_result(RunPaths(Path(root)), **{f"w{tag}_{i}": i})
+
+
+def test_two_processes_updating_result_json_lose_no_field(tmp_path):
+    barrier = CTX.Barrier(2)
+    procs = [CTX.Process(target=_update_fields, args=(str(tmp_path), t, 150, barrier)) for t in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    record = read_result(RunPaths(tmp_path))
+    assert len(record) == 300  # an unlocked read-modify-write dropped the other writer's fields
+
+
+# ------------------------------------------------------------------------------ final weights
+def test_a_truncated_weights_file_is_no_weights_and_evaluation_says_what_to_do(tmp_path):
+    from maskvlp.checkpoint import save_weights
+    from maskvlp.evaluate import EvalError, load_run
+
+    path = tmp_path / "model.safetensors"
+    save_weights({"w": torch.arange(1000.0)}, path)
+    assert weights_complete(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    assert not weights_complete(path)
+    path.write_bytes(b"")
+    assert not weights_complete(path)
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(EvalError, match="incomplete or unreadable.*--resume"):
+        load_run(tmp_path)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs the test mounts (root only): a disk that fills up."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root and must be able to mount a tmpfs")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_disk_filling_while_weights_are_written_leaves_no_weights_file(small_fs):
+    from maskvlp.checkpoint import save_weights
+
+    path = small_fs / "model.safetensors"
+    with pytest.raises(OSError) as info:
+        save_weights({"w": torch.zeros(600_000)}, path)  # 2.4 MB on a 1 MiB disk
+    assert info.value.errno == errno.ENOSPC
+    assert not path.exists() and not list(small_fs.iterdir())  # neither a truncated file nor a temp file
+    save_weights({"w": torch.zeros(1000)}, path)  # the space came back: the same call works
+    assert weights_complete(path)
+
+
+def test_a_truncated_weights_file_is_rewritten_whole_by_resuming(shards, tmp_path):
+    from maskvlp.config import load_config
+    from maskvlp.train import pretrain
+
+    from .conftest import tiny_run
+
+    cfg = load_config("params.yaml", tiny_run(shards, 300, tmp_path / "runs", "train.samples=128"))
+    pretrain(cfg, progress=False)
+    paths = RunPaths(tmp_path / "runs" / cfg.train.run_name)
+    whole = paths.model.read_bytes()
+    paths.model.write_bytes(whole[: len(whole) // 2])  # a job killed mid-write, before writes were atomic
+    pretrain(cfg, resume=True, progress=False)
+    assert paths.model.read_bytes() == whole
+
+
+# --------------------------------------------------------------------------- diverging training
+def test_a_non_finite_loss_stops_training_at_once_with_the_reason(shards, tmp_path):
+    from maskvlp.config import load_config
+    from maskvlp.train import pretrain
+    from maskvlp.trainlog import NonFiniteLoss
+
+    from .conftest import tiny_run
+
+    overrides = ["train.samples=1024", "train.lr=1000", "train.warmup_samples=0", "train.log_every_steps=1"]
+    cfg = load_config("params.yaml", tiny_run(shards, 300, tmp_path / "runs", *overrides))
+    with pytest.raises(NonFiniteLoss) as info:
+        pretrain(cfg, progress=False)
+    result = read_result(RunPaths(tmp_path / "runs" / cfg.train.run_name))
+    assert result["status"] == "failed" and result["failure"] == "non_finite_loss"
+    assert result["steps"] == info.value.step < result["total_steps"]  # it did not train on
+
+
+def _nan_trial(driver: Driver, run_dir: Path) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial whose job is gone after writing whole weights and a NaN objective."""
+    from maskvlp.checkpoint import save_weights
+
+    trial = driver.study.ask()
+    st.suggest(trial, driver.sw.spec)
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("job", "slurm:1")
+    save_weights({"w": torch.zeros(4)}, RunPaths(run_dir).model)
+    write_json_atomic(RunPaths(run_dir).result, {"status": "complete", "eval": {"zeroshot/objects/top1": float("nan")}})
+    return driver.study.get_trials(deepcopy=False)[trial.number]
+
+
+def test_a_nan_objective_is_a_counted_failure_retried_then_finished_not_forever(shards, tmp_path):
+    sw = prepare(
+        write_sweep(tmp_path / "n.yaml", tiny_base(shards, tmp_path / "runs"), retries=1), params="params.yaml"
+    )
+    driver = Driver(sw, st.create_or_resume(sw.spec, sw.storage, 2, False), progress=False)
+    run_dir = tmp_path / "runs" / "tiny" / "trial-0000"
+    outcome = driver.settle_dead(_nan_trial(driver, run_dir), "job ended COMPLETED")
+    assert outcome.startswith("FAIL (non-finite objective (zeroshot/objects/top1=nan)")
+    driver.ensure_retries()
+    retry = driver.study.ask()  # the one retry, in the same folder
+    assert retry.user_attrs["run_dir"] == str(run_dir)
+    driver.settle_dead(driver.study.get_trials(deepcopy=False)[retry.number], "job ended COMPLETED")
+    for _ in range(3):
+        driver.ensure_retries()
+    (group,) = st.logical_trials(driver.study)
+    assert group.failures == 2 and st.is_finished(group, sw.spec.retries)
+    assert [t.state for t in driver.study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert "non-finite" in group.last.user_attrs["failure"] and group.last.user_attrs["counts_as_failure"]
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_ends(shards, tmp_path):
+    from maskvlp.cli import main
+
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"train.lr": 1000, "train.warmup_samples": 0})
+    path = write_sweep(tmp_path / "d.yaml", base, name="div", n_trials=1, parallel=1, retries=1)
+    assert main(["sweep", str(path), "--params", "params.yaml", "--quiet"]) == 0
+    study = st.load_study(prepare(path, params="params.yaml").spec, str(runs / "div" / "study.journal"))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]  # one retry, then given up
+    assert all(t.user_attrs["failure"].startswith("diverged: the training loss became nan") for t in study.trials)
+    result = read_result(RunPaths(runs / "div" / "trial-0000"))
+    assert result["status"] == "failed" and result["failure"] == "non_finite_loss"
+    check_invariants(study, n_trials=1, retries=1, crashes=2)
+
+
+# --------------------------------------------------------------------- one driver, one writer
+def _take_driver_lock(study_dir: str, barrier, out) -> None:
+    from maskvlp.sweep.driver import driver_lock
+
+    barrier.wait()
+    try:
+        with driver_lock(Path(study_dir)):
+            out.put("ran")
+            time.sleep(2)
+    except SweepSpecError as exc:
+        out.put(f"refused: {exc}")
+
+
+def test_of_five_drivers_started_at_once_exactly_one_runs(tmp_path):
+    barrier, out = CTX.Barrier(5), CTX.Queue()
+    procs = [CTX.Process(target=_take_driver_lock, args=(str(tmp_path / "s"), barrier, out)) for _ in range(5)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    answers = sorted(out.get(timeout=5) for _ in range(5))
+    assert answers.count("ran") == 1, answers  # check-then-write let two run, or crashed one
+    assert all("already runs" in a for a in answers if a != "ran")
+
+
+def test_a_driver_record_naming_its_own_job_or_a_dead_driver_does_not_block(tmp_path):
+    from maskvlp.sweep.driver import LOCK_FILE, driver_alive, driver_lock
+
+    study_dir = tmp_path / "s"
+    study_dir.mkdir()
+    # what a --detach driver requeued after its node died finds: driver.json naming its own Slurm job
+    write_json_atomic(study_dir / LOCK_FILE, {"host": "gone-node", "pid": 1, "slurm_job": os.environ.get("X", "7")})
+    assert driver_alive(study_dir) is None
+    with driver_lock(study_dir) as record:
+        assert record["pid"] == os.getpid()
+        assert driver_alive(study_dir) is not None
+
+
+def _hold_folder(root: str, ready) -> None:
+    with folder_writer(RunPaths(Path(root)), {"trial": 0}):
+        ready.set()
+        time.sleep(60)
+
+
+def test_a_run_folder_has_one_writer_and_a_killed_holder_frees_it(tmp_path):
+    ready = CTX.Event()
+    holder = CTX.Process(target=_hold_folder, args=(str(tmp_path), ready))
+    holder.start()
+    assert ready.wait(60)
+    with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
+        with folder_writer(RunPaths(tmp_path), {"trial": 1}, wait_s=0.5, poll_s=0.1):
+            pass
+    os.kill(holder.pid, signal.SIGKILL)  # a stale holder: the kernel dropped its lock with it
+    holder.join(10)
+    with folder_writer(RunPaths(tmp_path), {"trial": 1}, wait_s=5, poll_s=0.1):
+        pass
+
+
+# --------------------------------------------------------------------------- the live attempt
+def _task(sw, study, trial, run_dir: Path, instance: str):
+    from maskvlp.config import to_dict
+    from maskvlp.sweep.driver import trial_config
+    from maskvlp.sweep.job import TrialTask
+
+    values = st.suggest(trial, sw.spec)
+    trial.set_user_attr("run_dir", str(run_dir))
+    return TrialTask(to_dict(trial_config(sw, values, run_dir)), sw.raw, sw.storage, trial.number, values, instance)
+
+
+def test_a_job_that_is_not_its_trials_live_attempt_writes_and_tells_nothing(shards, tmp_path):
+    from maskvlp.sweep.job import NotLive, run_trial
+
+    sw = prepare(write_sweep(tmp_path / "l.yaml", tiny_base(shards, tmp_path / "runs")), params="params.yaml")
+    study = st.create_or_resume(sw.spec, sw.storage, 2, False)
+    instance = study.user_attrs[st.INSTANCE_ATTR]
+    # a job Slurm requeued by itself after the driver failed its trial (and started its retry)
+    trial = study.ask()
+    task = _task(sw, study, trial, tmp_path / "runs" / "tiny" / "trial-0000", instance)
+    study.tell(trial.number, state=TrialState.FAIL)
+    with pytest.raises(NotLive, match="already FAIL"):
+        run_trial(task, progress=False)
+    assert not (tmp_path / "runs" / "tiny" / "trial-0000").exists()  # not a file written
+    # a job of a study that --force-new replaced: the same name, storage and trial number
+    trial = study.ask()
+    task = _task(sw, study, trial, tmp_path / "runs" / "tiny" / "trial-0001", "an-old-instance")
+    with pytest.raises(NotLive, match="study was replaced"):
+        run_trial(task, progress=False)
+    assert (
+        study.trials[trial.number].state == TrialState.RUNNING
+        and not (tmp_path / "runs" / "tiny" / "trial-0001").exists()
+    )
+
+
+def _sweep_proc(path: Path, tool_env, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskvlp.cli", "sweep", str(path), "--params", "params.yaml", "--quiet", *extra],
+        env=tool_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_force_new_is_refused_while_a_trial_of_the_old_study_runs(shards, tmp_path, tool_env):
+    from maskvlp.cli import main
+
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"train.samples": 8192, "train.checkpoint_every_samples": 256})
+    path = write_sweep(tmp_path / "f.yaml", base, name="fn", n_trials=1, parallel=1)
+    driver = _sweep_proc(path, tool_env)
+    trial_dir = runs / "fn" / "trial-0000"
+    try:
+        _wait(lambda: list((trial_dir / "checkpoints").glob("step-*.pt")), 120, "the trial's first checkpoint")
+    finally:
+        driver.kill()  # SIGKILL: its local trial process runs on in its own session
+        driver.wait()
+    old = st.load_study(prepare(path, params="params.yaml").spec, str(runs / "fn" / "study.journal"))
+    pid = int(old.trials[0].user_attrs["job"].split(":")[2])
+    refused = _sweep_proc(path, tool_env, "--force-new")
+    output, _ = refused.communicate(timeout=120)
+    assert refused.returncode == 2, output
+    assert "still run" in output and f"kill {pid}" in output and not list(runs.glob("fn.replaced-*"))
+    os.kill(pid, signal.SIGKILL)
+    _wait(
+        lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+        30,
+        "the trial's end",
+    )
+    short = write_sweep(tmp_path / "f.yaml", tiny_base(shards, runs), name="fn", n_trials=1, parallel=1)
+    assert main(["sweep", str(short), "--params", "params.yaml", "--quiet", "--force-new"]) == 0
+    new = st.load_study(prepare(short, params="params.yaml").spec, str(runs / "fn" / "study.journal"))
+    assert [t.state for t in new.trials] == [TrialState.COMPLETE]
+    assert new.user_attrs[st.INSTANCE_ATTR] != old.user_attrs[st.INSTANCE_ATTR]
+    check_invariants(new, n_trials=1, retries=1, crashes=0)
+
+
+# ------------------------------------------------------------------------------- chaos, locally
+@pytest.mark.slow
+def test_driver_and_trial_processes_killed_at_random_moments_still_give_exactly_n_trials(shards, tmp_path, tool_env):
+    """The driver SIGKILLed three times at seeded random moments and one trial process SIGKILLed after
+    its first checkpoint; then the same command finishes the study. The killed trial, retried from its
+    checkpoint, ends with the weights of an uninterrupted run of its params, bit for bit."""
+    from maskvlp.cli import main
+
+    rng = random.Random(28)
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"train.samples": 1024, "train.checkpoint_every_samples": 128})
+    path = write_sweep(tmp_path / "c.yaml", base, name="chaos", n_trials=3, parallel=2, retries=2)
+    spec = prepare(path, params="params.yaml").spec
+    journal = runs / "chaos" / "study.journal"
+    killed_trial = None
+    for _ in range(3):
+        driver = _sweep_proc(path, tool_env)
+        time.sleep(rng.uniform(2.0, 8.0))
+        if killed_trial is None and journal.exists():
+            running = [t for t in st.load_study(spec, str(journal)).trials if t.state == TrialState.RUNNING]
+            for t in running:
+                ckpts = list((Path(t.user_attrs["run_dir"]) / "checkpoints").glob("step-*.pt"))
+                if ckpts and t.user_attrs.get("job", "").startswith("local:"):
+                    os.kill(int(t.user_attrs["job"].split(":")[2]), signal.SIGKILL)
+                    killed_trial = t
+                    break
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert killed_trial is not None, "no trial had a checkpoint to be killed after"
+    assert main(["sweep", str(path), "--params", "params.yaml", "--quiet"]) == 0
+    study = st.load_study(spec, str(journal))
+    check_invariants(study, n_trials=3, retries=2, crashes=1)
+    # the killed trial was retried from its checkpoint and equals an uninterrupted run of its params
+    run_dir = Path(killed_trial.user_attrs["run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] > 0
+    # the same params in another folder, uninterrupted, on one CPU as the trial had (its thread count)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maskvlp.cli",
+            "pretrain",
+            "--params",
+            str(run_dir / "config.yaml"),
+            "--set",
+            f"train.runs_dir={tmp_path / 'again'}",
+            "--set",
+            f"eval.metrics_file={tmp_path / 'again.json'}",
+        ],
+        env=tool_env,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}),
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    whole = (run_dir / "model.safetensors").read_bytes()
+    assert (tmp_path / "again" / run_dir.name / "model.safetensors").read_bytes() == whole
