@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from maskvlp.runs import atomic_path
+
 KEY_METRICS = (
     "zeroshot/objects/top1",
     "zeroshot/val/top1",
@@ -105,6 +107,7 @@ def bar_chart(rows: list[dict[str, Any]], out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out, suffix=Path(out).suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out

@@ -107,7 +107,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     `suffix` keeps an extension that a writer looks at (matplotlib's savefig picks the format by it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".part", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

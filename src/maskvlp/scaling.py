@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskvlp.runs import atomic_path, write_text_atomic
+
 # ----------------------------------------------------------------------------------- rules
 # rule -> (the params key it derives, what it needs, a one-line description for errors and docs)
 RULES: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -495,14 +497,13 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     public = _public(result) | {"name": name, "points": [p.to_dict() for p in pts], "skipped": skipped}
     public["notes"] = list(fs.notes)
-    tmp = out_dir / "fits.json.tmp"
-    tmp.write_text(json.dumps(public, indent=2, default=float) + "\n")
-    tmp.replace(out_dir / "fits.json")
-    (out_dir / "summary.md").write_text(summary_markdown(name, result, pts, skipped, fs))
+    write_text_atomic(out_dir / "fits.json", json.dumps(public, indent=2, default=float) + "\n")
+    write_text_atomic(out_dir / "summary.md", summary_markdown(name, result, pts, skipped, fs))
     writer = SummaryWriter(str(study_dir / "scaling-fit"))
     try:
         for key, fig in figures(result, pts, fs).items():
-            fig.savefig(out_dir / f"{key}.png", dpi=120)
+            with atomic_path(out_dir / f"{key}.png", suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=120)
             writer.add_figure(f"scaling/{key}", fig, global_step=0)
             plt.close(fig)
     finally:

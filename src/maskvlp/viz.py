@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from maskvlp.masking import STRATEGIES, MaskResult, compute_mask, describe
+from maskvlp.runs import atomic_path
 
 
 def _palette(n: int) -> np.ndarray:
@@ -100,7 +101,8 @@ def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_siz
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

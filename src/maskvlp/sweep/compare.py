@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskvlp.runs import atomic_path, write_text_atomic
 from maskvlp.stats import Interval, mean_ci, paired_difference, verdict
 from maskvlp.sweepspec import SweepSpecError
 
@@ -365,7 +366,8 @@ def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
     fig.suptitle(f"{cs.group} vs compute: mean and 95% interval over {len(result['seeds'])} seeds", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    with atomic_path(out, suffix=Path(out).suffix) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -382,6 +384,6 @@ def write_comparison(study_dir: Path, cs: CompareSpec, out: Path) -> tuple[str, 
     png = figure(result, cs, out / "comparison.png")
     if png is not None:
         text += f"\n![metric vs compute]({png.name})\n"
-    (out / "comparison.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "comparison.md").write_text(f"# Comparison: study `{study_dir.name}`\n\n" + text)
+    write_text_atomic(out / "comparison.json", json.dumps(result, indent=2, default=str) + "\n")
+    write_text_atomic(out / "comparison.md", f"# Comparison: study `{study_dir.name}`\n\n" + text)
     return text, result

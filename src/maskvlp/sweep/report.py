@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from maskvlp.progress import format_duration
+from maskvlp.runs import atomic_path, write_text_atomic
 from maskvlp.sweep.study import Logical, is_finished, load_study, logical_trials, quiet_optuna
 from maskvlp.sweepspec import SweepSpec, SweepSpecError, parse
 
@@ -194,7 +195,8 @@ def _save(fig_or_ax: Any, path: Path) -> Path:
         fig = np.asarray(fig).ravel()[0].figure
     fig.set_size_inches(max(6.0, fig.get_figwidth()), max(4.0, fig.get_figheight()))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -243,7 +245,7 @@ def best_params_file(info: dict[str, Any], spec: SweepSpec, trial: optuna.trial.
         f"# Its values: {', '.join(f'{k}={_fmt(v)}' for k, v in trial.params.items())}\n"
         "# Train it: maskvlp pretrain --params THIS_FILE --set train.run_name=NAME\n"
     )
-    path.write_text(header + to_yaml(cfg))
+    write_text_atomic(path, header + to_yaml(cfg))
     return path
 
 
@@ -256,7 +258,7 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
     params = [p.key for p in spec.space]
     objectives = [o.metric for o in spec.objectives]
     columns = ["number", "state", *params, *objectives, "duration_s", "job", "retry_of"]
-    with open(out / "trials.csv", "w", newline="") as fh:
+    with atomic_path(out / "trials.csv") as tmp, open(tmp, "w", newline="") as fh:
         all_columns = list(rows[0]) if rows else columns
         writer = csv.DictWriter(fh, fieldnames=all_columns)
         writer.writeheader()
@@ -283,7 +285,7 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
         front = pareto_front(study)
         summary["pareto"] = [t.number for t in front]
         front_rows = [r for r in rows if r["number"] in set(summary["pareto"])]
-        with open(out / "pareto.csv", "w", newline="") as fh:
+        with atomic_path(out / "pareto.csv") as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(front_rows)
@@ -301,8 +303,8 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
     md += ["", "## Trials", "", markdown_table(rows, columns), ""]
     md += [f"![{p.stem}]({p.name})" for p in written]
     md += [f"- {n}" for n in notes]
-    (out / "trials.md").write_text("\n".join(md) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(out / "trials.md", "\n".join(md) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     text = console_table(rows, columns)
     if compared is not None:
         text += "\n\n" + compared

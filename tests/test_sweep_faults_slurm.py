@@ -1,0 +1,125 @@
+"""Faults only a real Slurm cluster throws at a sweep: a node going DOWN under running trials (Slurm then
+requeues their jobs by itself) and a trial pending for a reason that never clears. The local Slurm of
+scripts/slurm-local.sh is changed for the test and restored after it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from maskvlp.cli import main
+from maskvlp.sweep import study as st
+from maskvlp.sweep.driver import prepare
+
+from .conftest import require_slurm
+from .sweeping import check_invariants, tiny_base, tiny_shards, write_sweep
+
+require_slurm()
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SLURM = ["--set", "launcher.executor=slurm"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return tiny_shards(tmp_path_factory)
+
+
+def _study(path: Path) -> optuna.Study:
+    sw = prepare(path, params="params.yaml")
+    return st.load_study(sw.spec, sw.storage)
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _driver(path: Path, tool_env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskvlp.cli", "sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM],
+        env=tool_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _scontrol(*args: str) -> None:
+    subprocess.run(["scontrol", "update", *args], check=True, capture_output=True, text=True)
+
+
+def _node() -> str:
+    return subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def test_a_node_going_down_under_two_trials_never_lets_two_attempts_write_one_folder(shards, tmp_path, tool_env):
+    """The node is set DOWN under two running trials: their jobs end NODE_FAIL and Slurm requeues them by
+    itself. Whether the driver fails and retries them or follows the requeued jobs, each folder has one
+    writer at a time, a requeued job of a trial already settled stops without writing, and the study ends
+    with exactly its two trials, each crash counted once."""
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"train.samples": 4096, "train.checkpoint_every_samples": 256})
+    path = write_sweep(tmp_path / "down.yaml", base, name="down", n_trials=2, parallel=2, retries=2)
+    driver = _driver(path, tool_env)
+    node = _node()
+    try:
+        for i in range(2):
+            trial_dir = runs / "down" / f"trial-{i:04d}"
+            _wait_for(lambda d=trial_dir: list((d / "checkpoints").glob("step-*.pt")), 240, f"trial {i}'s checkpoint")
+        _scontrol(f"nodename={node}", "state=down", "reason=maskvlp-fault-test")
+        time.sleep(5)
+    finally:
+        _scontrol(f"nodename={node}", "state=resume")
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+    study = _study(path)
+    groups = st.logical_trials(study)
+    assert all(g.failures <= 1 for g in groups), output  # one node failure, at most one crash per trial
+    check_invariants(study, n_trials=2, retries=2, crashes=sum(g.failures for g in groups))
+    assert all(g.last.state == TrialState.COMPLETE for g in groups), output
+
+
+def test_a_trial_pending_for_a_reason_that_never_clears_is_failed_with_it(shards, tmp_path, tool_env, capsys):
+    """A trial waits behind a job that fills the node (reason Resources: it waits, and sweep-status says
+    why); then the partition's time limit drops below the trial's (reason PartitionTimeLimit, which no
+    waiting clears): the driver cancels the job and fails the trial with Slurm's reason, without a retry."""
+    runs = tmp_path / "runs"
+    base = tiny_base(shards, runs, **{"launcher.timeout_min": 10})
+    path = write_sweep(tmp_path / "pend.yaml", base, name="pend", n_trials=1, parallel=1, retries=2)
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-p", "debug", "-c", cpus, "--wrap", "sleep 300"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    driver = _driver(path, tool_env)
+    try:
+        journal = runs / "pend" / "study.journal"
+        _wait_for(lambda: journal.exists() and any(t.user_attrs.get("job") for t in _study(path).trials), 120, "job")
+        time.sleep(3)
+        assert main(["sweep-status", "pend", "--runs-dir", str(runs)]) == 0
+        text = capsys.readouterr().out
+        assert "pending: trial 0" in text and "Slurm's reason" in text, text
+        _scontrol("partitionname=debug", "MaxTime=1")
+        output, _ = driver.communicate(timeout=180)
+    finally:
+        _scontrol("partitionname=debug", "MaxTime=UNLIMITED")
+        subprocess.run(["scancel", blocker])
+        driver.kill()
+    assert driver.returncode == 0, output
+    (trial,) = _study(path).trials
+    assert trial.state == TrialState.FAIL and "PartitionTimeLimit" in trial.user_attrs["failure"], output
+    assert trial.user_attrs["no_retry"] and "not retried" in output
