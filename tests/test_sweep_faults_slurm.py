@@ -4,6 +4,7 @@ scripts/slurm-local.sh is changed for the test and restored after it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -56,8 +57,17 @@ def _driver(path: Path, tool_env) -> subprocess.Popen:
     )
 
 
-def _scontrol(*args: str) -> None:
-    subprocess.run(["scontrol", "update", *args], check=True, capture_output=True, text=True)
+def _scontrol(*args: str, check: bool = True) -> None:
+    subprocess.run(["scontrol", "update", *args], check=check, capture_output=True, text=True)
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Every file of a run folder but its Slurm logs, with its modification time."""
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and "slurm" not in p.relative_to(folder).parts
+    }
 
 
 def _node() -> str:
@@ -80,8 +90,8 @@ def test_a_node_going_down_under_two_trials_never_lets_two_attempts_write_one_fo
             _wait_for(lambda d=trial_dir: list((d / "checkpoints").glob("step-*.pt")), 240, f"trial {i}'s checkpoint")
         _scontrol(f"nodename={node}", "state=down", "reason=maskvlp-fault-test")
         time.sleep(5)
-    finally:
-        _scontrol(f"nodename={node}", "state=resume")
+    finally:  # (slurmd registers again by itself: ReturnToService=2; resume in case it has not)
+        _scontrol(f"nodename={node}", "state=resume", check=False)
     output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output
     study = _study(path)
@@ -89,6 +99,27 @@ def test_a_node_going_down_under_two_trials_never_lets_two_attempts_write_one_fo
     assert all(g.failures <= 1 for g in groups), output  # one node failure, at most one crash per trial
     check_invariants(study, n_trials=2, retries=2, crashes=sum(g.failures for g in groups))
     assert all(g.last.state == TrialState.COMPLETE for g in groups), output
+    # the jobs Slurm requeued by itself run again later: each must stop without writing a byte
+    from maskvlp.launch import sacct_states
+
+    jobs = {
+        json.loads(line)["job_id"]: Path(g.run_dir)
+        for g in groups
+        for line in (Path(g.run_dir) / "jobs.jsonl").read_text().splitlines()
+    }
+    before = {d: _files(d) for d in set(jobs.values())}
+    final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")
+    _wait_for(lambda: all(v in final for v in sacct_states(list(jobs)).values()), 300, "the requeued jobs")
+    assert {d: _files(d) for d in before} == before  # not a file added or rewritten (their Slurm logs aside)
+    stale = [
+        job
+        for job, d in jobs.items()
+        for log in (d / "slurm" / job).glob("*.err")
+        if "stops without writing" in log.read_text()
+    ]
+    retried = [g for g in groups if len(g.attempts) > 1]
+    assert len(stale) == len(retried), (stale, output)  # each settled attempt's requeued job refused to run
+    check_invariants(_study(path), n_trials=2, retries=2, crashes=sum(g.failures for g in groups))
 
 
 def test_a_trial_pending_for_a_reason_that_never_clears_is_failed_with_it(shards, tmp_path, tool_env, capsys):
