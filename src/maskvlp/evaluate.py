@@ -160,12 +160,12 @@ def composition(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.d
 PROBE_GRID = tuple(10.0**e for e in range(-6, 7))  # C: 1e-6 .. 1e6, a decade apart (CLIP's sweep range)
 PROBE_REFINE = (-0.5, -0.25, 0.25, 0.5)  # then a quarter decade around the best, in decades
 PROBE_MAX_ITER = 1000  # L-BFGS iterations per fit; a fit that reaches it is reported as not converged
-PROBE_TOL = 1e-7  # converged: the largest gradient entry of the (mean) objective at most this
+PROBE_TOL = 1e-6  # converged: the largest gradient entry of the (mean, preconditioned) objective at most this
 
 
 @dataclass
 class LogisticFit:
-    """A multinomial logistic regression on standardised features: logits = x @ weight + bias."""
+    """A multinomial logistic regression: logits = x @ weight + bias."""
 
     weight: torch.Tensor  # (D, K) float64
     bias: torch.Tensor  # (K,) float64
@@ -198,8 +198,8 @@ def fit_logistic(
     finds no decrease (then `converged` is False): no warning, the caller reports it. Written out
     rather than torch.optim.LBFGS: the same arithmetic in every torch version, and no 2-5 s start-up."""
     n, d = x.shape
-    # Preconditioning: the penalty's curvature 1/(C N) dwarfs the data's (about 1/K per standardised
-    # feature) at small C, and the bias is not penalised; L-BFGS crawls on such a scale gap (1000
+    # Preconditioning: the penalty's curvature 1/(C N) dwarfs the data's (about 1/K per feature of
+    # unit RMS, as linear_probe passes them) at small C, and the bias is not penalised; L-BFGS crawls on such a scale gap (1000
     # iterations at C = 1e-6). So it works on V = W / scale, whose curvature matches the bias's.
     scale = (1.0 + classes / (c * n)) ** -0.5
     penalty = scale * scale / (2.0 * c * n)
@@ -273,6 +273,15 @@ def _single_thread():
         torch.set_num_threads(before)
 
 
+def _best(scores: dict[float, float], fits: dict[float, LogisticFit]) -> float:
+    """The C of the best held-out accuracy (ties: the stronger regularisation) among the fits that
+    converged: an unconverged fit is wherever its iterations stopped, not the probe at that C, and
+    where held-out accuracy keeps rising towards no regularisation (separable features) that spot
+    decided the chosen C (issue 28: 5,623 on one machine, 10,000 on another). All, if none converged."""
+    pool = [c for c in scores if fits[c].converged] or list(scores)
+    return max(pool, key=lambda c: (scores[c], -c))
+
+
 def linear_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -282,23 +291,28 @@ def linear_probe(
     desc: str = "linear probe",
     progress: bool = False,
     max_iter: int = PROBE_MAX_ITER,
+    tol: float = PROBE_TOL,
 ) -> dict[str, Any]:
     """Logistic regression on frozen features, as CLIP / CLIP_benchmark: the inverse regularisation C
     is chosen on a held-out 20% of the TRAIN features over a wide log grid (1e-6 .. 1e6), refined to a
-    quarter decade around the best (ties: the stronger regularisation), then the probe is refit on all
-    train features with that C and scored once on the test features.
+    quarter decade around the best (ties: the stronger regularisation; converged fits only), then the
+    probe is refit on all train features with that C and scored once on the test features.
 
-    Deterministic: features standardised with the train statistics, float64, full-batch L-BFGS to a
-    gradient tolerance (fit_logistic), warm-started along the grid from strong to weak regularisation,
-    one thread. Returns top1, the chosen C, the held-out accuracy, whether the final fit converged, its
+    Deterministic: float64, full-batch L-BFGS to a gradient tolerance (fit_logistic), warm-started
+    along the grid from strong to weak regularisation, one thread. Returns top1, the chosen C, the held-out accuracy, whether the final fit converged, its
     iterations, the C values whose held-out fit stopped at the iteration limit (`unconverged`) and the
     predicted class of every test sample (`predictions`)."""
     with _single_thread():
+        # Centred and scaled by one number (the features' RMS per dimension): with the bias free and C
+        # scaled to match (fit on x / s with C s^2), this is the very objective on the raw features,
+        # better conditioned. (Standardising each dimension instead changes the probe: small
+        # directions of a contrastive embedding, mostly noise, get as much weight as the large ones.)
         x = train_x.detach().cpu().double()
-        mean, std = x.mean(0), x.std(0)
-        std = torch.where(std > 1e-12, std, torch.ones_like(std))
-        x = (x - mean) / std
-        tx = (test_x.detach().cpu().double() - mean) / std
+        mean = x.mean(0)
+        x = x - mean
+        rms = float(x.pow(2).mean().sqrt()) or 1.0
+        x = x / rms
+        tx = (test_x.detach().cpu().double() - mean) / rms
         y, ty = train_y.detach().cpu().long(), test_y.detach().cpu().long()
         classes = int(max(int(y.max()), int(ty.max()))) + 1
         order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
@@ -313,7 +327,7 @@ def linear_probe(
         scores: dict[float, float] = {}
 
         def heldout(c: float, init: LogisticFit | None) -> None:
-            fits[c] = fit_logistic(fx, fy, classes, c, init, max_iter)
+            fits[c] = fit_logistic(fx, fy, classes, c * rms * rms, init, max_iter, tol)
             scores[c] = fits[c].accuracy(hx, hy)
             bar.set_postfix(C=f"{c:.3g}", heldout=f"{scores[c]:.3f}", iters=fits[c].iterations)
             bar.update(1)
@@ -323,11 +337,11 @@ def linear_probe(
             for c in PROBE_GRID:  # strong to weak regularisation, each fit starting from the last
                 heldout(c, prev)
                 prev = fits[c]
-            coarse = max(scores, key=lambda c: (scores[c], -c))
+            coarse = _best(scores, fits)
             for step in PROBE_REFINE:
                 heldout(coarse * 10.0**step, fits[coarse])
-            best = max(scores, key=lambda c: (scores[c], -c))
-            final = fit_logistic(x, y, classes, best, fits[best], max_iter)
+            best = _best(scores, fits)
+            final = fit_logistic(x, y, classes, best * rms * rms, fits[best], max_iter, tol)
             bar.update(1)
         finally:
             bar.close()
