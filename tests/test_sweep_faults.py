@@ -414,3 +414,41 @@ def test_driver_and_trial_processes_killed_at_random_moments_still_give_exactly_
     assert again.returncode == 0, again.stderr[-2000:]
     whole = (run_dir / "model.safetensors").read_bytes()
     assert (tmp_path / "again" / run_dir.name / "model.safetensors").read_bytes() == whole
+
+
+# ------------------------------------------------------------------------------------ secrets
+def test_a_storage_password_is_never_printed_nor_stored(shards, tmp_path, capsys):
+    from maskvlp.cli import main
+
+    from .test_sweep import RDB_URL, _rdb_up
+
+    assert st.public_url("mysql+pymysql://u:s3cret@db.example/optuna?charset=utf8") == (
+        "mysql+pymysql://u@db.example/optuna?charset=utf8"
+    )
+    if not _rdb_up():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must provide the MariaDB of scripts/slurm-local.sh ({RDB_URL})")
+        pytest.skip("no MariaDB answers: scripts/slurm-local.sh start")
+    secret = RDB_URL.split("//", 1)[1].split("@", 1)[0]  # user:password
+    name = f"secret-{os.getpid()}"
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    path = write_sweep(tmp_path / "s.yaml", tiny_base(shards, runs), name=name, n_trials=1, parallel=1)
+    os.environ.pop(st.PASSWORD_ENV, None)
+    try:
+        args = ["sweep", str(path), "--params", "params.yaml", "--quiet", "--storage", RDB_URL, "--report", str(report)]
+        assert main(args) == 0
+        assert main(["sweep-status", name, "--runs-dir", str(runs)]) == 0
+        printed = capsys.readouterr()
+        assert secret not in printed.out + printed.err
+        assert f"{secret.split(':')[0]}@localhost" in printed.out  # the URL is shown, without its password
+        written = [p for p in [*runs.rglob("*"), *report.rglob("*")] if p.is_file()]
+        assert any(p.name == "trials.md" for p in written) and any(p.name == "trial.json" for p in written)
+        assert not [p for p in written if secret.encode() in p.read_bytes()]
+        # without the password, the storage says where it goes
+        os.environ.pop(st.PASSWORD_ENV, None)
+        with pytest.raises(SweepSpecError, match=st.PASSWORD_ENV) as info:
+            st.open_storage(st.public_url(RDB_URL)).get_all_studies()
+        assert secret not in str(info.value)
+    finally:
+        os.environ.pop(st.PASSWORD_ENV, None)
+        optuna.delete_study(study_name=name, storage=RDB_URL)

@@ -51,7 +51,7 @@ def public_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except Exception:  # not a URL sqlalchemy can parse: keep nothing after the scheme that could be secret
         return url.split("://", 1)[0] + "://(unparseable URL hidden)"
 
