@@ -70,7 +70,6 @@ def cmd_shard(cfg: Config, args: argparse.Namespace) -> int:
 
 def _report_training(cfg: Config, result: dict, metrics_file: str) -> int:
     import json
-    from pathlib import Path
 
     from maskvlp.runs import run_paths
 
@@ -78,8 +77,9 @@ def _report_training(cfg: Config, result: dict, metrics_file: str) -> int:
     if result["rank"] != 0:  # one report per job, from rank 0
         return 3 if result["status"] == "stopped" else 0
     if metrics_file and result["status"] == "complete":
-        Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_file).write_text(json.dumps(result, indent=2) + "\n")
+        from maskvlp.runs import write_text_atomic
+
+        write_text_atomic(metrics_file, json.dumps(result, indent=2) + "\n")
     if result["status"] == "stopped":
         print(
             f"stopped at step {result['steps']}/{result['total_steps']}; checkpoint saved in {paths.checkpoints}. "
