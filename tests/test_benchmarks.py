@@ -92,3 +92,19 @@ def test_gpu_suite_dry_run_runs_every_part_on_cpu(tmp_path):
     e2e = json.loads((out / "e2e.json").read_text())
     assert e2e["bare_source"] == str(out / "tt_compiled.json")
     assert e2e["bare_images_per_s"] == compiled["rows"][0]["images_per_s"] and e2e["run"]["median"] > 0
+
+
+def test_sweep_scale_benchmark_times_the_driver_pass_status_and_report(tmp_path):
+    """benchmarks/bench_sweep_scale.py on a journal study of 5 instant trials (its RDB rows need MariaDB)."""
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, "benchmarks/bench_sweep_scale.py", "--sizes", "5", "--storages", "journal"]
+    cmd += ["--passes", "2", "--repeat", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["storage"], row["n"]) == ("journal", 5)
+    assert row["optuna_trials"] == 5 + 2  # 5 finished and the 2 running ones (no crash below 20 trials)
+    for key in ("open_s", "warm_pass_s", "fresh_wall_s", "fresh_first_pass_s", "status_wall_s", "report_wall_s"):
+        assert row[key] >= 0, key
+    assert row["report_plots_s"] > 0 and "intermediate_values" in row["report_plot_parts_s"]
+    assert "warm pass" in proc.stdout and "sweep-report" in proc.stdout
