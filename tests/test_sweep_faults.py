@@ -200,9 +200,17 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_ends(shards, tmp_
 
     runs = tmp_path / "runs"
     base = tiny_base(shards, runs, **{"train.lr": 1000, "train.warmup_samples": 0})
-    path = write_sweep(tmp_path / "d.yaml", base, name="div", n_trials=1, parallel=1, retries=1)
+    space = {  # not in alphabetical order: sweep.json must keep the spec's order (its fingerprint depends on it)
+        "masking.threshold": {"type": "float", "low": 0.2, "high": 0.9},
+        "masking.ratio": {"type": "float", "low": 0.25, "high": 0.75, "step": 0.25},
+    }
+    path = write_sweep(tmp_path / "d.yaml", base, name="div", n_trials=1, parallel=1, retries=1, space=space)
     assert main(["sweep", str(path), "--params", "params.yaml", "--quiet"]) == 0
     study = st.load_study(prepare(path, params="params.yaml").spec, str(runs / "div" / "study.journal"))
+    from maskvlp.sweepspec import parse
+
+    stored = json.loads((runs / "div" / "sweep.json").read_text())["spec"]
+    assert parse(stored).fingerprint() == study.user_attrs[st.SPEC_ATTR]
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]  # one retry, then given up
     assert all(t.user_attrs["failure"].startswith("diverged: the training loss became nan") for t in study.trials)
     result = read_result(RunPaths(runs / "div" / "trial-0000"))

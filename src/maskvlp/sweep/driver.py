@@ -684,7 +684,7 @@ def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s:
                 print(f"sweep {sw.spec.name}: the old study's folder is now {moved}", file=sys.stderr)
         study = create_or_resume(sw.spec, sw.storage, sw.spec.parallel, force_new)
         sw.study_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(sw.study_dir / SWEEP_FILE, sw.info)
+        write_json_atomic(sw.study_dir / SWEEP_FILE, sw.info, sort_keys=False)  # the space's order is the spec's
         write_json_atomic(sw.study_dir / LOCK_FILE, record)
         try:
             return Driver(sw, study, progress, poll_s).run()

@@ -201,6 +201,16 @@ def _save(fig_or_ax: Any, path: Path) -> Path:
     return path
 
 
+LEGEND_MAX = 20  # more trials than this: no per-trial legend (seconds to lay out at 1,000, and cut off anyway)
+
+
+def _no_big_legend(ax):
+    legend = ax.get_legend()
+    if legend is not None and len(legend.get_texts()) > LEGEND_MAX:
+        legend.remove()
+    return ax
+
+
 def plots(study: optuna.Study, spec: SweepSpec, out: Path) -> tuple[list[Path], list[str]]:
     """Optuna's matplotlib plots; a plot the data cannot support (too few trials) is noted, not fatal."""
     import matplotlib
@@ -217,7 +227,7 @@ def plots(study: optuna.Study, spec: SweepSpec, out: Path) -> tuple[list[Path], 
         "slice.png": lambda: vis.plot_slice(study, **target),
     }
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        wanted["intermediate.png"] = lambda: vis.plot_intermediate_values(study)
+        wanted["intermediate.png"] = lambda: _no_big_legend(vis.plot_intermediate_values(study))
     if len(spec.space) >= 2:
         keys = [p.key for p in spec.space][:2]
         wanted["contour.png"] = lambda: vis.plot_contour(study, params=keys, **target)
