@@ -2,12 +2,13 @@
 
     python benchmarks/bench_probe.py                        # the default rows (synthetic features)
     python benchmarks/bench_probe.py --rows 600x128x32 2000x128x113 --threads 1 2
+    python benchmarks/bench_probe.py --run runs/default      # a trained run's own probe features
     python benchmarks/bench_probe.py --features feats.pt    # saved features: {name: (tx, ty, vx, vy)}
 
 `old`: the probe as it was (scikit-learn LogisticRegression, lbfgs, max_iter 1000, on the raw features;
 C over 1e-6 .. 1e6 a decade apart, refined a quarter decade around the best on a held-out 20% of
 train, refit on all of train), kept here verbatim. `new`: maskvlp.evaluate.linear_probe (torch float64
-L-BFGS, standardised features, warm starts, one thread). Rows are train samples x dims x classes of
+L-BFGS, centred features, warm starts, converged fits only, one thread). Rows are train samples x dims x classes of
 unit-norm features with a decaying spectrum (as a contrastive model's); the defaults are the sizes of
 the default run's probes (val: ~600 labelled single-object train scenes, objects: 640, 128 dims, 32
 classes), of the real preset's (OpenClipart val: 2,000 train x 113 categories; Fashion-MNIST: 2,000 x
@@ -71,6 +72,31 @@ def features(n: int, dims: int, classes: int, seed: int, noise: float = 1.5):
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
+def run_features(run_dir: str, save: str | None = None) -> dict[str, tuple]:
+    """The train / test features each probe of the evaluate stage fits on, for a trained run (params.yaml's
+    eval settings and sets), as the stage encodes them."""
+    from maskvlp.config import load_config
+    from maskvlp.evalsets import resolve
+    from maskvlp.evaluate import _limit, encode_images, labels_for, load_run
+
+    cfg = load_config("params.yaml")
+    model, run_cfg = load_run(run_dir)
+    size, batch, device = run_cfg.model.image_size, cfg.eval.batch_size, torch.device("cpu")
+    sets = {}
+    for spec in cfg.eval.datasets:
+        es = resolve(cfg, spec)
+        if es.train_batches is None or not es.classes:
+            continue
+        test = encode_images(model, es.batches(size, batch), run_cfg, device)
+        train_batches = _limit(es.train_batches(size, batch), cfg.eval.linear_probe_samples)
+        train = encode_images(model, train_batches, run_cfg, device)
+        ty, vy = labels_for(train.metas, es.classes), labels_for(test.metas, es.classes)
+        sets[es.name] = (train.features[ty >= 0], ty[ty >= 0], test.features[vy >= 0], vy[vy >= 0])
+    if save:
+        torch.save(sets, save)
+    return sets
+
+
 def run(side: str, data, threads: int) -> dict:
     from threadpoolctl import threadpool_limits
 
@@ -100,11 +126,15 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=500, help="test samples per synthetic row")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--features", help="a torch file {name: (train_x, train_y, test_x, test_y)} instead of --rows")
+    parser.add_argument("--run", help="a trained run folder: its evaluation sets' probe features instead of --rows")
+    parser.add_argument("--save-features", help="with --run: save the features here (for --features)")
     parser.add_argument("--no-repeat", action="store_true", help="run each side once (no rerun check)")
     parser.add_argument("--json", help="write the rows here as JSON")
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
-    if args.features:
+    if args.run:
+        sets = run_features(args.run, args.save_features)
+    elif args.features:
         sets = {k: tuple(v) for k, v in torch.load(args.features).items()}
     else:
         sets = {}

@@ -55,6 +55,8 @@ def test_evaluate_writes_metrics_far_above_chance(trained, capsys):
         "linear_probe/val/top1",
         "linear_probe/objects/top1",
         "linear_probe/objects/C",
+        "linear_probe/objects/converged",
+        "linear_probe/objects/unconverged_fits",
         "composition/val/attribute",
         "composition/val/relation",
         "composition/val/object",

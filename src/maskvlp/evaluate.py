@@ -342,7 +342,8 @@ def linear_probe(
                 heldout(coarse * 10.0**step, fits[coarse])
             best = _best(scores, fits)
             final = fit_logistic(x, y, classes, best * rms * rms, fits[best], max_iter, tol)
-            bar.update(1)
+            bar.set_postfix(C=f"{best:.3g}", heldout=f"{scores[best]:.3f}", iters=final.iterations)
+            bar.update(1)  # the last line: the chosen C and the final fit
         finally:
             bar.close()
     return {
