@@ -35,7 +35,7 @@ from maskvlp.metrics import (
 from maskvlp.model import CLIP
 from maskvlp.progress import Progress, track
 from maskvlp.resources import cpu_share_applied
-from maskvlp.runs import RunPaths, update_result, weights_complete, write_json_atomic
+from maskvlp.runs import RunPaths, update_result, weights_complete, write_json_atomic, write_text_atomic
 
 # the metrics each task writes as <task>/<set>/<metric> (what a sweep objective may name)
 TASK_METRICS = {
@@ -576,9 +576,9 @@ def evaluate_and_write(cfg: Config, run_dir: str | Path, progress: bool = False)
     metrics = _round(result.metrics)
     path = Path(cfg.eval.metrics_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
-    (path.parent / "eval_per_class.json").write_text(json.dumps(result.plots["per_class"], indent=1) + "\n")
-    (path.parent / "eval_retrieval.json").write_text(json.dumps(result.plots["retrieval"], indent=1) + "\n")
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(path.parent / "eval_per_class.json", json.dumps(result.plots["per_class"], indent=1) + "\n")
+    write_text_atomic(path.parent / "eval_retrieval.json", json.dumps(result.plots["retrieval"], indent=1) + "\n")
     write_json_atomic(paths.eval_dir() / "metrics.json", metrics)
     write_tensorboard_hparams(paths.root, metrics)
     update_result(paths, eval=metrics, eval_notes=result.notes, eval_skipped=result.skipped)
