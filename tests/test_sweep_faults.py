@@ -460,3 +460,22 @@ def test_a_storage_password_is_never_printed_nor_stored(shards, tmp_path, capsys
     finally:
         os.environ.pop(st.PASSWORD_ENV, None)
         optuna.delete_study(study_name=name, storage=RDB_URL)
+
+
+def test_a_local_trial_on_another_host_is_alive_while_it_holds_its_folder(tmp_path):
+    """A trial process recorded on another host cannot be asked through this host's process table; it
+    counts as alive while it holds its run folder's writer lock (was: taken as gone at once, and its
+    retry started in the same folder while it might still run)."""
+    from maskvlp.sweep.driver import job_alive
+
+    job = "local:another-host:4242:12345"
+    ready = CTX.Event()
+    holder = CTX.Process(target=_hold_folder, args=(str(tmp_path), ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        assert job_alive(job, time.time(), {}, tmp_path)
+    finally:
+        holder.kill()
+        holder.join(10)
+    assert not job_alive(job, time.time(), {}, tmp_path)
