@@ -8,6 +8,8 @@
 #
 # The MariaDB server also holds a database `optuna` (user optuna, password optuna) for sweeps on an
 # RDB storage: --storage 'mysql+pymysql://optuna:optuna@localhost/optuna?unix_socket=/run/mysqld/mysqld.sock'
+# (and a user optuna_pw, password m4skvlp-pw-28: a password found nowhere else, for the test that no
+# password is ever printed or stored)
 #
 # One partition `debug` with this machine's cores and memory. No systemd needed; state lives under
 # /var/spool/maskvlp-slurm and /run. Works as root only (it installs packages and runs daemons).
@@ -119,6 +121,8 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 CREATE DATABASE IF NOT EXISTS optuna;
 CREATE USER IF NOT EXISTS 'optuna'@'localhost' IDENTIFIED BY 'optuna';
 GRANT ALL ON optuna.* TO 'optuna'@'localhost';
+CREATE USER IF NOT EXISTS 'optuna_pw'@'localhost' IDENTIFIED BY 'm4skvlp-pw-28';
+GRANT ALL ON optuna.* TO 'optuna_pw'@'localhost';
 FLUSH PRIVILEGES;
 EOF
 

@@ -140,8 +140,11 @@ def test_a_truncated_weights_file_is_rewritten_whole_by_resuming(shards, tmp_pat
     paths = RunPaths(tmp_path / "runs" / cfg.train.run_name)
     whole = paths.model.read_bytes()
     paths.model.write_bytes(whole[: len(whole) // 2])  # a job killed mid-write, before writes were atomic
+    update_result(paths, status="failed", failure="non_finite_loss", error="NonFiniteLoss: ...")  # an attempt's
     pretrain(cfg, resume=True, progress=False)
     assert paths.model.read_bytes() == whole
+    result = read_result(paths)  # the earlier attempt's failure does not outlive the attempt that mended it
+    assert result["status"] == "complete" and "failure" not in result and "error" not in result
 
 
 # --------------------------------------------------------------------------- diverging training
@@ -219,26 +222,28 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_ends(shards, tmp_
 
 
 # --------------------------------------------------------------------- one driver, one writer
-def _take_driver_lock(study_dir: str, barrier, out) -> None:
+def _take_driver_lock(study_dir: str, barrier, out, answered) -> None:
     from maskvlp.sweep.driver import driver_lock
 
     barrier.wait()
     try:
         with driver_lock(Path(study_dir)):
             out.put("ran")
-            time.sleep(2)
+            answered.wait(60)  # hold the lock until every other driver has had its answer
     except SweepSpecError as exc:
         out.put(f"refused: {exc}")
 
 
 def test_of_five_drivers_started_at_once_exactly_one_runs(tmp_path):
-    barrier, out = CTX.Barrier(5), CTX.Queue()
-    procs = [CTX.Process(target=_take_driver_lock, args=(str(tmp_path / "s"), barrier, out)) for _ in range(5)]
+    barrier, out, answered = CTX.Barrier(5), CTX.Queue(), CTX.Event()
+    args = (str(tmp_path / "s"), barrier, out, answered)
+    procs = [CTX.Process(target=_take_driver_lock, args=args) for _ in range(5)]
     for p in procs:
         p.start()
+    answers = sorted(out.get(timeout=60) for _ in range(5))
+    answered.set()
     for p in procs:
         p.join(60)
-    answers = sorted(out.get(timeout=5) for _ in range(5))
     assert answers.count("ran") == 1, answers  # check-then-write let two run, or crashed one
     assert all("already runs" in a for a in answers if a != "ran")
 
@@ -321,6 +326,14 @@ def _sweep_proc(path: Path, tool_env, *extra: str) -> subprocess.Popen:
     )
 
 
+def _gone(pid: int) -> bool:
+    """Whether the process has ended (gone, or a zombie nobody reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _wait(condition, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -352,11 +365,7 @@ def test_force_new_is_refused_while_a_trial_of_the_old_study_runs(shards, tmp_pa
     assert refused.returncode == 2, output
     assert "still run" in output and f"kill {pid}" in output and not list(runs.glob("fn.replaced-*"))
     os.kill(pid, signal.SIGKILL)
-    _wait(
-        lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
-        30,
-        "the trial's end",
-    )
+    _wait(lambda: _gone(pid), 30, "the trial's end")
     short = write_sweep(tmp_path / "f.yaml", tiny_base(shards, runs), name="fn", n_trials=1, parallel=1)
     assert main(["sweep", str(short), "--params", "params.yaml", "--quiet", "--force-new"]) == 0
     new = st.load_study(prepare(short, params="params.yaml").spec, str(runs / "fn" / "study.journal"))
@@ -425,41 +434,90 @@ def test_driver_and_trial_processes_killed_at_random_moments_still_give_exactly_
 
 
 # ------------------------------------------------------------------------------------ secrets
+SECRET = "m4skvlp-pw-28"  # the password of the MariaDB user optuna_pw (scripts/slurm-local.sh)
+SECRET_URL = f"mysql+pymysql://optuna_pw:{SECRET}@localhost/optuna?unix_socket=/run/mysqld/mysqld.sock"
+
+
 def test_a_storage_password_is_never_printed_nor_stored(shards, tmp_path, capsys):
     from maskvlp.cli import main
-
-    from .test_sweep import RDB_URL, _rdb_up
 
     assert st.public_url("mysql+pymysql://u:s3cret@db.example/optuna?charset=utf8") == (
         "mysql+pymysql://u@db.example/optuna?charset=utf8"
     )
-    if not _rdb_up():
+    try:
+        optuna.get_all_study_summaries(optuna.storages.RDBStorage(SECRET_URL))
+    except Exception:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must provide the MariaDB of scripts/slurm-local.sh ({RDB_URL})")
-        pytest.skip("no MariaDB answers: scripts/slurm-local.sh start")
-    secret = RDB_URL.split("//", 1)[1].split("@", 1)[0]  # user:password
+            pytest.fail("CI must provide the MariaDB user optuna_pw of scripts/slurm-local.sh")
+        pytest.skip("no MariaDB user optuna_pw: scripts/slurm-local.sh start")
     name = f"secret-{os.getpid()}"
     runs, report = tmp_path / "runs", tmp_path / "report"
     path = write_sweep(tmp_path / "s.yaml", tiny_base(shards, runs), name=name, n_trials=1, parallel=1)
     os.environ.pop(st.PASSWORD_ENV, None)
     try:
-        args = ["sweep", str(path), "--params", "params.yaml", "--quiet", "--storage", RDB_URL, "--report", str(report)]
+        args = [
+            "sweep",
+            str(path),
+            "--params",
+            "params.yaml",
+            "--quiet",
+            "--storage",
+            SECRET_URL,
+            "--report",
+            str(report),
+        ]
         assert main(args) == 0
         assert main(["sweep-status", name, "--runs-dir", str(runs)]) == 0
         printed = capsys.readouterr()
-        assert secret not in printed.out + printed.err
-        assert f"{secret.split(':')[0]}@localhost" in printed.out  # the URL is shown, without its password
+        assert SECRET not in printed.out + printed.err
+        assert "optuna_pw@localhost" in printed.out  # the URL is shown, without its password
         written = [p for p in [*runs.rglob("*"), *report.rglob("*")] if p.is_file()]
         assert any(p.name == "trials.md" for p in written) and any(p.name == "trial.json" for p in written)
-        assert not [p for p in written if secret.encode() in p.read_bytes()]
+        assert not [p for p in written if SECRET.encode() in p.read_bytes()]
         # without the password, the storage says where it goes
         os.environ.pop(st.PASSWORD_ENV, None)
         with pytest.raises(SweepSpecError, match=st.PASSWORD_ENV) as info:
-            st.open_storage(st.public_url(RDB_URL)).get_all_studies()
-        assert secret not in str(info.value)
+            st.open_storage(st.public_url(SECRET_URL)).get_all_studies()
+        assert SECRET not in str(info.value)
     finally:
         os.environ.pop(st.PASSWORD_ENV, None)
-        optuna.delete_study(study_name=name, storage=RDB_URL)
+        optuna.delete_study(study_name=name, storage=SECRET_URL)
+
+
+@pytest.mark.slow
+def test_a_trial_abandoned_during_training_stops_within_seconds_writing_nothing_more(shards, tmp_path, tool_env):
+    """The driver gives up on a local trial while it trains (its trial told FAIL, as after a node
+    failure): the process notices at its next liveness check, stops without a checkpoint or a result,
+    and exits with EXIT_NOT_LIVE."""
+    from maskvlp.runs import RunPaths
+    from maskvlp.sweep.job import EXIT_NOT_LIVE, LIVE_CHECK_S, TRIAL_FILE
+
+    base = tiny_base(shards, tmp_path / "runs", **{"train.samples": 65536, "train.checkpoint_every_samples": 256})
+    sw = prepare(write_sweep(tmp_path / "a.yaml", base), params="params.yaml")
+    study = st.create_or_resume(sw.spec, sw.storage, 2, False)
+    run_dir = tmp_path / "runs" / "tiny" / "trial-0000"
+    trial = study.ask()
+    task = _task(sw, study, trial, run_dir, study.user_attrs[st.INSTANCE_ATTR])
+    run_dir.mkdir(parents=True)
+    (run_dir / TRIAL_FILE).write_text(task.to_json())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskvlp.sweep.job", str(run_dir / TRIAL_FILE)],
+        env=tool_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait(lambda: list((run_dir / "checkpoints").glob("step-*.pt")), 120, "the first checkpoint")
+        study.tell(trial.number, state=TrialState.FAIL)
+        told = time.time()
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_NOT_LIVE, output
+    assert time.time() - told < LIVE_CHECK_S + 30 and "without writing" in output
+    assert read_result(RunPaths(run_dir))["status"] == "running"  # not "stopped": no result written
+    assert not (run_dir / "stopped.json").exists() and not (run_dir / "model.safetensors").exists()
 
 
 def test_a_local_trial_on_another_host_is_alive_while_it_holds_its_folder(tmp_path):

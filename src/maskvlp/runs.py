@@ -26,6 +26,7 @@ writers never share a temporary file. Read-modify-write of result.json happens u
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -100,6 +101,27 @@ def run_paths(cfg: Any) -> RunPaths:
     return RunPaths(Path(cfg.train.runs_dir) / cfg.train.run_name)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: files written through atomic_path get the mode an open() would give them
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # flock's "someone holds it"; other errors are real
+
+
+def try_lock(fd: int, path: Path) -> bool:
+    """Take an exclusive flock on `fd` without waiting: False when another holds it. A filesystem that
+    cannot lock (Lustre mounted noflock, NFS without lockd) is an error that says so, never "busy"."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            return False
+        raise OSError(
+            exc.errno,
+            f"cannot lock {path} ({exc.strerror}): the filesystem must support flock (Lustre: mount with flock; "
+            "NFS: lockd)",
+        ) from exc
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A unique temporary path beside `path` to write to; on success it is fsynced and renamed onto
@@ -114,7 +136,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -155,11 +177,12 @@ def read_result(paths: RunPaths) -> dict[str, Any]:
     return json.loads(paths.result.read_text())
 
 
-def update_result(paths: RunPaths, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` into result.json (the `eval` mapping is merged key by key) and write it atomically,
-    under the record's lock: another process updating it at the same moment loses none of its fields."""
+def update_result(paths: RunPaths, drop: tuple[str, ...] = (), **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into result.json (the `eval` mapping is merged key by key), removing the keys in
+    `drop`, and write it atomically, under the record's lock: another process updating it at the same
+    moment loses none of its fields."""
     with record_lock(paths.result):
-        record = read_result(paths)
+        record = {k: v for k, v in read_result(paths).items() if k not in drop}
         for key, value in fields.items():
             if key == "eval" and isinstance(value, dict):
                 record["eval"] = {**record.get("eval", {}), **value}
@@ -183,26 +206,23 @@ def _holder(path: Path) -> str:
 
 @contextlib.contextmanager
 def folder_writer(paths: RunPaths, who: dict[str, Any], wait_s: float = 0.0, poll_s: float = 1.0) -> Iterator[None]:
-    """Hold the run folder as its one writer: a kernel lock (flock; Linux maps it to a POSIX lock on NFS, so hosts sharing the folder see it too) on
-    writer.lock, waited for up to `wait_s`. The kernel drops the lock when its holder dies, so a killed
-    job never leaves a stale lock; the holder's `who` is written into the file for the message the
-    next writer sees. Each holding is appended to attempts.jsonl (start and end), which the fault tests
+    """Hold the run folder as its one writer: an flock on writer.lock (Linux maps it to a POSIX lock on
+    NFS, so hosts sharing the folder see it too), waited for up to `wait_s`. The kernel drops the lock
+    when its holder process dies, so a killed job never leaves a stale lock (a host that dies holds an
+    NFSv4 lock until its lease ends, ~90 s); the holder's `who` is written into the file for the
+    message the next writer sees. Each holding is appended to attempts.jsonl (start and end), which the fault tests
     read to show that no two attempts ever wrote one folder at once. Raises FolderBusy."""
     paths.root.mkdir(parents=True, exist_ok=True)
     fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait_s
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise FolderBusy(
-                        f"{paths.root} is being written by {_holder(paths.writer_lock)}; "
-                        "one writer per run folder (wait for it to end, or stop it)"
-                    ) from None
-                time.sleep(poll_s)
+        while not try_lock(fd, paths.writer_lock):
+            if time.monotonic() >= deadline:
+                raise FolderBusy(
+                    f"{paths.root} is being written by {_holder(paths.writer_lock)}; "
+                    "one writer per run folder (wait for it to end, or stop it)"
+                )
+            time.sleep(poll_s)
         who = {"host": socket.gethostname(), "pid": os.getpid(), **who}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(who, sort_keys=True).encode(), 0)
@@ -224,12 +244,9 @@ def folder_in_use(paths: RunPaths, lock: Path | None = None) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
+        return not try_lock(fd, lock)
     finally:
         os.close(fd)  # (a lock taken here is released with it)
-    return False
 
 
 def _append_attempt(paths: RunPaths, entry: dict[str, Any]) -> None:
@@ -262,8 +279,13 @@ def weights_complete(path: Path) -> bool:
             header = json.loads(fh.read(n))
     except (OSError, ValueError, struct.error, UnicodeDecodeError):
         return False
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    return isinstance(header, dict) and size == 8 + n + max(ends, default=0)
+    if not isinstance(header, dict):
+        return False
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (KeyError, TypeError, IndexError, ValueError):
+        return False
+    return size == 8 + n + max(ends, default=0)
 
 
 @dataclass

@@ -86,6 +86,9 @@ def _git_commit() -> str:
         return ""
 
 
+FAILURE_KEYS = ("error", "failure", "loss", "sweep_state", "sweep_failure")  # result.json: why an attempt failed
+
+
 class Abandoned(RuntimeError):
     """The run's attempt is no longer wanted (a sweep trial the driver settled, a study replaced): the
     loop ends at once and writes nothing more into the run folder, which may belong to another attempt."""
@@ -295,7 +298,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         if state is None:  # a fresh run: nothing of an earlier run in this folder (e.g. its eval) may survive
             write_json_atomic(paths.result, start)
         else:
-            update_result(paths, **start)
+            update_result(paths, drop=FAILURE_KEYS, **start)  # what an earlier attempt's failure left
 
     ddp = DistributedDataParallel(model) if env.world_size > 1 else None
     forward = torch.compile(ddp or model, dynamic=False) if t.compile else (ddp or model)
@@ -500,8 +503,9 @@ def pretrain(
                 # is an all-reduce + host sync, so it is asked every log_every_steps steps, not every step
                 check = s.env.world_size == 1 or s.step % cfg.train.log_every_steps == 0
                 if check and any_rank(stop.requested, s.device):
-                    if getattr(stop, "abandoned", None):
-                        raise Abandoned(stop.abandoned)
+                    abandoned = getattr(stop, "abandoned", None)  # asked on rank 0 alone; all ranks agree
+                    if any_rank(bool(abandoned), s.device):
+                        raise Abandoned(abandoned or "rank 0 found the attempt no longer live")
                     status = "stopped"
                     break
                 log.after_step(s, train_step(s))

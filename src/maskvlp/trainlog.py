@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from maskvlp.distributed import any_rank
 from maskvlp.masking import MaskResult
 from maskvlp.progress import Progress
 
@@ -75,13 +76,14 @@ class TrainLog:
     def check_finite(self, s: Session) -> None:
         """Raise NonFiniteLoss when a step since the last log line had a non-finite loss (a host sync:
         called before a checkpoint is written, so no diverged state is ever saved)."""
-        if self.window["steps"] and not math.isfinite(float(self.window["loss"])):
-            raise NonFiniteLoss(s.step, s.samples_seen, float(self.window["loss"]))
+        loss = float(self.window["loss"]) if self.window["steps"] else 0.0
+        if any_rank(not math.isfinite(loss), s.device):  # every rank stops together (no collective left waiting)
+            raise NonFiniteLoss(s.step, s.samples_seen, loss)
 
     def _scalars(self, s: Session, mask: MaskResult) -> None:
         w = self.window
         loss = float(w["loss"]) / w["steps"]  # the one host sync of the interval
-        if not math.isfinite(loss):
+        if any_rank(not math.isfinite(loss), s.device):  # every rank stops together (no collective left waiting)
             raise NonFiniteLoss(s.step, s.samples_seen, loss)
         self.last_loss = loss
         s.totals["coverage_sum"] += float(w["coverage"])

@@ -29,7 +29,6 @@ CPUs // parallel, under Slurm the job's `launcher.cpus_per_task`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -47,7 +46,15 @@ from optuna.trial import TrialState
 
 from maskvlp.config import Config, load_config, to_dict
 from maskvlp.progress import Progress, format_duration
-from maskvlp.runs import RunPaths, folder_in_use, read_result, weights_complete, write_json_atomic, write_text_atomic
+from maskvlp.runs import (
+    RunPaths,
+    folder_in_use,
+    read_result,
+    try_lock,
+    weights_complete,
+    write_json_atomic,
+    write_text_atomic,
+)
 from maskvlp.sweep.job import EXIT_NOT_LIVE, EXIT_STOPPED, STOPPED_FILE, TRIAL_FILE, TrialJob, TrialTask
 from maskvlp.sweep.study import (
     INSTANCE_ATTR,
@@ -66,6 +73,7 @@ from maskvlp.sweepspec import SweepSpec, SweepSpecError, grid_size, validate
 
 SWEEP_FILE = "sweep.json"  # in the study folder: the spec, storage and params the study was started with
 LOCK_FILE = "driver.json"  # who drives the study (for messages); the lock itself is driver_lock_path()
+LOCK_PATIENCE_S = 2.0  # how long a starting driver retries the lock before it says another driver runs
 ALIVE_SLURM = {
     "PENDING",
     "RUNNING",
@@ -454,7 +462,11 @@ class Driver:
             reason = reasons.get(job_id, "")
             if reason not in HOPELESS_REASONS:
                 continue
-            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+            try:
+                subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=True)
+            except (OSError, subprocess.SubprocessError) as exc:
+                self._say(f"trial {h.number}: scancel {job_id} failed ({exc}); trying again at the next poll")
+                continue
             why = f"job {job_id} can never start (Slurm: pending, reason {reason}); cancelled"
             self._fail(trial_handle(self.study, h.number), why, crash=True, no_retry=True)
             self._say(f"trial {h.number}: {why}; told FAIL, not retried (check launcher.* against `sinfo`)")
@@ -580,9 +592,12 @@ def driver_alive(study_dir: Path) -> dict[str, Any] | None:
     driver lock. The lock is the truth: a driver that died, even on another host, holds nothing."""
     if not folder_in_use(RunPaths(driver_lock_path(study_dir).parent), driver_lock_path(study_dir)):
         return None
-    path = study_dir / LOCK_FILE
+    return _driver_record(study_dir)
+
+
+def _driver_record(study_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads((study_dir / LOCK_FILE).read_text())
     except (OSError, ValueError):
         return {"host": "?", "pid": "?"}
 
@@ -610,10 +625,11 @@ def driver_lock(study_dir: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise _driver_refusal(study_dir, driver_alive(study_dir) or {"host": "?", "pid": "?"}) from None
+        deadline = time.monotonic() + LOCK_PATIENCE_S  # sweep-status tries the lock for an instant too
+        while not try_lock(fd, path):
+            if time.monotonic() >= deadline:
+                raise _driver_refusal(study_dir, _driver_record(study_dir))
+            time.sleep(0.1)
         pid = os.getpid()
         record = {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
         if os.environ.get("SLURM_JOB_ID"):

@@ -9,10 +9,12 @@ driver reconciles it (driver.py). Preemption under Slurm works as for single run
 
 A job works only while it is its trial's *live attempt* (study.live_problem): the study in the storage
 is the instance the job was started for, and its trial is still RUNNING. It checks before it writes
-anything, every LIVE_CHECK_S during training, before it evaluates and before it tells; a job that is not
-(one Slurm requeued by itself after a node failure, one whose study was replaced by --force-new, one the
-driver already gave up on) stops at once without writing. It holds the run folder as its one writer
-(runs.folder_writer) for as long as it works in it.
+anything, once it holds the run folder, every LIVE_CHECK_S during training (rank 0 asks, all ranks
+agree), before it evaluates and before it tells. A job that is not (one Slurm requeued by itself after
+a node failure, one whose study was replaced by --force-new, one the driver already gave up on) stops
+without writing more: at once when it starts, within LIVE_CHECK_S during training (a checkpoint
+written in between is one of the same params, and the folder lock keeps it from overlapping the next
+attempt). Rank 0 holds the run folder as its one writer (runs.folder_writer) while it works in it.
 
 A diverged training (NaN loss) or a non-finite objective is a failed trial, told FAIL with the reason
 (user attribute `failure`), and counted against the sweep's `retries`.
@@ -94,8 +96,8 @@ class PruneHook:
 
 class LiveStop:
     """The stop request a trial's training polls every step: the inner request (a signal, preemption) or,
-    checked every LIVE_CHECK_S against the storage, the attempt no longer being live (then `abandoned`
-    holds why, and the training ends without writing: train.Abandoned)."""
+    checked every LIVE_CHECK_S against the storage by rank 0, the attempt no longer being live (then
+    `abandoned` holds why, every rank agrees, and the training ends without writing: train.Abandoned)."""
 
     def __init__(self, inner: Any, study, task: TrialTask):
         self.inner, self.study, self.task = inner, study, task
@@ -104,7 +106,7 @@ class LiveStop:
 
     @property
     def requested(self) -> bool:
-        if self.abandoned is None and time.monotonic() >= self._next:
+        if self.abandoned is None and _rank() == 0 and time.monotonic() >= self._next:  # rank 0 asks for all
             from maskvlp.sweep.study import live_problem
 
             self._next = time.monotonic() + LIVE_CHECK_S
@@ -152,7 +154,9 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
             check("once it held the run folder")
             return _attempt(task, spec, cfg, paths, study, guard, progress, check)
     except Abandoned as exc:
-        raise NotLive(f"trial {task.number} ({paths.root}), during training: {exc}; stopped without writing") from None
+        raise NotLive(
+            f"trial {task.number} ({paths.root}), during training: {exc}; this job stops without writing"
+        ) from None
     finally:
         if own_stop:
             guard.inner.restore()
@@ -186,6 +190,8 @@ def _attempt(task, spec, cfg, paths: RunPaths, study, stop, progress: bool, chec
         study.tell(task.number, state=TrialState.FAIL)
         return {"state": "FAIL", "failure": why}
 
+    if _rank() != 0 and weights_complete(paths.model):
+        return {"state": "RANK", "rank": _rank()}  # nothing to train; rank 0 alone evaluates and tells
     if not weights_complete(paths.model):  # absent, or cut short by a kill or a full disk: train (again)
         resume = bool(list_checkpoints(paths.checkpoints))
         try:
@@ -271,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotLive as exc:
         print(f"maskvlp trial: {exc}", file=sys.stderr, flush=True)
         return EXIT_NOT_LIVE
+    except FolderBusy as exc:  # a crash to the driver (counted, retried), said in a line, not a traceback
+        print(f"maskvlp trial: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(json.dumps(out, default=str))
     return EXIT_STOPPED if out["state"] == "STOPPED" else 0
 
