@@ -131,7 +131,7 @@ def test_a_trial_pending_for_a_reason_that_never_clears_is_failed_with_it(shards
     path = write_sweep(tmp_path / "pend.yaml", base, name="pend", n_trials=1, parallel=1, retries=2)
     cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
     blocker = subprocess.run(
-        ["sbatch", "--parsable", "-p", "debug", "-c", cpus, "--wrap", "sleep 300"],
+        ["sbatch", "--parsable", "-p", "debug", "-c", cpus, "-o", str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
         capture_output=True,
         text=True,
         check=True,
