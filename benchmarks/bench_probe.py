@@ -135,7 +135,7 @@ def main() -> None:
     if args.run:
         sets = run_features(args.run, args.save_features)
     elif args.features:
-        sets = {k: tuple(v) for k, v in torch.load(args.features).items()}
+        sets = {k: tuple(v) for k, v in torch.load(args.features, weights_only=True).items()}
     else:
         sets = {}
         for row in args.rows:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,40 @@ def tiny_base(shards: Path, runs: Path, **extra: Any) -> dict[str, Any]:
     }
     base.update(extra)
     return base
+
+
+SLURM = ["--set", "launcher.executor=slurm"]  # sweep arguments: trials as Slurm jobs
+
+
+def study_of(path: Path):
+    """The study of the sweep file `path`, read back from its storage."""
+    from maskvlp.sweep import study as st
+    from maskvlp.sweep.driver import prepare
+
+    sw = prepare(path, params="params.yaml")
+    return st.load_study(sw.spec, sw.storage)
+
+
+def wait_for(condition, timeout: float, what: str, every_s: float = 0.5):
+    """Poll `condition` until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def start_driver(path: Path, tool_env: dict[str, str], *extra: str) -> subprocess.Popen:
+    """`maskvlp sweep FILE --quiet ...` as a process of its own (to be killed, or to run beside another)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskvlp.cli", "sweep", str(path), "--params", "params.yaml", "--quiet", *extra],
+        env=tool_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def write_sweep(path: Path, base: dict[str, Any], **fields: Any) -> Path:

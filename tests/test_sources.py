@@ -283,16 +283,16 @@ def _outside_layout(tmp_path: Path) -> tuple[Path, Path]:
     return table, imgs
 
 
+def _outside_cfg(tmp_path: Path, *extra: str):
+    """The folder source over _outside_layout's table, every sample in the train split."""
+    table, imgs = _outside_layout(tmp_path)
+    folder = [f"data.folder.table={table}", f"data.folder.images_dir={imgs}", *extra]
+    return make_cfg(tmp_path, "data.source=folder", *folder, "data.val_fraction=0")
+
+
 def test_folder_source_keeps_every_path_inside_images_dir(tmp_path):
     """Table rows with ../, absolute paths or symlinks out of data.folder.images_dir were read into the shards."""
-    table, imgs = _outside_layout(tmp_path)
-    cfg = make_cfg(
-        tmp_path,
-        "data.source=folder",
-        f"data.folder.table={table}",
-        f"data.folder.images_dir={imgs}",
-        "data.val_fraction=0",
-    )
+    cfg = _outside_cfg(tmp_path)
     manifest = shard(cfg, progress=False)
     assert manifest["splits"]["train"]["count"] == 3
     assert manifest["skipped"] == {"outside_folder": 3}
@@ -306,14 +306,6 @@ def test_folder_source_keeps_every_path_inside_images_dir(tmp_path):
 
 
 def test_folder_source_reads_outside_paths_when_allowed(tmp_path):
-    table, imgs = _outside_layout(tmp_path)
-    cfg = make_cfg(
-        tmp_path,
-        "data.source=folder",
-        f"data.folder.table={table}",
-        f"data.folder.images_dir={imgs}",
-        "data.folder.allow_outside=true",
-        "data.val_fraction=0",
-    )
+    cfg = _outside_cfg(tmp_path, "data.folder.allow_outside=true")
     manifest = shard(cfg, progress=False)
     assert manifest["splits"]["train"]["count"] == 6 and manifest["skipped"] == {}

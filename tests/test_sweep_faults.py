@@ -33,7 +33,7 @@ from maskvlp.sweep import study as st
 from maskvlp.sweep.driver import Driver, prepare
 from maskvlp.sweepspec import SweepSpecError
 
-from .sweeping import check_invariants, tiny_base, tiny_shards, write_sweep
+from .sweeping import check_invariants, start_driver, tiny_base, tiny_shards, wait_for, write_sweep
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -316,32 +316,12 @@ def test_a_job_that_is_not_its_trials_live_attempt_writes_and_tells_nothing(shar
     )
 
 
-def _sweep_proc(path: Path, tool_env, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "maskvlp.cli", "sweep", str(path), "--params", "params.yaml", "--quiet", *extra],
-        env=tool_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def _gone(pid: int) -> bool:
     """Whether the process has ended (gone, or a zombie nobody reaped)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
-
-
-def _wait(condition, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.mark.slow
@@ -351,21 +331,21 @@ def test_force_new_is_refused_while_a_trial_of_the_old_study_runs(shards, tmp_pa
     runs = tmp_path / "runs"
     base = tiny_base(shards, runs, **{"train.samples": 8192, "train.checkpoint_every_samples": 256})
     path = write_sweep(tmp_path / "f.yaml", base, name="fn", n_trials=1, parallel=1)
-    driver = _sweep_proc(path, tool_env)
+    driver = start_driver(path, tool_env)
     trial_dir = runs / "fn" / "trial-0000"
     try:
-        _wait(lambda: list((trial_dir / "checkpoints").glob("step-*.pt")), 120, "the trial's first checkpoint")
+        wait_for(lambda: list((trial_dir / "checkpoints").glob("step-*.pt")), 120, "the trial's first checkpoint")
     finally:
         driver.kill()  # SIGKILL: its local trial process runs on in its own session
         driver.wait()
     old = st.load_study(prepare(path, params="params.yaml").spec, str(runs / "fn" / "study.journal"))
     pid = int(old.trials[0].user_attrs["job"].split(":")[2])
-    refused = _sweep_proc(path, tool_env, "--force-new")
+    refused = start_driver(path, tool_env, "--force-new")
     output, _ = refused.communicate(timeout=120)
     assert refused.returncode == 2, output
     assert "still run" in output and f"kill {pid}" in output and not list(runs.glob("fn.replaced-*"))
     os.kill(pid, signal.SIGKILL)
-    _wait(lambda: _gone(pid), 30, "the trial's end")
+    wait_for(lambda: _gone(pid), 30, "the trial's end")
     short = write_sweep(tmp_path / "f.yaml", tiny_base(shards, runs), name="fn", n_trials=1, parallel=1)
     assert main(["sweep", str(short), "--params", "params.yaml", "--quiet", "--force-new"]) == 0
     new = st.load_study(prepare(short, params="params.yaml").spec, str(runs / "fn" / "study.journal"))
@@ -390,7 +370,7 @@ def test_driver_and_trial_processes_killed_at_random_moments_still_give_exactly_
     journal = runs / "chaos" / "study.journal"
     killed_trial = None
     for _ in range(3):
-        driver = _sweep_proc(path, tool_env)
+        driver = start_driver(path, tool_env)
         time.sleep(rng.uniform(2.0, 8.0))
         if killed_trial is None and journal.exists():
             running = [t for t in st.load_study(spec, str(journal)).trials if t.state == TrialState.RUNNING]
@@ -508,7 +488,7 @@ def test_a_trial_abandoned_during_training_stops_within_seconds_writing_nothing_
         text=True,
     )
     try:
-        _wait(lambda: list((run_dir / "checkpoints").glob("step-*.pt")), 120, "the first checkpoint")
+        wait_for(lambda: list((run_dir / "checkpoints").glob("step-*.pt")), 120, "the first checkpoint")
         study.tell(trial.number, state=TrialState.FAIL)
         told = time.time()
         output, _ = proc.communicate(timeout=120)

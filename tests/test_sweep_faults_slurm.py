@@ -6,55 +6,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
 from maskvlp.cli import main
 from maskvlp.sweep import study as st
-from maskvlp.sweep.driver import prepare
 
 from .conftest import require_slurm
-from .sweeping import check_invariants, tiny_base, tiny_shards, write_sweep
+from .sweeping import SLURM, check_invariants, start_driver, study_of, tiny_base, tiny_shards, wait_for, write_sweep
 
 require_slurm()
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-SLURM = ["--set", "launcher.executor=slurm"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     return tiny_shards(tmp_path_factory)
-
-
-def _study(path: Path) -> optuna.Study:
-    sw = prepare(path, params="params.yaml")
-    return st.load_study(sw.spec, sw.storage)
-
-
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _driver(path: Path, tool_env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "maskvlp.cli", "sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM],
-        env=tool_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _scontrol(*args: str, check: bool = True) -> None:
@@ -82,19 +52,19 @@ def test_a_node_going_down_under_two_trials_never_lets_two_attempts_write_one_fo
     runs = tmp_path / "runs"
     base = tiny_base(shards, runs, **{"train.samples": 4096, "train.checkpoint_every_samples": 256})
     path = write_sweep(tmp_path / "down.yaml", base, name="down", n_trials=2, parallel=2, retries=2)
-    driver = _driver(path, tool_env)
+    driver = start_driver(path, tool_env, *SLURM)
     node = _node()
     try:
         for i in range(2):
             trial_dir = runs / "down" / f"trial-{i:04d}"
-            _wait_for(lambda d=trial_dir: list((d / "checkpoints").glob("step-*.pt")), 240, f"trial {i}'s checkpoint")
+            wait_for(lambda d=trial_dir: list((d / "checkpoints").glob("step-*.pt")), 240, f"trial {i}'s checkpoint")
         _scontrol(f"nodename={node}", "state=down", "reason=maskvlp-fault-test")
         time.sleep(5)
     finally:  # (slurmd registers again by itself: ReturnToService=2; resume in case it has not)
         _scontrol(f"nodename={node}", "state=resume", check=False)
     output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output
-    study = _study(path)
+    study = study_of(path)
     groups = st.logical_trials(study)
     assert all(g.failures <= 1 for g in groups), output  # one node failure, at most one crash per trial
     check_invariants(study, n_trials=2, retries=2, crashes=sum(g.failures for g in groups))
@@ -109,7 +79,7 @@ def test_a_node_going_down_under_two_trials_never_lets_two_attempts_write_one_fo
     }
     before = {d: _files(d) for d in set(jobs.values())}
     final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")
-    _wait_for(lambda: all(v in final for v in sacct_states(list(jobs)).values()), 300, "the requeued jobs")
+    wait_for(lambda: all(v in final for v in sacct_states(list(jobs)).values()), 300, "the requeued jobs")
     assert {d: _files(d) for d in before} == before  # not a file added or rewritten (their Slurm logs aside)
     stale = [
         job
@@ -119,7 +89,7 @@ def test_a_node_going_down_under_two_trials_never_lets_two_attempts_write_one_fo
     ]
     retried = [g for g in groups if len(g.attempts) > 1]
     assert len(stale) == len(retried), (stale, output)  # each settled attempt's requeued job refused to run
-    check_invariants(_study(path), n_trials=2, retries=2, crashes=sum(g.failures for g in groups))
+    check_invariants(study_of(path), n_trials=2, retries=2, crashes=sum(g.failures for g in groups))
 
 
 def test_a_trial_pending_for_a_reason_that_never_clears_is_failed_with_it(shards, tmp_path, tool_env, capsys):
@@ -136,10 +106,10 @@ def test_a_trial_pending_for_a_reason_that_never_clears_is_failed_with_it(shards
         text=True,
         check=True,
     ).stdout.strip()
-    driver = _driver(path, tool_env)
+    driver = start_driver(path, tool_env, *SLURM)
     try:
         journal = runs / "pend" / "study.journal"
-        _wait_for(lambda: journal.exists() and any(t.user_attrs.get("job") for t in _study(path).trials), 120, "job")
+        wait_for(lambda: journal.exists() and any(t.user_attrs.get("job") for t in study_of(path).trials), 120, "job")
         time.sleep(3)
         assert main(["sweep-status", "pend", "--runs-dir", str(runs)]) == 0
         text = capsys.readouterr().out
@@ -151,6 +121,6 @@ def test_a_trial_pending_for_a_reason_that_never_clears_is_failed_with_it(shards
         subprocess.run(["scancel", blocker])
         driver.kill()
     assert driver.returncode == 0, output
-    (trial,) = _study(path).trials
+    (trial,) = study_of(path).trials
     assert trial.state == TrialState.FAIL and "PartitionTimeLimit" in trial.user_attrs["failure"], output
     assert trial.user_attrs["no_retry"] and "not retried" in output

@@ -7,8 +7,6 @@ import csv
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -21,12 +19,10 @@ from maskvlp.sweep import study as st
 from maskvlp.sweep.driver import prepare
 
 from .conftest import require_slurm
-from .sweeping import hparams_of, tiny_base, tiny_shards, write_sweep
+from .sweeping import SLURM, hparams_of, start_driver, study_of, tiny_base, tiny_shards, wait_for, write_sweep
 
 require_slurm()
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-SLURM = ["--set", "launcher.executor=slurm"]
 
 
 @pytest.fixture(scope="module")
@@ -34,36 +30,11 @@ def shards(tmp_path_factory) -> Path:
     return tiny_shards(tmp_path_factory)
 
 
-def _study(path: Path) -> optuna.Study:
-    sw = prepare(path, params="params.yaml")
-    return st.load_study(sw.spec, sw.storage)
-
-
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _driver(path: Path, tool_env, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "maskvlp.cli", "sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM, *extra],
-        env=tool_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_six_trials_two_at_a_time_as_slurm_jobs_with_report_and_hparams(shards, tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "report"
     path = write_sweep(tmp_path / "six.yaml", tiny_base(shards, runs), name="six", n_trials=6, parallel=2)
     assert main(["sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM, "--report", str(out)]) == 0
-    trials = _study(path).trials
+    trials = study_of(path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert all(t.user_attrs["job"].startswith("slurm:") for t in trials)
     # asynchronous and parallel: two trials overlapped in time
@@ -90,23 +61,23 @@ def test_driver_killed_mid_sweep_and_run_again_finishes_exactly_n_trials(shards,
     runs = tmp_path / "runs"
     base = tiny_base(shards, runs, **{"train.samples": 512})
     path = write_sweep(tmp_path / "kill.yaml", base, name="kill", n_trials=4, parallel=2)
-    driver = _driver(path, tool_env)
+    driver = start_driver(path, tool_env, *SLURM)
     journal = runs / "kill" / "study.journal"
 
     def running_and_done():
         if not journal.exists():
             return False
-        states = [t.state for t in _study(path).trials]
+        states = [t.state for t in study_of(path).trials]
         return TrialState.RUNNING in states and (TrialState.COMPLETE in states or len(states) >= 2)
 
     try:
-        _wait_for(running_and_done, 180, "a trial in flight")
+        wait_for(running_and_done, 180, "a trial in flight")
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    assert any(t.state == TrialState.RUNNING for t in _study(path).trials)  # jobs outlive the driver
+    assert any(t.state == TrialState.RUNNING for t in study_of(path).trials)  # jobs outlive the driver
     assert main(["sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM]) == 0
-    trials = _study(path).trials
+    trials = study_of(path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # followed, not failed nor repeated
     assert len({t.user_attrs["run_dir"] for t in trials}) == 4
     for t in trials:  # every trial trained by exactly one job
@@ -117,17 +88,17 @@ def test_a_cancelled_trial_job_is_retried_from_its_checkpoint(shards, tmp_path, 
     runs = tmp_path / "runs"
     base = tiny_base(shards, runs, **{"train.samples": 16384, "train.checkpoint_every_samples": 512})
     path = write_sweep(tmp_path / "cancel.yaml", base, name="cancel", n_trials=1, parallel=1)
-    driver = _driver(path, tool_env)
+    driver = start_driver(path, tool_env, *SLURM)
     trial_dir = runs / "cancel" / "trial-0000"
     try:
-        _wait_for(lambda: list((trial_dir / "checkpoints").glob("step-*.pt")), 180, "the trial's first checkpoint")
+        wait_for(lambda: list((trial_dir / "checkpoints").glob("step-*.pt")), 180, "the trial's first checkpoint")
         job_id = json.loads((trial_dir / "jobs.jsonl").read_text().splitlines()[0])["job_id"]
         subprocess.run(["scancel", job_id], check=True)
         output, _ = driver.communicate(timeout=300)
     finally:
         driver.kill()
     assert driver.returncode == 0, output
-    trials = _study(path).trials
+    trials = study_of(path).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], output
     assert "CANCELLED" in trials[0].user_attrs["failure"] and trials[0].user_attrs["counts_as_failure"]
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
@@ -165,7 +136,7 @@ def test_a_clearly_worse_trial_is_pruned_from_inside_its_slurm_job(shards, tmp_p
             )
         )
     assert main(["sweep", str(path), "--params", "params.yaml", "--quiet", *SLURM]) == 0
-    trial = _study(path).trials[2]
+    trial = study_of(path).trials[2]
     assert trial.state == TrialState.PRUNED and trial.user_attrs["job"].startswith("slurm:")
     assert list(trial.intermediate_values) == [128]  # reported by the job, pruned at its first evaluation
     run = Path(trial.user_attrs["run_dir"])
@@ -191,10 +162,10 @@ def test_detach_submits_the_driver_as_a_slurm_job_that_runs_the_sweep(shards, tm
     job_id = out.split("Slurm job ")[1].split(";")[0]
     assert "sweep-status det" in out
     done = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
-    state = _wait_for(
+    state = wait_for(
         lambda: sacct_states([job_id]).get(job_id) in done and sacct_states([job_id])[job_id], 240, "the driver job"
     )
     assert state == "COMPLETED", (runs / "det" / "driver").rglob("*.err")
-    assert [t.state for t in _study(path).trials] == [TrialState.COMPLETE]
+    assert [t.state for t in study_of(path).trials] == [TrialState.COMPLETE]
     assert main(["sweep-status", "det", "--runs-dir", str(runs)]) == 0
     assert "1/1 trials finished" in capsys.readouterr().out

@@ -287,6 +287,15 @@ def _launched_at(trial: optuna.trial.FrozenTrial) -> float:
     return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) if stamp else time.time()
 
 
+def recorded_handle(trial: optuna.trial.FrozenTrial) -> Handle | None:
+    """The job of a RUNNING trial as the storage and its run folder record it; None when it was never
+    launched (no run folder or no job: the driver stopped between asking and starting it)."""
+    job = _recorded_job(trial)
+    if not trial.user_attrs.get("run_dir") or not job:
+        return None
+    return Handle(trial.number, Path(trial.user_attrs["run_dir"]), job, _launched_at(trial))
+
+
 # ------------------------------------------------------------------------------------- driver
 class Driver:
     def __init__(self, sw: Sweep, study: optuna.Study, progress: bool = True, poll_s: float = 2.0):
@@ -479,12 +488,11 @@ class Driver:
         for t in trials:
             if t.number in self.active:
                 continue
-            job = _recorded_job(t)
-            if not t.user_attrs.get("run_dir") or not job:
+            handle = recorded_handle(t)
+            if handle is None:
                 self._say(f"trial {t.number}: {self.settle_dead(t, 'never launched (the driver stopped first)')}")
                 continue
-            launched = _launched_at(t)
-            handles[t.number] = Handle(t.number, Path(t.user_attrs["run_dir"]), job, launched)
+            handles[t.number] = handle
         states = _slurm_states(list(handles.values()))
         for number, h in handles.items():
             if job_alive(h.job, h.launched, states, h.run_dir):
@@ -652,11 +660,8 @@ def alive_trial_jobs(sw: Sweep) -> list[str]:
         study = optuna.load_study(study_name=sw.spec.name, storage=storage)
     except KeyError:
         return []
-    handles = [
-        Handle(t.number, Path(t.user_attrs["run_dir"]), _recorded_job(t), _launched_at(t))
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.user_attrs.get("run_dir") and _recorded_job(t)
-    ]
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    handles = [h for h in map(recorded_handle, running) if h is not None]
     states = _slurm_states(handles)
     return [h.job for h in handles if job_alive(h.job, h.launched, states, h.run_dir)]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -102,11 +103,12 @@ class LiveStop:
     def __init__(self, inner: Any, study, task: TrialTask):
         self.inner, self.study, self.task = inner, study, task
         self.abandoned: str | None = None
+        self._asks = _rank() == 0  # rank 0 asks the storage for every rank (train.pretrain agrees on it)
         self._next = time.monotonic() + LIVE_CHECK_S
 
     @property
     def requested(self) -> bool:
-        if self.abandoned is None and _rank() == 0 and time.monotonic() >= self._next:  # rank 0 asks for all
+        if self._asks and self.abandoned is None and time.monotonic() >= self._next:
             from maskvlp.sweep.study import live_problem
 
             self._next = time.monotonic() + LIVE_CHECK_S
@@ -119,8 +121,6 @@ class LiveStop:
 
 
 def _rank() -> int:
-    import os
-
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
@@ -163,8 +163,6 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
 
 
 def _slurm_job() -> str:
-    import os
-
     return os.environ.get("SLURM_JOB_ID", "")
 
 
