@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from maskvlp.config import CLIP_MEAN, CLIP_STD, load_config
+from maskvlp.config import CLIP_MEAN, CLIP_STD
 from maskvlp.data.loader import StreamSpec, train_loader
 from maskvlp.data.shards import shard, shard_paths
 from maskvlp.data.transforms import normalize, train_image
+from maskvlp.params import load_config
 
 SIZE = 224
 SCALE, RATIO = (0.9, 1.0), (0.75, 4 / 3)

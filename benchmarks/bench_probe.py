@@ -75,9 +75,9 @@ def features(n: int, dims: int, classes: int, seed: int, noise: float = 1.5):
 def run_features(run_dir: str, save: str | None = None) -> dict[str, tuple]:
     """The train / test features each probe of the evaluate stage fits on, for a trained run (params.yaml's
     eval settings and sets), as the stage encodes them."""
-    from maskvlp.config import load_config
     from maskvlp.evalsets import resolve
     from maskvlp.evaluate import _limit, encode_images, labels_for, load_run
+    from maskvlp.params import load_config
 
     cfg = load_config("params.yaml")
     model, run_cfg = load_run(run_dir)

@@ -86,7 +86,7 @@ def spec_raw(name: str, n: int, runs: Path) -> dict[str, Any]:
 
 def make_sweep(raw: dict[str, Any], storage: str | None):
     """The driver's Sweep, without the shards check of driver.prepare (no trial is really started)."""
-    from maskvlp.config import load_config
+    from maskvlp.params import load_config
     from maskvlp.sweep.driver import Sweep
     from maskvlp.sweep.study import storage_url
     from maskvlp.sweepspec import parse

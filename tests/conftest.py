@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from maskvlp.config import Config, load_config
+from maskvlp.config import Config
+from maskvlp.params import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"

@@ -7,9 +7,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maskvlp.cli import main
-from maskvlp.config import load_config
 from maskvlp.data.shards import shard
 from maskvlp.evaluate import EvalError, load_run
+from maskvlp.params import load_config
 from maskvlp.train import pretrain
 
 pytestmark = pytest.mark.slow

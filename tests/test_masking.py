@@ -217,7 +217,8 @@ def test_rgb_embed_fusion_moves_similarity_to_the_embedding():
 
 
 def test_fusion_samples_default_to_the_budget_and_zero_is_refused_with_the_embedding():
-    from maskvlp.config import ConfigError, load_config
+    from maskvlp.config import ConfigError
+    from maskvlp.params import load_config
 
     cfg = load_config(None, ["masking.features=rgb+embed", "train.samples=5000"])
     assert cfg.masking.fusion_samples == 5000  # the weight starts at 0 and reaches 1 at the end of the run
@@ -229,8 +230,8 @@ def test_fusion_samples_default_to_the_budget_and_zero_is_refused_with_the_embed
 @pytest.mark.parametrize("features", ["rgb", "rgb+embed"])
 def test_mask_is_the_same_under_bf16_autocast(features):
     """Clusters are computed in fp32 whatever autocast is active (GPU training runs under bf16)."""
-    from maskvlp.config import load_config
     from maskvlp.model import CLIP
+    from maskvlp.params import load_config
     from maskvlp.train import choose_mask
 
     cfg = load_config(None, [f"masking.features={features}", "masking.threshold=0.3", "train.samples=100"])

@@ -158,7 +158,7 @@ def decayed_names(cfg) -> dict[str, bool]:
 
 
 def test_recipe_flip_sets_the_papers_values_and_explicit_keys_win():
-    from maskvlp.config import load_config
+    from maskvlp.params import load_config
 
     cfg = load_config(None, ["train.recipe=flip", "train.beta2=0.9"])
     t, m, a = cfg.train, cfg.model, cfg.data.augment

@@ -112,8 +112,8 @@ def _tree(root):
 
 
 def test_openclipart_source_shards_with_a_stratified_split_and_counts_every_skip(tmp_path):
-    from maskvlp.config import load_config
     from maskvlp.data.shards import load_manifest, shard, shard_paths
+    from maskvlp.params import load_config
 
     root = _tree(tmp_path / "svg")
     over = [
@@ -150,8 +150,9 @@ def test_openclipart_source_shards_with_a_stratified_split_and_counts_every_skip
 
 
 def test_openclipart_missing_package_and_bad_template_are_clear(tmp_path):
-    from maskvlp.config import ConfigError, load_config
+    from maskvlp.config import ConfigError
     from maskvlp.data.sources import OpenClipartMissing, make_source
+    from maskvlp.params import load_config
 
     cfg = load_config(None, ["data.source=openclipart", f"data.openclipart.root={tmp_path / 'none'}"])
     with pytest.raises(OpenClipartMissing, match="apt-get install openclipart-svg"):
@@ -190,8 +191,9 @@ def test_collection_titles_are_those_many_drawings_share_and_placeholders_are_dr
 def test_drawings_titled_by_their_collection_are_captioned_from_their_file_names(tmp_path):
     """A set of drawings that all carry their collection's name as title ("Lemon SVG theme") would give
     identical captions: they get their file names' words instead, and the manifest counts them."""
-    from maskvlp.config import ConfigError, load_config
+    from maskvlp.config import ConfigError
     from maskvlp.data.shards import shard, shard_paths
+    from maskvlp.params import load_config
 
     root = _tree(tmp_path / "svg")
     icons = root / "computer/icons"

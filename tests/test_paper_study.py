@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from maskvlp.cli import main
-from maskvlp.config import load_config
 from maskvlp.data.shards import shard, shard_paths
+from maskvlp.params import load_config
 from maskvlp.stats import mean_ci
 
 from .test_idx import _fake_fashion

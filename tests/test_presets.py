@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskvlp.config import ConfigError, load_config, to_yaml
+from maskvlp.config import ConfigError, to_yaml
+from maskvlp.params import load_config
 
 
 def test_the_default_preset_is_the_embedded_synthetic_data():

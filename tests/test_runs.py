@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from maskvlp import masking
 from maskvlp.cli import main
-from maskvlp.config import load_config
+from maskvlp.params import load_config
 from maskvlp.runs import list_runs, read_result, run_paths
 from maskvlp.train import pretrain
 

@@ -1,6 +1,7 @@
 import pytest
 
-from maskvlp.config import TrainConfig, load_config
+from maskvlp.config import TrainConfig
+from maskvlp.params import load_config
 from maskvlp.recipes import scaled_lr
 from maskvlp.schedule import lr_at, make_budget
 

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maskvlp.cli import main
-from maskvlp.config import load_config, to_dict
+from maskvlp.config import to_dict
 from maskvlp.launch import EvalJob, LaunchError, TrainJob, list_jobs, submit, wait
+from maskvlp.params import load_config
 from maskvlp.runs import run_paths
 from maskvlp.train import pretrain
 

@@ -130,7 +130,7 @@ def test_a_disk_filling_while_weights_are_written_leaves_no_weights_file(small_f
 
 
 def test_a_truncated_weights_file_is_rewritten_whole_by_resuming(shards, tmp_path):
-    from maskvlp.config import load_config
+    from maskvlp.params import load_config
     from maskvlp.train import pretrain
 
     from .conftest import tiny_run
@@ -149,7 +149,7 @@ def test_a_truncated_weights_file_is_rewritten_whole_by_resuming(shards, tmp_pat
 
 # --------------------------------------------------------------------------- diverging training
 def test_a_non_finite_loss_stops_training_at_once_with_the_reason(shards, tmp_path):
-    from maskvlp.config import load_config
+    from maskvlp.params import load_config
     from maskvlp.train import pretrain
     from maskvlp.trainlog import NonFiniteLoss
 

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from maskvlp.config import load_config
 from maskvlp.data.shards import ShardError, shard
+from maskvlp.params import load_config
 from maskvlp.runs import run_paths
 from maskvlp.train import TrainError, pretrain
 

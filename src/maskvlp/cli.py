@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from maskvlp.config import Config, ConfigError, load_config, to_yaml
+from maskvlp.config import Config, ConfigError, to_yaml
+from maskvlp.params import load_config
 from maskvlp.sweepspec import SweepSpecError
 
 EPILOG = """\

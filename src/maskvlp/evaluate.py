@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskvlp.config import Config, load_config
+from maskvlp.config import Config
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.data.transforms import normalize
 from maskvlp.evalsets import EvalSet, EvalSetError, resolve, val_set
@@ -33,6 +33,7 @@ from maskvlp.metrics import (
     topk_accuracy,
 )
 from maskvlp.model import CLIP
+from maskvlp.params import load_config
 from maskvlp.progress import Progress, track
 from maskvlp.resources import cpu_share_applied
 from maskvlp.runs import RunPaths, update_result, weights_complete, write_json_atomic, write_text_atomic

@@ -35,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from maskvlp.config import Config, ConfigError, load_config
+from maskvlp.config import Config, ConfigError
+from maskvlp.params import load_config
 
 SAMPLERS = ("tpe", "random", "grid", "nsga2", "qmc")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")

@@ -44,7 +44,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from maskvlp.config import Config, load_config, to_dict
+from maskvlp.config import Config, to_dict
+from maskvlp.params import load_config
 from maskvlp.progress import Progress, format_duration
 from maskvlp.runs import (
     RunPaths,

@@ -246,7 +246,8 @@ def plots(study: optuna.Study, spec: SweepSpec, out: Path) -> tuple[list[Path], 
 
 def best_params_file(info: dict[str, Any], spec: SweepSpec, trial: optuna.trial.FrozenTrial, path: Path) -> Path:
     """The best trial's params as a complete params file (params.yaml + base + its values)."""
-    from maskvlp.config import load_config, to_yaml
+    from maskvlp.config import to_yaml
+    from maskvlp.params import load_config
 
     cfg = load_config(info.get("params"), trial.user_attrs.get("overrides") or spec.overrides(trial.params))
     header = (
