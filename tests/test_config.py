@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from maskvlp.config import Config, ConfigError, load_config, to_dict
+from maskvlp.config import Config, ConfigError, to_dict
+from maskvlp.params import load_config
 
 from .conftest import ROOT
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from maskvlp.config import Config
+from maskvlp.config import Config, EvalConfig, check
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 Batches = Iterable[dict[str, Any]]  # {"images": uint8 (B,3,S,S), "captions", "metas", "keys"}
@@ -316,3 +316,20 @@ register_dataset("val", val_set)
 register_dataset("objects", objects_set)
 register_dataset("emoji", emoji_set)
 register_dataset("fashion-mnist", fashion_mnist_set)
+
+
+def check_section(ev: EvalConfig) -> None:
+    """Refuse out-of-range `eval.*` values (params.validate asks this before any work starts)."""
+    check(ev.batch_size >= 1, "eval.batch_size", "must be >= 1", ev.batch_size)
+    check(
+        bool(ev.datasets) and all(d in DATASETS or "/" in d or Path(d).suffix for d in ev.datasets),
+        "eval.datasets",
+        f"must list registered sets ({', '.join(DATASETS)}) or paths of captions tables / shards",
+        ev.datasets,
+    )
+    check(ev.objects_per_class >= 1, "eval.objects_per_class", "must be >= 1", ev.objects_per_class)
+    check(ev.subset_samples >= 2, "eval.subset_samples", "must be >= 2", ev.subset_samples)
+    check(ev.linear_probe_samples >= 2, "eval.linear_probe_samples", "must be >= 2", ev.linear_probe_samples)
+    check(
+        ev.fashion_mnist_samples >= 0, "eval.fashion_mnist_samples", "must be >= 0 (0 = all)", ev.fashion_mnist_samples
+    )

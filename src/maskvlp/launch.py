@@ -11,6 +11,7 @@ The number of requeues is bounded by launcher.max_requeues.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskvlp.config import Config
+from maskvlp.config import Config, ConfigError, LauncherConfig, check, choice, control_character, no_control_characters
 from maskvlp.runs import RunPaths
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
@@ -31,13 +32,9 @@ class LaunchError(RuntimeError):
 
 
 def _config_from(cfg_dict: dict[str, Any]) -> Config:
-    from omegaconf import OmegaConf
+    from maskvlp.params import config_from_dict
 
-    from maskvlp.config import validate
-
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg_dict))
-    validate(cfg)
-    return cfg
+    return config_from_dict(cfg_dict)
 
 
 def _export_torch_distributed() -> None:
@@ -306,3 +303,89 @@ def list_jobs(run_dir: Path) -> list[dict[str, Any]]:
     for j in jobs:
         j["state"] = states.get(j["job_id"], "UNKNOWN")
     return jobs
+
+
+# --------------------------------------------------------------------------- the launcher section
+# sbatch option names, as submitit writes them: `#SBATCH --{name}={value}` with `_` turned into `-`
+SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9_-]*$")
+# sbatch options that maskvlp sets from its own launcher keys (launch.make_executor), that submitit
+# needs for logs and preemption (one in launcher.additional_parameters would replace them), or that
+# run a shell command
+SBATCH_SET_BY_MASKVLP = {
+    "job-name": "maskvlp sets it from launcher.job_name: set that instead",
+    "partition": "maskvlp sets it from launcher.partition: set that instead",
+    "account": "maskvlp sets it from launcher.account: set that instead",
+    "qos": "maskvlp sets it from launcher.qos: set that instead",
+    "nodes": "maskvlp sets it from launcher.nodes: set that instead",
+    "ntasks-per-node": "maskvlp sets it from launcher.tasks_per_node: set that instead",
+    "cpus-per-task": "maskvlp sets it from launcher.cpus_per_task: set that instead",
+    "gpus-per-node": "maskvlp sets it from launcher.gpus_per_node: set that instead",
+    "mem": "maskvlp sets it from launcher.mem_gb: set that instead",
+    "time": "maskvlp sets it from launcher.timeout_min: set that instead",
+    "output": "submitit sets it: the job's logs go to the run's slurm folder; leave it out",
+    "error": "submitit sets it: the job's logs go to the run's slurm folder; leave it out",
+    "open-mode": "submitit sets it: requeued attempts append to the same logs; leave it out",
+    "signal": "submitit sets it: its preemption signal saves a checkpoint before the requeue; leave it out",
+    "array": "maskvlp submits one job per run; leave it out",
+    "wrap": "sbatch would run its value as a shell command; leave it out",
+}
+# full sbatch options that are also abbreviations of one above (sbatch takes exact names first)
+SBATCH_PREFIX_OPTIONS = {"gpus", "ntasks"}
+
+
+def check_additional_parameters(params: dict[str, Any]) -> None:
+    """launcher.additional_parameters become `#SBATCH --name=value` lines: names must be sbatch option
+    names, values one-line strings, numbers or true (a flag), and none may replace what maskvlp sets."""
+    key = "launcher.additional_parameters"
+    for name, value in params.items():
+        name = str(name)
+        bad = control_character(name)
+        if bad is not None:
+            raise ConfigError(
+                f"{key}: control character {bad!r} in the name {name!r} not allowed "
+                "(it would end the #SBATCH line and run the rest as a shell command)"
+            )
+        if not SBATCH_OPTION.match(name):
+            raise ConfigError(
+                f"{key}: {name!r} is not an sbatch option name (lower-case letters, digits, '-' and '_', "
+                "without the leading '--'), e.g. constraint or mem_per_cpu"
+            )
+        option = name.replace("_", "-")
+        if option in SBATCH_SET_BY_MASKVLP:
+            raise ConfigError(f"{key}.{name}: not allowed: {SBATCH_SET_BY_MASKVLP[option]}")
+        clash = [o for o in SBATCH_SET_BY_MASKVLP if o.startswith(option)]
+        if clash and option not in SBATCH_PREFIX_OPTIONS:  # sbatch accepts abbreviated long options
+            raise ConfigError(
+                f"{key}.{name}: not allowed: sbatch may read --{option} as an abbreviation of --{clash[0]}, "
+                f"and {SBATCH_SET_BY_MASKVLP[clash[0]]}"
+            )
+        if isinstance(value, str):
+            no_control_characters(
+                f"{key}.{name}", value, "it would end the #SBATCH line and run the rest as a shell command"
+            )
+        elif value is not True and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(
+                f"{key}.{name}: must be a string, a number, or true for an option without value "
+                f"(leave the key out to not pass it), got {value!r}"
+            )
+
+
+def check_section(la: LauncherConfig) -> None:
+    """Refuse out-of-range `launcher.*` values and strings that would break an #SBATCH line."""
+    choice("launcher.executor", la.executor, EXECUTORS)
+    check(la.nodes >= 1, "launcher.nodes", "must be >= 1", la.nodes)
+    check(la.tasks_per_node >= 1, "launcher.tasks_per_node", "must be >= 1", la.tasks_per_node)
+    check(la.gpus_per_node >= 0, "launcher.gpus_per_node", "must be >= 0", la.gpus_per_node)
+    check(la.cpus_per_task >= 1, "launcher.cpus_per_task", "must be >= 1", la.cpus_per_task)
+    check(la.threads >= 0, "launcher.threads", "must be >= 0 (0 = derived from the CPUs the process has)", la.threads)
+    check(la.mem_gb > 0, "launcher.mem_gb", "must be > 0", la.mem_gb)
+    check(la.timeout_min >= 1, "launcher.timeout_min", "must be >= 1", la.timeout_min)
+    check(la.max_requeues >= 0, "launcher.max_requeues", "must be >= 0", la.max_requeues)
+    # the strings launch.make_executor hands to submitit, which writes each into an #SBATCH line
+    for name in ("job_name", "partition", "account", "qos"):
+        no_control_characters(
+            f"launcher.{name}",
+            getattr(la, name),
+            "it would end the #SBATCH line and run the rest as a shell command",
+        )
+    check_additional_parameters(la.additional_parameters)

@@ -331,7 +331,7 @@ def get_strategy(name: str) -> Strategy:
 
 def check_config(k: Any, num_patches: int) -> None:
     """Validate a masking config for L patches: the keys every strategy shares, then the strategy's own.
-    Raises ValueError naming the key (config.validate turns it into a ConfigError)."""
+    Raises ValueError naming the key (params.validate turns it into a ConfigError)."""
     strategy = get_strategy(k.strategy)
     if not (0.0 <= k.ratio < 1.0):
         raise ValueError(f"masking.ratio must be in [0, 1), got {k.ratio!r}")

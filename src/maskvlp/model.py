@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from maskvlp.config import ModelConfig, check, choice
+
 VOCAB_SIZE = 49408  # CLIP BPE
 
 
@@ -278,3 +280,21 @@ class CLIP(nn.Module):
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def check_section(m: ModelConfig) -> None:
+    """Refuse out-of-range `model.*` values (params.validate asks this before any work starts)."""
+    choice("model.vision", m.vision, tuple(VISION_PRESETS))
+    choice("model.text", m.text, tuple(TEXT_PRESETS))
+    check(m.patch_size >= 1, "model.patch_size", "must be >= 1", m.patch_size)
+    check(
+        m.image_size >= m.patch_size and m.image_size % m.patch_size == 0,
+        "model.image_size",
+        f"must be a multiple of model.patch_size={m.patch_size}",
+        m.image_size,
+    )
+    check(m.embed_dim >= 1, "model.embed_dim", "must be >= 1", m.embed_dim)
+    check(m.context_length >= 3, "model.context_length", "must be >= 3", m.context_length)
+    choice("model.pos_embed", m.pos_embed, POS_EMBEDS)
+    choice("model.pool", m.pool, POOLS)
+    check(0 < m.init_temperature <= 1, "model.init_temperature", "must be in (0, 1]", m.init_temperature)

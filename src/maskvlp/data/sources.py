@@ -22,7 +22,7 @@ import numpy as np
 from braceexpand import braceexpand
 from PIL import Image
 
-from maskvlp.config import Config, ConfigError
+from maskvlp.config import Config, ConfigError, DataConfig, check, choice
 from maskvlp.data import emoji, synthetic
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -531,3 +531,91 @@ SOURCES = {
 
 def make_source(cfg: Config):
     return SOURCES[cfg.data.source](cfg)
+
+
+def check_section(d: DataConfig) -> None:
+    """Refuse out-of-range `data.*` values (params.validate asks this before any work starts)."""
+    from maskvlp.data.clean import IMAGE_FORMATS
+
+    choice("data.source", d.source, tuple(SOURCES))
+    choice("data.image_format", d.image_format, tuple(IMAGE_FORMATS))
+    check(d.image_size >= 8, "data.image_size", "must be >= 8 pixels", d.image_size)
+    check(d.min_image_side >= 1, "data.min_image_side", "must be >= 1 pixel", d.min_image_side)
+    check(1 <= d.jpeg_quality <= 100, "data.jpeg_quality", "must be in [1, 100]", d.jpeg_quality)
+    check(0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
+    check(d.max_samples_per_shard >= 1, "data.max_samples_per_shard", "must be >= 1", d.max_samples_per_shard)
+    check(d.num_workers >= 0, "data.num_workers", "must be >= 0 (0 = one per core)", d.num_workers)
+    check(d.loader_workers >= 0, "data.loader_workers", "must be >= 0", d.loader_workers)
+    check(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1", d.shuffle_buffer)
+    s = d.synthetic
+    check(s.num_samples >= 1, "data.synthetic.num_samples", "must be >= 1", s.num_samples)
+    check(1 <= s.min_objects <= 4, "data.synthetic.min_objects", "must be in [1, 4]", s.min_objects)
+    check(
+        s.min_objects <= s.max_objects <= 4,
+        "data.synthetic.max_objects",
+        f"must be in [min_objects={s.min_objects}, 4]",
+        s.max_objects,
+    )
+    check(0 <= s.context <= 1, "data.synthetic.context", "must be in [0, 1]", s.context)
+    check(0 <= s.textured_fraction <= 1, "data.synthetic.textured_fraction", "must be in [0, 1]", s.textured_fraction)
+    oc = d.openclipart
+    choice("data.openclipart.level", oc.level, ("leaf", "top"))
+    check(oc.min_per_class >= 1, "data.openclipart.min_per_class", "must be >= 1", oc.min_per_class)
+    check(oc.max_per_class >= 0, "data.openclipart.max_per_class", "must be >= 0 (0 = all)", oc.max_per_class)
+    check(
+        oc.collection_title_min == 0 or oc.collection_title_min >= 2,
+        "data.openclipart.collection_title_min",
+        "must be 0 (off) or >= 2",
+        oc.collection_title_min,
+    )
+    check(
+        len(oc.background) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in oc.background),
+        "data.openclipart.background",
+        "must be three integers 0..255 (RGB)",
+        oc.background,
+    )
+    try:
+        oc.template.format(title="", description="", keywords="", category="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"data.openclipart.template: {oc.template!r} has an unknown field {exc}; "
+            "use {title}, {description}, {keywords}, {category}"
+        ) from exc
+    mx = d.mix
+    mixable = tuple(name for name in SOURCES if name != "mix")
+    check(
+        bool(mx.sources) and all(name in mixable for name in mx.sources) and len(set(mx.sources)) == len(mx.sources),
+        "data.mix.sources",
+        f"must list distinct sources among {', '.join(mixable)}",
+        mx.sources,
+    )
+    check(
+        all(name in mx.sources for name in mx.val_sources),
+        "data.mix.val_sources",
+        f"must be among data.mix.sources={mx.sources} (the others go to the train split only)",
+        mx.val_sources,
+    )
+    e = d.emoji
+    check(e.samples_per_emoji >= 1, "data.emoji.samples_per_emoji", "must be >= 1", e.samples_per_emoji)
+    check(e.max_emoji >= 0, "data.emoji.max_emoji", "must be >= 0 (0 = all)", e.max_emoji)
+    check(0 <= e.scene_fraction <= 4, "data.emoji.scene_fraction", "must be in [0, 4]", e.scene_fraction)
+    uses = d.mix.sources if d.source == "mix" else [d.source]
+    if "folder" in uses:
+        check(bool(d.folder.table), "data.folder.table", "must name a CSV/TSV/JSONL/Parquet file", d.folder.table)
+    if "shards" in uses:
+        check(bool(d.shards.urls), "data.shards.urls", "must name existing shards (brace pattern or glob)", "")
+    a = d.augment
+    check(
+        0 < a.crop_scale_min <= a.crop_scale_max <= 1,
+        "data.augment.crop_scale_min/max",
+        "must satisfy 0 < min <= max <= 1",
+        (a.crop_scale_min, a.crop_scale_max),
+    )
+    check(
+        0 < a.crop_ratio_min <= a.crop_ratio_max,
+        "data.augment.crop_ratio_min/max",
+        "must satisfy 0 < min <= max",
+        (a.crop_ratio_min, a.crop_ratio_max),
+    )
+    check(len(a.mean) == 3 and len(a.std) == 3, "data.augment.mean/std", "must have 3 values each", (a.mean, a.std))
+    check(all(v > 0 for v in a.std), "data.augment.std", "must be positive", a.std)
