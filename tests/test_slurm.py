@@ -16,10 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskvlp.cli import main
 from maskvlp.config import to_dict
-from maskvlp.launch import EvalJob, LaunchError, TrainJob, list_jobs, submit, wait
+from maskvlp.launch import EvalJob, LaunchError, list_jobs, submit, wait
 from maskvlp.params import load_config
 from maskvlp.runs import run_paths
-from maskvlp.train import pretrain
+from maskvlp.train import TrainJob, pretrain
 
 from .conftest import as_set_args, make_tiny_shards, require_slurm, tiny_run
 

@@ -116,7 +116,7 @@ def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
         result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
         return _report_training(cfg, result, args.metrics)
     from maskvlp.config import to_dict
-    from maskvlp.launch import TrainJob
+    from maskvlp.train import TrainJob
 
     preflight(cfg, args.resume, cfg.launcher.nodes * cfg.launcher.tasks_per_node)  # before anything is submitted
     result = _submit_and_maybe_wait(cfg, args, TrainJob(to_dict(cfg), resume=args.resume), "pretrain")

@@ -3,9 +3,10 @@
 Preemption and time limits: Slurm (or `job._interrupt()`) sends SIGUSR2. submitit's own handler
 would checkpoint at whatever instruction the signal lands on; instead every task of a training job
 turns the signal into a stop request, all ranks agree at the next step boundary, rank 0 saves a step
-checkpoint, and only then is submitit's handler called, which asks `TrainJob.checkpoint` for the
+checkpoint, and only then is submitit's handler called, which asks the job's `checkpoint` for the
 resubmission (the same run with resume=True) and requeues the job. So no step is lost or repeated.
-The number of requeues is bounded by launcher.max_requeues.
+The number of requeues is bounded by launcher.max_requeues. `PreemptibleJob` is that sequence, once,
+for the jobs of the stages that know how to stop (train.TrainJob, sweep.job.TrialJob, ...).
 """
 
 from __future__ import annotations
@@ -31,13 +32,7 @@ class LaunchError(RuntimeError):
     """A job could not be submitted or did not finish; the message carries Slurm's own words."""
 
 
-def _config_from(cfg_dict: dict[str, Any]) -> Config:
-    from maskvlp.params import config_from_dict
-
-    return config_from_dict(cfg_dict)
-
-
-def _export_torch_distributed() -> None:
+def export_torch_distributed() -> None:
     """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from submitit's job environment."""
     import submitit
 
@@ -45,9 +40,9 @@ def _export_torch_distributed() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-class _CooperativeStop:
-    """Turns SIGUSR2/SIGTERM into a stop request the training loop honours at a step boundary, and
-    remembers submitit's USR2 handler so the requeue can happen after the checkpoint is saved."""
+class CooperativeStop:
+    """Turns SIGUSR2/SIGTERM into a stop request (`requested`) that the job's loop honours at a step
+    boundary, and remembers submitit's USR2 handler so that the requeue can happen after the checkpoint."""
 
     def __init__(self):
         self.requested = False
@@ -61,43 +56,54 @@ class _CooperativeStop:
         if signum == signal.SIGUSR2:  # SIGTERM alone (preemption notice) waits for the USR2
             self.requested = True
 
-    def restore(self) -> None:
-        pass  # the job process ends after training; submitit's handlers are no longer needed
+    def requeue(self) -> None:
+        """After the checkpoint: let submitit requeue the job (rank 0) and end this attempt."""
+        if callable(self.submitit_handler):
+            self.submitit_handler(signal.SIGUSR2, None)
+        time.sleep(120)  # other ranks: wait for the requeue to end this attempt
+        raise LaunchError("stopped for preemption but the job was not requeued")
 
 
-class TrainJob:
-    """The training callable submitted to Slurm; checkpointable (submitit calls `checkpoint` on
-    preemption/timeout and resubmits what it returns)."""
+class PreemptibleJob:
+    """Base of the checkpointable callables submitted through submitit (the module docstring tells the
+    sequence). A subclass implements `run(stop)`, which returns a result that `stopped` recognises when
+    `stop.requested` made it save a checkpoint and end early, and `resumed()`, the same job as its next
+    attempt (resuming from that checkpoint) with `requeues + 1`. `checkpoint`, which submitit calls,
+    resubmits `resumed()` at most `max_requeues` times (None: without bound). A job that cannot stop at
+    a boundary of its own overrides `__call__` and keeps `checkpoint`: submitit's handler then requeues
+    it wherever the signal lands."""
 
-    def __init__(self, cfg_dict: dict[str, Any], resume: bool = False, requeues: int = 0):
-        self.cfg_dict, self.resume, self.requeues = cfg_dict, resume, requeues
+    by_hand = ""  # how to continue once the requeues are spent, for the message that refuses one more
 
-    def __call__(self) -> dict[str, Any]:
-        from maskvlp.train import pretrain
+    def __init__(self, requeues: int = 0, max_requeues: int | None = None):
+        self.requeues, self.max_requeues = requeues, max_requeues
 
-        cfg = _config_from(self.cfg_dict)
-        _export_torch_distributed()
-        stop = _CooperativeStop()
-        result = pretrain(cfg, resume=self.resume, progress=True, stop=stop)  # plain lines in the job's log
-        if result["status"] == "stopped":
-            # checkpoint saved at a step boundary: now let submitit requeue (rank 0) and exit
-            handler = stop.submitit_handler
-            if callable(handler):
-                handler(signal.SIGUSR2, None)
-            time.sleep(120)  # other ranks: wait for the requeue to end this attempt
-            raise LaunchError("stopped for preemption but the job was not requeued")
+    def __call__(self) -> Any:
+        export_torch_distributed()
+        stop = CooperativeStop()
+        result = self.run(stop)
+        if self.stopped(result):  # the checkpoint is saved at a step boundary: now requeue
+            stop.requeue()
         return result
+
+    def run(self, stop: CooperativeStop) -> Any:
+        raise NotImplementedError
+
+    def stopped(self, result: Any) -> bool:
+        return result["status"] == "stopped"
+
+    def resumed(self) -> PreemptibleJob:
+        raise NotImplementedError
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
 
-        limit = self.cfg_dict["launcher"]["max_requeues"]
-        if self.requeues >= limit:
+        if self.max_requeues is not None and self.requeues >= self.max_requeues:
             raise LaunchError(
-                f"preempted {self.requeues} times already; launcher.max_requeues={limit} reached. "
-                "Resume by hand with `maskvlp pretrain --resume`"
+                f"preempted {self.requeues} times already; launcher.max_requeues={self.max_requeues} reached. "
+                + self.by_hand
             )
-        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg_dict, resume=True, requeues=self.requeues + 1))
+        return submitit.helpers.DelayedSubmission(self.resumed())
 
 
 class EvalJob:
@@ -106,8 +112,9 @@ class EvalJob:
 
     def __call__(self) -> dict[str, float]:
         from maskvlp.evaluate import evaluate_and_write
+        from maskvlp.params import config_from_dict
 
-        return evaluate_and_write(_config_from(self.cfg_dict), self.run_dir, progress=True)
+        return evaluate_and_write(config_from_dict(self.cfg_dict), self.run_dir, progress=True)
 
 
 # ------------------------------------------------------------------------------- submission

@@ -32,6 +32,7 @@ from maskvlp.data.shards import MANIFEST, check_manifest, first_pairs, load_mani
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, any_rank, init_distributed
 from maskvlp.evaluate import SubsetEvaluator
+from maskvlp.launch import CooperativeStop, PreemptibleJob
 from maskvlp.masking import (
     MaskResult,
     calibrate_threshold,
@@ -42,6 +43,7 @@ from maskvlp.masking import (
     mask_flops_per_image,
 )
 from maskvlp.model import CLIP
+from maskvlp.params import config_from_dict
 from maskvlp.resources import CpuShare, cpu_share_applied, loader_hint
 from maskvlp.runs import RunPaths, run_paths, update_result, weights_complete, write_json_atomic, write_text_atomic
 from maskvlp.schedule import Budget, lr_at, make_budget
@@ -570,3 +572,21 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
     if s.env.is_main:
         record = update_result(s.paths, **record)
     return {**record, "rank": s.env.rank}
+
+
+class TrainJob(PreemptibleJob):
+    """`pretrain` as a Slurm job (launch.py): on preemption or at the time limit the loop saves a step
+    checkpoint and the job is requeued to resume it, at most launcher.max_requeues times."""
+
+    by_hand = "Resume by hand with `maskvlp pretrain --resume`"
+
+    def __init__(self, cfg_dict: dict[str, Any], resume: bool = False, requeues: int = 0):
+        super().__init__(requeues, cfg_dict["launcher"]["max_requeues"])
+        self.cfg_dict, self.resume = cfg_dict, resume
+
+    def run(self, stop: CooperativeStop) -> dict[str, Any]:
+        cfg = config_from_dict(self.cfg_dict)
+        return pretrain(cfg, resume=self.resume, progress=True, stop=stop)  # plain lines in the job's log
+
+    def resumed(self) -> TrainJob:
+        return TrainJob(self.cfg_dict, resume=True, requeues=self.requeues + 1)

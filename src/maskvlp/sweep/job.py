@@ -128,13 +128,13 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
     """Train, evaluate and tell; returns {"state": COMPLETE | PRUNED | FAIL | STOPPED | RANK, ...}.
     STOPPED (a stop request: preemption, SIGTERM) leaves the trial RUNNING for the requeued job or the
     driver. Raises NotLive, before writing anything, when this job is not its trial's live attempt."""
-    from maskvlp.launch import _config_from
+    from maskvlp.params import config_from_dict
     from maskvlp.sweep.study import live_problem, load_study
     from maskvlp.sweepspec import parse
     from maskvlp.train import Abandoned, StopRequest
 
     spec = parse(task.spec)
-    cfg = _config_from(task.cfg)
+    cfg = config_from_dict(task.cfg)
     paths = RunPaths(Path(cfg.train.runs_dir) / cfg.train.run_name)
     study = load_study(spec, task.storage)
 
@@ -237,10 +237,10 @@ class TrialJob:
         self.task, self.requeues = task, requeues
 
     def __call__(self) -> dict[str, Any]:
-        from maskvlp.launch import LaunchError, _CooperativeStop, _export_torch_distributed
+        from maskvlp.launch import CooperativeStop, LaunchError, export_torch_distributed
 
-        _export_torch_distributed()
-        stop = _CooperativeStop()
+        export_torch_distributed()
+        stop = CooperativeStop()
         try:
             out = run_trial(self.task, stop=stop)
         except (NotLive, FolderBusy) as exc:  # ends the job without a retry by submitit; the driver decides
