@@ -17,8 +17,7 @@ import time
 
 import torch
 
-from maskvlp.config import MaskingConfig
-from maskvlp.masking import compute_mask, num_anchors, standardised_patches
+from maskvlp.masking import compute_mask, num_anchors, standardised_patches, strategy_config
 
 
 def timed(fn, device: str, repeats: int) -> float:
@@ -83,7 +82,7 @@ def main() -> None:
         rows[name] = timed(
             lambda s=strategy, m=mode: compute_mask(
                 images,
-                MaskingConfig(
+                strategy_config(
                     strategy=s, ratio=args.ratio, anchor_ratio=args.anchor_ratio, threshold=args.threshold, mode=m
                 ),
                 patch,

@@ -39,9 +39,8 @@ def one_step(name: str, ratio: float, batch: int, device: str) -> float:
 
     import torch
 
-    from maskvlp.config import MaskingConfig
     from maskvlp.loss import clip_loss
-    from maskvlp.masking import compute_mask
+    from maskvlp.masking import compute_mask, strategy_config
     from maskvlp.model import CLIP
 
     vision, text, image, patch, embed, context, _ = CONFIGS[name]
@@ -51,7 +50,7 @@ def one_step(name: str, ratio: float, batch: int, device: str) -> float:
     images = torch.randn(batch, 3, image, image, device=device)
     tokens = torch.randint(1, 49000, (batch, context), device=device)
     tokens[:, -1] = 49407
-    k = MaskingConfig(strategy="random" if ratio else "none", ratio=ratio)
+    k = strategy_config(strategy="random" if ratio else "none", ratio=ratio)
     mask = compute_mask(images, k, patch, torch.Generator(device=device).manual_seed(0))
     keep = None if ratio == 0 else mask.keep_idx
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):

@@ -33,9 +33,8 @@ import torch
 from open_clip.loss import ClipLoss
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from maskvlp.config import MaskingConfig
 from maskvlp.loss import clip_loss
-from maskvlp.masking import compute_mask
+from maskvlp.masking import compute_mask, strategy_config
 from maskvlp.model import CLIP, TEXT_PRESETS, VISION_PRESETS, VOCAB_SIZE, count_params
 
 EOT = VOCAB_SIZE - 1  # 49407, the largest id: both text towers pool at argmax
@@ -76,7 +75,7 @@ def maskvlp_step(model, opt, images, tokens, strategy: str, ratio: float, patch:
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(step)
     with torch.no_grad():
-        k = MaskingConfig(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
+        k = strategy_config(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
         keep_idx = compute_mask(images, k, patch, gen).keep_idx
     mask_s = time.perf_counter() - start
     img_f, txt_f, scale = model(images, tokens, keep_idx)

@@ -43,10 +43,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark's open_clip model builder
 
-from maskvlp.config import CLIP_MEAN, CLIP_STD, MaskingConfig  # noqa: E402
+from maskvlp.config import CLIP_MEAN, CLIP_STD  # noqa: E402
 from maskvlp.data.transforms import normalize  # noqa: E402
 from maskvlp.loss import clip_loss  # noqa: E402
-from maskvlp.masking import compute_mask, mask_flops_per_image, num_keep  # noqa: E402
+from maskvlp.masking import (  # noqa: E402
+    compute_mask,
+    mask_flops_per_image,
+    num_keep,
+    strategy_config,  # noqa: E402
+)
 from maskvlp.model import CLIP, VOCAB_SIZE  # noqa: E402
 
 EOT = VOCAB_SIZE - 1
@@ -130,7 +135,7 @@ def maskvlp_row(cfg: dict, strategy: str, ratio: float, mode: str, tower: str, d
     opt = make_optimizer(model, device)
     # the image-tower rows compile the tower itself (a compiled model's .visual is the eager submodule)
     run = compiled(model.visual if tower == "image" else model, mode)
-    k = MaskingConfig(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
+    k = strategy_config(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
     gen = torch.Generator(device=device).manual_seed(0)
     fixed_text = torch.nn.functional.normalize(torch.randn(len(tokens), cfg["embed"], device=device), dim=-1)
 
@@ -160,7 +165,7 @@ def step_flops(model: CLIP, cfg: dict, strategy: str, ratio: float, tower: str, 
     grid = model.visual.num_patches
     kept = grid if strategy == "none" else num_keep(grid, ratio)
     towers = model.train_flops_per_sample(kept) if tower == "both" else vision_flops(model, kept)
-    return batch * (towers + mask_flops_per_image(strategy, grid, cfg["patch"], ANCHOR_RATIO))
+    return batch * (towers + (mask_flops_per_image(grid, cfg["patch"], ANCHOR_RATIO) if strategy == "cluster" else 0.0))
 
 
 def vision_flops(model: CLIP, kept: int) -> float:

@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskvlp import masking
-from maskvlp.config import MaskingConfig
 from maskvlp.masking import (
     calibrate_threshold,
     cluster_mask,
@@ -24,7 +23,7 @@ from maskvlp.masking import (
 
 def mc(strategy: str = "cluster", ratio: float = 0.5, anchor_ratio: float = 0.05, threshold: float = 0.5, **kw):
     """A masking config (the keys of params.yaml's `masking` section)."""
-    return MaskingConfig(strategy=strategy, ratio=ratio, anchor_ratio=anchor_ratio, threshold=threshold, **kw)
+    return masking.strategy_config(strategy=strategy, ratio=ratio, anchor_ratio=anchor_ratio, threshold=threshold, **kw)
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -45,14 +45,12 @@ def _flops(cfg, kept: int) -> float:
 
 @pytest.mark.parametrize(("strategy", "ratio"), [("random", 0.5), ("random", 0.75), ("cluster", 0.5)])
 def test_compute_matched_samples_equal_the_unmasked_flops(strategy, ratio):
-    from maskvlp.masking import mask_flops_per_image, num_keep
+    from maskvlp.masking import mask_flops, num_keep
 
     over = ["train.compute_samples=4000", f"masking.strategy={strategy}", f"masking.ratio={ratio}"]
     cfg = load_config("params.yaml", over)
     grid = (cfg.model.image_size // cfg.model.patch_size) ** 2
-    per_sample = _flops(cfg, num_keep(grid, ratio)) + mask_flops_per_image(
-        strategy, grid, cfg.model.patch_size, cfg.masking.anchor_ratio
-    )
+    per_sample = _flops(cfg, num_keep(grid, ratio)) + mask_flops(cfg.masking, grid, cfg.model.patch_size, 0)
     budget = 4000 * _flops(cfg, grid)
     assert cfg.train.samples > 4000  # masked runs see more samples
     assert abs(cfg.train.samples * per_sample - budget) <= per_sample  # equal compute, to one sample

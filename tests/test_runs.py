@@ -72,7 +72,7 @@ def test_result_record_after_a_complete_run_and_after_evaluation(shards, tmp_pat
     model = __import__("maskvlp.model", fromlist=["CLIP"]).CLIP.from_config(cfg.model)
     from maskvlp.masking import mask_flops_per_image
 
-    mask = mask_flops_per_image("cluster", 16, 8, cfg.masking.anchor_ratio)  # the mask's own cost, counted too
+    mask = mask_flops_per_image(16, 8, cfg.masking.anchor_ratio)  # the mask's own cost, counted too
     assert 0 < mask < model.train_flops_per_sample(8) / 100
     assert record["train_flops"] == pytest.approx(320 * (model.train_flops_per_sample(8) + mask))
     assert model.train_flops_per_sample(8) < model.train_flops_per_sample(16)
@@ -195,12 +195,12 @@ def test_evaluate_another_dataset_table_and_shard_glob(shards, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "captions: skipped 2: " in printed and "missing_file=1" in printed and "unreadable_image=1" in printed
     assert "note: captions: no train split, so no linear probe" in printed
-    table = json.loads((paths.eval_dir("captions") / "metrics.json").read_text())
+    table = json.loads((paths.extra_eval_dir("captions") / "metrics.json").read_text())
     assert {"retrieval/captions/i2t_r1", "zeroshot/captions/top1"} <= set(table)
     assert table["zeroshot/captions/chance_top1"] == 0.5
-    notes = json.loads((paths.eval_dir("captions") / "notes.json").read_text())
+    notes = json.loads((paths.extra_eval_dir("captions") / "notes.json").read_text())
     assert notes["skipped"] == {"missing_file": 1, "unreadable_image": 1}
-    val = json.loads((paths.eval_dir("val") / "metrics.json").read_text())
+    val = json.loads((paths.extra_eval_dir("val") / "metrics.json").read_text())
     assert "retrieval/val/i2t_r1" in val and "zeroshot/val/top1" in val
     record = read_result(paths)
     assert "zeroshot/captions/top1" in record["eval"] and record["samples_seen"] == before["samples_seen"]

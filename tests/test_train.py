@@ -265,9 +265,9 @@ def test_gradient_accumulation_counts_samples_and_reports_the_contrastive_batch_
     assert result["chance_loss"] == pytest.approx(math.log(16))  # feature cache: one contrastive batch of 16
     # the cache's extra forward pass is counted: 4/3 of the FLOPs of the same run without accumulation
     plain = pretrain(cfg_for(shards, tmp_path / "plain", "train.precision=bf16"), progress=False)
-    from maskvlp.masking import mask_flops_per_image
+    from maskvlp.masking import mask_flops
 
-    mask = 320 * mask_flops_per_image(cfg.masking.strategy, 16, 8, cfg.masking.anchor_ratio)  # computed once
+    mask = 320 * mask_flops(cfg.masking, 16, 8, 0)  # computed once
     assert result["train_flops"] - mask == pytest.approx((plain["train_flops"] - mask) * 4 / 3)
     micro = pretrain(
         cfg_for(shards, tmp_path / "micro", "train.accum_steps=2", "train.batch_size=8", "train.accum_mode=micro"),

@@ -1,10 +1,12 @@
-"""The `maskvlp` command: parse arguments, load and validate the config, call one function."""
+"""The `maskvlp` command: the argument parser and one handler per subcommand. A handler gets the
+validated params (the sweep commands load their own), imports what it runs lazily and prints the outcome."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from maskvlp.config import Config, ConfigError, to_yaml
 from maskvlp.params import load_config
@@ -148,8 +150,8 @@ def cmd_jobs(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from maskvlp.evaluate import evaluate_and_write, evaluate_datasets, load_run
-    from maskvlp.runs import run_paths
+    from maskvlp.evaluate import EvalJob, evaluate_and_write, evaluate_datasets, load_run
+    from maskvlp.runs import RunPaths, run_paths
 
     run_dir = Path(args.run) if args.run else run_paths(cfg).root
     if args.dataset:
@@ -164,11 +166,10 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
                 )
             for note in r.notes:
                 print(f"note: {note}")
-            print(f"wrote {run_dir}/eval/{name}/metrics.json")
+            print(f"wrote {RunPaths(run_dir).extra_eval_dir(name) / 'metrics.json'}")
         return 0
     if cfg.launcher.executor != "local":
         from maskvlp.config import to_dict
-        from maskvlp.launch import EvalJob
 
         load_run(run_dir)  # fail before submitting when the run is not there
         metrics = _submit_and_maybe_wait(cfg, args, EvalJob(to_dict(cfg), str(run_dir)), "evaluate", run_dir)
@@ -200,11 +201,9 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from maskvlp.data.loader import read_images
     from maskvlp.data.transforms import normalize
-    from maskvlp.masking import calibrate_threshold
+    from maskvlp.masking import calibrate
     from maskvlp.viz import mask_figure, save_figure
 
     m, k = cfg.model, cfg.masking
@@ -214,14 +213,19 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
             f"skipped {sum(skipped.values())} unusable image(s): " + ", ".join(f"{k}={n}" for k, n in skipped.items())
         )
     norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
-    threshold = k.threshold
-    if k.calibrate_coverage > 0:
-        import torch
+    import torch
 
-        gen = torch.Generator().manual_seed(cfg.seed)
-        threshold, achieved = calibrate_threshold(norm, m.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)
-        print(f"calibrated threshold {threshold:.3f}: coverage {achieved:.1%} (target {k.calibrate_coverage:.1%})")
-    fig = mask_figure(images, norm, m.patch_size, replace(k, threshold=threshold), cfg.seed)
+    # calibrated as the run calibrates (seeded by train.seed, on its training images where the shards
+    # exist, else on the images shown)
+    from maskvlp.data.shards import MANIFEST
+    from maskvlp.train import calibration_images
+
+    shards = (Path(cfg.data.out_dir) / MANIFEST).is_file()
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    k, calibrated = calibrate(k, (lambda: calibration_images(cfg)) if shards else (lambda: norm), m.patch_size, gen)
+    if calibrated:
+        print(calibrated)
+    fig = mask_figure(images, norm, m.patch_size, k, cfg.seed)
     print(f"wrote {save_figure(fig, args.out)}")
     return 0
 
@@ -376,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="evaluate on another set instead (repeatable): val, objects, a captions table "
         "(.csv/.tsv/.jsonl/.parquet with data.folder.* columns) or shards (folder, brace pattern or glob); "
-        "results in <run>/eval/<set>/metrics.json and the run's result.json",
+        "results in <run>/eval-extra/<set>/metrics.json and the run's result.json (the stage's files stay untouched)",
     )
     p.add_argument("--no-wait", action="store_true", help="with a Slurm executor: submit and return at once")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -125,17 +125,10 @@ class ModelConfig:
 # -------------------------------------------------------------------------------------- masking
 @dataclass
 class MaskingConfig:
-    strategy: str = "cluster"  # none | random | cluster
+    """The keys every strategy shares; each strategy adds its own (masking.masking_schema)."""
+
+    strategy: str = "cluster"  # a registered strategy: none | random | cluster | ...
     ratio: float = 0.5  # fraction of patch tokens removed, fixed per run
-    anchor_ratio: float = 0.03  # cluster: fraction of patches drawn as anchors (official: 6 of 196)
-    threshold: float = 0.5  # cluster: similarity (Pearson) above which a patch joins an anchor
-    features: str = "rgb"  # cluster: rgb | rgb+embed
-    fusion_samples: int | None = (
-        None  # rgb+embed: samples over which the mix moves from RGB to embed; null = train.samples
-    )
-    mode: str = "exact"  # exact (fixed ratio) | official (batch-minimum token count)
-    min_mask_ratio: float = 0.3  # official mode only
-    calibrate_coverage: float = 0.0  # >0: pick the threshold so mean cluster coverage hits this
 
 
 # ---------------------------------------------------------------------------------------- train

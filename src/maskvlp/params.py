@@ -29,10 +29,19 @@ def _omegaconf_error(exc: OmegaConfBaseException, origin: str) -> ConfigError:
     return ConfigError(f"{origin}: '{key}': {msg} ({hint})")
 
 
+def schema() -> DictConfig:
+    """params.yaml's schema: config.Config with the `masking` section composed from the registered
+    strategies' own keys (masking.masking_schema)."""
+    from maskvlp.masking import masking_schema
+
+    node = OmegaConf.structured(Config)
+    node.masking = OmegaConf.structured(masking_schema())
+    return node
+
+
 def load_config(params: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Config:
     """Read params.yaml (or only defaults when params is None), apply `key=value` overrides, validate."""
-    schema = OmegaConf.structured(Config)
-    merged: DictConfig = schema
+    merged: DictConfig = schema()
     if params is not None:
         path = Path(params)
         if not path.is_file():
@@ -76,8 +85,9 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
 
 def resolve_derived(cfg: Config) -> None:
     """Fill the keys left at null: data keys from `data.preset` (presets.py), recipe keys from
-    `train.recipe` (recipes.py), train.samples from train.compute_samples, masking.fusion_samples from
-    the training budget, train.seed from seed. Values given explicitly are kept."""
+    `train.recipe` (recipes.py), train.samples from train.compute_samples, the masking strategy's keys
+    that follow the training budget (its `derive`), train.seed from seed. Values given explicitly are kept."""
+    from maskvlp.masking import STRATEGIES
     from maskvlp.presets import PRESETS
     from maskvlp.recipes import RECIPES
 
@@ -94,32 +104,33 @@ def resolve_derived(cfg: Config) -> None:
     if cfg.train.compute_samples:
         cfg.train.samples = compute_matched_samples(cfg)
         check(cfg.train.samples >= 1, "train.compute_samples", "must be >= 1 (0 = off)", cfg.train.compute_samples)
-    if cfg.masking.fusion_samples is None:
-        cfg.masking.fusion_samples = cfg.train.samples
+    for strategy in STRATEGIES.values():  # each owner fills its own keys of the section, used or not
+        if strategy.derive is not None:
+            strategy.derive(cfg.masking, cfg.train.samples)
     if cfg.train.seed is None:
         cfg.train.seed = cfg.seed
 
 
 def compute_matched_samples(cfg: Config) -> int:
     """train.samples for `train.compute_samples = N`: the samples whose masking-aware training FLOPs
-    (docs/records.md: kept tokens, both towers, forward and backward, plus cluster masking's own cost)
+    (docs/records.md: kept tokens, both towers, forward and backward, plus the mask's own cost)
     equal those of N samples trained unmasked on the same model, so masked runs see more samples for
-    the same compute. Needs a fixed token count: none, random, or cluster in exact mode."""
+    the same compute. Needs a strategy whose token count is fixed (masking.kept_tokens)."""
     import torch
 
-    from maskvlp.masking import mask_flops_per_image, num_keep
+    from maskvlp.masking import describe, kept_tokens, mask_flops
     from maskvlp.model import CLIP
 
     k, m, t = cfg.masking, cfg.model, cfg.train
     check(
         t.compute_samples >= 0, "train.compute_samples", "must be >= 0 (0 = train.samples as given)", t.compute_samples
     )
-    fixed = k.strategy in ("none", "random") or (k.strategy == "cluster" and k.mode == "exact")
+    grid = (m.image_size // m.patch_size) ** 2
     check(
-        fixed,
+        kept_tokens(k, grid) is not None,
         "train.compute_samples",
-        "needs a fixed token count per step: masking.strategy none, random, or cluster with masking.mode exact "
-        f"(masking.strategy={k.strategy}, masking.mode={k.mode})",
+        f"needs a fixed token count per step, and masking.strategy={k.strategy} ({describe(k)}) changes it "
+        "from batch to batch (cluster: use masking.mode exact)",
         t.compute_samples,
     )
     check(
@@ -132,19 +143,17 @@ def compute_matched_samples(cfg: Config) -> int:
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = CLIP.from_config(m)
         grid = model.visual.num_patches
-        kept = grid if k.strategy == "none" else num_keep(grid, k.ratio)
+        kept = kept_tokens(k, grid)
     except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"train.compute_samples: cannot size the model to count its FLOPs ({exc})") from exc
-    width = model.visual.patch_embed.weight.shape[0] if k.features == "rgb+embed" else 0
-    masked = model.train_flops_per_sample(kept) + mask_flops_per_image(
-        k.strategy, grid, m.patch_size, k.anchor_ratio, width
-    )
+    width = model.visual.patch_embed.weight.shape[0]
+    masked = model.train_flops_per_sample(kept) + mask_flops(k, grid, m.patch_size, width)
     return max(1, round(t.compute_samples * model.train_flops_per_sample(grid) / masked))
 
 
 def config_from_dict(cfg_dict: dict[str, Any]) -> Config:
     """A validated Config from its plain dict (a run's config.yaml, a job's pickled parameters)."""
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg_dict))
+    cfg = OmegaConf.to_object(OmegaConf.merge(schema(), cfg_dict))
     assert isinstance(cfg, Config)
     validate(cfg)
     return cfg
@@ -166,9 +175,6 @@ def validate(cfg: Config) -> None:
         masking.check_config(k, (m.image_size // m.patch_size) ** 2)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    check(
-        0 <= k.calibrate_coverage < 1, "masking.calibrate_coverage", "must be in [0, 1) (0 = off)", k.calibrate_coverage
-    )
     _check_train(cfg)
     check_eval(cfg.eval)
     check_launcher(cfg.launcher)
@@ -176,6 +182,7 @@ def validate(cfg: Config) -> None:
 
 def _check_train(cfg: Config) -> None:
     from maskvlp.accumulate import ACCUMULATORS
+    from maskvlp.masking import describe, kept_tokens
     from maskvlp.recipes import LR_SCALING
 
     k = cfg.masking
@@ -223,9 +230,9 @@ def _check_train(cfg: Config) -> None:
     check(t.checkpoint_every_samples >= 1, "train.checkpoint_every_samples", "must be >= 1", t.checkpoint_every_samples)
     check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     check(
-        not (t.compile and k.strategy == "cluster" and k.mode == "official"),
+        not (t.compile and kept_tokens(k, (cfg.model.image_size // cfg.model.patch_size) ** 2) is None),
         "train.compile",
-        "cannot be combined with masking.mode=official (its token count changes every batch)",
+        f"cannot be combined with a token count that changes every batch ({describe(k)}; cluster: masking.mode=official)",
         t.compile,
     )
     check(t.eval_every_samples >= 0, "train.eval_every_samples", "must be >= 0 (0 = off)", t.eval_every_samples)

@@ -22,15 +22,14 @@ KEY_METRICS = (
 def collect(locations: list[str | Path]) -> list[dict[str, Any]]:
     """One row per evaluated run found in `locations` (run folders or folders of runs): name, masking
     label (from the masking registry) and the evaluation metrics of its result record."""
-    from maskvlp.config import MaskingConfig
-    from maskvlp.masking import describe
+    from maskvlp.masking import describe, strategy_config
     from maskvlp.runs import list_runs
 
     rows = []
     for run in list_runs(locations):
         if not run.metrics:
             continue
-        masking = describe(MaskingConfig(**run.config.get("masking", {})))
+        masking = describe(strategy_config(**run.config.get("masking", {})))
         rows.append({"run": run.name, "masking": masking, "metrics": run.metrics})
     return rows
 

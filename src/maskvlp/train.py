@@ -9,6 +9,7 @@ checkpoint ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import signal
@@ -31,17 +32,9 @@ from maskvlp.data.loader import StreamSpec, read_images, train_loader
 from maskvlp.data.shards import MANIFEST, check_manifest, first_pairs, load_manifest, sha256_file, shard_paths
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, any_rank, init_distributed
-from maskvlp.evaluate import SubsetEvaluator
+from maskvlp.evaltasks import SubsetEvaluator
 from maskvlp.launch import CooperativeStop, PreemptibleJob
-from maskvlp.masking import (
-    MaskResult,
-    calibrate_threshold,
-    compute_mask,
-    describe,
-    fusion_weight,
-    get_strategy,
-    mask_flops_per_image,
-)
+from maskvlp.masking import MaskContext, MaskResult, calibrate, describe, get_strategy, make_mask, mask_flops
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict
 from maskvlp.resources import CpuShare, cpu_share_applied, loader_hint
@@ -141,42 +134,38 @@ def choose_mask(
     micro: int,
     rank: int,
     masked: bool,
-    threshold: float,
+    k: Any,
     samples_seen: int,
 ) -> MaskResult:
     """The kept tokens for one micro-batch (no gradient flows through the choice): the configured
     strategy (from the masking registry) in the masked phase, every token in the unmasked one."""
-    k = replace(cfg.masking, threshold=threshold) if masked else replace(cfg.masking, strategy="none")
+    k = k if masked else replace(k, strategy="none")
     gen = torch.Generator(device=images.device).manual_seed(mask_seed(cfg.train.seed, rank, step, micro))
     # fp32 whatever autocast the caller runs under: clusters must not depend on the device's precision
     with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-        embed_tokens, weight = None, 0.0
-        if get_strategy(k.strategy).wants_embed_tokens(k):
-            weight = fusion_weight(samples_seen, k.fusion_samples)
-            embed_tokens = model.visual.patch_tokens(images) if weight > 0 else None
-        return compute_mask(images, k, cfg.model.patch_size, gen, embed_tokens, weight)
+        weight = get_strategy(k.strategy).embed_weight(k, samples_seen)
+        embed_tokens = model.visual.patch_tokens(images) if weight > 0 else None
+        return make_mask(images, k, MaskContext(cfg.model.patch_size, gen, embed_tokens, weight))
 
 
-def _mask_flops(cfg: Config, model: CLIP, mask: MaskResult, samples_seen: int) -> float:
-    """The mask's own cost per image (masking.mask_flops_per_image): cluster masking only, with the
-    embedding pass where rgb+embed fuses it (choose_mask runs it once the fusion weight is > 0)."""
-    if mask.num_anchors == 0:
-        return 0.0
-    k = cfg.masking
-    fused = k.features == "rgb+embed" and fusion_weight(samples_seen, k.fusion_samples) > 0
-    width = model.visual.patch_embed.weight.shape[0] if fused else 0
-    return mask_flops_per_image("cluster", model.visual.num_patches, cfg.model.patch_size, k.anchor_ratio, width)
+def _mask_flops(cfg: Config, model: CLIP, k: Any, samples_seen: int) -> float:
+    """The mask's own cost per image under `k` (the strategy's mask_flops, counted at `samples_seen`)."""
+    width = model.visual.patch_embed.weight.shape[0]
+    return mask_flops(k, model.visual.num_patches, cfg.model.patch_size, width, samples_seen)
 
 
-def _calibrated_threshold(cfg: Config, device: torch.device) -> tuple[float, float | None]:
-    k = cfg.masking
-    if k.strategy != "cluster" or k.calibrate_coverage <= 0:
-        return k.threshold, None
+def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The normalised training images a strategy calibrates on: the first 256 of train shard 0."""
     first = shard_paths(cfg.data.out_dir, "train")[0]  # training images: what the masks will see
     images = read_images(first, 256, cfg.model.image_size)[0].to(device)
-    norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
+    return normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
+
+
+def calibrated_masking(cfg: Config, device: torch.device | str = "cpu") -> tuple[Any, str]:
+    """The masking config the run trains with (its strategy's calibration applied, seeded by
+    train.seed), and the line saying what was calibrated ("" for nothing)."""
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    return calibrate_threshold(norm, cfg.model.patch_size, k.anchor_ratio, k.calibrate_coverage, gen)
+    return calibrate(cfg.masking, lambda: calibration_images(cfg, device), cfg.model.patch_size, gen)
 
 
 def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -> dict[str, Any] | None:
@@ -230,7 +219,7 @@ class Session:
     budget: Budget
     batches: Any
     autocast: Any
-    threshold: float
+    masking: Any  # the masking config trained with: cfg.masking with its strategy's calibration applied
     spec: StreamSpec
     loader_workers: int
     step: int = 0
@@ -271,12 +260,12 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             raise TrainError(f"checkpoint of {paths.root} does not fit the model ({exc})") from exc
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        step, threshold = state["step"], state["threshold"]
+        step, masking = state["step"], replace(cfg.masking, **state["masking"])
         totals.update(state.get("totals", {}))
     else:
-        threshold, coverage = _calibrated_threshold(cfg, device)
-        if coverage is not None and env.is_main:
-            print(f"calibrated masking.threshold = {threshold:.4f} (coverage {coverage:.1%})")
+        masking, calibrated = calibrated_masking(cfg, device)
+        if calibrated and env.is_main:
+            print(calibrated)
     if env.is_main:
         paths.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(paths.config, to_yaml(cfg))
@@ -284,7 +273,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             "git_commit": _git_commit(),
             "manifest_sha256": sha256_file(Path(cfg.data.out_dir) / MANIFEST),
             "world_size": env.world_size,
-            "threshold": threshold,
+            **get_strategy(masking.strategy).record(masking),
             "global_batch": budget.global_batch,
             "total_steps": budget.total_steps,
             "resumed_at_step": step,
@@ -333,7 +322,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         budget,
         None,
         autocast,
-        threshold,
+        masking,
         spec,
         share.loader_workers,
         step,
@@ -403,7 +392,7 @@ def train_step(s: Session) -> StepOut:
         images_uint8 = batch["images"].to(s.device, non_blocking=True)
         tokens = batch["tokens"].to(s.device, non_blocking=True)
         images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
-        mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, masked, s.threshold, s.samples_seen)
+        mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, masked, s.masking, s.samples_seen)
         kept = mask.keep_idx.shape[1]
         # every patch kept (no masking, unmasked tuning): no gather, and no scatter in backward
         micros.append((images, tokens, None if kept == s.model.visual.num_patches else mask.keep_idx))
@@ -412,7 +401,9 @@ def train_step(s: Session) -> StepOut:
         step_flops = s.model.train_flops_per_sample(kept) * (
             4 / 3 if t.accum_mode == "cache" and t.accum_steps > 1 else 1
         )
-        mask_flops = _mask_flops(cfg, s.model, mask, s.samples_seen)  # once per image, however it is forwarded
+        mask_flops = _mask_flops(
+            cfg, s.model, s.masking if masked else replace(s.masking, strategy="none"), s.samples_seen
+        )  # once per image, however it is forwarded
         s.totals["train_flops"] += (step_flops + mask_flops) * images.shape[0]
     no_sync = s.ddp.no_sync if s.ddp is not None else None
     loss = ACCUMULATORS[t.accum_mode](s.forward, micros, t.local_loss, s.autocast, no_sync)
@@ -434,7 +425,7 @@ def measure_probe(s: Session) -> dict[str, float]:
     if s.probe is None or s.tuning:
         return {}
     stats = s.probe.measure(
-        lambda images: choose_mask(s.cfg, s.model, images, s.step, -1, 0, True, s.threshold, s.samples_seen)
+        lambda images: choose_mask(s.cfg, s.model, images, s.step, -1, 0, True, s.masking, s.samples_seen)
     )
     if all(v == v for v in stats.values()):  # no NaN: the probe has object and background patches
         s.totals["probe_count"] += 1
@@ -457,7 +448,7 @@ def save(s: Session) -> None:
             "step": s.step,
             "samples_seen": s.samples_seen,
             "torch_rng": torch.get_rng_state(),
-            "threshold": s.threshold,
+            "masking": dataclasses.asdict(s.masking),  # as calibrated
             "signature": resume_signature(s.cfg),
             "world_size": s.env.world_size,
             "tuning": s.tuning,
@@ -564,7 +555,7 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
             "label": describe(s.cfg.masking),
             "mean_mask_ratio": s.totals["mask_ratio_sum"] / n,
             "mean_cluster_coverage": s.totals["coverage_sum"] / n,
-            "threshold": s.threshold,
+            **get_strategy(s.masking.strategy).record(s.masking),
             **probe_means(s),  # object vs background patches of the probe scenes (coverage.py)
         },
         "threads": share.threads,

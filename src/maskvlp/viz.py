@@ -63,9 +63,12 @@ def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_siz
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = [replace(k, strategy=name) for name in STRATEGIES if name != "none"]
-    if "cluster" in STRATEGIES:
-        variants.append(replace(k, strategy="cluster", mode="official" if k.mode == "exact" else "exact"))
+    variants = []  # each strategy's own variants (cluster: both modes), else the strategy at k's params
+    for name, strategy in STRATEGIES.items():
+        if name != "none":
+            variants += (
+                strategy.pictures(replace(k, strategy=name)) if strategy.pictures else [replace(k, strategy=name)]
+            )
     # the same generator state gives the same anchors to every cluster variant
     results = {
         describe(v): compute_mask(images_norm, v, patch_size, torch.Generator(images_norm.device).manual_seed(seed))
@@ -91,7 +94,7 @@ def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_siz
             if i == 0 or title.startswith("clusters"):
                 ax.set_title(title, fontsize=7)
     fig.suptitle(
-        f"mask ratio {k.ratio}, anchor ratio {k.anchor_ratio}, threshold {k.threshold}, patch {patch_size}px",
+        f"masking {describe(k)}, patch {patch_size}px",
         fontsize=9,
     )
     fig.tight_layout()

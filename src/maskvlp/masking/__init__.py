@@ -1,0 +1,42 @@
+"""Which patch tokens a masked CLIP step keeps: none, random (FLIP) or cluster (Wei et al. 2024).
+
+base.py holds the registry and what every strategy shares (none and random among them); every other
+module here is one strategy that registers itself when imported (docs/algorithms.md describes the
+methods as implemented). A new strategy is one module calling `register_strategy` (README, "Adding a
+masking strategy").
+"""
+
+from maskvlp.masking.base import (  # noqa: F401 (the package's face)
+    STRATEGIES,
+    MaskContext,
+    MaskResult,
+    Strategy,
+    calibrate,
+    check_config,
+    compute_mask,
+    count_patches,
+    describe,
+    get_strategy,
+    keep_all,
+    kept_tokens,
+    make_mask,
+    mask_flops,
+    masking_schema,
+    num_keep,
+    patchify,
+    random_mask,
+    register_strategy,
+    strategy_config,
+)
+from maskvlp.masking.cluster import (  # noqa: F401
+    ClusterParams,
+    anchor_rows,
+    calibrate_threshold,
+    cluster_mask,
+    find_clusters,
+    fusion_weight,
+    mask_flops_per_image,
+    num_anchors,
+    official_cluster_mask,
+    standardised_patches,
+)
