@@ -7,7 +7,7 @@
 
 `old`: the probe as it was (scikit-learn LogisticRegression, lbfgs, max_iter 1000, on the raw features;
 C over 1e-6 .. 1e6 a decade apart, refined a quarter decade around the best on a held-out 20% of
-train, refit on all of train), kept here verbatim. `new`: maskvlp.evaluate.linear_probe (torch float64
+train, refit on all of train), kept here verbatim. `new`: maskvlp.linearprobe.linear_probe (torch float64
 L-BFGS, centred features, warm starts, converged fits only, one thread). Rows are train samples x dims x classes of
 unit-norm features with a decaying spectrum (as a contrastive model's); the defaults are the sizes of
 the default run's probes (val: ~600 labelled single-object train scenes, objects: 640, 128 dims, 32
@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 import torch
 
-from maskvlp.evaluate import linear_probe
+from maskvlp.linearprobe import linear_probe
 
 OLD_GRID = tuple(10.0**e for e in range(-6, 7))
 DEFAULT_ROWS = ("600x128x32", "640x128x32", "2000x128x10", "2000x128x113", "2000x512x113")
@@ -76,7 +76,8 @@ def run_features(run_dir: str, save: str | None = None) -> dict[str, tuple]:
     """The train / test features each probe of the evaluate stage fits on, for a trained run (params.yaml's
     eval settings and sets), as the stage encodes them."""
     from maskvlp.evalsets import resolve
-    from maskvlp.evaluate import _limit, encode_images, labels_for, load_run
+    from maskvlp.evaltasks import encode_images, labels_for, limit_samples
+    from maskvlp.evaluate import load_run
     from maskvlp.params import load_config
 
     cfg = load_config("params.yaml")
@@ -88,7 +89,7 @@ def run_features(run_dir: str, save: str | None = None) -> dict[str, tuple]:
         if es.train_batches is None or not es.classes:
             continue
         test = encode_images(model, es.batches(size, batch), run_cfg, device)
-        train_batches = _limit(es.train_batches(size, batch), cfg.eval.linear_probe_samples)
+        train_batches = limit_samples(es.train_batches(size, batch), cfg.eval.linear_probe_samples)
         train = encode_images(model, train_batches, run_cfg, device)
         ty, vy = labels_for(train.metas, es.classes), labels_for(test.metas, es.classes)
         sets[es.name] = (train.features[ty >= 0], ty[ty >= 0], test.features[vy >= 0], vy[vy >= 0])

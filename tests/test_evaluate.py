@@ -91,6 +91,26 @@ def test_hparams_session_lives_in_the_run_folder_and_is_replaced_on_rerun(traine
     assert info.hparams["masking.ratio"].number_value == pytest.approx(0.5)
 
 
+def test_an_extra_evaluation_leaves_the_stage_outputs_untouched(trained, capsys):
+    """`--dataset` writes to eval-extra/<set>/, never into eval/ (the `evaluate` stage's DVC output) nor
+    eval.metrics_file: an extra evaluation must not make `dvc repro` re-run the stage."""
+    tmp, overrides = trained
+    assert main(["evaluate", "--quiet", *_args(overrides)]) == 0
+    run = tmp / "runs" / "default"
+
+    def outputs() -> dict[str, tuple[bytes, int]]:
+        files = [*(run / "eval").rglob("*"), *(tmp / "metrics").rglob("*")]
+        return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in files if p.is_file()}
+
+    before = outputs()
+    capsys.readouterr()
+    assert main(["evaluate", "--quiet", "--dataset", "objects", *_args(overrides)]) == 0
+    assert outputs() == before
+    extra = run / "eval-extra" / "objects" / "metrics.json"
+    assert "zeroshot/objects/top1" in json.loads(extra.read_text())
+    assert f"wrote {extra}" in capsys.readouterr().out
+
+
 def test_report_prints_a_table_and_draws_a_chart(trained, capsys, tmp_path, monkeypatch):
     tmp, overrides = trained
     main(["evaluate", "--quiet", *_args(overrides)])
@@ -137,7 +157,7 @@ def test_fashion_mnist_zero_shot_and_linear_probe_from_idx_files(trained, tmp_pa
     extra = [f"eval.fashion_mnist_dir={fake}", "eval.fashion_mnist_samples=30", "eval.linear_probe_samples=40"]
     assert main(["evaluate", "--quiet", "--dataset", "fashion-mnist", *_args(overrides + extra)]) == 0
     run = tmp / "runs" / "default"
-    metrics = json.loads((run / "eval" / "fashion-mnist" / "metrics.json").read_text())
+    metrics = json.loads((run / "eval-extra" / "fashion-mnist" / "metrics.json").read_text())
     metrics = metrics.get("metrics", metrics)
     assert metrics["zeroshot/fashion-mnist/samples"] == 30 and metrics["zeroshot/fashion-mnist/chance_top1"] == 0.1
     assert 0 <= metrics["zeroshot/fashion-mnist/top1"] <= 1 and "linear_probe/fashion-mnist/top1" in metrics

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskvlp.evaluate import PROBE_GRID, PROBE_REFINE, fit_logistic, linear_probe
+from maskvlp.linearprobe import PROBE_GRID, PROBE_REFINE, fit_logistic, linear_probe
 
 
 def blobs(n: int, noise: float, seed: int, dims: int = 16, classes: int = 4):

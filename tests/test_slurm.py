@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskvlp.cli import main
 from maskvlp.config import to_dict
-from maskvlp.launch import EvalJob, LaunchError, list_jobs, submit, wait
+from maskvlp.evaluate import EvalJob
+from maskvlp.launch import LaunchError, list_jobs, submit, wait
 from maskvlp.params import load_config
 from maskvlp.runs import run_paths
 from maskvlp.train import TrainJob, pretrain

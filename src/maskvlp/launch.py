@@ -106,17 +106,6 @@ class PreemptibleJob:
         return submitit.helpers.DelayedSubmission(self.resumed())
 
 
-class EvalJob:
-    def __init__(self, cfg_dict: dict[str, Any], run_dir: str):
-        self.cfg_dict, self.run_dir = cfg_dict, run_dir
-
-    def __call__(self) -> dict[str, float]:
-        from maskvlp.evaluate import evaluate_and_write
-        from maskvlp.params import config_from_dict
-
-        return evaluate_and_write(config_from_dict(self.cfg_dict), self.run_dir, progress=True)
-
-
 # ------------------------------------------------------------------------------- submission
 def make_executor(cfg: Config, folder: Path):
     import submitit

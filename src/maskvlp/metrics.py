@@ -1,8 +1,16 @@
-"""Evaluation metrics as pure functions over tensors (no I/O, no model)."""
+"""Evaluation metrics as pure functions over tensors (no I/O, no model), and the metric names of each task."""
 
 from __future__ import annotations
 
 import torch
+
+# the metrics each task writes as <task>/<set>/<metric> (what a sweep objective may name)
+TASK_METRICS = {
+    "zeroshot": ("top1", "top5", "mean_per_class_recall"),
+    "retrieval": tuple(f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)),
+    "linear_probe": ("top1",),
+    "composition": ("attribute", "relation", "object"),
+}
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:

@@ -1,4 +1,4 @@
-"""The run folder and its records: the one module that knows where a run keeps what.
+"""The run folder: its layout (RunPaths), its records, and safe writing (atomic files, one writer).
 
     runs/<name>/
       config.yaml          the run's complete, resolved params (re-run it with --params)
@@ -8,7 +8,7 @@
       tb/                  TensorBoard: training curves, mask pictures, evaluations during training
       model.safetensors    the final weights
       eval/                metrics.json + the TensorBoard HParams session of the stage's evaluation
-      eval/<dataset>/      metrics.json of `maskvlp evaluate --dataset SPEC` on another set
+      eval-extra/<set>/    metrics.json + notes.json of `maskvlp evaluate --dataset SPEC` (not a DVC output)
       jobs.jsonl, slurm/   Slurm jobs submitted for the run and their logs
 
 result.json holds `status` (running | complete | stopped | failed | pruned: a sweep trial stopped by its pruner), `samples_seen`, `steps`,
@@ -38,9 +38,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-STATUSES = ("running", "complete", "stopped", "failed", "pruned")
-
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -91,9 +88,13 @@ class RunPaths:
         """attempts.jsonl: one line per writer that held the folder (start / end, who, which study)."""
         return self.root / "attempts.jsonl"
 
-    def eval_dir(self, dataset: str | None = None) -> Path:
-        """eval/ for the stage's own evaluation; eval/<dataset>/ for another set."""
-        return self.root / "eval" if dataset is None else self.root / "eval" / dataset
+    def eval_dir(self) -> Path:
+        """eval/: the `evaluate` stage's own evaluation (a DVC output of that stage)."""
+        return self.root / "eval"
+
+    def extra_eval_dir(self, dataset: str) -> Path:
+        """eval-extra/<dataset>/: `maskvlp evaluate --dataset`, outside eval/ so DVC sees no change."""
+        return self.root / "eval-extra" / dataset
 
 
 def run_paths(cfg: Any) -> RunPaths:

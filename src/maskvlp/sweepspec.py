@@ -316,7 +316,7 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
 def objective_keys(cfg: Config) -> set[str]:
     """Metric keys evaluation can produce for cfg's eval.datasets, plus the run-record keys."""
     from maskvlp.evalsets import dataset_name
-    from maskvlp.evaluate import TASK_METRICS
+    from maskvlp.metrics import TASK_METRICS
 
     keys = set(RECORD_OBJECTIVES)
     for spec in cfg.eval.datasets:
