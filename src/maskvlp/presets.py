@@ -6,7 +6,7 @@ run records, so a run folder reproduces without this table.
 
 - `synthetic` (the default of `dvc repro`): the embedded generated scenes; evaluated on their val
   split (retrieval, zero-shot on single-object scenes, probe, composition) and on `objects`.
-- `real`: real drawings and glyphs from Debian packages (docs/real-data.md). Trains on OpenClipart's
+- `real`: real drawings and glyphs from Debian packages (README, "Real data"). Trains on OpenClipart's
   train split (`openclipart-svg`) mixed with every emoji rendering (`fonts-noto-color-emoji`);
   evaluates on OpenClipart's val split (retrieval both ways, zero-shot over its leaf categories, the
   probe), `emoji` (zero-shot on renderings seeded apart from training, composition on two-emoji
@@ -27,10 +27,4 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.source": "mix",
         "eval.datasets": ["val", "emoji", "fashion-mnist"],
     },
-}
-PRESET_KEYS = tuple(PRESETS["synthetic"])
-# the packages each preset reads, for set-up instructions and error messages
-PACKAGES: dict[str, tuple[str, ...]] = {
-    "synthetic": (),
-    "real": ("openclipart-svg", "fonts-noto-color-emoji", "dataset-fashion-mnist"),
 }

@@ -74,14 +74,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model.init_temperature": 0.07,
     },
 }
-RECIPE_KEYS = tuple(RECIPES["default"])
 LR_SCALING = ("linear", "sqrt", "none")
-
-
-def recipe_values(name: str) -> dict[str, Any]:
-    if name not in RECIPES:
-        raise ValueError(f"train.recipe must be one of {', '.join(RECIPES)}, got {name!r}")
-    return RECIPES[name]
 
 
 def scaled_lr(base_lr: float, global_batch: int, rule: str) -> float:

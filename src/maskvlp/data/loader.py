@@ -10,7 +10,7 @@ s % W's (s // W)-th batch: to resume at step s each worker skips the raw (undeco
 the batches it already produced, and the resumed run sees exactly the batches an uninterrupted
 run would have seen.
 
-Evaluation stream: every sample exactly once, in shard order within each slot, full images.
+Evaluation stream (EvalStream): every sample exactly once, in shard order within each worker, full images.
 """
 
 from __future__ import annotations
@@ -173,18 +173,15 @@ class EvalStream(IterableDataset):
     without a usable image or caption are skipped and counted in `skipped` (by the shard stage's
     reasons; counted in the reading process, so read it with num_workers=0)."""
 
-    def __init__(
-        self, urls: list[str], image_size: int, rank: int = 0, world_size: int = 1, skipped: Counter | None = None
-    ):
-        self.urls, self.image_size, self.rank, self.world_size = list(urls), image_size, rank, world_size
+    def __init__(self, urls: list[str], image_size: int, skipped: Counter | None = None):
+        self.urls, self.image_size = list(urls), image_size
         self.skipped: Counter[str] = Counter() if skipped is None else skipped
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from maskvlp.data.clean import clean_caption, decode_image, resize_center_crop, to_rgb
 
-        worker, workers = _worker()
-        slot, num_slots = self.rank * workers + worker, self.world_size * workers
-        for sample in slot_samples(self.urls, slot, num_slots, epoch_seed=None):
+        worker, workers = _worker()  # the DataLoader workers split the samples (none: this process reads all)
+        for sample in slot_samples(self.urls, worker, workers, epoch_seed=None):
             data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
             img = decode_image(data) if data is not None else None
             caption = clean_caption(sample.get("txt"))
@@ -224,17 +221,6 @@ def train_loader(spec: StreamSpec, num_workers: int, start_step: int = 0, pin_me
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
         pin_memory=pin_memory,
-    )
-
-
-def eval_loader(
-    urls: list[str], image_size: int, batch_size: int, num_workers: int = 0, rank: int = 0, world_size: int = 1
-) -> DataLoader:
-    return DataLoader(
-        EvalStream(urls, image_size, rank, world_size),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=eval_collate,
     )
 
 

@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_ROOT = "/usr/share/openclipart/svg"
 PACKAGE = "openclipart-svg"
 DUPLICATES = ("unsorted", "duplicates")  # a folder of copies: left out
 NOISE_KEYWORDS = {"hash", ""}  # placeholders that many files carry in their keyword list
