@@ -3,6 +3,8 @@
 A source lists light, picklable `items()` in the main process; `load(item)` runs in a worker and
 returns a :class:`RawSample` (image as a PIL image or undecoded bytes) or a :class:`Skip` naming
 why the input cannot be used. Decoding and checking the bytes happens later, in `clean.py`.
+`check_section` refuses bad `data.*` values before any work starts (params.validate asks it).
+Over 450 lines on purpose: six short source classes that share RawSample/Skip and the table reader.
 """
 
 from __future__ import annotations
