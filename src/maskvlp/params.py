@@ -163,12 +163,14 @@ def validate(cfg: Config) -> None:
     """Range and consistency checks that types alone cannot express, section by section in the
     order of params.yaml; the first refusal is raised as a ConfigError naming the key."""
     from maskvlp import masking
+    from maskvlp.data.clean import check_section as check_encoding
     from maskvlp.data.sources import check_section as check_data
     from maskvlp.evalsets import check_section as check_eval
     from maskvlp.launch import check_section as check_launcher
     from maskvlp.model import check_section as check_model
 
     check_data(cfg.data)
+    check_encoding(cfg.data)
     check_model(cfg.model)
     k, m = cfg.masking, cfg.model
     try:

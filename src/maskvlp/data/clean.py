@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from maskvlp.config import DataConfig, check, choice
 from maskvlp.data.sources import RawSample, Skip
 
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}  # data.image_format -> Pillow format
@@ -142,3 +143,10 @@ def clean_sample(
     opts = {"quality": jpeg_quality} if image_format in ("jpg", "webp") else {}
     rgb.save(buf, format=IMAGE_FORMATS[image_format], **opts)
     return CleanSample(raw.key, buf.getvalue(), caption, raw.meta)
+
+
+def check_section(d: DataConfig) -> None:
+    """Refuse out-of-range encoding keys of `data.*` (params.validate asks this before any work starts)."""
+    choice("data.image_format", d.image_format, tuple(IMAGE_FORMATS))
+    check(d.min_image_side >= 1, "data.min_image_side", "must be >= 1 pixel", d.min_image_side)
+    check(1 <= d.jpeg_quality <= 100, "data.jpeg_quality", "must be in [1, 100]", d.jpeg_quality)

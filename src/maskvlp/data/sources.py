@@ -536,14 +536,10 @@ def make_source(cfg: Config):
 
 
 def check_section(d: DataConfig) -> None:
-    """Refuse out-of-range `data.*` values (params.validate asks this before any work starts)."""
-    from maskvlp.data.clean import IMAGE_FORMATS
-
+    """Refuse out-of-range `data.*` values of the sources (params.validate asks this, then
+    clean.check_section for the encoding keys, before any work starts)."""
     choice("data.source", d.source, tuple(SOURCES))
-    choice("data.image_format", d.image_format, tuple(IMAGE_FORMATS))
     check(d.image_size >= 8, "data.image_size", "must be >= 8 pixels", d.image_size)
-    check(d.min_image_side >= 1, "data.min_image_side", "must be >= 1 pixel", d.min_image_side)
-    check(1 <= d.jpeg_quality <= 100, "data.jpeg_quality", "must be in [1, 100]", d.jpeg_quality)
     check(0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
     check(d.max_samples_per_shard >= 1, "data.max_samples_per_shard", "must be >= 1", d.max_samples_per_shard)
     check(d.num_workers >= 0, "data.num_workers", "must be >= 0 (0 = one per core)", d.num_workers)
