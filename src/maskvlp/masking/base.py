@@ -43,14 +43,6 @@ def num_keep(num_patches: int, ratio: float) -> int:
     return max(1, int(num_patches * (1.0 - ratio)))
 
 
-def check_ratio(ratio: float, num_patches: int | None = None) -> None:
-    """Raise ValueError unless `ratio` is in [0, 1) and keeps a token of `num_patches`."""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"masking ratio must be in [0, 1), got {ratio}")
-    if num_patches is not None and int(num_patches * (1.0 - ratio)) < 1:
-        raise ValueError(f"masking ratio {ratio} keeps no token of {num_patches} patches; lower it")
-
-
 # -------------------------------------------------------------------------------- patches
 def count_patches(images: torch.Tensor, patch_size: int) -> int:
     """L for images (B, C, H, W); explains what to do when they do not divide into patches."""
@@ -96,7 +88,6 @@ def random_mask(
     device: torch.device | str = "cpu",
 ) -> MaskResult:
     """FLIP: keep a uniformly random subset of num_keep(L, ratio) patches per image."""
-    check_ratio(ratio, num_patches)
     score = _rand((batch, num_patches), generator, torch.device(device))
     return MaskResult(
         _keep_lowest(score, num_keep(num_patches, ratio)), torch.zeros(batch, device=device), 0, num_patches

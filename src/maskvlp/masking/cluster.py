@@ -32,7 +32,6 @@ from maskvlp.masking.base import (
     MaskResult,
     _keep_lowest,
     _rand,
-    check_ratio,
     count_patches,
     num_keep,
     patchify,
@@ -72,17 +71,6 @@ def mask_flops_per_image(num_patches: int, patch_size: int, anchor_ratio: float,
     if embed_width:
         total += 2.0 * n * d * embed_width + 2.0 * a * n * embed_width + 3.0 * n * embed_width
     return total
-
-
-def check_params(
-    ratio: float, anchor_ratio: float = 0.05, threshold: float = 0.5, num_patches: int | None = None
-) -> None:
-    """Raise ValueError naming the parameter that is out of range."""
-    check_ratio(ratio, num_patches)
-    if not 0.0 < anchor_ratio <= 1.0:
-        raise ValueError(f"anchor_ratio must be in (0, 1], got {anchor_ratio}")
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a similarity in [-1, 1], got {threshold}")
 
 
 def standardised_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -180,7 +168,6 @@ def cluster_mask(
     Removal order: anchors, then clustered patches, then unclustered ones, random within each group.
     """
     num_patches = count_patches(images, patch_size)
-    check_params(ratio, anchor_ratio, threshold, num_patches)
     clustered, anchor_idx, cluster_id = find_clusters(
         images, patch_size, anchor_ratio, threshold, generator, embed_tokens, fusion_weight
     )
@@ -211,7 +198,6 @@ def official_cluster_mask(
     official code would pass zero tokens.
     """
     num_patches = count_patches(images, patch_size)
-    check_params(min_mask_ratio, anchor_ratio, threshold, num_patches)
     clustered, anchor_idx, cluster_id = find_clusters(
         images, patch_size, anchor_ratio, threshold, generator, embed_tokens, fusion_weight
     )
