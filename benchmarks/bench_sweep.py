@@ -51,7 +51,7 @@ def sacct_start(job_id: str) -> datetime | None:
 
 def run_case(work: Path, shards: Path, executor: str, parallel: int, trials: int, samples: int) -> dict:
     from maskvlp.sweep import study as st
-    from maskvlp.sweep.driver import prepare
+    from maskvlp.sweep.prepare import prepare
 
     cpus = len(os.sched_getaffinity(0))
     name = f"{executor}-p{parallel}"

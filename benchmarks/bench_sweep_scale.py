@@ -87,22 +87,22 @@ def spec_raw(name: str, n: int, runs: Path) -> dict[str, Any]:
 def make_sweep(raw: dict[str, Any], storage: str | None):
     """The driver's Sweep, without the shards check of driver.prepare (no trial is really started)."""
     from maskvlp.params import load_config
-    from maskvlp.sweep.driver import Sweep
+    from maskvlp.sweep.prepare import Sweep
+    from maskvlp.sweep.spec import parse
     from maskvlp.sweep.study import storage_url
-    from maskvlp.sweepspec import parse
 
     spec = parse(raw, "bench")
     cfg = load_config(None, spec.overrides({}))
     study_dir = Path(cfg.train.runs_dir) / spec.name
     url = storage_url(study_dir, storage)
-    return Sweep(spec, raw, None, cfg, study_dir, url, "local", [frozenset({0})] * PARALLEL)
+    return Sweep(spec, None, cfg, study_dir, url, "local", [frozenset({0})] * PARALLEL)
 
 
 def own_job() -> str:
     """A job reference the driver finds alive: this process."""
-    from maskvlp.sweep.driver import _proc_start
+    from maskvlp.sweep.liveness import proc_start
 
-    return f"local:{socket.gethostname()}:{os.getpid()}:{_proc_start(os.getpid())}"
+    return f"local:{socket.gethostname()}:{os.getpid()}:{proc_start(os.getpid())}"
 
 
 def fill(sw, n: int) -> tuple[float, list[int]]:
@@ -111,14 +111,13 @@ def fill(sw, n: int) -> tuple[float, list[int]]:
     from optuna.trial import TrialState
 
     from maskvlp.runs import write_json_atomic
-    from maskvlp.sweep.driver import SWEEP_FILE
     from maskvlp.sweep.study import create_or_resume, open_storage, suggest
 
     spec = sw.spec
     create_or_resume(spec, sw.storage, PARALLEL, force_new=False)
     sw.study_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sw.study_dir / SWEEP_FILE, sw.info)
-    (sw.study_dir / BENCH_SPEC).write_text(json.dumps({"spec": sw.raw, "storage": sw.storage}))
+    write_json_atomic(sw.paths.info, sw.info)
+    (sw.study_dir / BENCH_SPEC).write_text(json.dumps({"spec": sw.spec.raw, "storage": sw.storage}))
     # random sampler for filling: the stored trials do not depend on it, and TPE at 1,000 trials is slow
     study = optuna.load_study(
         study_name=spec.name,
@@ -177,7 +176,8 @@ def one_pass(driver) -> None:
 
 
 def open_driver(sw, running: list[int]):
-    from maskvlp.sweep.driver import Driver, Handle
+    from maskvlp.sweep.driver import Driver
+    from maskvlp.sweep.liveness import Handle
     from maskvlp.sweep.study import create_or_resume
 
     t0 = time.perf_counter()

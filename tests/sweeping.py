@@ -53,7 +53,7 @@ SLURM = ["--set", "launcher.executor=slurm"]  # sweep arguments: trials as Slurm
 def study_of(path: Path):
     """The study of the sweep file `path`, read back from its storage."""
     from maskvlp.sweep import study as st
-    from maskvlp.sweep.driver import prepare
+    from maskvlp.sweep.prepare import prepare
 
     sw = prepare(path, params="params.yaml")
     return st.load_study(sw.spec, sw.storage)

@@ -7,7 +7,8 @@ import pytest
 
 from maskvlp.stats import mean_ci
 from maskvlp.sweep.compare import compare, compare_spec, markdown, validate_compare
-from maskvlp.sweepspec import SweepSpecError, parse, validate
+from maskvlp.sweep.space import SweepSpecError
+from maskvlp.sweep.spec import parse, validate
 
 SPACE = {
     "strategy": {"choices": {"none": {"masking.strategy": "none"}, "random": {"masking.strategy": "random"}}},
@@ -125,7 +126,7 @@ def test_one_seed_or_a_missing_strategy_makes_no_claim():
 
 
 def test_the_evaluations_chance_level_is_a_row_of_the_table():
-    from maskvlp.sweep.compare import chance_key
+    from maskvlp.metrics import chance_key
 
     assert chance_key("zeroshot/val/top1") == "zeroshot/val/chance_top1"
     assert chance_key("retrieval/val/t2i_r1") == "retrieval/val/chance_r1"

@@ -133,7 +133,8 @@ def test_pretrain_masks_report_and_a_sweep_space_take_it(registered, shards, tmp
     # image, clusters, and the kept patches of random, cluster (two modes) and stripes (two widths)
     assert Image.open(out).width > 1200
 
-    from maskvlp.sweepspec import grid_points, parse, validate
+    from maskvlp.sweep.space import grid_points
+    from maskvlp.sweep.spec import parse, validate
 
     spec = parse(
         {

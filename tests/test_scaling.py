@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from maskvlp import scaling
-from maskvlp.sweepspec import SweepSpecError, grid_points, parse, validate
+from maskvlp.sweep import fit as scaling
+from maskvlp.sweep.rules import derive
+from maskvlp.sweep.space import SweepSpecError, grid_points
+from maskvlp.sweep.spec import parse, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,12 +64,12 @@ def test_labels_expand_into_the_keys_they_set_and_rules_derive_per_point():
 
 def test_fixed_epochs_and_lr_by_width_rules():
     rules = {"samples_per_pair": 3, "warmup_fraction": 0.05, "lr": 4e-4, "lr_width_exponent": -1.0}
-    assert scaling.derive({"train.unique_pairs": 500, "model.vision": "w256"}, rules) == {
+    assert derive({"train.unique_pairs": 500, "model.vision": "w256"}, rules) == {
         "train.samples": 1500,
         "train.warmup_samples": 75,
         "train.lr": pytest.approx(2e-4),  # width 256 is twice the reference 128
     }
-    assert scaling.derive({}, {"warmup_fraction": 0.1}) == {}  # the base alone: nothing to derive from yet
+    assert derive({}, {"warmup_fraction": 0.1}) == {}  # the base alone: nothing to derive from yet
 
 
 def test_old_sweep_files_keep_their_fingerprint():

@@ -11,7 +11,7 @@ import yaml
 
 from maskvlp.cli import main
 from maskvlp.sweep import study as st
-from maskvlp.sweep.driver import prepare
+from maskvlp.sweep.prepare import prepare
 
 from .conftest import require_slurm
 from .sweeping import tiny_base, tiny_shards

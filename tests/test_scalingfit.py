@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskvlp import scalingfit as sf
+from maskvlp.sweep import fitforms as sf
 
 
 def _points(E, A, alpha, n=12, noise=0.004, seed=0):

@@ -21,8 +21,9 @@ import yaml
 
 from maskvlp.cli import main
 from maskvlp.sweep import study as st
-from maskvlp.sweep.driver import prepare
-from maskvlp.sweepspec import SweepSpecError, parse
+from maskvlp.sweep.prepare import prepare
+from maskvlp.sweep.space import SweepSpecError
+from maskvlp.sweep.spec import parse
 
 from .sweeping import hparams_of, tiny_base, tiny_shards, write_sweep
 
@@ -121,7 +122,7 @@ def test_suggest_respects_steps_logs_and_conditions():
 
 
 def test_cpu_slots_split_the_cores_between_parallel_trials():
-    from maskvlp.sweep.driver import cpu_slots
+    from maskvlp.sweep.prepare import cpu_slots
 
     slots = cpu_slots(list(range(8)), 3)
     assert [len(s) for s in slots] == [3, 3, 2] and frozenset().union(*slots) == frozenset(range(8))

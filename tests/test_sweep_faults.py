@@ -30,8 +30,9 @@ from maskvlp.runs import (
     write_json_atomic,
 )
 from maskvlp.sweep import study as st
-from maskvlp.sweep.driver import Driver, prepare
-from maskvlp.sweepspec import SweepSpecError
+from maskvlp.sweep.driver import Driver
+from maskvlp.sweep.prepare import prepare
+from maskvlp.sweep.space import SweepSpecError
 
 from .sweeping import check_invariants, start_driver, tiny_base, tiny_shards, wait_for, write_sweep
 
@@ -210,7 +211,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_ends(shards, tmp_
     path = write_sweep(tmp_path / "d.yaml", base, name="div", n_trials=1, parallel=1, retries=1, space=space)
     assert main(["sweep", str(path), "--params", "params.yaml", "--quiet"]) == 0
     study = st.load_study(prepare(path, params="params.yaml").spec, str(runs / "div" / "study.journal"))
-    from maskvlp.sweepspec import parse
+    from maskvlp.sweep.spec import parse
 
     stored = json.loads((runs / "div" / "sweep.json").read_text())["spec"]
     assert parse(stored).fingerprint() == study.user_attrs[st.SPEC_ATTR]
@@ -223,7 +224,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_ends(shards, tmp_
 
 # --------------------------------------------------------------------- one driver, one writer
 def _take_driver_lock(study_dir: str, barrier, out, answered) -> None:
-    from maskvlp.sweep.driver import driver_lock
+    from maskvlp.sweep.liveness import driver_lock
 
     barrier.wait()
     try:
@@ -249,12 +250,15 @@ def test_of_five_drivers_started_at_once_exactly_one_runs(tmp_path):
 
 
 def test_a_driver_record_naming_its_own_job_or_a_dead_driver_does_not_block(tmp_path):
-    from maskvlp.sweep.driver import LOCK_FILE, driver_alive, driver_lock
+    from maskvlp.runs import StudyPaths
+    from maskvlp.sweep.liveness import driver_alive, driver_lock
 
     study_dir = tmp_path / "s"
     study_dir.mkdir()
     # what a --detach driver requeued after its node died finds: driver.json naming its own Slurm job
-    write_json_atomic(study_dir / LOCK_FILE, {"host": "gone-node", "pid": 1, "slurm_job": os.environ.get("X", "7")})
+    write_json_atomic(
+        StudyPaths(study_dir).driver_record, {"host": "gone-node", "pid": 1, "slurm_job": os.environ.get("X", "7")}
+    )
     assert driver_alive(study_dir) is None
     with driver_lock(study_dir) as record:
         assert record["pid"] == os.getpid()
@@ -284,12 +288,14 @@ def test_a_run_folder_has_one_writer_and_a_killed_holder_frees_it(tmp_path):
 # --------------------------------------------------------------------------- the live attempt
 def _task(sw, study, trial, run_dir: Path, instance: str):
     from maskvlp.config import to_dict
-    from maskvlp.sweep.driver import trial_config
     from maskvlp.sweep.job import TrialTask
+    from maskvlp.sweep.prepare import trial_config
 
     values = st.suggest(trial, sw.spec)
     trial.set_user_attr("run_dir", str(run_dir))
-    return TrialTask(to_dict(trial_config(sw, values, run_dir)), sw.raw, sw.storage, trial.number, values, instance)
+    return TrialTask(
+        to_dict(trial_config(sw, values, run_dir)), sw.spec.raw, sw.storage, trial.number, values, instance
+    )
 
 
 def test_a_job_that_is_not_its_trials_live_attempt_writes_and_tells_nothing(shards, tmp_path):
@@ -470,7 +476,7 @@ def test_a_trial_abandoned_during_training_stops_within_seconds_writing_nothing_
     failure): the process notices at its next liveness check, stops without a checkpoint or a result,
     and exits with EXIT_NOT_LIVE."""
     from maskvlp.runs import RunPaths
-    from maskvlp.sweep.job import EXIT_NOT_LIVE, LIVE_CHECK_S, TRIAL_FILE
+    from maskvlp.sweep.job import EXIT_NOT_LIVE, LIVE_CHECK_S
 
     base = tiny_base(shards, tmp_path / "runs", **{"train.samples": 65536, "train.checkpoint_every_samples": 256})
     sw = prepare(write_sweep(tmp_path / "a.yaml", base), params="params.yaml")
@@ -479,9 +485,9 @@ def test_a_trial_abandoned_during_training_stops_within_seconds_writing_nothing_
     trial = study.ask()
     task = _task(sw, study, trial, run_dir, study.user_attrs[st.INSTANCE_ATTR])
     run_dir.mkdir(parents=True)
-    (run_dir / TRIAL_FILE).write_text(task.to_json())
+    RunPaths(run_dir).trial.write_text(task.to_json())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "maskvlp.sweep.job", str(run_dir / TRIAL_FILE)],
+        [sys.executable, "-m", "maskvlp.sweep.job", str(RunPaths(run_dir).trial)],
         env=tool_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -504,7 +510,7 @@ def test_a_local_trial_on_another_host_is_alive_while_it_holds_its_folder(tmp_pa
     """A trial process recorded on another host cannot be asked through this host's process table; it
     counts as alive while it holds its run folder's writer lock (was: taken as gone at once, and its
     retry started in the same folder while it might still run)."""
-    from maskvlp.sweep.driver import job_alive
+    from maskvlp.sweep.liveness import job_alive
 
     job = "local:another-host:4242:12345"
     ready = CTX.Event()

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from maskvlp.cli import main
 from maskvlp.sweep import study as st
-from maskvlp.sweep.driver import prepare
+from maskvlp.sweep.prepare import prepare
 
 from .conftest import require_slurm
 from .sweeping import SLURM, hparams_of, start_driver, study_of, tiny_base, tiny_shards, wait_for, write_sweep

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from maskvlp import sweepspec
-from maskvlp.sweepspec import SweepSpecError
+from maskvlp.sweep import spec as sweepspec
+from maskvlp.sweep.space import SweepSpecError, grid_size
 
 GOOD = {
     "name": "masking",
@@ -99,4 +99,4 @@ def test_grid_size_counts_steps_and_choices():
             "train.batch_size": {"type": "int", "low": 16, "high": 64, "step": 16},
         }
     )
-    assert sweepspec.grid_size(sweepspec.parse(raw)) == 3 * 2 * 4
+    assert grid_size(sweepspec.parse(raw)) == 3 * 2 * 4

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from maskvlp.config import Config, ConfigError, to_yaml
 from maskvlp.params import load_config
-from maskvlp.sweepspec import SweepSpecError
 
 EPILOG = """\
 Every stage reads params.yaml (sections: seed, data, model, masking, train, eval, launcher) and
@@ -230,92 +229,15 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    import time
+def _sweep_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """A sweep command: its body is maskvlp.sweep.commands.<name>, imported only when it runs."""
 
-    from maskvlp.sweep.driver import detach, prepare, run_sweep, summary_line
+    def command(args: argparse.Namespace) -> int:
+        from maskvlp.sweep import commands
 
-    sw = prepare(args.file, args.overrides, args.params, args.n_trials, args.parallel, args.storage)
-    spec = sw.spec
-    # the refusals before the plan, so that no plan is printed for a sweep that does not run
-    if args.detach and sw.executor != "slurm":  # driver.detach refuses it too, but is called after the plan
-        raise SweepSpecError(
-            "--detach runs the driver as a Slurm job, and its trials must be Slurm jobs too: "
-            "add --set launcher.executor=slurm"
-        )
-    from maskvlp.sweep.study import is_rdb, open_storage
+        return commands.run(getattr(commands, name), args)
 
-    if is_rdb(sw.storage):
-        open_storage(sw.storage, spec.parallel)  # raises for SQLite with parallel trials, or an unreachable database
-    print(
-        f"sweep {spec.name}: {spec.n_trials} trials, {spec.parallel} at a time ({sw.executor}), "
-        f"sampler {spec.sampler}, pruner {spec.pruner}; storage {sw.storage}; trials in {sw.study_dir}/"
-    )
-    if args.detach:
-        job_id = detach(sw, args.force_new)
-        print(
-            f"submitted the sweep driver as Slurm job {job_id}; log off freely. "
-            f"Follow it with `maskvlp sweep-status {spec.name}`"
-        )
-        return 0
-    started = time.time()
-    groups = run_sweep(sw, args.force_new, progress=not args.quiet)
-    print(summary_line(sw, groups, time.time() - started))
-    if args.report:
-        from maskvlp.sweep.report import report
-
-        text, out = report(spec.name, args.report, sw.base_cfg.train.runs_dir)
-        print(text)
-        print(f"wrote {out}/")
-    return 0
-
-
-def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from maskvlp.sweep.report import status
-
-    print(status(args.name, args.runs_dir))
-    return 0
-
-
-def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from maskvlp.sweep.report import report
-
-    text, out = report(args.name, args.out, args.runs_dir)
-    print(text)
-    print(f"wrote {out}/ (trials.csv, trials.md, best_params.yaml, plots)")
-    return 0
-
-
-def cmd_scaling_fit(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from maskvlp.scaling import fit_spec, write_outputs
-    from maskvlp.sweepspec import parse
-
-    specs = []
-    for name in args.names:
-        info_path = Path(args.runs_dir) / name / "sweep.json"
-        if not info_path.is_file():
-            known = sorted(p.parent.name for p in Path(args.runs_dir).glob("*/sweep.json"))
-            hint = f"; studies here: {', '.join(known)}" if known else ""
-            raise SweepSpecError(f"no study '{name}' in {args.runs_dir}/ (no {info_path}){hint}")
-        raw = json.loads(info_path.read_text())["spec"]
-        if args.metric:
-            raw = {**raw, "fit": {**(raw.get("fit") or {}), "metric": args.metric}}
-        specs.append(fit_spec(parse(raw, str(info_path))))
-    fs = specs[0]
-    for name, other in zip(args.names[1:], specs[1:]):
-        if (other.metric, other.error, other.group) != (fs.metric, fs.error, fs.group):
-            raise SweepSpecError(
-                f"{name}: its fit (metric {other.metric}, error {other.error}, group {other.group}) differs from "
-                f"{args.names[0]}'s ({fs.metric}, {fs.error}, {fs.group}): studies fitted together must agree"
-            )
-    study_dirs = [Path(args.runs_dir) / n for n in args.names]
-    out = Path(args.out or f"reports/scaling/{args.names[0]}")
-    write_outputs("+".join(args.names), study_dirs, out, fs, quiet=args.quiet)
-    print(f"wrote {out}/ (fits.json, summary.md, *.png) and TensorBoard figures in {study_dirs[0] / 'scaling-fit'}")
-    return 0
+    return command
 
 
 def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
@@ -450,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", default="", metavar="DIR", help="when done, also write the sweep report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_sweep, raw=True)
+    p.set_defaults(func=_sweep_command("sweep"), raw=True)
 
     p = sub.add_parser(
         "sweep-status",
@@ -459,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME", help="the study name (the sweep file's name:)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
-    p.set_defaults(func=cmd_sweep_status, raw=True)
+    p.set_defaults(func=_sweep_command("sweep_status"), raw=True)
 
     p = sub.add_parser(
         "sweep-report",
@@ -474,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the study name")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/sweeps/NAME)")
-    p.set_defaults(func=cmd_sweep_report, raw=True)
+    p.set_defaults(func=_sweep_command("sweep_report"), raw=True)
 
     p = sub.add_parser(
         "scaling-fit",
@@ -500,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: reports/scaling/<first NAME>)")
     p.add_argument("--metric", default="", help="fit this metric instead of the file's fit.metric")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
-    p.set_defaults(func=cmd_scaling_fit, raw=True)
+    p.set_defaults(func=_sweep_command("scaling_fit"), raw=True)
 
     p = sub.add_parser(
         "config",
@@ -517,15 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[Config, argparse.Namespace], int] = args.func
     try:
-        if getattr(args, "raw", False):  # the sweep commands load their own params
+        if getattr(args, "raw", False):  # the sweep commands load their own params and report an invalid sweep
             return args.func(args)
         cfg = load_config(args.params, args.overrides)
         return func(cfg, args)
     except ConfigError as exc:
         print(f"maskvlp {args.command}: invalid parameters: {exc}", file=sys.stderr)
-        return 2
-    except SweepSpecError as exc:
-        print(f"maskvlp {args.command}: invalid sweep: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"maskvlp {args.command}: error: {exc}", file=sys.stderr)

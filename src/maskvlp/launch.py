@@ -240,6 +240,20 @@ HOPELESS_REASONS = {
     "QOSMaxCpuPerJobLimit",
     "AssocMaxCpuPerJobLimit",
 }
+# sacct states of a job that may still run (or be requeued); any other state is an ended job
+ALIVE_SLURM = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 def pending_reason(job_id: str) -> str:

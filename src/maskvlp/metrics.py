@@ -13,6 +13,21 @@ TASK_METRICS = {
 }
 
 
+def chance_key(metric: str) -> str | None:
+    """The key of the chance level evaluation records beside a metric, if any: `zeroshot/val/top1` ->
+    `zeroshot/val/chance_top1` (1/classes), `retrieval/val/t2i_r1` -> `retrieval/val/chance_r1` (1/N; R@1
+    only: none is recorded for R@5 / R@10), `linear_probe/val/top1` -> `linear_probe/val/chance_top1`."""
+    parts = metric.split("/")
+    if len(parts) != 3:
+        return None
+    family, data, name = parts
+    if family in ("zeroshot", "linear_probe") and name == "top1":
+        return f"{family}/{data}/chance_top1"
+    if family == "retrieval" and name in ("i2t_r1", "t2i_r1"):
+        return f"retrieval/{data}/chance_r1"
+    return None
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """logits: (N, C), labels: (N,) -> fraction whose label is among the k highest scores.
     Ties are broken pessimistically: a wrong class scoring equal to the label counts as above it."""

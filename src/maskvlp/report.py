@@ -36,15 +36,13 @@ def collect(locations: list[str | Path]) -> list[dict[str, Any]]:
 
 def chance_level(key: str, metrics: dict[str, float]) -> float | None:
     """What a model that knows nothing scores on `key`, from the chance keys evaluation writes
-    (1/classes for top-1, 1/N for R@1) and 0.5 for a two-way composition choice."""
-    parts = key.split("/")
-    if parts[0] == "composition":
+    (metrics.chance_key: 1/classes for top-1, 1/N for R@1) and 0.5 for a two-way composition choice."""
+    from maskvlp.metrics import chance_key
+
+    if key.split("/")[0] == "composition":
         return 0.5
-    if parts[0] in ("zeroshot", "linear_probe") and parts[-1] == "top1":
-        return metrics.get(f"{parts[0]}/{parts[1]}/chance_top1")
-    if parts[0] == "retrieval" and parts[-1].endswith("_r1"):
-        return metrics.get(f"retrieval/{parts[1]}/chance_r1")
-    return None
+    found = chance_key(key)
+    return metrics.get(found) if found else None
 
 
 def short_name(key: str) -> str:

@@ -10,6 +10,8 @@
       eval/                metrics.json + the TensorBoard HParams session of the stage's evaluation
       eval-extra/<set>/    metrics.json + notes.json of `maskvlp evaluate --dataset SPEC` (not a DVC output)
       jobs.jsonl, slurm/   Slurm jobs submitted for the run and their logs
+      trial.json, trial.log, stopped.json   a sweep trial's task, its local log, its clean-stop mark
+    runs/<study>/          a sweep (StudyPaths): sweep.json, driver.json, study.journal, driver/, trial-NNNN/
 
 result.json holds `status` (running | complete | stopped | failed | pruned: a sweep trial stopped by its pruner), `samples_seen`, `steps`,
 `train_loss`, `wall_s`, `images_per_s`, `train_flops`, `params_nonembedding`, `masking`,
@@ -38,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -95,6 +98,52 @@ class RunPaths:
     def extra_eval_dir(self, dataset: str) -> Path:
         """eval-extra/<dataset>/: `maskvlp evaluate --dataset`, outside eval/ so DVC sees no change."""
         return self.root / "eval-extra" / dataset
+
+    @property
+    def trial(self) -> Path:
+        return self.root / "trial.json"  # a sweep trial's task, as the driver hands it (sweep.job.TrialTask)
+
+    @property
+    def trial_log(self) -> Path:
+        return self.root / "trial.log"  # a local trial process's output
+
+    @property
+    def stopped(self) -> Path:
+        return self.root / "stopped.json"  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved)
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """A sweep's study folder <runs_dir>/<study>/: the driver's files and the trials' run folders."""
+
+    root: Path
+
+    @property
+    def info(self) -> Path:
+        return self.root / "sweep.json"  # the spec, storage and params the study was started with
+
+    @property
+    def driver_record(self) -> Path:
+        return self.root / "driver.json"  # who drives the study, for messages (the lock is driver_lock)
+
+    @property
+    def driver_lock(self) -> Path:
+        return self.root.parent / f".{self.root.name}.driver.lock"  # beside: --force-new moves the folder
+
+    @property
+    def driver_logs(self) -> Path:
+        return self.root / "driver"  # `maskvlp sweep --detach`: the driver's Slurm job
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "study.journal"  # the default Optuna storage
+
+    @property
+    def fit_tensorboard(self) -> Path:
+        return self.root / "scaling-fit"  # `maskvlp scaling-fit`'s figures
+
+    def trial(self, number: int) -> RunPaths:
+        return RunPaths(self.root / f"trial-{number:04d}")
 
 
 def run_paths(cfg: Any) -> RunPaths:

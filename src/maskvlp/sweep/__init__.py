@@ -1,14 +1,21 @@
-"""Optuna sweeps: the only package that imports optuna.
+"""Sweeps: the sweep file, the Optuna studies that run it, and the analyses of their trials.
 
-    study.py   storage (journal file by default, any RDB URL), sampler, pruner, the study's identity,
-               sampling one trial from a SweepSpec, counting logical trials (a trial and its retries)
-    job.py     one trial as a job (a Slurm job or a local process): pretrain with the pruning hook,
-               evaluate, tell the study; resumes from the trial's own checkpoint
-    driver.py  `maskvlp sweep`: keeps `parallel` trials in flight asynchronously, reconciles trials
-               whose job is gone (failed, retried from their checkpoint), resumes after being killed
-    report.py  `maskvlp sweep-status` and `maskvlp sweep-report`: tables, CSV/Markdown, best params,
-               Optuna's matplotlib plots, the Pareto front
+    space.py     the sweep file's data model (no optuna): SweepSpec, Param, grids, objective keys
+    rules.py     params derived per trial (warmup, checkpoints, lr by width, ...)
+    spec.py      parse, load (once, with the command line's changes), validate against params.yaml
+    analyses.py  the `fit:` and `compare:` sections behind one interface (check, validate, write)
+    fit.py, fitforms.py   scaling studies: `maskvlp scaling-fit` and its registry of fit forms
+    compare.py   strategies over seeds: comparison.md / .json / .png
+    records.py   a study's finished trials read back from their run folders
+    study.py     the Optuna side: storage, sampler, pruner, sampling a trial, counting logical trials
+    prepare.py   `maskvlp sweep FILE` made ready: everything checked before anything is submitted
+    liveness.py  whether a trial's job or a study's driver is alive; the driver lock
+    driver.py    keeps `parallel` trials in flight, reconciles trials whose job is gone, resumes
+    detach.py    `maskvlp sweep --detach`: the driver as a Slurm job
+    job.py       one trial as a job: pretrain with the pruning hook, evaluate, tell the study
+    report.py    `maskvlp sweep-status` and `maskvlp sweep-report`
+    commands.py  the bodies of the sweep commands of maskvlp.cli
 
-The sweep file format and its validation live in maskvlp.sweepspec (no optuna); docs/sweeps.md
+space, rules, spec, analyses, fit, fitforms, compare and records work without optuna; docs/sweeps.md
 describes the design and the states a trial goes through.
 """

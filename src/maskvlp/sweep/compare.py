@@ -27,7 +27,8 @@ from typing import Any
 
 from maskvlp.runs import atomic_path, write_text_atomic
 from maskvlp.stats import Interval, mean_ci, paired_difference, verdict
-from maskvlp.sweepspec import SweepSpecError
+from maskvlp.sweep.records import finished_trials, value_at
+from maskvlp.sweep.space import SweepSpecError, check_metric, objective_keys
 
 # metric families reported by default (regular expressions over evaluation keys)
 DEFAULT_FAMILIES = (
@@ -61,8 +62,6 @@ def compare_spec(spec) -> CompareSpec:
     """The `compare:` section checked against the space (structure only; `validate_compare` checks
     the metric names against the params). Raises SweepSpecError naming the key."""
     raw = spec.compare
-    if not isinstance(raw, dict):
-        raise SweepSpecError("compare: must be a mapping such as {group: strategy, seeds: train.seed}")
     unknown = set(raw) - {"group", "seeds", "budget", "claims", "claim_metrics", "metrics"}
     if unknown:
         raise SweepSpecError(f"compare: unknown key(s) {', '.join(sorted(unknown))}")
@@ -114,53 +113,29 @@ def compare_spec(spec) -> CompareSpec:
 
 def validate_compare(spec, cfg) -> CompareSpec:
     """compare_spec + every named metric is one evaluation of cfg.eval.datasets produces."""
-    from maskvlp.sweepspec import objective_keys
-
     cs = compare_spec(spec)
     known = objective_keys(cfg) | set(RECORD_COLUMNS)
     for key in ("claim_metrics", "metrics"):
         for metric in getattr(cs, key) or ():
-            if metric not in known:
-                near = sorted(k for k in known if k.split("/")[-1] == metric.split("/")[-1])[:6]
-                hint = f" (did you mean {', '.join(near)}?)" if near else ""
-                raise SweepSpecError(
-                    f"compare.{key}: {metric!r} is not produced by evaluation of {cfg.eval.datasets}{hint}"
-                )
+            check_metric(f"compare.{key}", metric, cfg, known, records=False)
     return cs
 
 
 # ------------------------------------------------------------------------------ reading trials
-def _record_value(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    node: Any = result
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    return float(node) if isinstance(node, int | float) and math.isfinite(node) else None
-
-
 def trial_records(study_dir: Path, cs: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One row per complete, evaluated trial: group, budget, seed, metrics (evaluation + record
     columns); and counts of the trials left out, by reason. A point run twice keeps its last run."""
-    from maskvlp.runs import list_runs
-
     found: dict[tuple[str, str, str], dict[str, Any]] = {}
-    skipped: dict[str, int] = {}
-    for run in list_runs(study_dir):
-        task_file = run.paths.root / "trial.json"
-        if not task_file.is_file():
-            continue
-        r = run.result
-        if r.get("status") != "complete" or not r.get("eval"):
-            reason = "pruned" if r.get("status") == "pruned" else "not finished"
-            skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        params = json.loads(task_file.read_text())["params"]
+    trials, skipped = finished_trials(study_dir)
+    for t in trials:
+        r, params = t.result, t.params
         values = {k: float(v) for k, v in r["eval"].items() if isinstance(v, int | float)}
-        values |= {k: v for k, path in RECORD_COLUMNS.items() if (v := _record_value(r, path)) is not None}
+        values |= {k: v for k, path in RECORD_COLUMNS.items() if (v := value_at(r, path)) is not None}
         row = {
             "group": str(params.get(cs.group)),
             "budget": str(params.get(cs.budget)) if cs.budget else "all",
             "seed": str(params.get(cs.seeds)),
-            "run": str(run.paths.root),
+            "run": str(t.root),
             "values": values,
         }
         found[(row["group"], row["budget"], row["seed"])] = row
@@ -177,25 +152,12 @@ def metric_columns(rows: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
     return list(dict.fromkeys([*cs.claim_metrics, *ordered]))
 
 
-def chance_key(metric: str) -> str | None:
-    """The evaluation's own chance level for a metric column: `zeroshot/val/top1` ->
-    `zeroshot/val/chance_top1`, `retrieval/val/t2i_r1` -> `retrieval/val/chance_r1` (R@1 only: the
-    evaluation records no chance for R@5 / R@10), `linear_probe/val/top1` -> `linear_probe/val/chance_top1`."""
-    parts = metric.split("/")
-    if len(parts) != 3:
-        return None
-    family, data, name = parts
-    if family in ("zeroshot", "linear_probe") and name == "top1":
-        return f"{family}/{data}/chance_top1"
-    if family == "retrieval" and name in ("i2t_r1", "t2i_r1"):
-        return f"retrieval/{data}/chance_r1"
-    return None
-
-
 # ------------------------------------------------------------------------------ the comparison
 def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     """Means with intervals per (budget, group, column), and every claim tested per budget and claim
     metric (pure: rows in, plain data out)."""
+    from maskvlp.metrics import chance_key  # (it imports torch: not at this module's top)
+
     metrics = metric_columns(rows, cs)
     columns = [*metrics, *(k for k in RECORD_COLUMNS if k not in metrics)]
     budgets = list(dict.fromkeys(r["budget"] for r in rows))

@@ -17,8 +17,8 @@ Every study instance has an id (study.INSTANCE_ATTR) that each job carries and c
 or tells (job.py): `--force-new` is refused while any trial job of the old study is alive, and a job of a
 replaced study, or one Slurm requeued on its own after the driver gave up on it, stops without writing.
 Trials pending in Slurm for a reason that cannot clear (launch.HOPELESS_REASONS) are cancelled and
-failed with that reason. One driver per study: an flock on `<runs_dir>/.<name>.driver.lock`, which the
-kernel drops when the driver dies (a requeued `--detach` driver takes it again).
+failed with that reason. One driver per study (sweep.liveness.driver_lock). What a sweep is before it
+runs (the checked spec, the study's folder and storage, the CPU slots) is sweep.prepare's.
 
 Local trials are separate processes in their own session (Ctrl-C of the driver stops them at a step
 boundary with a checkpoint); Slurm trials are jobs submitted through launch.submit and keep running
@@ -36,27 +36,26 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
-from maskvlp.config import Config, to_dict
-from maskvlp.params import load_config
+from maskvlp.config import to_dict
 from maskvlp.progress import Progress, format_duration
-from maskvlp.runs import (
-    RunPaths,
-    folder_in_use,
-    read_result,
-    try_lock,
-    weights_complete,
-    write_json_atomic,
-    write_text_atomic,
+from maskvlp.runs import RunPaths, read_result, weights_complete, write_json_atomic, write_text_atomic
+from maskvlp.sweep.job import EXIT_NOT_LIVE, EXIT_STOPPED, TrialJob, TrialTask
+from maskvlp.sweep.liveness import (
+    Handle,
+    alive_jobs,
+    driver_lock,
+    job_alive,
+    proc_start,
+    recorded_handle,
+    slurm_states_of,
 )
-from maskvlp.sweep.job import EXIT_NOT_LIVE, EXIT_STOPPED, STOPPED_FILE, TRIAL_FILE, TrialJob, TrialTask
+from maskvlp.sweep.prepare import Sweep, trial_config
+from maskvlp.sweep.space import SweepSpecError
 from maskvlp.sweep.study import (
     INSTANCE_ATTR,
     Logical,
@@ -64,237 +63,10 @@ from maskvlp.sweep.study import (
     is_finished,
     logical_trials,
     non_finite,
-    storage_url,
     suggest,
-    take_password,
     trial_handle,
     values_from_record,
 )
-from maskvlp.sweepspec import SweepSpec, SweepSpecError, grid_size, validate
-
-SWEEP_FILE = "sweep.json"  # in the study folder: the spec, storage and params the study was started with
-LOCK_FILE = "driver.json"  # who drives the study (for messages); the lock itself is driver_lock_path()
-LOCK_PATIENCE_S = 2.0  # how long a starting driver retries the lock before it says another driver runs
-ALIVE_SLURM = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "COMPLETING",
-    "RESIZING",
-    "SUSPENDED",
-    "SIGNALING",
-    "STAGE_OUT",
-}
-UNKNOWN_GRACE_S = 120.0  # a job sacct does not know yet (just submitted) counts as alive this long
-
-
-@dataclass
-class Sweep:
-    """A sweep ready to run: the spec (with command-line changes), its raw mapping for the jobs, where
-    the study lives, and how trials are configured."""
-
-    spec: SweepSpec
-    raw: dict[str, Any]
-    params: str | None
-    base_cfg: Config
-    study_dir: Path
-    storage: str
-    executor: str
-    cpu_sets: list[frozenset[int]]  # local trials: the CPUs of each of the `parallel` slots (empty for Slurm)
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "spec": self.raw,
-            "fingerprint": self.spec.fingerprint(),
-            "storage": self.storage,
-            "params": self.params,
-            "executor": self.executor,
-        }
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SweepSpecError(f"--set {item}: must look like key=value, e.g. train.samples=5000")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def prepare(
-    path: str | Path,
-    overrides: list[str] | None = None,
-    params: str | None = "params.yaml",
-    n_trials: int | None = None,
-    parallel: int | None = None,
-    storage: str | None = None,
-) -> Sweep:
-    """Load and validate everything before anything is submitted: the sweep file, the params with the
-    sweep's base and `--set` overrides (merged into the base: they define the study), the shards."""
-    from maskvlp.data.shards import check_manifest, load_manifest
-    from maskvlp.sweepspec import load, parse
-
-    spec = load(path)
-    raw = yaml.safe_load(Path(path).read_text())
-    raw["base"] = {**(raw.get("base") or {}), **_parse_set(overrides or [])}
-    for key, value in (("n_trials", n_trials), ("parallel", parallel)):
-        if value is not None:
-            raw[key] = value
-    spec = parse(raw, str(path))
-    cfg = validate(spec, params)
-    if spec.sampler == "grid" and spec.n_trials > grid_size(spec):
-        raise SweepSpecError(f"n_trials: {spec.n_trials} exceeds the grid's {int(grid_size(spec))} points")
-    if spec.fit:
-        from maskvlp.scaling import validate_fit
-
-        validate_fit(spec, cfg)
-    if spec.compare:
-        from maskvlp.sweep.compare import validate_compare
-
-        validate_compare(spec, cfg)
-    try:
-        check_manifest(cfg, load_manifest(cfg.data.out_dir))
-    except FileNotFoundError as exc:
-        raise SweepSpecError(f"data: {exc}") from exc  # load_manifest says how to make the shards
-    if spec.sampler == "grid":
-        check_grid(spec, params)
-    study_dir = Path(cfg.train.runs_dir) / spec.name
-    url = take_password(storage_url(study_dir, storage))  # a password moves to the environment
-    executor = cfg.launcher.executor
-    cpu_sets = cpu_slots(sorted(os.sched_getaffinity(0)), spec.parallel) if executor == "local" else []
-    return Sweep(spec, raw, params, cfg, study_dir, url, executor, cpu_sets)
-
-
-GRID_CHECK_LIMIT = 2000  # grids up to this many points get every point loaded before anything runs
-
-
-def check_grid(spec: SweepSpec, params: str | None) -> None:
-    """Every point of a grid (up to GRID_CHECK_LIMIT) through the params validation, and its data size
-    against the shards: a combination the config refuses, or more unique pairs than the train split
-    holds, is refused here, naming the point, instead of failing as a trial later."""
-    from maskvlp.config import ConfigError
-    from maskvlp.data.shards import ShardError, first_pairs
-    from maskvlp.sweepspec import grid_points
-
-    if grid_size(spec) > GRID_CHECK_LIMIT:
-        return
-    for values in grid_points(spec):
-        try:
-            cfg = load_config(params, spec.overrides(values))
-            first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)
-        except (ConfigError, ShardError) as exc:
-            point = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise SweepSpecError(f"space: the grid point {point} is refused: {exc}") from exc
-
-
-def cpu_slots(cpus: list[int], parallel: int) -> list[frozenset[int]]:
-    """The driver's CPUs split into `parallel` slots, one per local trial process: contiguous, as even as
-    possible (8 CPUs, parallel 3: 3+3+2); with more slots than CPUs, slots share CPUs round-robin.
-    A trial process is pinned to its slot, so its CPU share (resources.py: torch threads, loader
-    workers) follows from its affinity mask as for any process started under taskset."""
-    if parallel >= len(cpus):
-        return [frozenset({cpus[i % len(cpus)]}) for i in range(parallel)]
-    size, extra = divmod(len(cpus), parallel)
-    slots, start = [], 0
-    for i in range(parallel):
-        end = start + size + (1 if i < extra else 0)
-        slots.append(frozenset(cpus[start:end]))
-        start = end
-    return slots
-
-
-def trial_config(sw: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
-    """The trial's complete params: params.yaml + base + sampled values, in its own run folder."""
-    extra = [
-        f"train.runs_dir={run_dir.parent}",
-        f"train.run_name={run_dir.name}",
-        f"eval.metrics_file={run_dir / 'eval' / 'summary.json'}",
-        f"launcher.job_name={sw.spec.name}-{run_dir.name}",
-    ]
-    return load_config(sw.params, sw.spec.overrides(values) + extra)
-
-
-# --------------------------------------------------------------------------------- job handles
-@dataclass
-class Handle:
-    number: int
-    run_dir: Path
-    job: str  # "slurm:<id>" or "local:<host>:<pid>:<start ticks>"
-    launched: float = field(default_factory=time.time)
-    process: subprocess.Popen | None = None  # local trials started by this driver
-    slot: int | None = None  # local trials: the index of the CPU slot it is pinned to
-
-
-def _proc_start(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[1].split()
-    return "" if fields[0] == "Z" else fields[19]  # state, ..., starttime (field 22)
-
-
-def job_alive(job: str, launched: float, slurm_states: dict[str, str] | None, run_dir: Path | None = None) -> bool:
-    """Whether the job may still run. A local trial on another host cannot be asked through the process
-    table: it counts as alive while it holds its run folder's writer lock (runs.folder_writer)."""
-    kind, _, ref = job.partition(":")
-    if kind == "slurm":
-        if slurm_states is None:  # sacct did not answer
-            return True
-        state = slurm_states.get(ref, "UNKNOWN")
-        return state in ALIVE_SLURM or (state == "UNKNOWN" and time.time() - launched < UNKNOWN_GRACE_S)
-    host, pid, start = ref.split(":")
-    if host != socket.gethostname():
-        return run_dir is not None and folder_in_use(RunPaths(run_dir))
-    return _proc_start(int(pid)) == start
-
-
-def _slurm_states(handles: list[Handle]) -> dict[str, str] | None:
-    """sacct's states of the handles' Slurm jobs; None when sacct does not answer (then no Slurm trial
-    is judged this pass: a live job must never be taken for a dead one)."""
-    from maskvlp.launch import LaunchError, sacct_states
-
-    ids = [h.job.split(":", 1)[1] for h in handles if h.job.startswith("slurm:")]
-    try:
-        return sacct_states(ids) if ids else {}
-    except LaunchError as exc:
-        print(f"sweep: {exc}; trying again at the next poll", file=sys.stderr)
-        return None
-
-
-def _recorded_job(trial: optuna.trial.FrozenTrial) -> str:
-    """The trial's job: its `job` attribute, else the last Slurm job its run folder recorded (the driver
-    may have died between submitting and noting it)."""
-    if trial.user_attrs.get("job"):
-        return trial.user_attrs["job"]
-    jobs = RunPaths(Path(trial.user_attrs.get("run_dir", "."))).jobs
-    lines = jobs.read_text().splitlines() if jobs.is_file() else []
-    return f"slurm:{json.loads(lines[-1])['job_id']}" if lines else ""
-
-
-def _launched_at(trial: optuna.trial.FrozenTrial) -> float:
-    """When the trial's job was started: its `launched` attribute, else the submission time its run
-    folder recorded, else now (so a job sacct does not know yet gets its grace period)."""
-    stamp = trial.user_attrs.get("launched")
-    jobs = RunPaths(Path(trial.user_attrs.get("run_dir", "."))).jobs
-    if not stamp and jobs.is_file() and jobs.read_text().strip():
-        stamp = json.loads(jobs.read_text().splitlines()[-1]).get("submitted")
-    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) if stamp else time.time()
-
-
-def recorded_handle(trial: optuna.trial.FrozenTrial) -> Handle | None:
-    """The job of a RUNNING trial as the storage and its run folder record it; None when it was never
-    launched (no run folder or no job: the driver stopped between asking and starting it)."""
-    job = _recorded_job(trial)
-    if not trial.user_attrs.get("run_dir") or not job:
-        return None
-    return Handle(trial.number, Path(trial.user_attrs["run_dir"]), job, _launched_at(trial))
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -303,7 +75,6 @@ class Driver:
         self.sw, self.study, self.poll_s = sw, study, poll_s
         self.active: dict[int, Handle] = {}
         self.progress = progress
-        self.launched_count = 0
         self.instance = str(study.user_attrs.get(INSTANCE_ATTR, ""))
 
     # -- launching
@@ -339,20 +110,21 @@ class Driver:
     def _start(self, trial: optuna.Trial) -> Handle:
         sw, spec = self.sw, self.sw.spec
         values = suggest(trial, spec)
-        run_dir = Path(trial.user_attrs.get("run_dir") or sw.study_dir / f"trial-{trial.number:04d}")
+        run_dir = Path(trial.user_attrs.get("run_dir") or sw.paths.trial(trial.number).root)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", spec.overrides(values))
         cfg = trial_config(sw, values, run_dir)
-        task = TrialTask(to_dict(cfg), sw.raw, sw.storage, trial.number, values, self.instance)
+        task = TrialTask(to_dict(cfg), spec.raw, sw.storage, trial.number, values, self.instance)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / TRIAL_FILE, task.to_json())
+        paths = RunPaths(run_dir)
+        write_text_atomic(paths.trial, task.to_json())
         if sw.executor == "local":
             slot = self.free_slot()
             cpus = sw.cpu_sets[slot]
-            log = open(run_dir / "trial.log", "a")  # noqa: SIM115 (the child keeps it)
+            log = open(paths.trial_log, "a")  # noqa: SIM115 (the child keeps it)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "maskvlp.sweep.job", str(run_dir / TRIAL_FILE)],
+                [sys.executable, "-m", "maskvlp.sweep.job", str(paths.trial)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the driver's Ctrl-C is relayed as SIGTERM (a clean stop), not SIGINT
@@ -360,7 +132,7 @@ class Driver:
                 preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # its share of the cores
             )
             log.close()
-            job = f"local:{socket.gethostname()}:{proc.pid}:{_proc_start(proc.pid)}"
+            job = f"local:{socket.gethostname()}:{proc.pid}:{proc_start(proc.pid)}"
             handle = Handle(trial.number, run_dir, job, process=proc, slot=slot)
         else:
             from maskvlp.launch import submit
@@ -371,7 +143,6 @@ class Driver:
             trial.set_user_attr("job", handle.job)
             trial.set_user_attr("launched", time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.active[trial.number] = handle
-        self.launched_count += 1
         return handle
 
     def free_slot(self) -> int:
@@ -400,7 +171,7 @@ class Driver:
             self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
             return "PRUNED (from its run record)"
         launched = bool(trial.user_attrs.get("job"))
-        marker = run_dir / STOPPED_FILE
+        marker = RunPaths(run_dir).stopped
         clean = why == "stopped cleanly" or (
             marker.is_file() and json.loads(marker.read_text()).get("attempt") == trial.number
         )
@@ -431,7 +202,7 @@ class Driver:
 
     def poll(self) -> None:
         """Free the slots of trials that finished, reconcile those whose job died."""
-        states = _slurm_states(list(self.active.values()))
+        states = slurm_states_of(list(self.active.values()))
         trials = self.study.get_trials(deepcopy=False)
         pending: list[Handle] = []
         for number, h in list(self.active.items()):
@@ -494,7 +265,7 @@ class Driver:
                 self._say(f"trial {t.number}: {self.settle_dead(t, 'never launched (the driver stopped first)')}")
                 continue
             handles[t.number] = handle
-        states = _slurm_states(list(handles.values()))
+        states = slurm_states_of(list(handles.values()))
         for number, h in handles.items():
             if job_alive(h.job, h.launched, states, h.run_dir):
                 if h.job.startswith("local:"):
@@ -590,87 +361,10 @@ class Driver:
         print(f"sweep {self.sw.spec.name}: {message}", file=sys.stderr, flush=True)
 
 
-def driver_lock_path(study_dir: Path) -> Path:
-    """The driver's lock file: beside the study folder, not in it, so --force-new can move the folder
-    aside while the lock is held."""
-    return study_dir.parent / f".{study_dir.name}.driver.lock"
-
-
-def driver_alive(study_dir: Path) -> dict[str, Any] | None:
-    """Who drives the study now (driver.json: host, pid, Slurm job), or None when no process holds the
-    driver lock. The lock is the truth: a driver that died, even on another host, holds nothing."""
-    if not folder_in_use(RunPaths(driver_lock_path(study_dir).parent), driver_lock_path(study_dir)):
-        return None
-    return _driver_record(study_dir)
-
-
-def _driver_record(study_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((study_dir / LOCK_FILE).read_text())
-    except (OSError, ValueError):
-        return {"host": "?", "pid": "?"}
-
-
-def _driver_refusal(study_dir: Path, other: dict[str, Any]) -> SweepSpecError:
-    job = f", Slurm job {other['slurm_job']}" if other.get("slurm_job") else ""
-    return SweepSpecError(
-        f"a driver for study '{study_dir.name}' already runs (pid {other.get('pid')} on {other.get('host')}{job}); "
-        f"follow it with `maskvlp sweep-status {study_dir.name}`, or stop it first"
-    )
-
-
-def refuse_second_driver(study_dir: Path) -> None:
-    other = driver_alive(study_dir)
-    if other is not None:
-        raise _driver_refusal(study_dir, other)
-
-
-@contextlib.contextmanager
-def driver_lock(study_dir: Path):
-    """One driver per study: a second one would start the same retries twice. An flock taken without
-    waiting (of several drivers started at once exactly one gets it); the kernel releases it when the
-    driver exits or dies, so a driver requeued by Slurm, or started again after a kill, takes it anew."""
-    path = driver_lock_path(study_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + LOCK_PATIENCE_S  # sweep-status tries the lock for an instant too
-        while not try_lock(fd, path):
-            if time.monotonic() >= deadline:
-                raise _driver_refusal(study_dir, _driver_record(study_dir))
-            time.sleep(0.1)
-        pid = os.getpid()
-        record = {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
-        if os.environ.get("SLURM_JOB_ID"):
-            record["slurm_job"] = os.environ["SLURM_JOB_ID"]
-        yield record
-    finally:
-        os.close(fd)
-
-
-def alive_trial_jobs(sw: Sweep) -> list[str]:
-    """The jobs of the stored study's RUNNING trials that still run (empty when there is no study)."""
-    import optuna
-
-    from maskvlp.sweep.study import open_storage
-
-    if not sw.storage or (not Path(sw.storage).exists() and "://" not in sw.storage):
-        return []
-    storage = open_storage(sw.storage, sw.spec.parallel)
-    try:
-        study = optuna.load_study(study_name=sw.spec.name, storage=storage)
-    except KeyError:
-        return []
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    handles = [h for h in map(recorded_handle, running) if h is not None]
-    states = _slurm_states(handles)
-    return [h.job for h in handles if job_alive(h.job, h.launched, states, h.run_dir)]
-
-
 def refuse_force_new_while_jobs_run(sw: Sweep) -> None:
     """--force-new would give the old study's name and storage to a new study while its jobs still write
     and tell: refused, naming the jobs and how to stop them."""
-    jobs = alive_trial_jobs(sw)
+    jobs = alive_jobs(sw.spec.name, sw.storage, sw.spec.parallel)
     if not jobs:
         return
     slurm = [j.split(":", 1)[1] for j in jobs if j.startswith("slurm:")]
@@ -706,13 +400,13 @@ def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s:
                 print(f"sweep {sw.spec.name}: the old study's folder is now {moved}", file=sys.stderr)
         study = create_or_resume(sw.spec, sw.storage, sw.spec.parallel, force_new)
         sw.study_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(sw.study_dir / SWEEP_FILE, sw.info, sort_keys=False)  # the space's order is the spec's
-        write_json_atomic(sw.study_dir / LOCK_FILE, record)
+        write_json_atomic(sw.paths.info, sw.info, sort_keys=False)  # the space's order is the spec's
+        write_json_atomic(sw.paths.driver_record, record)
         try:
             return Driver(sw, study, progress, poll_s).run()
         finally:
             with contextlib.suppress(OSError):
-                (sw.study_dir / LOCK_FILE).unlink()
+                sw.paths.driver_record.unlink()
 
 
 def summary_line(sw: Sweep, groups: list[Logical], elapsed_s: float) -> str:
@@ -723,59 +417,3 @@ def summary_line(sw: Sweep, groups: list[Logical], elapsed_s: float) -> str:
     return (
         f"sweep {sw.spec.name}: {counts} in {format_duration(elapsed_s)}; report: maskvlp sweep-report {sw.spec.name}"
     )
-
-
-class DriverJob:
-    """`maskvlp sweep --detach`: the driver itself as a small Slurm job."""
-
-    def __init__(self, sw: Sweep, force_new: bool):
-        self.sw, self.force_new = sw, force_new
-
-    def __call__(self) -> str:
-        started = time.time()
-        groups = run_sweep(self.sw, self.force_new, progress=True)
-        return summary_line(self.sw, groups, time.time() - started)
-
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        """Time limit or preemption: requeue the driver (it resumes the study; trials keep running)."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(DriverJob(self.sw, force_new=False))
-
-
-def detach(sw: Sweep, force_new: bool) -> str:
-    """Submit the driver as a Slurm job (1 CPU, 2 GB, the launcher's partition and time limit; at the time
-    limit it is requeued, up to launcher.max_requeues times). --force-new is done here, before submitting,
-    so a requeued driver resumes the new study instead of setting it aside again."""
-    from maskvlp.launch import submit
-
-    if sw.executor != "slurm":
-        raise SweepSpecError(
-            "--detach runs the driver as a Slurm job, and its trials must be Slurm jobs too: "
-            "add --set launcher.executor=slurm"
-        )
-    refuse_second_driver(sw.study_dir)
-    if force_new:
-        with driver_lock(sw.study_dir):
-            refuse_force_new_while_jobs_run(sw)
-            set_aside(sw.study_dir)
-            create_or_resume(sw.spec, sw.storage, sw.spec.parallel, True)
-        force_new = False
-
-    cfg = sw.base_cfg
-    cfg = replace(
-        cfg,
-        launcher=replace(
-            cfg.launcher,
-            executor="slurm",
-            cpus_per_task=1,
-            mem_gb=2.0,
-            nodes=1,
-            tasks_per_node=1,
-            gpus_per_node=0,
-            job_name=f"{sw.spec.name}-driver",
-        ),
-    )
-    sw.study_dir.mkdir(parents=True, exist_ok=True)
-    submitted = submit(cfg, DriverJob(sw, force_new), sw.study_dir / "driver", "sweep-driver")
-    return str(submitted.job.job_id)

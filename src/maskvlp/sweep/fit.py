@@ -1,12 +1,12 @@
 """Scaling studies: a sweep whose grid crosses model size, data size and samples seen with masking
 strategies and seeds (sweeps/scaling.yaml), plus `maskvlp scaling-fit NAME` (docs/scaling.md).
 
-This module owns what is particular to scaling (no optuna here; the trials run through maskvlp.sweep):
-    rules      params derived per trial from its point (warmup, checkpoint cadence, lr by width)
+This module owns the analysis (no optuna here; the trials run through maskvlp.sweep, their params are
+derived by sweep.rules):
     FitSpec    the sweep file's `fit:` section, checked against the grid before anything runs
-    points     the finished trials read back from their run records (result.json, trial.json)
-    fit_study  the fits (maskvlp.scalingfit) per strategy: compute frontier, joint N/D form, held-out
-               check, bootstrap intervals, pairwise comparisons; JSON, Markdown, PNG and TensorBoard
+    points     the finished trials read back from their run records (sweep.records)
+    fit_study  the fits (sweep.fitforms) per strategy: compute frontier, the other forms (joint N/D),
+               held-out check, bootstrap intervals, pairwise comparisons; JSON, Markdown, PNG and TensorBoard
 """
 
 from __future__ import annotations
@@ -17,109 +17,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskvlp.runs import atomic_path, write_text_atomic
-
-# ----------------------------------------------------------------------------------- rules
-# rule -> (the params key it derives, what it needs, a one-line description for errors and docs)
-RULES: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "warmup_fraction": ("train.warmup_samples", ("train.samples",), "warmup = fraction x samples"),
-    "checkpoints": ("train.checkpoint_every_samples", ("train.samples",), "checkpoint every samples / n"),
-    "evaluations": ("train.eval_every_samples", ("train.samples",), "evaluate a val subset every samples / n"),
-    "lr": ("train.lr", ("model.vision",), "lr per 256 samples at width 128, x (width / 128)^lr_width_exponent"),
-    "samples_per_pair": ("train.samples", ("train.unique_pairs",), "samples seen = n x unique pairs (fixed epochs)"),
-}
-RULE_OPTIONS = ("lr_width_exponent",)
-REFERENCE_WIDTH = 128
+from maskvlp.runs import StudyPaths, atomic_path, write_text_atomic
+from maskvlp.sweep.fitforms import FORMS
+from maskvlp.sweep.records import finished_trials, metric_value
+from maskvlp.sweep.space import SweepSpecError, check_metric, grid_points, grid_size, objective_keys
 
 
 class ScalingError(ValueError):
-    """A scaling study's file or results cannot be used; the message names the key and what to do."""
-
-
-def _keys_set(base: dict[str, Any], space) -> set[str]:
-    """The params keys base and space set (a label: every key its choices expand into)."""
-    return set(base) | {k for p in space for choice in (p.choices or (None,)) for k in p.expand(choice)}
-
-
-def check_rules(rules: Any, base: dict[str, Any], space) -> None:
-    """Refuse unknown rules, bad values, a derived key that base or space also sets (which one would
-    win is not obvious), and a rule whose input no trial sets."""
-    from maskvlp.sweepspec import SweepSpecError
-
-    if not isinstance(rules, dict):
-        raise SweepSpecError("rules: must be a mapping such as {warmup_fraction: 0.1, checkpoints: 2}")
-    unknown = set(rules) - set(RULES) - set(RULE_OPTIONS)
-    if unknown:
-        known = ", ".join(f"{k} ({v[2]})" for k, v in RULES.items())
-        raise SweepSpecError(f"rules: unknown rule(s) {', '.join(sorted(unknown))}; known: {known}")
-    given = _keys_set(base, space)
-    for name, value in rules.items():
-        if name in RULE_OPTIONS:
-            if "lr" not in rules:
-                raise SweepSpecError(f"rules.{name}: needs rules.lr (the lr per 256 samples at width 128)")
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise SweepSpecError(f"rules.{name}: must be a number, got {value!r}")
-            continue
-        target, needs, _ = RULES[name]
-        ok = {
-            "warmup_fraction": isinstance(value, int | float) and 0 <= value < 1,
-            "checkpoints": isinstance(value, int) and value >= 1,
-            "evaluations": isinstance(value, int) and value >= 0,
-            "lr": isinstance(value, int | float) and value > 0,
-            "samples_per_pair": isinstance(value, int | float) and value > 0,
-        }[name] and not isinstance(value, bool)
-        if not ok:
-            want = {"warmup_fraction": "a fraction in [0, 1)", "checkpoints": "an integer >= 1"}
-            want |= {
-                "evaluations": "an integer >= 0",
-                "lr": "a positive number",
-                "samples_per_pair": "a positive number",
-            }
-            raise SweepSpecError(f"rules.{name}: must be {want[name]}, got {value!r}")
-        if target in given:
-            raise SweepSpecError(f"rules.{name}: derives {target}, which base or space also sets; drop one of the two")
-        derived = {RULES[r][0] for r in rules if r in RULES}
-        missing = [k for k in needs if k not in given and k not in derived]
-        if missing:
-            raise SweepSpecError(f"rules.{name}: needs {', '.join(missing)} in base or space to derive {target}")
-
-
-def derive(merged: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
-    """The params the rules derive from one trial's base + sampled values (pure). A rule whose input is
-    not in `merged` (the base alone, before a point is sampled) derives nothing."""
-    out: dict[str, Any] = {}
-    if "samples_per_pair" in rules and "train.unique_pairs" in merged:
-        out["train.samples"] = int(round(rules["samples_per_pair"] * merged["train.unique_pairs"]))
-    samples = out.get("train.samples", merged.get("train.samples"))
-    if samples is not None:
-        if "warmup_fraction" in rules:
-            out["train.warmup_samples"] = int(round(rules["warmup_fraction"] * samples))
-        if "checkpoints" in rules:
-            out["train.checkpoint_every_samples"] = max(1, math.ceil(samples / rules["checkpoints"]))
-        if "evaluations" in rules:
-            out["train.eval_every_samples"] = samples // rules["evaluations"] if rules["evaluations"] else 0
-    if "lr" in rules and "model.vision" in merged:
-        from maskvlp.model import VISION_PRESETS
-
-        width = VISION_PRESETS[merged["model.vision"]].width
-        out["train.lr"] = float(rules["lr"] * (width / REFERENCE_WIDTH) ** rules.get("lr_width_exponent", 0.0))
-    return out
+    """A scaling study's results cannot be used; the message says why and what to do."""
 
 
 # ------------------------------------------------------------------------------- fit spec
-FORM_NAMES = ("compute", "joint")
-
-
 @dataclass(frozen=True)
 class FitSpec:
     metric: str  # an evaluation metric key (or a run-record key)
     error: str  # "one_minus" (error = 1 - metric, for accuracies and recalls) | "value" (a loss)
     group: str  # the space key whose value names a curve (e.g. the label `strategy`)
-    forms: tuple[str, ...]  # compute, and joint where the grid varies model and data size
+    forms: tuple[str, ...]  # of sweep.fitforms.FORMS: compute, and joint where the grid varies model and data size
     target_compute: float | None  # where strategies are compared; None = the largest measured compute
     bootstrap: int = 500
     seed: int = 0
-    notes: tuple[str, ...] = field(default_factory=tuple)  # why a form was left out
+    notes: tuple[str, ...] = field(default_factory=tuple)  # the forms left out and why
 
     def error_of(self, value: float) -> float:
         return 1.0 - value if self.error == "one_minus" else value
@@ -127,23 +45,14 @@ class FitSpec:
 
 def _per_group(spec, group: str | None) -> dict[str, list[dict[str, Any]]]:
     """The grid's resolved points (params after labels and rules) by the value of the group key."""
-    from maskvlp.sweepspec import grid_points
-
     out: dict[str, list[dict[str, Any]]] = {}
     for values in grid_points(spec):
         out.setdefault(str(values.get(group, "all")), []).append(spec.resolve(values))
     return out
 
 
-def _count(points: list[dict[str, Any]], *keys: str) -> int:
-    return len({json.dumps([p.get(k) for k in keys], default=str) for p in points})
-
-
 def fit_spec(spec) -> FitSpec:
     """The sweep's `fit:` section, checked against its grid (without the params; see `validate_fit`)."""
-    from maskvlp.scalingfit import FORMS
-    from maskvlp.sweepspec import SweepSpecError, grid_size
-
     raw = dict(spec.fit)
     unknown = set(raw) - {"metric", "error", "group", "forms", "target_compute", "bootstrap", "seed"}
     if unknown:
@@ -159,32 +68,20 @@ def fit_spec(spec) -> FitSpec:
         raise SweepSpecError(f"fit.group: {group!r} is not a key of space ({', '.join(keys)})")
     if not math.isfinite(grid_size(spec)) or spec.sampler != "grid":
         raise SweepSpecError("fit: a scaling study is a grid: set sampler: {name: grid} with categorical axes")
-    by_group = _per_group(spec, group)
-    pts = min(by_group.values(), key=len)
-    per_group = len(pts)
-    models = _count(pts, "model.vision", "model.text")
-    datas = _count(pts, "train.unique_pairs")
-    computes = _count(pts, "model.vision", "model.text", "train.samples")
+    pts = min(_per_group(spec, group).values(), key=len)
     notes = []
     asked = raw.get("forms")
-    forms = tuple(asked) if asked else ("compute", "joint")
+    forms = tuple(asked) if asked else tuple(FORMS)
     for form in forms:
-        if form not in FORM_NAMES:
-            raise SweepSpecError(f"fit.forms: unknown form {form!r}; one of {', '.join(FORM_NAMES)}")
-    if computes <= len(FORMS["compute"]):
-        raise SweepSpecError(
-            f"fit: the grid has {computes} compute values per {group or 'study'} (model sizes x samples), fewer "
-            f"than the compute fit's {len(FORMS['compute'])} parameters + 1: add model sizes or samples values"
-        )
-    if "joint" in forms and (models < 2 or datas < 2 or per_group <= len(FORMS["joint"])):
-        why = (
-            f"the joint fit E + A/N^a + B/D^b needs >= 2 model sizes and >= 2 data sizes and more than "
-            f"{len(FORMS['joint'])} points per {group or 'study'}; the grid has {models} x {datas}, {per_group} points"
-        )
-        if asked:
-            raise SweepSpecError(f"fit.forms: {why}")
-        forms = tuple(f for f in forms if f != "joint")
-        notes.append(why)
+        if form not in FORMS:
+            raise SweepSpecError(f"fit.forms: unknown form {form!r}; one of {', '.join(FORMS)}")
+    for form in FORMS.values():
+        why = form.grid_problem(pts, group or "study") if form.required or form.name in forms else None
+        if why and (form.required or asked):
+            raise SweepSpecError(f"fit: {why}" if form.required else f"fit.forms: {why}")
+        if why:
+            forms = tuple(f for f in forms if f != form.name)
+            notes.append(f"{form.name} form left out: {why}")
     target = raw.get("target_compute")
     if target is not None and (not isinstance(target, int | float) or target <= 0):
         raise SweepSpecError(f"fit.target_compute: must be a positive number of FLOPs, got {target!r}")
@@ -199,17 +96,8 @@ def fit_spec(spec) -> FitSpec:
 
 def validate_fit(spec, cfg) -> FitSpec:
     """fit_spec, plus the metric checked against what evaluation produces for the base params."""
-    from maskvlp.sweepspec import RECORD_OBJECTIVES, SweepSpecError, objective_keys
-
     fs = fit_spec(spec)
-    known = objective_keys(cfg)
-    if fs.metric not in known:
-        near = sorted(k for k in known if k.split("/")[-1] == fs.metric.split("/")[-1])[:6]
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise SweepSpecError(
-            f"fit.metric: {fs.metric!r} is not produced by evaluation of {cfg.eval.datasets} "
-            f"nor a run-record key ({', '.join(RECORD_OBJECTIVES)}){hint}"
-        )
+    check_metric("fit.metric", fs.metric, cfg, objective_keys(cfg))
     return fs
 
 
@@ -234,38 +122,22 @@ class Point:
 
 def points(study_dir: Path, fs: FitSpec) -> tuple[list[Point], dict[str, int]]:
     """The finished, evaluated trials of a study folder, and counts of the trials left out by reason."""
-    from maskvlp.runs import list_runs
-
-    out, skipped = [], {}
-    for run in list_runs(study_dir):
-        task_file = run.paths.root / "trial.json"
-        if not task_file.is_file():
-            continue
-        r = run.result
-        value = r.get("eval", {}).get(fs.metric, r.get(fs.metric))
-        reason = None
-        if r.get("status") == "pruned":
-            reason = "pruned"
-        elif r.get("status") != "complete" or not r.get("eval"):
-            reason = "not finished"
-        elif not isinstance(value, int | float) or not math.isfinite(value):
-            reason = f"no {fs.metric}"
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        params = json.loads(task_file.read_text())["params"]
-        group = str(params.get(fs.group, r.get("masking", {}).get("label", "?"))) if fs.group else "all"
+    trials, skipped = finished_trials(study_dir, needs=fs.metric)
+    out = []
+    for t in trials:
+        r, value = t.result, metric_value(t.result, fs.metric)
+        group = str(t.params.get(fs.group, r.get("masking", {}).get("label", "?"))) if fs.group else "all"
         out.append(
             Point(
-                str(run.paths.root),
+                str(t.root),
                 group,
-                params,
+                t.params,
                 float(r["train_flops"]),
                 int(sum(r["params_nonembedding"].values())),
                 int(r["unique_pairs"]),
                 int(r["samples_seen"]),
-                float(value),
-                fs.error_of(float(value)),
+                value,
+                fs.error_of(value),
                 float(r.get("wall_s", math.nan)),
                 float(r.get("images_per_s", math.nan)),
             )
@@ -277,7 +149,7 @@ def points(study_dir: Path, fs: FitSpec) -> tuple[list[Point], dict[str, int]]:
 def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
     import numpy as np
 
-    from maskvlp.scalingfit import band, fit, frontier, held_out
+    from maskvlp.sweep.fitforms import band, fit, frontier, held_out
 
     c = np.array([p.compute for p in pts])
     e = np.array([p.error for p in pts])
@@ -296,18 +168,18 @@ def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
         out["held_out"] = {**vars(h)}
     else:
         out["held_out"] = {"flagged": True, "message": f"{len(front)} frontier point(s): nothing to hold out"}
-    if "joint" in fs.forms:
-        n = np.array([p.model_size for p in pts], float)
-        d = np.array([p.data_size for p in pts], float)
-        j = fit("joint", e, n, d, bootstrap=fs.bootstrap, seed=fs.seed)
-        out["joint"] = j.to_dict()
-        out["_joint"] = j
+    for name in fs.forms:  # the other forms, on every point of the group (e.g. joint: N and D)
+        if name != "compute":
+            xs = [np.array([getattr(p, x) for p in pts], float) for x in FORMS[name].inputs]
+            other = fit(name, e, *xs, bootstrap=fs.bootstrap, seed=fs.seed)
+            out[name] = other.to_dict()
+            out[f"_{name}"] = other
     return out
 
 
 def fit_study(pts: list[Point], fs: FitSpec) -> dict[str, Any]:
     """Every fit of a study's points, per group (strategy), and a sentence per pair of groups."""
-    from maskvlp.scalingfit import compare
+    from maskvlp.sweep.fitforms import compare
 
     if not pts:
         raise ScalingError("no finished, evaluated trial to fit: run the study first (maskvlp sweep FILE)")
@@ -374,7 +246,7 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
     lines += [
         "## Fits",
         "",
-        "Compute form `err = E + A (C / C0)^-alpha` on each group's frontier; 95% bootstrap intervals.",
+        f"Compute form `err = {FORMS['compute'].formula}` on each group's frontier; 95% bootstrap intervals.",
         "",
     ]
     for g, r in result["groups"].items():
@@ -388,10 +260,10 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
         lines.append(
             f"  held-out check: {'FLAGGED: ' if r['held_out']['flagged'] else 'ok: '}{r['held_out']['message']}"
         )
-        if "joint" in r:
-            lines.append(f"- **{g}**, joint `E + A (N/N0)^-a + B (D/D0)^-b`: {_fmt_fit(r['joint'])}")
-    for note in fs.notes:
-        lines.append(f"- joint form left out: {note}")
+        for name in fs.forms:
+            if name != "compute" and name in r:
+                lines.append(f"- **{g}**, {name} `{FORMS[name].formula}`: {_fmt_fit(r[name])}")
+    lines += [f"- {note}" for note in fs.notes]
     lines += ["", "## Strategies compared", ""]
     lines += [f"- {s}" for s in result["comparisons"]] or ["- one group only: nothing to compare"]
     return "\n".join(lines) + "\n"
@@ -408,7 +280,7 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
     import matplotlib.ticker
     import numpy as np
 
-    from maskvlp.scalingfit import band
+    from maskvlp.sweep.fitforms import band
 
     groups = sorted(result["groups"])
     colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
@@ -499,7 +371,7 @@ def write_outputs(
     public["notes"] = list(fs.notes)
     write_text_atomic(out_dir / "fits.json", json.dumps(public, indent=2, default=float) + "\n")
     write_text_atomic(out_dir / "summary.md", summary_markdown(name, result, pts, skipped, fs))
-    writer = SummaryWriter(str(study_dir / "scaling-fit"))
+    writer = SummaryWriter(str(StudyPaths(study_dir).fit_tensorboard))
     try:
         for key, fig in figures(result, pts, fs).items():
             with atomic_path(out_dir / f"{key}.png", suffix=".png") as tmp:

@@ -1,6 +1,6 @@
 """Scaling-law fits with honest uncertainty (pure functions over arrays; scipy does the fitting).
 
-Forms:
+Forms (FORMS, one `register` each: err = E + a sum of saturating power laws, one per input):
     compute  err(C)    = E + A * (C / C0)^-alpha             (saturating power law; C0 = geometric mean of C)
     joint    err(N, D) = E + A * (N / N0)^-a + B * (D / D0)^-b   (model size N, data size D)
 Normalising by the geometric mean keeps A of order one whatever the units (FLOPs are ~1e12).
@@ -16,8 +16,10 @@ whose refit failed. `frontier` keeps the compute-efficient points (no cheaper po
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,72 @@ MIN_DROP = 1e-3  # a fitted curve that falls less than this over the measured po
 # of them (4 points, 3 parameters: only 9% of resamples hold all 4), and the few that succeed are all
 # the same point set, which would give a zero-width "interval". Below this share, none is reported.
 MIN_BOOTSTRAP_OK = 0.5
-FORMS = {"compute": ("E", "A", "alpha"), "joint": ("E", "A", "a", "B", "b")}
+
+
+@dataclass(frozen=True)
+class FitForm:
+    """err = E + sum over inputs i of amplitude_i * (x_i / scale_i)^-exponent_i."""
+
+    name: str
+    terms: tuple[tuple[str, str], ...]  # per input: (amplitude, exponent) parameter names
+    scales: tuple[str, ...]  # per input: its normaliser (the geometric mean of the input)
+    inputs: tuple[str, ...]  # per input: the sweep.fit.Point attribute it is fitted on
+    exponent_starts: tuple[float, ...]  # the optimiser starts from each of these exponents
+    formula: str  # for the summary
+    grid_problem: Callable[[list[dict[str, Any]], str], str | None]  # why a group's grid points cannot fix it
+    required: bool = False  # the study fails without it (else it is left out with a note)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return ("E", *(name for term in self.terms for name in term))
+
+
+FORMS: dict[str, FitForm] = {}
+
+
+def register(form: FitForm) -> FitForm:
+    FORMS[form.name] = form
+    return form
+
+
+def distinct(points: list[dict[str, Any]], *keys: str) -> int:
+    """How many different values the params `keys` take together over the grid points."""
+    return len({json.dumps([p.get(k) for k in keys], default=str) for p in points})
+
+
+def _compute_problem(points: list[dict[str, Any]], group: str) -> str | None:
+    computes, n = distinct(points, "model.vision", "model.text", "train.samples"), len(FORMS["compute"].params)
+    if computes > n:
+        return None
+    return (
+        f"the grid has {computes} compute values per {group} (model sizes x samples), fewer "
+        f"than the compute fit's {n} parameters + 1: add model sizes or samples values"
+    )
+
+
+def _joint_problem(points: list[dict[str, Any]], group: str) -> str | None:
+    models, datas = distinct(points, "model.vision", "model.text"), distinct(points, "train.unique_pairs")
+    n = len(FORMS["joint"].params)
+    if models >= 2 and datas >= 2 and len(points) > n:
+        return None
+    return (
+        f"the joint fit E + A/N^a + B/D^b needs >= 2 model sizes and >= 2 data sizes and more than "
+        f"{n} points per {group}; the grid has {models} x {datas}, {len(points)} points"
+    )
+
+
+register(
+    FitForm(
+        "compute", (("A", "alpha"),), ("C0",), ("compute",), (0.1, 0.5, 1.5), "E + A (C / C0)^-alpha",
+        _compute_problem, required=True,
+    )
+)  # fmt: skip
+register(
+    FitForm(
+        "joint", (("A", "a"), ("B", "b")), ("N0", "D0"), ("model_size", "data_size"), (0.2, 0.7),
+        "E + A (N/N0)^-a + B (D/D0)^-b", _joint_problem,
+    )
+)  # fmt: skip
 
 
 @dataclass
@@ -54,7 +121,7 @@ class Fit:
             return ""
         return (
             f"no intervals: {self.bootstrap_failed:.0%} of bootstrap resamples could not be refitted "
-            f"(too few distinct points for {len(FORMS[self.form])} parameters)"
+            f"(too few distinct points for {len(FORMS[self.form].params)} parameters)"
         )
 
     def predict(self, *x: np.ndarray | float) -> np.ndarray:
@@ -75,11 +142,11 @@ class Fit:
 
 
 def _model(form: str, p: dict[str, float], scale: dict[str, float], *x) -> np.ndarray:
-    if form == "compute":
-        (c,) = x
-        return p["E"] + p["A"] * (np.asarray(c, float) / scale["C0"]) ** -p["alpha"]
-    n, d = (np.asarray(v, float) for v in x)
-    return p["E"] + p["A"] * (n / scale["N0"]) ** -p["a"] + p["B"] * (d / scale["D0"]) ** -p["b"]
+    f = FORMS[form]
+    out = p["E"]
+    for (amplitude, exponent), s, v in zip(f.terms, f.scales, x):
+        out = out + p[amplitude] * (np.asarray(v, float) / scale[s]) ** -p[exponent]
+    return out
 
 
 def _geomean(v: np.ndarray) -> float:
@@ -90,26 +157,22 @@ def _fit_once(form: str, xs: list[np.ndarray], y: np.ndarray, scale: dict[str, f
     """Least squares from several starts; ({} , why) when it fails."""
     from scipy.optimize import least_squares
 
-    names = FORMS[form]
+    fm = FORMS[form]
+    names, n_terms = fm.params, len(fm.terms)
     if len(y) <= len(names):
         return {}, f"{len(y)} points cannot determine {len(names)} parameters"
-    normed = [x / scale[k] for x, k in zip(xs, ("C0",) if form == "compute" else ("N0", "D0"))]
+    normed = [x / scale[k] for x, k in zip(xs, fm.scales)]
     lo_e, hi_e = 0.0, float(np.min(y))
     span = max(float(np.max(y) - np.min(y)), 1e-6)
 
     def resid(theta: np.ndarray) -> np.ndarray:
-        if form == "compute":
-            e, a, al = theta
-            return e + a * normed[0] ** -al - y
-        e, a, ea, b, eb = theta
-        return e + a * normed[0] ** -ea + b * normed[1] ** -eb - y
+        out = theta[0]
+        for i, x in enumerate(normed):
+            out = out + theta[1 + 2 * i] * x ** -theta[2 + 2 * i]
+        return out - y
 
-    if form == "compute":
-        lower, upper = [lo_e, 0.0, 0.0], [hi_e, np.inf, ALPHA_MAX]
-        starts = [[hi_e * f, span, al] for f in (0.0, 0.5, 0.9) for al in (0.1, 0.5, 1.5)]
-    else:
-        lower, upper = [lo_e, 0.0, 0.0, 0.0, 0.0], [hi_e, np.inf, ALPHA_MAX, np.inf, ALPHA_MAX]
-        starts = [[hi_e * f, span / 2, al, span / 2, al] for f in (0.0, 0.5, 0.9) for al in (0.2, 0.7)]
+    lower, upper = [lo_e, *[0.0, 0.0] * n_terms], [hi_e, *[np.inf, ALPHA_MAX] * n_terms]
+    starts = [[hi_e * f, *[span / n_terms, al] * n_terms] for f in (0.0, 0.5, 0.9) for al in fm.exponent_starts]
     best = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -125,9 +188,9 @@ def _fit_once(form: str, xs: list[np.ndarray], y: np.ndarray, scale: dict[str, f
         return {}, "the optimiser did not converge from any start"
     params = dict(zip(names, map(float, best.x)))
     for name, value in params.items():  # a parameter on its bound was not determined by the data
-        if name in ("alpha", "a", "b") and (value >= ALPHA_MAX * 0.999 or value <= 1e-6):
+        if name in {e for _, e in fm.terms} and (value >= ALPHA_MAX * 0.999 or value <= 1e-6):
             return {}, f"{name} = {value:.3g} sits on its bound [0, {ALPHA_MAX}]: the points do not fix it"
-        if name in ("A", "B") and value <= 1e-9:
+        if name in {a for a, _ in fm.terms} and value <= 1e-9:
             return {}, f"{name} = 0: no decrease with scale in these points"
     drop = float(np.max(-resid(best.x) + y) - np.min(-resid(best.x) + y))
     if drop < MIN_DROP:
@@ -136,14 +199,14 @@ def _fit_once(form: str, xs: list[np.ndarray], y: np.ndarray, scale: dict[str, f
 
 
 def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: int = 0) -> Fit:
-    """Fit `form` to error values y at x (compute: C; joint: N, D), with bootstrap intervals."""
+    """Fit `form` to error values y at its inputs x (compute: C; joint: N, D), with bootstrap intervals."""
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; one of {', '.join(FORMS)}")
     y = np.asarray(y, float)
     xs_ = [np.asarray(x, float) for x in xs]
     if any(np.any(x <= 0) for x in xs_):
         raise ValueError("scales (compute, model size, data size) must be positive")
-    scale = {"C0": _geomean(xs_[0])} if form == "compute" else {"N0": _geomean(xs_[0]), "D0": _geomean(xs_[1])}
+    scale = {s: _geomean(x) for s, x in zip(FORMS[form].scales, xs_)}
     params, message = _fit_once(form, xs_, y, scale)
     if not params:
         return Fit(form, False, message, len(y))
@@ -153,7 +216,7 @@ def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: i
     rng = np.random.default_rng(seed)
     for _ in range(bootstrap):
         idx = rng.integers(0, len(y), len(y))
-        if len({tuple(float(x[i]) for x in xs_) for i in idx}) <= len(FORMS[form]):
+        if len({tuple(float(x[i]) for x in xs_) for i in idx}) <= len(FORMS[form].params):
             failed += 1
             continue
         p, _ = _fit_once(form, [x[idx] for x in xs_], y[idx], scale)
@@ -166,7 +229,7 @@ def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: i
         result._samples = []  # type: ignore[attr-defined]  # no intervals (interval_note says why)
         return result
     result._samples = samples  # type: ignore[attr-defined]  # for prediction bands
-    for name in FORMS[form]:
+    for name in FORMS[form].params:
         values = [s[name] for s in samples]
         result.intervals[name] = (
             (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if values else (math.nan, math.nan)

@@ -5,7 +5,7 @@ there is one, skipping training when whole weights exist), reports the intermedi
 shared storage after each evaluation during training and stops when the pruner says so (state PRUNED,
 the partial run kept with its checkpoint and marked in result.json), evaluates, writes the trial's
 HParams session and tells the study. A job that dies before telling leaves its trial RUNNING; the
-driver reconciles it (driver.py). Preemption under Slurm works as for single runs (launch.TrainJob).
+driver reconciles it (driver.py). Preemption under Slurm works as for single runs (launch.PreemptibleJob).
 
 A job works only while it is its trial's *live attempt* (study.live_problem): the study in the storage
 is the instance the job was started for, and its trial is still RUNNING. It checks before it writes
@@ -25,13 +25,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maskvlp.launch import CooperativeStop, PreemptibleJob
 from maskvlp.runs import (
     FolderBusy,
     RunPaths,
@@ -41,10 +41,8 @@ from maskvlp.runs import (
     weights_complete,
     write_json_atomic,
 )
-from maskvlp.sweepspec import SweepSpec
+from maskvlp.sweep.space import SweepSpec
 
-TRIAL_FILE = "trial.json"  # what the driver hands a local trial process
-STOPPED_FILE = "stopped.json"  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved), not a crash
 LIVE_CHECK_S = 10.0  # how often a training job asks the storage whether it is still the live attempt
 FOLDER_WAIT_S = 300.0  # how long a job waits for the run folder while an older attempt still holds it
 EXIT_STOPPED, EXIT_NOT_LIVE = 3, 4  # a local trial process's exit codes besides 0 and a crash
@@ -56,7 +54,7 @@ class NotLive(RuntimeError):
 
 @dataclass
 class TrialTask:
-    """Everything a trial's job needs; JSON-serialisable (written to <run>/trial.json)."""
+    """Everything a trial's job needs; JSON-serialisable (written to RunPaths.trial, <run>/trial.json)."""
 
     cfg: dict[str, Any]  # the trial's complete, resolved params
     spec: dict[str, Any]  # the sweep file's mapping (re-parsed in the job)
@@ -129,8 +127,8 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
     STOPPED (a stop request: preemption, SIGTERM) leaves the trial RUNNING for the requeued job or the
     driver. Raises NotLive, before writing anything, when this job is not its trial's live attempt."""
     from maskvlp.params import config_from_dict
+    from maskvlp.sweep.spec import parse
     from maskvlp.sweep.study import live_problem, load_study
-    from maskvlp.sweepspec import parse
     from maskvlp.train import Abandoned, StopRequest
 
     spec = parse(task.spec)
@@ -203,7 +201,7 @@ def _attempt(task, spec, cfg, paths: RunPaths, study, stop, progress: bool, chec
             signalled = result["status"] == "stopped" and bool(getattr(stop, "requested", False))
             return {"state": "STOPPED" if signalled else "RANK", "rank": rank}
         if result["status"] == "stopped" and hook.pruned_at is None:
-            write_json_atomic(paths.root / STOPPED_FILE, {"attempt": task.number})
+            write_json_atomic(paths.stopped, {"attempt": task.number})
             return {"state": "STOPPED", "result": result}
         if hook.pruned_at is not None:
             check("before telling PRUNED")
@@ -229,40 +227,27 @@ def _attempt(task, spec, cfg, paths: RunPaths, study, stop, progress: bool, chec
     return {"state": "COMPLETE", "values": values}
 
 
-class TrialJob:
-    """The callable submitted to Slurm for one trial; checkpointable like launch.TrainJob: on preemption
-    the step checkpoint is saved, then the job is requeued and the trial continues (still RUNNING)."""
+class TrialJob(PreemptibleJob):
+    """The callable submitted to Slurm for one trial: on preemption the step checkpoint is saved, then the
+    job is requeued and the trial continues (still RUNNING), at most launcher.max_requeues times."""
 
     def __init__(self, task: TrialTask, requeues: int = 0):
-        self.task, self.requeues = task, requeues
+        super().__init__(requeues, task.cfg["launcher"]["max_requeues"])
+        self.task = task
+        self.by_hand = f"Trial {task.number}: the driver retries it from its checkpoint"
 
-    def __call__(self) -> dict[str, Any]:
-        from maskvlp.launch import CooperativeStop, LaunchError, export_torch_distributed
-
-        export_torch_distributed()
-        stop = CooperativeStop()
+    def run(self, stop: CooperativeStop) -> dict[str, Any]:
         try:
-            out = run_trial(self.task, stop=stop)
+            return run_trial(self.task, stop=stop)
         except (NotLive, FolderBusy) as exc:  # ends the job without a retry by submitit; the driver decides
             print(f"maskvlp trial job: {exc}", file=sys.stderr, flush=True)
             return {"state": "NOT_LIVE", "why": str(exc)}
-        if out["state"] == "STOPPED":
-            handler = stop.submitit_handler
-            if callable(handler):
-                handler(signal.SIGUSR2, None)
-            time.sleep(120)
-            raise LaunchError("stopped for preemption but the job was not requeued")
-        return out
 
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
+    def stopped(self, result: dict[str, Any]) -> bool:
+        return result["state"] == "STOPPED"
 
-        from maskvlp.launch import LaunchError
-
-        limit = self.task.cfg["launcher"]["max_requeues"]
-        if self.requeues >= limit:
-            raise LaunchError(f"trial {self.task.number}: preempted {self.requeues} times (launcher.max_requeues)")
-        return submitit.helpers.DelayedSubmission(TrialJob(self.task, self.requeues + 1))
+    def resumed(self) -> TrialJob:
+        return TrialJob(self.task, self.requeues + 1)
 
 
 def main(argv: list[str] | None = None) -> int:

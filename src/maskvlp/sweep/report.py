@@ -8,7 +8,7 @@ The report writes into its folder (default reports/sweeps/<name>/):
   pareto.csv               two objectives: the non-dominated trials
   *.png                    Optuna's matplotlib plots: history, importances, slice, contour, Pareto front
   summary.json             counts by state, best values and params (a DVC metrics file)
-  comparison.md/.json/.png with a `compare:` section (maskvlp.sweep.compare): mean and 95% interval
+  comparison.md/.json/.png with a `compare:` section (sweep.analyses, sweep.compare): mean and 95% interval
                            over seeds per strategy and metric, each claim tested in one sentence
 """
 
@@ -25,21 +25,16 @@ from optuna.trial import TrialState
 
 from maskvlp.progress import format_duration
 from maskvlp.runs import atomic_path, write_text_atomic
+from maskvlp.sweep.analyses import ANALYSES
+from maskvlp.sweep.liveness import driver_alive
+from maskvlp.sweep.space import SweepSpec
+from maskvlp.sweep.spec import open_study
 from maskvlp.sweep.study import Logical, is_finished, load_study, logical_trials, quiet_optuna
-from maskvlp.sweepspec import SweepSpec, SweepSpecError, parse
 
 
 def open_study_folder(name: str, runs_dir: str = "runs") -> tuple[dict[str, Any], SweepSpec, optuna.Study]:
     """The study started in <runs_dir>/<name> (its sweep.json says where the storage is)."""
-    from maskvlp.sweep.driver import SWEEP_FILE
-
-    info_path = Path(runs_dir) / name / SWEEP_FILE
-    if not info_path.is_file():
-        known = sorted(p.parent.name for p in Path(runs_dir).glob(f"*/{SWEEP_FILE}"))
-        hint = f"; studies here: {', '.join(known)}" if known else ""
-        raise SweepSpecError(f"no sweep '{name}' in {runs_dir}/ (no {info_path}){hint}")
-    info = json.loads(info_path.read_text())
-    spec = parse(info["spec"], str(info_path))
+    info, spec = open_study(name, runs_dir)
     return info, spec, load_study(spec, info["storage"])
 
 
@@ -105,10 +100,6 @@ def best_trial(study: optuna.Study, spec: SweepSpec) -> optuna.trial.FrozenTrial
     return max(pool, key=lambda t: sign * t.values[0])
 
 
-def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return sorted(study.best_trials, key=lambda t: t.number)
-
-
 def counts(groups: list[Logical], retries: int) -> dict[str, int]:
     out: dict[str, int] = {}
     for g in groups:
@@ -168,8 +159,6 @@ def status(name: str, runs_dir: str = "runs") -> str:
         )
     elif left:
         lines.append(f"  time left: unknown until a trial finishes ({left} trials to go)")
-    from maskvlp.sweep.driver import driver_alive
-
     driver = driver_alive(Path(runs_dir) / name)
     where = (
         f"pid {driver['pid']} on {driver['host']}"
@@ -293,7 +282,7 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
         ]
         md.append("with " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in best.params.items()) + " (best_params.yaml).")
     if len(spec.objectives) > 1:
-        front = pareto_front(study)
+        front = sorted(study.best_trials, key=lambda t: t.number)
         summary["pareto"] = [t.number for t in front]
         front_rows = [r for r in rows if r["number"] in set(summary["pareto"])]
         with atomic_path(out / "pareto.csv") as tmp, open(tmp, "w", newline="") as fh:
@@ -304,9 +293,8 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
     written, notes = plots(study, spec, out)
     compared = None
     if spec.compare:
-        from maskvlp.sweep.compare import compare_spec, write_comparison
-
-        compared, result = write_comparison(Path(runs_dir) / name, compare_spec(spec), out)
+        analysis = ANALYSES["compare"]
+        compared, result = analysis.write(Path(runs_dir) / name, analysis.check(spec), out)
         summary["comparison"] = {
             "claims": [{k: c[k] for k in ("budget", "better", "worse", "metric", "verdict")} for c in result["claims"]]
         }

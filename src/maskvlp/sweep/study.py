@@ -21,22 +21,21 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from maskvlp.sweepspec import SweepSpec, SweepSpecError, grid_values
+from maskvlp.runs import StudyPaths
+from maskvlp.sweep.space import SweepSpec, SweepSpecError, grid_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-JOURNAL = "study.journal"  # the default storage, in the study folder
 SPEC_ATTR = "maskvlp.fingerprint"
 INSTANCE_ATTR = "maskvlp.instance"  # a random id per created study: a job of a replaced study is told apart
 PASSWORD_ENV = "MASKVLP_STORAGE_PASSWORD"  # an RDB storage's password, never written to a file or printed
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def storage_url(study_dir: Path, storage: str | None) -> str:
     """The storage as a string: an RDB URL (`mysql+pymysql://...`, `postgresql://...`) or a journal
     file path (default: <study_dir>/study.journal)."""
-    return storage or str(study_dir / JOURNAL)
+    return storage or str(StudyPaths(study_dir).journal)
 
 
 def is_rdb(url: str) -> bool:
@@ -121,7 +120,7 @@ def make_sampler(spec: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSample
             return optuna.samplers.QMCSampler(seed=spec.seed, **opts)  # the sequence is resumed by count
         if spec.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, **opts)
-        return _GridSampler(grid_space(spec), seed=spec.seed, **opts)
+        return _GridSampler(grid_values(spec), seed=spec.seed, **opts)
     except TypeError as exc:
         raise SweepSpecError(f"sampler: {exc}") from exc
 
@@ -132,10 +131,6 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         pass
-
-
-def grid_space(spec: SweepSpec) -> dict[str, list[Any]]:
-    return grid_values(spec)
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:

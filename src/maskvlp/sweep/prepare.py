@@ -1,0 +1,124 @@
+"""A sweep made ready to run, everything checked before anything is submitted: the sweep file with the
+command line's changes (parsed once), the params with its base, the analyses' sections, the shards, every
+grid point, where the study lives, and the share of the cores each local trial gets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maskvlp.config import Config
+from maskvlp.params import load_config
+from maskvlp.runs import RunPaths, StudyPaths
+from maskvlp.sweep import analyses
+from maskvlp.sweep.space import SweepSpec, SweepSpecError, grid_points, grid_size
+from maskvlp.sweep.spec import load, validate
+from maskvlp.sweep.study import storage_url, take_password
+
+GRID_CHECK_LIMIT = 2000  # grids up to this many points get every point loaded before anything runs
+
+
+@dataclass
+class Sweep:
+    """A sweep ready to run: the spec (with command-line changes; spec.raw is what the jobs parse), where
+    the study lives, and how trials are configured."""
+
+    spec: SweepSpec
+    params: str | None
+    base_cfg: Config
+    study_dir: Path
+    storage: str
+    executor: str
+    cpu_sets: list[frozenset[int]]  # local trials: the CPUs of each of the `parallel` slots (empty for Slurm)
+
+    @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(self.study_dir)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "spec": self.spec.raw,
+            "fingerprint": self.spec.fingerprint(),
+            "storage": self.storage,
+            "params": self.params,
+            "executor": self.executor,
+        }
+
+
+def prepare(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    params: str | None = "params.yaml",
+    n_trials: int | None = None,
+    parallel: int | None = None,
+    storage: str | None = None,
+) -> Sweep:
+    """Load and validate everything before anything is submitted: the sweep file, the params with the
+    sweep's base and `--set` overrides (merged into the base: they define the study), the shards."""
+    from maskvlp.data.shards import check_manifest, load_manifest
+
+    spec = load(path, overrides, n_trials, parallel)
+    cfg = validate(spec, params)
+    if spec.sampler == "grid" and spec.n_trials > grid_size(spec):
+        raise SweepSpecError(f"n_trials: {spec.n_trials} exceeds the grid's {int(grid_size(spec))} points")
+    analyses.validate(spec, cfg)
+    try:
+        check_manifest(cfg, load_manifest(cfg.data.out_dir))
+    except FileNotFoundError as exc:
+        raise SweepSpecError(f"data: {exc}") from exc  # load_manifest says how to make the shards
+    if spec.sampler == "grid":
+        check_grid(spec, params)
+    study_dir = Path(cfg.train.runs_dir) / spec.name
+    url = take_password(storage_url(study_dir, storage))  # a password moves to the environment
+    executor = cfg.launcher.executor
+    cpu_sets = cpu_slots(sorted(os.sched_getaffinity(0)), spec.parallel) if executor == "local" else []
+    return Sweep(spec, params, cfg, study_dir, url, executor, cpu_sets)
+
+
+def check_grid(spec: SweepSpec, params: str | None) -> None:
+    """Every point of a grid (up to GRID_CHECK_LIMIT) through the params validation, and its data size
+    against the shards: a combination the config refuses, or more unique pairs than the train split
+    holds, is refused here, naming the point, instead of failing as a trial later."""
+    from maskvlp.config import ConfigError
+    from maskvlp.data.shards import ShardError, first_pairs
+
+    if grid_size(spec) > GRID_CHECK_LIMIT:
+        return
+    for values in grid_points(spec):
+        try:
+            cfg = load_config(params, spec.overrides(values))
+            first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)
+        except (ConfigError, ShardError) as exc:
+            point = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise SweepSpecError(f"space: the grid point {point} is refused: {exc}") from exc
+
+
+def cpu_slots(cpus: list[int], parallel: int) -> list[frozenset[int]]:
+    """The driver's CPUs split into `parallel` slots, one per local trial process: contiguous, as even as
+    possible (8 CPUs, parallel 3: 3+3+2); with more slots than CPUs, slots share CPUs round-robin.
+    A trial process is pinned to its slot, so its CPU share (cpushare.py: torch threads, loader
+    workers) follows from its affinity mask as for any process started under taskset."""
+    if parallel >= len(cpus):
+        return [frozenset({cpus[i % len(cpus)]}) for i in range(parallel)]
+    size, extra = divmod(len(cpus), parallel)
+    slots, start = [], 0
+    for i in range(parallel):
+        end = start + size + (1 if i < extra else 0)
+        slots.append(frozenset(cpus[start:end]))
+        start = end
+    return slots
+
+
+def trial_config(sw: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
+    """The trial's complete params: params.yaml + base + sampled values, in its own run folder."""
+    extra = [
+        f"train.runs_dir={run_dir.parent}",
+        f"train.run_name={run_dir.name}",
+        f"eval.metrics_file={RunPaths(run_dir).eval_dir() / 'summary.json'}",
+        f"launcher.job_name={sw.spec.name}-{run_dir.name}",
+    ]
+    return load_config(sw.params, sw.spec.overrides(values) + extra)

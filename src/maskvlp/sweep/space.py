@@ -1,0 +1,279 @@
+"""The sweep file's data model: a study's search space, objectives and settings (no optuna here).
+
+    name: masking                      # the study: runs/<name>/trial-NNNN/
+    base: {train.samples: 15000}       # overrides on params.yaml for every trial
+    space:                             # params keys -> distributions
+      masking.ratio: {type: float, low: 0.3, high: 0.8, step: 0.05}
+      masking.anchor_ratio: {type: float, low: 0.01, high: 0.2, log: true}
+      masking.features: {type: categorical, choices: [rgb, rgb+embed]}
+      masking.threshold: {type: float, low: 0.2, high: 0.9, when: {masking.strategy: cluster}}
+      model: {choices: [w64, w128], set: [model.vision, model.text]}     # a label: one value, several keys
+      strategy:                        # a label whose choices are named bundles of params
+        choices: {none: {masking.strategy: none}, random: {masking.strategy: random, masking.ratio: 0.5}}
+    rules: {warmup_fraction: 0.1}      # params derived per trial (maskvlp.sweep.rules)
+    fit: {metric: zeroshot/objects/top1}   # scaling studies: what `maskvlp scaling-fit` fits (sweep.fit)
+    compare: {group: strategy, seeds: train.seed}   # strategies over seeds (maskvlp.sweep.compare)
+    objectives:                        # metric keys of evaluation or of the run record
+      - {metric: zeroshot/objects/top1, direction: maximize}
+      - {metric: train_flops, direction: minimize}
+    sampler: {name: tpe, seed: 0}      # tpe | random | grid | nsga2 | qmc
+    pruner: {name: median}             # median | successive_halving | hyperband | none
+    n_trials: 24
+    parallel: 2
+    retries: 1
+
+sweep.spec parses and validates a file into a SweepSpec; every check raises SweepSpecError naming the
+key, so a bad file is refused before any job exists.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from maskvlp.config import Config
+from maskvlp.sweep.rules import derive
+
+SAMPLERS = ("tpe", "random", "grid", "nsga2", "qmc")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+DIRECTIONS = ("maximize", "minimize")
+TYPES = ("float", "int", "categorical")
+# run-record keys (result.json) an objective may name besides the evaluation metrics
+RECORD_OBJECTIVES = ("train_flops", "wall_s", "images_per_s", "train_loss")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SweepSpecError(ValueError):
+    """The sweep file is invalid; the message names the key and what to do."""
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # a params key, e.g. masking.ratio
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    when: dict[str, Any] = field(default_factory=dict)  # sampled only when these (base) params hold
+    sets: tuple[str, ...] = ()  # a label (key without a dot): the chosen value goes to each of these keys
+    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)  # a label: choice name -> params
+
+    @property
+    def is_label(self) -> bool:
+        return bool(self.sets or self.bundles)
+
+    def expand(self, value: Any) -> dict[str, Any]:
+        """The params keys this parameter's value sets: itself, each of `sets`, or the chosen bundle."""
+        if self.bundles:
+            return dict(self.bundles[value])
+        if self.sets:
+            return {k: value for k in self.sets}
+        return {self.key: value}
+
+    def identity(self) -> dict[str, Any]:
+        out = {k: v for k, v in vars(self).items() if k not in ("sets", "bundles")} | {"choices": list(self.choices)}
+        if self.is_label:  # only for labels, so the fingerprints of studies from before labels stay the same
+            out |= {"sets": list(self.sets), "bundles": self.bundles}
+        return out
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: dict[str, Any]
+    space: tuple[Param, ...]
+    objectives: tuple[Objective, ...]
+    sampler: str = "tpe"
+    seed: int = 0
+    pruner: str = "median"
+    n_trials: int = 20
+    parallel: int = 1
+    retries: int = 1
+    sampler_options: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the sampler
+    pruner_options: dict[str, Any] = field(default_factory=dict)  # of the pruner, e.g. n_startup_trials
+    rules: dict[str, Any] = field(default_factory=dict)  # params derived per trial (sweep.rules.RULES)
+    fit: dict[str, Any] = field(default_factory=dict)  # scaling studies: the fit (sweep.fit.FitSpec)
+    compare: dict[str, Any] = field(default_factory=dict)  # strategies over seeds (sweep.compare)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the mapping parsed:
+    # what sweep.json stores and each trial's job parses again
+
+    def fingerprint(self) -> str:
+        """What makes a study this study: base, space, rules and objectives (not n_trials, parallel,
+        retries, sampler, pruner, fit or launcher.* keys, which may change between runs of the same study)."""
+        import hashlib
+        import json
+
+        ident = {
+            "base": {k: v for k, v in self.base.items() if not k.startswith("launcher.")},  # where, not what
+            "space": [p.identity() for p in self.space],
+            "objectives": [vars(o) for o in self.objectives],
+        }
+        if self.rules:
+            ident["rules"] = self.rules
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The params of one trial as {key: value}: the base, the sampled values (labels expanded into
+        the keys they set), then the keys the rules derive from those."""
+        merged = dict(self.base)
+        by_key = {p.key: p for p in self.space}
+        for key, value in values.items():
+            merged.update(by_key[key].expand(value) if key in by_key else {key: value})
+        return {**merged, **derive(merged, self.rules)}
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        """`key=value` overrides of one trial (see `resolve`)."""
+        return [f"{k}={yaml_value(v)}" for k, v in self.resolve(values).items()]
+
+
+def yaml_value(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def fail(key: str, message: str) -> SweepSpecError:
+    return SweepSpecError(f"{key}: {message}")
+
+
+def param(key: str, raw: Any) -> Param:
+    """One entry of `space:` (a params key, or a label: see `_label`)."""
+    where = f"space.{key}"
+    if not isinstance(raw, dict):
+        raise fail(where, "must be a mapping such as {type: float, low: 0.1, high: 0.9}")
+    kind = raw.get("type", "categorical" if "choices" in raw else "float")
+    if kind not in TYPES:
+        raise fail(where, f"type must be one of {', '.join(TYPES)}, got {kind!r}")
+    unknown = set(raw) - {"type", "low", "high", "step", "log", "choices", "when", "set"}
+    if unknown:
+        raise fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
+    when = raw.get("when") or {}
+    if not isinstance(when, dict):
+        raise fail(f"{where}.when", "must map params keys to the values that enable this parameter")
+    if "." not in key:
+        return _label(key, kind, raw, dict(when))
+    if "set" in raw:
+        raise fail(f"{where}.set", "only a label (a key without a dot, e.g. `model`) sets other keys")
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise fail(f"{where}.choices", "a categorical parameter needs a non-empty list of choices")
+        return Param(key, kind, choices=tuple(choices), when=dict(when))
+    if "low" not in raw or "high" not in raw:
+        raise fail(where, f"a {kind} parameter needs low and high")
+    low, high = raw["low"], raw["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise fail(where, f"low and high must be numbers, got {low!r} and {high!r}")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
+        raise fail(where, f"an int parameter needs whole low and high, got {low!r} and {high!r}")
+    if not low < high:
+        raise fail(where, f"empty or inverted range: low {low} must be below high {high}")
+    log, step = bool(raw.get("log", False)), raw.get("step")
+    if log and low <= 0:
+        raise fail(where, f"a log range must be positive (it cannot cross 0), got low {low}")
+    if step is not None and (log or not isinstance(step, (int, float)) or step <= 0 or step > high - low):
+        raise fail(f"{where}.step", f"must be a positive number no larger than high - low, and not with log: {step!r}")
+    return Param(key, kind, float(low), float(high), None if step is None else float(step), log, when=dict(when))
+
+
+def _label(key: str, kind: str, raw: dict[str, Any], when: dict[str, Any]) -> Param:
+    """A label: a categorical whose value is a name. Either `set: [keys]` (the value goes to each key,
+    e.g. one model size for both towers) or `choices: {name: {params key: value, ...}}` (named bundles,
+    e.g. a masking strategy with its ratio)."""
+    where = f"space.{key}"
+    if not NAME.match(key):
+        raise fail(where, "a label must be a plain name (letters, digits, _ . -)")
+    if kind != "categorical":
+        raise fail(where, "a key without a dot is a label and must be categorical (params keys have dots)")
+    choices, sets = raw.get("choices"), raw.get("set")
+    if isinstance(choices, dict):
+        if not choices:
+            raise fail(f"{where}.choices", "a label needs at least one named choice")
+        if sets is not None:
+            raise fail(f"{where}.set", "give either set: [keys] or choices as named bundles, not both")
+        bundles = {}
+        for name, bundle in choices.items():
+            if not isinstance(bundle, dict) or not bundle or not all(isinstance(k, str) and "." in k for k in bundle):
+                raise fail(f"{where}.choices.{name}", "must map params keys to values, e.g. {masking.strategy: none}")
+            bundles[str(name)] = dict(bundle)
+        return Param(key, kind, choices=tuple(bundles), when=when, bundles=bundles)
+    if not isinstance(choices, list) or not choices:
+        raise fail(f"{where}.choices", "a label needs a non-empty list of choices (with set:) or named bundles")
+    if not isinstance(sets, list) or not sets or not all(isinstance(k, str) and "." in k for k in sets):
+        raise fail(
+            where,
+            "a key without a dot is a label: give `set: [params keys]` for its list of choices, or choices as "
+            "named bundles {name: {key: value}}; or name a params key such as masking.ratio",
+        )
+    return Param(key, kind, choices=tuple(choices), when=when, sets=tuple(sets))
+
+
+def objective_keys(cfg: Config) -> set[str]:
+    """Metric keys evaluation can produce for cfg's eval.datasets, plus the run-record keys."""
+    from maskvlp.evalsets import dataset_name
+    from maskvlp.metrics import TASK_METRICS
+
+    keys = set(RECORD_OBJECTIVES)
+    for spec in cfg.eval.datasets:
+        name = dataset_name(spec)
+        keys |= {f"{task}/{name}/{m}" for task, metrics in TASK_METRICS.items() for m in metrics}
+    return keys
+
+
+def check_metric(where: str, metric: str, cfg: Config, known: set[str], records: bool = True) -> None:
+    """Refuse a metric key that evaluation of cfg's eval.datasets does not produce (nor the run record,
+    unless `records` is False), hinting at the keys of the same last part."""
+    if metric in known:
+        return
+    near = sorted(k for k in known if k.split("/")[-1] == metric.split("/")[-1])[:6]
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    also = f" nor a run-record key ({', '.join(RECORD_OBJECTIVES)})" if records else ""
+    raise fail(where, f"{metric!r} is not produced by evaluation of {cfg.eval.datasets}{also}{hint}")
+
+
+def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
+    """The values each parameter of a grid takes (categoricals: their choices; numbers: low..high by step)."""
+    space = {}
+    for p in spec.space:
+        if p.type == "categorical":
+            space[p.key] = list(p.choices)
+            continue
+        n = int((p.high - p.low) / (p.step or 1) + 1e-9) + 1
+        values = [p.low + i * (p.step or 1) for i in range(n)]
+        space[p.key] = [int(round(v)) for v in values] if p.type == "int" else [round(v, 12) for v in values]
+    return space
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every point of the grid as {parameter: value}."""
+    import itertools
+
+    space = grid_values(spec)
+    return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+
+
+def grid_size(spec: SweepSpec) -> float:
+    """Points of the full grid (inf when a float has no step)."""
+    return grid_size_of(spec.space)
+
+
+def grid_size_of(space: tuple[Param, ...]) -> float:
+    total = 1.0
+    for p in space:
+        if p.type == "categorical":
+            total *= len(p.choices)
+        elif p.step is None and p.type == "float":
+            return math.inf
+        else:
+            total *= math.floor((p.high - p.low) / (p.step or 1) + 1e-9) + 1
+    return total

@@ -1,0 +1,199 @@
+"""A sweep file (sweeps/*.yaml; the format: sweep.space) parsed, with its rules and analysis sections, and
+validated against params.yaml before anything runs; `load` merges the command line's changes and parses
+once; `open_study` reads a started study's spec back from its folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskvlp.config import Config, ConfigError
+from maskvlp.params import load_config
+from maskvlp.runs import StudyPaths
+from maskvlp.sweep import analyses
+from maskvlp.sweep.rules import check_rules
+from maskvlp.sweep.space import (
+    DIRECTIONS,
+    NAME,
+    PRUNERS,
+    RECORD_OBJECTIVES,
+    SAMPLERS,
+    Objective,
+    SweepSpec,
+    SweepSpecError,
+    check_metric,
+    fail,
+    grid_size_of,
+    objective_keys,
+    param,
+    yaml_value,
+)
+
+TOP_LEVEL = ("name", "base", "space", "objectives", "sampler", "pruner", "n_trials", "parallel", "retries", "rules")
+
+
+def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
+    """A SweepSpec from the loaded YAML mapping (structure and ranges; see `validate` for params)."""
+    if not isinstance(raw, dict):
+        raise SweepSpecError(f"{origin}: expected a mapping with name, space and objectives")
+    unknown = set(raw) - {*TOP_LEVEL, *analyses.ANALYSES}
+    if unknown:
+        raise fail(", ".join(sorted(unknown)), f"unknown top-level key(s) in {origin}")
+    name = str(raw.get("name", ""))
+    if not NAME.match(name):
+        raise fail("name", f"must be a folder-safe study name (letters, digits, _ . -), got {name!r}")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise fail("base", "must map params keys to values, e.g. {train.samples: 15000}")
+    space_raw = raw.get("space")
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise fail("space", "must map at least one params key to a distribution")
+    space = tuple(param(k, v) for k, v in space_raw.items())
+    objectives_raw = raw.get("objectives")
+    if not isinstance(objectives_raw, list) or not objectives_raw:
+        raise fail("objectives", "must list at least one {metric: KEY, direction: maximize|minimize}")
+    objectives = []
+    for i, o in enumerate(objectives_raw):
+        if not isinstance(o, dict) or "metric" not in o:
+            raise fail(f"objectives[{i}]", "must be {metric: KEY, direction: maximize|minimize}")
+        direction = o.get("direction", "maximize")
+        if direction not in DIRECTIONS:
+            raise fail(f"objectives[{i}].direction", f"must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        objectives.append(Objective(str(o["metric"]), direction))
+    sampler_raw = raw.get("sampler") or {}
+    if not isinstance(sampler_raw, dict):
+        raise fail("sampler", "must be a mapping such as {name: tpe, seed: 0}")
+    sampler = sampler_raw.get("name", "nsga2" if len(objectives) > 1 else "tpe")
+    if sampler not in SAMPLERS:
+        raise fail("sampler.name", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler == "grid" and any(p.type == "float" and p.step is None for p in space):
+        raise fail("sampler.name", "grid needs a step for every float parameter (or categorical choices)")
+    pruner_raw = raw.get("pruner") or {}
+    if not isinstance(pruner_raw, dict):
+        raise fail("pruner", "must be a mapping such as {name: median, n_startup_trials: 5}")
+    pruner = pruner_raw.get("name", "median")
+    if pruner not in PRUNERS:
+        raise fail("pruner.name", f"must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    if pruner != "none" and len(objectives) > 1:
+        raise fail("pruner.name", "pruning needs a single objective; set pruner: {name: none} for two objectives")
+    ints = {}
+    whole_grid = int(grid_size_of(space)) if sampler == "grid" and math.isfinite(grid_size_of(space)) else 20
+    for key, default, minimum in (("n_trials", whole_grid, 1), ("parallel", 1, 1), ("retries", 1, 0)):
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise fail(key, f"must be an integer >= {minimum}, got {value!r}")
+        ints[key] = value
+    seed = sampler_raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise fail("sampler.seed", f"must be an integer, got {seed!r}")
+    rules = raw.get("rules") or {}
+    try:
+        check_rules(rules, base, space)
+    except ValueError as exc:
+        raise SweepSpecError(str(exc)) from None
+    spec = SweepSpec(
+        name,
+        dict(base),
+        space,
+        tuple(objectives),
+        sampler,
+        seed,
+        pruner,
+        **ints,
+        sampler_options={k: v for k, v in sampler_raw.items() if k not in ("name", "seed")},
+        pruner_options={k: v for k, v in pruner_raw.items() if k != "name"},
+        rules=dict(rules),
+        **analyses.sections(raw),
+        raw=dict(raw),
+    )
+    analyses.check(spec, present=set(raw))  # refuse a bad section before any trial runs
+    return spec
+
+
+def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: list[str] | None = None) -> Config:
+    """Check the spec against params.yaml: base and every space key are params keys whose extreme values
+    the config accepts (with the parameter's `when` values set, which checks those keys too), and every
+    objective is a key evaluation produces. Returns the base config. (The `fit:` and `compare:`
+    sections are checked against it by sweep.analyses.validate.)"""
+    base_overrides = spec.overrides({}) + list(extra or [])
+    try:
+        cfg = load_config(params, base_overrides)
+    except ConfigError as exc:
+        raise SweepSpecError(f"base: {exc}") from exc
+    for p in spec.space:
+        values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
+        if p.type == "int":
+            values = [int(v) for v in values]
+        for value in values:
+            try:
+                load_config(
+                    params,
+                    [
+                        *base_overrides,
+                        *(f"{k}={yaml_value(v)}" for k, v in p.when.items()),
+                        *(f"{k}={yaml_value(v)}" for k, v in p.expand(value).items()),
+                    ],
+                )
+            except ConfigError as exc:
+                raise SweepSpecError(f"space.{p.key}: value {value!r} is refused by the params: {exc}") from exc
+    known = objective_keys(cfg)
+    for i, o in enumerate(spec.objectives):
+        check_metric(f"objectives[{i}].metric", o.metric, cfg, known)
+    if spec.pruner != "none":
+        if spec.objectives[0].metric in RECORD_OBJECTIVES:
+            raise fail(
+                "pruner.name", f"pruning needs an evaluation metric objective, not {spec.objectives[0].metric!r}"
+            )
+        if cfg.train.eval_every_samples <= 0:
+            raise fail(
+                "pruner.name",
+                "pruning needs evaluations during training: set train.eval_every_samples > 0 in base "
+                "(or pruner: {name: none})",
+            )
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` items as {key: value} (values read as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SweepSpecError(f"--set {item}: must look like key=value, e.g. train.samples=5000")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load(
+    path: str | Path, overrides: list[str] | None = None, n_trials: int | None = None, parallel: int | None = None
+) -> SweepSpec:
+    """The sweep file, with `--set` overrides merged into its base (they define the study) and the
+    command line's n_trials and parallel in place of the file's; parsed once."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepSpecError(f"sweep file '{path}' not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SweepSpecError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(raw, dict):
+        raw["base"] = {**(raw.get("base") or {}), **parse_set(overrides or [])}
+        for key, value in (("n_trials", n_trials), ("parallel", parallel)):
+            if value is not None:
+                raw[key] = value
+    return parse(raw, str(path))
+
+
+def open_study(name: str, runs_dir: str | Path = "runs") -> tuple[dict[str, Any], SweepSpec]:
+    """The study started in <runs_dir>/<name>: its sweep.json (spec, storage, params) and the spec."""
+    info_path = StudyPaths(Path(runs_dir) / name).info
+    if not info_path.is_file():
+        known = sorted(p.parent.name for p in Path(runs_dir).glob(f"*/{info_path.name}"))
+        hint = f"; studies here: {', '.join(known)}" if known else ""
+        raise SweepSpecError(f"no study '{name}' in {runs_dir}/ (no {info_path}){hint}")
+    info = json.loads(info_path.read_text())
+    return info, parse(info["spec"], str(info_path))
