@@ -5,7 +5,8 @@ Always on full (unmasked) images, on the sets of `eval.datasets` or `--dataset S
 labels (synthetic: "colour shape", emoji: its name, folder/shards: label_name); a linear probe where
 the set has a train split; composition where samples carry negatives (json "negatives":
 {"attribute"|"relation"|"object": str}, so SugarCrepe-like data plugs in). What a set cannot support
-is skipped with a note. Metric keys: <task>/<set>/<metric>, e.g. zeroshot/objects/top1.
+is skipped with a note. Metric keys: <task>/<set>/<metric>, e.g. zeroshot/objects/top1. The tasks
+themselves are evaltasks.py's and linearprobe.py's; this module runs them per set and writes the results.
 """
 
 from __future__ import annotations
