@@ -143,6 +143,7 @@ def test_pretrain_masks_report_and_a_sweep_space_take_it(registered, shards, tmp
             "space": {"masking.stripe_width": {"type": "categorical", "choices": [1, 2]}},
             "objectives": [{"metric": "zeroshot/objects/top1", "direction": "maximize"}],
             "sampler": {"name": "grid"},
+            "pruner": {"name": "none"},
         }
     )
     validate(spec, None, overrides)
