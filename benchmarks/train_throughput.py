@@ -45,13 +45,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark's open_c
 
 from maskvlp.config import CLIP_MEAN, CLIP_STD  # noqa: E402
 from maskvlp.data.transforms import normalize  # noqa: E402
+from maskvlp.flops import mask_flops, sample_flops  # noqa: E402
 from maskvlp.loss import clip_loss  # noqa: E402
-from maskvlp.masking import (  # noqa: E402
-    compute_mask,
-    mask_flops_per_image,
-    num_keep,
-    strategy_config,  # noqa: E402
-)
+from maskvlp.masking import compute_mask, num_keep, strategy_config  # noqa: E402
 from maskvlp.model import CLIP, VOCAB_SIZE  # noqa: E402
 
 EOT = VOCAB_SIZE - 1
@@ -164,8 +160,10 @@ def step_flops(model: CLIP, cfg: dict, strategy: str, ratio: float, tower: str, 
     """Training FLOPs of one step (docs/records.md): kept tokens through the tower(s), plus the mask's cost."""
     grid = model.visual.num_patches
     kept = grid if strategy == "none" else num_keep(grid, ratio)
-    towers = model.train_flops_per_sample(kept) if tower == "both" else vision_flops(model, kept)
-    return batch * (towers + (mask_flops_per_image(grid, cfg["patch"], ANCHOR_RATIO) if strategy == "cluster" else 0.0))
+    k = strategy_config(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
+    if tower == "both":
+        return batch * sample_flops(model, k, kept)
+    return batch * (vision_flops(model, kept) + mask_flops(model, k))
 
 
 def vision_flops(model: CLIP, kept: int) -> float:

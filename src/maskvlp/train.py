@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from maskvlp import flops
 from maskvlp.accumulate import ACCUMULATORS
 from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_weights
 from maskvlp.config import Config, to_dict, to_yaml
@@ -34,7 +35,7 @@ from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, any_rank, init_distributed
 from maskvlp.evaltasks import SubsetEvaluator
 from maskvlp.launch import CooperativeStop, PreemptibleJob
-from maskvlp.masking import MaskContext, MaskResult, calibrate, describe, get_strategy, make_mask, mask_flops
+from maskvlp.masking import MaskContext, MaskResult, calibrate, describe, get_strategy, make_mask
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict
 from maskvlp.resources import CpuShare, cpu_share_applied, loader_hint
@@ -146,12 +147,6 @@ def choose_mask(
         weight = get_strategy(k.strategy).embed_weight(k, samples_seen)
         embed_tokens = model.visual.patch_tokens(images) if weight > 0 else None
         return make_mask(images, k, MaskContext(cfg.model.patch_size, gen, embed_tokens, weight))
-
-
-def _mask_flops(cfg: Config, model: CLIP, k: Any, samples_seen: int) -> float:
-    """The mask's own cost per image under `k` (the strategy's mask_flops, counted at `samples_seen`)."""
-    width = model.visual.patch_embed.weight.shape[0]
-    return mask_flops(k, model.visual.num_patches, cfg.model.patch_size, width, samples_seen)
 
 
 def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -387,6 +382,8 @@ def train_step(s: Session) -> StepOut:
     for group in s.optimizer.param_groups:
         group["lr"] = lr_at(s.step, s.budget)
     micros, ratio_sum, coverage_sum = [], 0.0, torch.zeros((), device=s.device)
+    counted = s.masking if masked else replace(s.masking, strategy="none")  # the mask whose FLOPs count
+    cached = flops.cache_pass(t.accum_mode, t.accum_steps)
     for micro in range(t.accum_steps):
         batch = next(s.batches)
         images_uint8 = batch["images"].to(s.device, non_blocking=True)
@@ -398,13 +395,7 @@ def train_step(s: Session) -> StepOut:
         micros.append((images, tokens, None if kept == s.model.visual.num_patches else mask.keep_idx))
         ratio_sum += mask.mask_ratio
         coverage_sum += mask.cluster_coverage.mean()
-        step_flops = s.model.train_flops_per_sample(kept) * (
-            4 / 3 if t.accum_mode == "cache" and t.accum_steps > 1 else 1
-        )
-        mask_flops = _mask_flops(
-            cfg, s.model, s.masking if masked else replace(s.masking, strategy="none"), s.samples_seen
-        )  # once per image, however it is forwarded
-        s.totals["train_flops"] += (step_flops + mask_flops) * images.shape[0]
+        s.totals["train_flops"] += flops.sample_flops(s.model, counted, kept, s.samples_seen, cached) * images.shape[0]
     no_sync = s.ddp.no_sync if s.ddp is not None else None
     loss = ACCUMULATORS[t.accum_mode](s.forward, micros, t.local_loss, s.autocast, no_sync)
     if t.grad_clip > 0:

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from maskvlp import flops
 from maskvlp.distributed import any_rank
 from maskvlp.masking import MaskResult
 from maskvlp.progress import Progress
 
 if TYPE_CHECKING:
     from maskvlp.train import Session, StepOut
-
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
 
 
 class NonFiniteLoss(RuntimeError):
@@ -50,8 +49,7 @@ class TrainLog:
         self.bar = Progress(
             s.budget.total_steps, f"pretrain {s.cfg.train.run_name}", "step", progress and s.env.is_main, s.step
         )
-        name = torch.cuda.get_device_name() if s.device.type == "cuda" else ""
-        self.peak_flops = next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), 0)
+        self.peak_flops = flops.peak_flops(s.device)
         self.world_size = s.env.world_size
         self._reset()
 
@@ -104,8 +102,8 @@ class TrainLog:
             for key, value in measure_probe(s).items():
                 add(f"mask/{key}", value, samples)
             if self.peak_flops:
-                flops = s.model.train_flops_per_sample(mask.keep_idx.shape[1])
-                add("perf/mfu", flops * images_per_s / self.world_size / self.peak_flops, samples)
+                per_sample = flops.model_flops(s.model, mask.keep_idx.shape[1])
+                add("perf/mfu", flops.mfu(per_sample, images_per_s, self.world_size, self.peak_flops), samples)
         self._reset()
 
     def evaluation(self, s: Session, metrics: dict[str, float]) -> None:

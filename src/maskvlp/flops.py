@@ -1,0 +1,53 @@
+"""Training FLOPs: the one formula (docs/records.md) behind training's `train_flops`, the MFU scalar and
+the throughput benchmark's rows.
+
+A training sample costs its kept image tokens and its caption through both towers, forward and backward
+(`CLIP.train_flops_per_sample`), times 4/3 when gradient accumulation's feature cache runs a second
+forward pass, plus the mask's own cost (its strategy's `mask_flops`, once per image however often the
+image is forwarded). MFU counts the towers alone: what the accelerator's peak is measured against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from maskvlp import masking
+from maskvlp.model import CLIP
+
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
+
+
+def cache_pass(accum_mode: str, accum_steps: int) -> bool:
+    """Whether each micro-batch is forwarded twice (accum_mode cache with accum_steps > 1; accumulate.py)."""
+    return accum_mode == "cache" and accum_steps > 1
+
+
+def mask_flops(model: CLIP, k: Any, samples_seen: int | None = None) -> float:
+    """FLOPs of choosing one image's mask under the masking config `k` at `samples_seen` (None: as over
+    the whole run), for the model's patch grid and patch-embedding width."""
+    vis = model.visual
+    return masking.mask_flops(k, vis.num_patches, vis.patch_size, vis.patch_embed.weight.shape[0], samples_seen)
+
+
+def sample_flops(model: CLIP, k: Any, kept: int, samples_seen: int | None = None, cached: bool = False) -> float:
+    """Training FLOPs of one sample with `kept` image tokens under masking config `k`; `cached`: the
+    feature cache's second forward pass (`cache_pass`)."""
+    return model.train_flops_per_sample(kept) * (4 / 3 if cached else 1) + mask_flops(model, k, samples_seen)
+
+
+def model_flops(model: CLIP, kept: int) -> float:
+    """The towers' training FLOPs of one sample (no second forward pass, no mask): MFU's numerator."""
+    return model.train_flops_per_sample(kept)
+
+
+def peak_flops(device: torch.device) -> float:
+    """The device's dense bf16 peak, or 0 where it is not known (then no MFU is logged)."""
+    name = torch.cuda.get_device_name() if device.type == "cuda" else ""
+    return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), 0)
+
+
+def mfu(flops_per_sample: float, images_per_s: float, world_size: int, peak: float) -> float:
+    """Model FLOPs utilisation of one process: its share of the images per second at the model's FLOPs."""
+    return flops_per_sample * images_per_s / world_size / peak
