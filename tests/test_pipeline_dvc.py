@@ -156,13 +156,13 @@ def test_a_sweep_is_a_dvc_stage_of_its_own_pipeline(repo, tool_env):
     (repo / "sweeps" / "masking.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     run(["git", "add", "-A"], repo, tool_env)
     run(["git", "commit", "-qm", "sweep"], repo, tool_env)
-    out = run(["dvc", "repro", "sweeps/dvc.yaml:masking"], repo, tool_env)
-    assert "Running stage 'shard'" in out and "Running stage 'sweeps/dvc.yaml:masking'" in out
+    out = run(["dvc", "repro", "sweeps/dvc.yaml:sweep@masking"], repo, tool_env)
+    assert "Running stage 'shard'" in out and "Running stage 'sweeps/dvc.yaml:sweep@masking'" in out
     assert "Running stage 'pretrain'" not in out  # the quick default pipeline is not part of it
     summary = json.loads((repo / "reports/sweeps/masking/summary.json").read_text())
     assert summary["states"] == {"COMPLETE": 2} and summary["best"]["params"]
     assert (repo / "reports/sweeps/masking/best_params.yaml").is_file()
-    again = run(["dvc", "repro", "sweeps/dvc.yaml:masking"], repo, tool_env)
+    again = run(["dvc", "repro", "sweeps/dvc.yaml:sweep@masking"], repo, tool_env)
     assert "Running stage" not in again  # nothing changed: nothing re-runs
 
 

@@ -19,9 +19,9 @@ from maskvlp.sweep.space import SweepSpec, fail
 class Analysis:
     section: str  # the sweep file's key
     example: str  # a well-formed section, for the message that refuses another type
-    check: Callable[[SweepSpec], Any] | None  # at parse time (None: the grid is checked by validate)
-    validate: Callable[[SweepSpec, Config], Any]  # against the params, before anything runs
-    write: Callable[..., Any]  # the outputs, from the study folder(s)
+    check: Callable[[SweepSpec], Any] | None  # at parse time, returns the analysis' spec (fit: its grid waits)
+    validate: Callable[[SweepSpec, Config], Any]  # against the params, before anything runs; the same spec
+    write: Callable[..., Any]  # the outputs, from the study folder(s) and that spec
 
 
 ANALYSES = {

@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -410,9 +411,7 @@ def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s:
 
 
 def summary_line(sw: Sweep, groups: list[Logical], elapsed_s: float) -> str:
-    states: dict[str, int] = {}
-    for g in groups:
-        states[g.last.state.name] = states.get(g.last.state.name, 0) + 1
+    states = Counter(g.last.state.name for g in groups)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     return (
         f"sweep {sw.spec.name}: {counts} in {format_duration(elapsed_s)}; report: maskvlp sweep-report {sw.spec.name}"

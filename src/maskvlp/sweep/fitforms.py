@@ -51,12 +51,11 @@ class FitForm:
         return ("E", *(name for term in self.terms for name in term))
 
 
-FORMS: dict[str, FitForm] = {}
+FORMS: dict[str, FitForm] = {}  # by name; a new form is one `register(FitForm(...))`
 
 
-def register(form: FitForm) -> FitForm:
+def register(form: FitForm) -> None:
     FORMS[form.name] = form
-    return form
 
 
 def distinct(points: list[dict[str, Any]], *keys: str) -> int:
@@ -66,23 +65,21 @@ def distinct(points: list[dict[str, Any]], *keys: str) -> int:
 
 def _compute_problem(points: list[dict[str, Any]], group: str) -> str | None:
     computes, n = distinct(points, "model.vision", "model.text", "train.samples"), len(FORMS["compute"].params)
-    if computes > n:
-        return None
-    return (
-        f"the grid has {computes} compute values per {group} (model sizes x samples), fewer "
-        f"than the compute fit's {n} parameters + 1: add model sizes or samples values"
-    )
+    if computes <= n:
+        return (
+            f"the grid has {computes} compute values per {group} (model sizes x samples), fewer "
+            f"than the compute fit's {n} parameters + 1: add model sizes or samples values"
+        )
 
 
 def _joint_problem(points: list[dict[str, Any]], group: str) -> str | None:
     models, datas = distinct(points, "model.vision", "model.text"), distinct(points, "train.unique_pairs")
     n = len(FORMS["joint"].params)
-    if models >= 2 and datas >= 2 and len(points) > n:
-        return None
-    return (
-        f"the joint fit E + A/N^a + B/D^b needs >= 2 model sizes and >= 2 data sizes and more than "
-        f"{n} points per {group}; the grid has {models} x {datas}, {len(points)} points"
-    )
+    if models < 2 or datas < 2 or len(points) <= n:
+        return (
+            f"the joint fit E + A/N^a + B/D^b needs >= 2 model sizes and >= 2 data sizes and more than "
+            f"{n} points per {group}; the grid has {models} x {datas}, {len(points)} points"
+        )
 
 
 register(

@@ -15,6 +15,13 @@ RULES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "lr": ("train.lr", ("model.vision",), "lr per 256 samples at width 128, x (width / 128)^lr_width_exponent"),
     "samples_per_pair": ("train.samples", ("train.unique_pairs",), "samples seen = n x unique pairs (fixed epochs)"),
 }
+VALUES = {  # rule -> (whether a value is accepted, what is, for the message)
+    "warmup_fraction": (lambda v: isinstance(v, int | float) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "checkpoints": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "evaluations": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "lr": (lambda v: isinstance(v, int | float) and v > 0, "a positive number"),
+    "samples_per_pair": (lambda v: isinstance(v, int | float) and v > 0, "a positive number"),
+}
 RULE_OPTIONS = ("lr_width_exponent",)
 REFERENCE_WIDTH = 128
 
@@ -42,21 +49,9 @@ def check_rules(rules: Any, base: dict[str, Any], space) -> None:
                 raise ValueError(f"rules.{name}: must be a number, got {value!r}")
             continue
         target, needs, _ = RULES[name]
-        ok = {
-            "warmup_fraction": isinstance(value, int | float) and 0 <= value < 1,
-            "checkpoints": isinstance(value, int) and value >= 1,
-            "evaluations": isinstance(value, int) and value >= 0,
-            "lr": isinstance(value, int | float) and value > 0,
-            "samples_per_pair": isinstance(value, int | float) and value > 0,
-        }[name] and not isinstance(value, bool)
-        if not ok:
-            want = {"warmup_fraction": "a fraction in [0, 1)", "checkpoints": "an integer >= 1"}
-            want |= {
-                "evaluations": "an integer >= 0",
-                "lr": "a positive number",
-                "samples_per_pair": "a positive number",
-            }
-            raise ValueError(f"rules.{name}: must be {want[name]}, got {value!r}")
+        accepts, want = VALUES[name]
+        if isinstance(value, bool) or not accepts(value):
+            raise ValueError(f"rules.{name}: must be {want}, got {value!r}")
         if target in given:
             raise ValueError(f"rules.{name}: derives {target}, which base or space also sets; drop one of the two")
         derived = {RULES[r][0] for r in rules if r in RULES}

@@ -1,35 +1,21 @@
-"""The sweep file's data model: a study's search space, objectives and settings (no optuna here).
+"""The sweep file's data model (no optuna here): a study's space, objectives and settings as sweep.spec
+parses them from a file such as (docs/sweeps.md has every key)
 
     name: masking                      # the study: runs/<name>/trial-NNNN/
     base: {train.samples: 15000}       # overrides on params.yaml for every trial
-    space:                             # params keys -> distributions
-      masking.ratio: {type: float, low: 0.3, high: 0.8, step: 0.05}
-      masking.anchor_ratio: {type: float, low: 0.01, high: 0.2, log: true}
-      masking.features: {type: categorical, choices: [rgb, rgb+embed]}
-      masking.threshold: {type: float, low: 0.2, high: 0.9, when: {masking.strategy: cluster}}
-      model: {choices: [w64, w128], set: [model.vision, model.text]}     # a label: one value, several keys
-      strategy:                        # a label whose choices are named bundles of params
-        choices: {none: {masking.strategy: none}, random: {masking.strategy: random, masking.ratio: 0.5}}
-    rules: {warmup_fraction: 0.1}      # params derived per trial (maskvlp.sweep.rules)
-    fit: {metric: zeroshot/objects/top1}   # scaling studies: what `maskvlp scaling-fit` fits (sweep.fit)
-    compare: {group: strategy, seeds: train.seed}   # strategies over seeds (maskvlp.sweep.compare)
-    objectives:                        # metric keys of evaluation or of the run record
-      - {metric: zeroshot/objects/top1, direction: maximize}
-      - {metric: train_flops, direction: minimize}
-    sampler: {name: tpe, seed: 0}      # tpe | random | grid | nsga2 | qmc
-    pruner: {name: median}             # median | successive_halving | hyperband | none
-    n_trials: 24
-    parallel: 2
-    retries: 1
-
-sweep.spec parses and validates a file into a SweepSpec; every check raises SweepSpecError naming the
-key, so a bad file is refused before any job exists.
+    space:                             # params keys -> distributions; a key without a dot is a label
+      masking.ratio: {type: float, low: 0.3, high: 0.8, step: 0.05, when: {masking.strategy: cluster}}
+      model: {choices: [w64, w128], set: [model.vision, model.text]}     # one value, several keys
+      strategy: {choices: {none: {masking.strategy: none}, random: {masking.strategy: random}}}
+    rules: {warmup_fraction: 0.1}      # params derived per trial (sweep.rules)
+    fit: {...}, compare: {...}         # analyses of the finished trials (sweep.analyses)
+    objectives: [{metric: zeroshot/objects/top1, direction: maximize}]
+    sampler: {name: tpe, seed: 0}; pruner: {name: median}; n_trials: 24; parallel: 2; retries: 1
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,13 +24,8 @@ import yaml
 from maskvlp.config import Config
 from maskvlp.sweep.rules import derive
 
-SAMPLERS = ("tpe", "random", "grid", "nsga2", "qmc")
-PRUNERS = ("median", "successive_halving", "hyperband", "none")
-DIRECTIONS = ("maximize", "minimize")
-TYPES = ("float", "int", "categorical")
 # run-record keys (result.json) an objective may name besides the evaluation metrics
 RECORD_OBJECTIVES = ("train_flops", "wall_s", "images_per_s", "train_loss")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class SweepSpecError(ValueError):
@@ -144,78 +125,6 @@ def yaml_value(v: Any) -> str:
 
 def fail(key: str, message: str) -> SweepSpecError:
     return SweepSpecError(f"{key}: {message}")
-
-
-def param(key: str, raw: Any) -> Param:
-    """One entry of `space:` (a params key, or a label: see `_label`)."""
-    where = f"space.{key}"
-    if not isinstance(raw, dict):
-        raise fail(where, "must be a mapping such as {type: float, low: 0.1, high: 0.9}")
-    kind = raw.get("type", "categorical" if "choices" in raw else "float")
-    if kind not in TYPES:
-        raise fail(where, f"type must be one of {', '.join(TYPES)}, got {kind!r}")
-    unknown = set(raw) - {"type", "low", "high", "step", "log", "choices", "when", "set"}
-    if unknown:
-        raise fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
-    when = raw.get("when") or {}
-    if not isinstance(when, dict):
-        raise fail(f"{where}.when", "must map params keys to the values that enable this parameter")
-    if "." not in key:
-        return _label(key, kind, raw, dict(when))
-    if "set" in raw:
-        raise fail(f"{where}.set", "only a label (a key without a dot, e.g. `model`) sets other keys")
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise fail(f"{where}.choices", "a categorical parameter needs a non-empty list of choices")
-        return Param(key, kind, choices=tuple(choices), when=dict(when))
-    if "low" not in raw or "high" not in raw:
-        raise fail(where, f"a {kind} parameter needs low and high")
-    low, high = raw["low"], raw["high"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise fail(where, f"low and high must be numbers, got {low!r} and {high!r}")
-    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
-        raise fail(where, f"an int parameter needs whole low and high, got {low!r} and {high!r}")
-    if not low < high:
-        raise fail(where, f"empty or inverted range: low {low} must be below high {high}")
-    log, step = bool(raw.get("log", False)), raw.get("step")
-    if log and low <= 0:
-        raise fail(where, f"a log range must be positive (it cannot cross 0), got low {low}")
-    if step is not None and (log or not isinstance(step, (int, float)) or step <= 0 or step > high - low):
-        raise fail(f"{where}.step", f"must be a positive number no larger than high - low, and not with log: {step!r}")
-    return Param(key, kind, float(low), float(high), None if step is None else float(step), log, when=dict(when))
-
-
-def _label(key: str, kind: str, raw: dict[str, Any], when: dict[str, Any]) -> Param:
-    """A label: a categorical whose value is a name. Either `set: [keys]` (the value goes to each key,
-    e.g. one model size for both towers) or `choices: {name: {params key: value, ...}}` (named bundles,
-    e.g. a masking strategy with its ratio)."""
-    where = f"space.{key}"
-    if not NAME.match(key):
-        raise fail(where, "a label must be a plain name (letters, digits, _ . -)")
-    if kind != "categorical":
-        raise fail(where, "a key without a dot is a label and must be categorical (params keys have dots)")
-    choices, sets = raw.get("choices"), raw.get("set")
-    if isinstance(choices, dict):
-        if not choices:
-            raise fail(f"{where}.choices", "a label needs at least one named choice")
-        if sets is not None:
-            raise fail(f"{where}.set", "give either set: [keys] or choices as named bundles, not both")
-        bundles = {}
-        for name, bundle in choices.items():
-            if not isinstance(bundle, dict) or not bundle or not all(isinstance(k, str) and "." in k for k in bundle):
-                raise fail(f"{where}.choices.{name}", "must map params keys to values, e.g. {masking.strategy: none}")
-            bundles[str(name)] = dict(bundle)
-        return Param(key, kind, choices=tuple(bundles), when=when, bundles=bundles)
-    if not isinstance(choices, list) or not choices:
-        raise fail(f"{where}.choices", "a label needs a non-empty list of choices (with set:) or named bundles")
-    if not isinstance(sets, list) or not sets or not all(isinstance(k, str) and "." in k for k in sets):
-        raise fail(
-            where,
-            "a key without a dot is a label: give `set: [params keys]` for its list of choices, or choices as "
-            "named bundles {name: {key: value}}; or name a params key such as masking.ratio",
-        )
-    return Param(key, kind, choices=tuple(choices), when=when, sets=tuple(sets))
 
 
 def objective_keys(cfg: Config) -> set[str]:

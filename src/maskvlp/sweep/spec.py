@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,23 @@ from maskvlp.runs import StudyPaths
 from maskvlp.sweep import analyses
 from maskvlp.sweep.rules import check_rules
 from maskvlp.sweep.space import (
-    DIRECTIONS,
-    NAME,
-    PRUNERS,
     RECORD_OBJECTIVES,
-    SAMPLERS,
     Objective,
+    Param,
     SweepSpec,
     SweepSpecError,
     check_metric,
     fail,
     grid_size_of,
     objective_keys,
-    param,
     yaml_value,
 )
 
+SAMPLERS = ("tpe", "random", "grid", "nsga2", "qmc")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+DIRECTIONS = ("maximize", "minimize")
+TYPES = ("float", "int", "categorical")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TOP_LEVEL = ("name", "base", "space", "objectives", "sampler", "pruner", "n_trials", "parallel", "retries", "rules")
 
 
@@ -112,6 +114,78 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     )
     analyses.check(spec, present=set(raw))  # refuse a bad section before any trial runs
     return spec
+
+
+def param(key: str, raw: Any) -> Param:
+    """One entry of `space:` (a params key, or a label: see `_label`)."""
+    where = f"space.{key}"
+    if not isinstance(raw, dict):
+        raise fail(where, "must be a mapping such as {type: float, low: 0.1, high: 0.9}")
+    kind = raw.get("type", "categorical" if "choices" in raw else "float")
+    if kind not in TYPES:
+        raise fail(where, f"type must be one of {', '.join(TYPES)}, got {kind!r}")
+    unknown = set(raw) - {"type", "low", "high", "step", "log", "choices", "when", "set"}
+    if unknown:
+        raise fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
+    when = raw.get("when") or {}
+    if not isinstance(when, dict):
+        raise fail(f"{where}.when", "must map params keys to the values that enable this parameter")
+    if "." not in key:
+        return _label(key, kind, raw, dict(when))
+    if "set" in raw:
+        raise fail(f"{where}.set", "only a label (a key without a dot, e.g. `model`) sets other keys")
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise fail(f"{where}.choices", "a categorical parameter needs a non-empty list of choices")
+        return Param(key, kind, choices=tuple(choices), when=dict(when))
+    if "low" not in raw or "high" not in raw:
+        raise fail(where, f"a {kind} parameter needs low and high")
+    low, high = raw["low"], raw["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise fail(where, f"low and high must be numbers, got {low!r} and {high!r}")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
+        raise fail(where, f"an int parameter needs whole low and high, got {low!r} and {high!r}")
+    if not low < high:
+        raise fail(where, f"empty or inverted range: low {low} must be below high {high}")
+    log, step = bool(raw.get("log", False)), raw.get("step")
+    if log and low <= 0:
+        raise fail(where, f"a log range must be positive (it cannot cross 0), got low {low}")
+    if step is not None and (log or not isinstance(step, (int, float)) or step <= 0 or step > high - low):
+        raise fail(f"{where}.step", f"must be a positive number no larger than high - low, and not with log: {step!r}")
+    return Param(key, kind, float(low), float(high), None if step is None else float(step), log, when=dict(when))
+
+
+def _label(key: str, kind: str, raw: dict[str, Any], when: dict[str, Any]) -> Param:
+    """A label: a categorical whose value is a name. Either `set: [keys]` (the value goes to each key,
+    e.g. one model size for both towers) or `choices: {name: {params key: value, ...}}` (named bundles,
+    e.g. a masking strategy with its ratio)."""
+    where = f"space.{key}"
+    if not NAME.match(key):
+        raise fail(where, "a label must be a plain name (letters, digits, _ . -)")
+    if kind != "categorical":
+        raise fail(where, "a key without a dot is a label and must be categorical (params keys have dots)")
+    choices, sets = raw.get("choices"), raw.get("set")
+    if isinstance(choices, dict):
+        if not choices:
+            raise fail(f"{where}.choices", "a label needs at least one named choice")
+        if sets is not None:
+            raise fail(f"{where}.set", "give either set: [keys] or choices as named bundles, not both")
+        bundles = {}
+        for name, bundle in choices.items():
+            if not isinstance(bundle, dict) or not bundle or not all(isinstance(k, str) and "." in k for k in bundle):
+                raise fail(f"{where}.choices.{name}", "must map params keys to values, e.g. {masking.strategy: none}")
+            bundles[str(name)] = dict(bundle)
+        return Param(key, kind, choices=tuple(bundles), when=when, bundles=bundles)
+    if not isinstance(choices, list) or not choices:
+        raise fail(f"{where}.choices", "a label needs a non-empty list of choices (with set:) or named bundles")
+    if not isinstance(sets, list) or not sets or not all(isinstance(k, str) and "." in k for k in sets):
+        raise fail(
+            where,
+            "a key without a dot is a label: give `set: [params keys]` for its list of choices, or choices as "
+            "named bundles {name: {key: value}}; or name a params key such as masking.ratio",
+        )
+    return Param(key, kind, choices=tuple(choices), when=when, sets=tuple(sets))
 
 
 def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: list[str] | None = None) -> Config:
