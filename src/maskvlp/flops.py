@@ -37,6 +37,14 @@ def sample_flops(model: CLIP, k: Any, kept: int, samples_seen: int | None = None
     return model.train_flops_per_sample(kept) * (4 / 3 if cached else 1) + mask_flops(model, k, samples_seen)
 
 
+def matched_samples(model: CLIP, k: Any, unmasked_samples: int) -> int:
+    """The samples whose training FLOPs under masking config `k` (a fixed token count) equal those of
+    `unmasked_samples` trained unmasked on the same model: train.compute_samples' budget."""
+    grid = model.visual.num_patches
+    masked = sample_flops(model, k, masking.kept_tokens(k, grid))
+    return max(1, round(unmasked_samples * model.train_flops_per_sample(grid) / masked))
+
+
 def model_flops(model: CLIP, kept: int) -> float:
     """The towers' training FLOPs of one sample (no second forward pass, no mask): MFU's numerator."""
     return model.train_flops_per_sample(kept)

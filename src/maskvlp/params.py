@@ -87,10 +87,14 @@ def resolve_derived(cfg: Config) -> None:
     """Fill the keys left at null: data keys from `data.preset` (presets.py), recipe keys from
     `train.recipe` (recipes.py), train.samples from train.compute_samples, the masking strategy's keys
     that follow the training budget (its `derive`), train.seed from seed. Values given explicitly are kept."""
-    from maskvlp.masking import STRATEGIES
+    from maskvlp.masking import STRATEGIES, get_strategy
     from maskvlp.presets import PRESETS
     from maskvlp.recipes import RECIPES
 
+    try:  # the budget and the derived keys ask the strategy
+        get_strategy(cfg.masking.strategy)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     choice("data.preset", cfg.data.preset, tuple(PRESETS))
     choice("train.recipe", cfg.train.recipe, tuple(RECIPES))
     for table in (PRESETS[cfg.data.preset], RECIPES[cfg.train.recipe]):
@@ -118,7 +122,8 @@ def compute_matched_samples(cfg: Config) -> int:
     the same compute. Needs a strategy whose token count is fixed (masking.kept_tokens)."""
     import torch
 
-    from maskvlp.masking import describe, kept_tokens, mask_flops
+    from maskvlp.flops import matched_samples
+    from maskvlp.masking import describe, kept_tokens
     from maskvlp.model import CLIP
 
     k, m, t = cfg.masking, cfg.model, cfg.train
@@ -142,13 +147,9 @@ def compute_matched_samples(cfg: Config) -> int:
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = CLIP.from_config(m)
-        grid = model.visual.num_patches
-        kept = kept_tokens(k, grid)
     except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"train.compute_samples: cannot size the model to count its FLOPs ({exc})") from exc
-    width = model.visual.patch_embed.weight.shape[0]
-    masked = model.train_flops_per_sample(kept) + mask_flops(k, grid, m.patch_size, width)
-    return max(1, round(t.compute_samples * model.train_flops_per_sample(grid) / masked))
+    return matched_samples(model, k, t.compute_samples)
 
 
 def config_from_dict(cfg_dict: dict[str, Any]) -> Config:
