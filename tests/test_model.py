@@ -150,7 +150,7 @@ def test_sincos_positions_tell_patches_apart():
 
 def decayed_names(cfg) -> dict[str, bool]:
     """{parameter name: weight-decayed?} of the optimizer the training loop builds for cfg."""
-    from maskvlp.train import build_optimizer
+    from maskvlp.session import build_optimizer
 
     model = CLIP.from_config(cfg.model)
     decayed = {id(p) for p in build_optimizer(model, cfg).param_groups[0]["params"]}

@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from maskvlp.data.shards import ShardError, shard
 from maskvlp.params import load_config
 from maskvlp.runs import run_paths
-from maskvlp.train import TrainError, pretrain
+from maskvlp.session import TrainError
+from maskvlp.train import pretrain
 
 from .conftest import as_set_args, make_tiny_shards, tiny_run
 
@@ -130,6 +131,35 @@ def test_stopped_and_resumed_run_ends_with_identical_weights(shards, tmp_path, w
     for tag in ("train/lr", "train/logit_scale", "perf/images_per_s", "mask/ratio", "mask/cluster_coverage"):
         assert scalars(split, tag), tag
     assert all(v == pytest.approx(0.5) for _, v in scalars(split, "mask/ratio"))
+
+
+def test_a_run_resumed_between_log_lines_totals_and_logs_like_an_uninterrupted_one(shards, tmp_path, monkeypatch):
+    """A run killed after a checkpoint that falls between two log lines resumes from it: the steps since the
+    last log line (their coverage and loss, not yet logged) must count once, as in the uninterrupted run."""
+    extra = ("train.log_every_steps=3",)  # checkpoints every 4 steps: steps 4 and 8 fall between log lines
+    whole = cfg_for(shards, tmp_path / "a", *extra)
+    expected = pretrain(whole, progress=False)
+
+    split = cfg_for(shards, tmp_path / "b", *extra)
+    real_step = __import__("maskvlp.train", fromlist=["train_step"]).train_step
+
+    def step_then_die(s):
+        if s.step == 10:  # after step 9's log line; the last checkpoint is step 8's
+            raise KeyboardInterrupt("killed")
+        return real_step(s)
+
+    monkeypatch.setattr("maskvlp.train.train_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(split, progress=False)
+    monkeypatch.undo()
+    resumed = pretrain(split, resume=True, progress=False)
+    assert resumed["status"] == "complete" and resumed["steps"] == expected["steps"] == 20
+    assert resumed["masking"] == expected["masking"]  # mean cluster coverage, mask ratio, probe means
+    assert not math.isnan(expected["masking"]["coverage_objects"])  # the probe measured something
+    assert resumed["train_loss"] == expected["train_loss"]
+    assert resumed["train_flops"] == expected["train_flops"]
+    for tag in ("train/loss", "mask/cluster_coverage", "mask/ratio"):
+        assert scalars(split, tag) == scalars(whole, tag), tag
 
 
 def test_run_directory_records_config_commit_and_manifest(shards, tmp_path):

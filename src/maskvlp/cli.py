@@ -111,7 +111,8 @@ def _submit_and_maybe_wait(cfg: Config, args: argparse.Namespace, job, kind: str
 
 
 def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
-    from maskvlp.train import preflight, pretrain
+    from maskvlp.session import preflight
+    from maskvlp.train import pretrain
 
     if cfg.launcher.executor == "local":
         result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
@@ -217,7 +218,7 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     # calibrated as the run calibrates (seeded by train.seed, on its training images where the shards
     # exist, else on the images shown)
     from maskvlp.data.shards import MANIFEST
-    from maskvlp.train import calibration_images
+    from maskvlp.session import calibration_images
 
     shards = (Path(cfg.data.out_dir) / MANIFEST).is_file()
     gen = torch.Generator().manual_seed(cfg.train.seed)

@@ -1,4 +1,5 @@
-"""Running stages locally or as Slurm jobs through submitit: the only module that knows Slurm.
+"""Slurm, through submitit: stages submitted as jobs (or to submitit's in-process debug executor), their
+preemption, what Slurm says of them (pending reasons, accounting states), and the launcher section's checks.
 
 Preemption and time limits: Slurm (or `job._interrupt()`) sends SIGUSR2. submitit's own handler
 would checkpoint at whatever instruction the signal lands on; instead every task of a training job

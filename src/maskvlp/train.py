@@ -3,86 +3,43 @@
 Progress is counted in samples seen (TensorBoard's x-axis, the schedule, checkpoints). Randomness
 that the loop draws is a pure function of (seed, rank, step): the data stream by construction
 (loader.py), the mask generator re-seeded every step, so a run stopped and resumed from a
-checkpoint ends with the same weights as an uninterrupted one.
+checkpoint ends with the same weights as an uninterrupted one. session.py starts, resumes and
+checkpoints the run; this module is the loop: a step, its log line, evaluation, checkpoints, the result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from maskvlp import flops
 from maskvlp.accumulate import ACCUMULATORS
-from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_weights
-from maskvlp.config import Config, to_dict, to_yaml
+from maskvlp.checkpoint import save_weights
+from maskvlp.config import Config
 from maskvlp.coverage import STATS as PROBE_STATS
-from maskvlp.coverage import ObjectProbe
-from maskvlp.data.loader import StreamSpec, read_images, train_loader
-from maskvlp.data.shards import MANIFEST, check_manifest, first_pairs, load_manifest, sha256_file, shard_paths
+from maskvlp.data.shards import load_manifest
 from maskvlp.data.transforms import normalize
-from maskvlp.distributed import DistEnv, any_rank, init_distributed
+from maskvlp.distributed import any_rank
 from maskvlp.evaltasks import SubsetEvaluator
 from maskvlp.launch import CooperativeStop, PreemptibleJob
-from maskvlp.masking import MaskContext, MaskResult, calibrate, describe, get_strategy, make_mask
+from maskvlp.masking import MaskContext, MaskResult, describe, get_strategy, make_mask
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict
-from maskvlp.resources import CpuShare, cpu_share_applied, loader_hint
-from maskvlp.runs import RunPaths, run_paths, update_result, weights_complete, write_json_atomic, write_text_atomic
-from maskvlp.schedule import Budget, lr_at, make_budget
+from maskvlp.resources import CpuShare, cpu_share_applied
+from maskvlp.runs import read_result, update_result
+from maskvlp.schedule import lr_at
+from maskvlp.session import Session, Window, enter_tuning, save, start_or_resume
 from maskvlp.trainlog import NonFiniteLoss, TrainLog
 
-# Params that may change between a run and its resume: they do not change what is computed.
-RESUME_FREE = (
-    "launcher",
-    "train.log_every_steps",
-    "train.mask_image_every_steps",
-    "train.keep_checkpoints",
-    "train.checkpoint_every_samples",
-    "train.eval_every_samples",
-    "eval",
-)
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-class TrainError(RuntimeError):
-    """Training cannot start or resume as asked; the message says what to do."""
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def resume_signature(cfg: Config) -> dict[str, Any]:
-    """The params a checkpoint must share with the run that resumes it."""
-    return {k: v for k, v in _flat(to_dict(cfg)).items() if not k.startswith(RESUME_FREE)}
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-FAILURE_KEYS = ("error", "failure", "loss", "sweep_state", "sweep_failure")  # result.json: why an attempt failed
 
 
 class Abandoned(RuntimeError):
@@ -108,20 +65,7 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def build_optimizer(model: CLIP, cfg: Config) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: never on 1-D parameters (gains, biases, class token)
-    or the temperature, nor on parameters whose name contains a part listed in train.no_decay (the
-    recipe's: positions for FLIP, every embedding for the default, none for open_clip's)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        exempt = p.ndim < 2 or "logit_scale" in name or any(part in name for part in cfg.train.no_decay)
-        (no_decay if exempt else decay).append(p)
-    t = cfg.train
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused or None)
-
-
+# ------------------------------------------------------------------------------------ one step
 def mask_seed(seed: int, rank: int, step: int, micro: int) -> int:
     digest = hashlib.blake2b(f"mask/{seed}/{rank}/{step}/{micro}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & ((1 << 63) - 1)
@@ -147,219 +91,6 @@ def choose_mask(
         weight = get_strategy(k.strategy).embed_weight(k, samples_seen)
         embed_tokens = model.visual.patch_tokens(images) if weight > 0 else None
         return make_mask(images, k, MaskContext(cfg.model.patch_size, gen, embed_tokens, weight))
-
-
-def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The normalised training images a strategy calibrates on: the first 256 of train shard 0."""
-    first = shard_paths(cfg.data.out_dir, "train")[0]  # training images: what the masks will see
-    images = read_images(first, 256, cfg.model.image_size)[0].to(device)
-    return normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
-
-
-def calibrated_masking(cfg: Config, device: torch.device | str = "cpu") -> tuple[Any, str]:
-    """The masking config the run trains with (its strategy's calibration applied, seeded by
-    train.seed), and the line saying what was calibrated ("" for nothing)."""
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    return calibrate(cfg.masking, lambda: calibration_images(cfg, device), cfg.model.patch_size, gen)
-
-
-def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None. Refuses to silently restart or overwrite."""
-    found = list_checkpoints(paths.checkpoints)
-    if not resume:
-        if found or weights_complete(paths.model):
-            raise TrainError(
-                f"{paths.root} already holds a run ({len(found)} checkpoint(s)): pass --resume to continue it, "
-                "or choose another train.run_name (or delete the folder) to start afresh"
-            )
-        return None
-    if not found:
-        raise TrainError(f"--resume: no checkpoint in {paths.checkpoints}; start without --resume")
-    state = load_checkpoint(found[-1][1])
-    old, new = state["signature"], resume_signature(cfg)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise TrainError(
-            f"cannot resume {paths.root}: params changed since its checkpoints ({detail}). "
-            "Restore them, or start a new run with another train.run_name"
-        )
-    if state["world_size"] != env.world_size:
-        raise TrainError(
-            f"cannot resume {paths.root}: it ran with world size {state['world_size']}, now {env.world_size}: "
-            "the data stream would differ. Resume with the same launcher.tasks_per_node x nodes"
-        )
-    return state
-
-
-def preflight(cfg: Config, resume: bool, world_size: int) -> None:
-    """The checks `pretrain` makes before any work, for a launcher to run before it submits a job."""
-    check_manifest(cfg, load_manifest(cfg.data.out_dir))
-    first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)  # no more pairs than the shards hold
-    _prepare_run_dir(cfg, run_paths(cfg), resume, DistEnv(0, world_size, 0))
-
-
-@dataclass
-class Session:
-    """Everything the loop works with, built by `start_or_resume`."""
-
-    cfg: Config
-    env: DistEnv
-    device: torch.device
-    paths: RunPaths
-    model: CLIP
-    forward: Any  # the model, wrapped by DDP and/or torch.compile
-    ddp: DistributedDataParallel | None
-    optimizer: torch.optim.Optimizer
-    budget: Budget
-    batches: Any
-    autocast: Any
-    masking: Any  # the masking config trained with: cfg.masking with its strategy's calibration applied
-    spec: StreamSpec
-    loader_workers: int
-    step: int = 0
-    tuning: bool = False  # in the unmasked tuning phase (its loader, compiled graph and checkpointing set up)
-    probe: ObjectProbe | None = None  # val scenes with object boxes: where the masking removes tokens
-    # totals over the whole run, carried across resumes in the checkpoints
-    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
-
-    @property
-    def samples_seen(self) -> int:
-        return self.budget.samples_at(self.step)
-
-
-PROBE_SUMS = tuple(f"probe_{k}" for k in PROBE_STATS)
-TOTALS = ("train_flops", "wall_s", "mask_ratio_sum", "coverage_sum", "micro_batches", "probe_count", *PROBE_SUMS)
-
-
-def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
-    """Check the shards and the run folder, build model, optimizer and data stream, load the
-    checkpoint when resuming, and record how the run starts (config.yaml, run.json, result.json)."""
-    env, device = init_distributed()
-    t, m = cfg.train, cfg.model
-    manifest = load_manifest(cfg.data.out_dir)
-    check_manifest(cfg, manifest)
-    paths = run_paths(cfg)
-    state = _prepare_run_dir(cfg, paths, resume, env)
-    torch.manual_seed(cfg.train.seed)
-    model = CLIP.from_config(m).to(device)
-    if t.grad_checkpointing:
-        model.set_grad_checkpointing()
-    optimizer = build_optimizer(model, cfg)
-    budget = make_budget(t, env.world_size)
-    step, totals = 0, dict.fromkeys(TOTALS, 0.0)
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise TrainError(f"checkpoint of {paths.root} does not fit the model ({exc})") from exc
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step, masking = state["step"], replace(cfg.masking, **state["masking"])
-        totals.update(state.get("totals", {}))
-    else:
-        masking, calibrated = calibrated_masking(cfg, device)
-        if calibrated and env.is_main:
-            print(calibrated)
-    if env.is_main:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(paths.config, to_yaml(cfg))
-        info = {
-            "git_commit": _git_commit(),
-            "manifest_sha256": sha256_file(Path(cfg.data.out_dir) / MANIFEST),
-            "world_size": env.world_size,
-            **get_strategy(masking.strategy).record(masking),
-            "global_batch": budget.global_batch,
-            "total_steps": budget.total_steps,
-            "resumed_at_step": step,
-            "cpu_share": share.record(),
-        }
-        write_json_atomic(paths.info, info, sort_keys=False)
-        start = {
-            "status": "running",
-            "git_commit": info["git_commit"],
-            "steps": step,
-            "total_steps": budget.total_steps,
-        }
-        if state is None:  # a fresh run: nothing of an earlier run in this folder (e.g. its eval) may survive
-            write_json_atomic(paths.result, start)
-        else:
-            update_result(paths, drop=FAILURE_KEYS, **start)  # what an earlier attempt's failure left
-
-    ddp = DistributedDataParallel(model) if env.world_size > 1 else None
-    forward = torch.compile(ddp or model, dynamic=False) if t.compile else (ddp or model)
-    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    spec = StreamSpec(
-        tuple(shard_paths(cfg.data.out_dir, "train")),
-        t.batch_size,
-        m.image_size,
-        m.context_length,
-        cfg.train.seed,
-        env.rank,
-        env.world_size,
-        cfg.data.shuffle_buffer,
-        (cfg.data.augment.crop_scale_min, cfg.data.augment.crop_scale_max),
-        (cfg.data.augment.crop_ratio_min, cfg.data.augment.crop_ratio_max),
-        streams=max(1, cfg.data.loader_workers),
-        hflip=bool(cfg.data.augment.hflip),
-        limits=first_pairs(cfg.data.out_dir, "train", t.unique_pairs),
-    )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    s = Session(
-        cfg,
-        env,
-        device,
-        paths,
-        model,
-        forward,
-        ddp,
-        optimizer,
-        budget,
-        None,
-        autocast,
-        masking,
-        spec,
-        share.loader_workers,
-        step,
-        totals=totals,
-    )
-    if env.is_main:
-        s.probe = ObjectProbe.from_shards(cfg, device)
-        hint = loader_hint(share, spec.streams) if device.type == "cuda" else None
-        if hint:  # CPU training: the workers share the cores with the step itself, fewer is better
-            print(hint, flush=True)
-    if step >= budget.masked_steps:  # resumed inside the unmasked tuning phase
-        enter_tuning(s)
-    else:
-        s.batches = iter(train_loader(spec, share.loader_workers, step * t.accum_steps, device.type == "cuda"))
-    return s
-
-
-TUNING_STREAM_SEED = 1_000_003  # added to the seed of the tuning phase's own stream (its own batch size)
-
-
-def enter_tuning(s: Session) -> None:
-    """Set up the unmasked tuning phase (FLIP): the full token count gets a graph of its own when
-    compiled (one compiled graph per token count: a second count reaching a compiled graph crashed
-    inductor on an H100, ../performance notes), gradient checkpointing if asked for this phase (its
-    activations are those of every token), and a stream of `unmasked_tuning_batch_size` batches when
-    that differs from the masked phase's (otherwise the one stream continues)."""
-    t = s.cfg.train
-    s.tuning = True
-    if t.unmasked_tuning_grad_checkpointing:
-        s.model.set_grad_checkpointing()
-    if t.compile:
-        torch._dynamo.reset()  # drop the masked phase's graphs: the tuning phase compiles its own
-        s.forward = torch.compile(s.ddp or s.model, dynamic=False)
-    tuning_batch = t.unmasked_tuning_batch_size or t.batch_size
-    if tuning_batch == t.batch_size:
-        if s.batches is None:
-            s.batches = iter(train_loader(s.spec, s.loader_workers, s.step * t.accum_steps, s.device.type == "cuda"))
-        return
-    s.batches = None  # shut the masked phase's workers down before the next ones start
-    spec = replace(s.spec, batch_size=tuning_batch, seed=s.spec.seed + TUNING_STREAM_SEED)
-    start = (s.step - s.budget.masked_steps) * t.accum_steps
-    s.batches = iter(train_loader(spec, s.loader_workers, start, s.device.type == "cuda"))
 
 
 @dataclass
@@ -410,6 +141,67 @@ def train_step(s: Session) -> StepOut:
     return StepOut(loss, mask, images_uint8, ratio_sum, coverage_sum)
 
 
+# ------------------------------------------------------------------------------- the log line
+def open_log(s: Session, progress: bool) -> TrainLog:
+    """The run's log: TensorBoard on rank 0, where purge_step drops what a killed attempt logged after
+    the checkpoint (the checkpoint step's own point stays): one continuous curve, each point once."""
+    return TrainLog(
+        title=f"pretrain {s.cfg.train.run_name}",
+        total_steps=s.budget.total_steps,
+        step=s.step,
+        global_batch=s.budget.global_batch,
+        patch_size=s.cfg.model.patch_size,
+        world_size=s.env.world_size,
+        peak_flops=flops.peak_flops(s.device),
+        progress=progress and s.env.is_main,
+        tensorboard=s.paths.tensorboard if s.env.is_main else None,
+        purge_step=s.samples_seen + 1 if s.step else None,
+    )
+
+
+def after_step(s: Session, log: TrainLog, out: StepOut) -> None:
+    """The step joins the window; at the end of a logging interval comes the log line, and every
+    mask_image_every_steps steps the mask pictures."""
+    t = s.cfg.train
+    s.window.add(out.loss, out.mask_ratio, out.coverage, t.accum_steps)
+    log.step_done()
+    if s.step % t.log_every_steps == 0 or s.step == s.budget.total_steps:
+        log_line(s, log, out.mask.keep_idx.shape[1])
+    if log.writing and t.mask_image_every_steps and (s.step - 1) % t.mask_image_every_steps == 0:
+        log.mask_image(out.mask, out.images_uint8, s.samples_seen)
+
+
+def log_line(s: Session, log: TrainLog, kept: int) -> None:
+    """The window's mean loss (the one host sync of the interval), its coverage added to the run's
+    totals, the probe measured where TensorBoard is written, all handed to the log; then a new window."""
+    w = s.window
+    loss = s.last_loss = window_loss(s)
+    s.totals["coverage_sum"] += float(w.coverage)
+    scalars = {}
+    if log.writing:
+        scalars = {
+            "train/lr": s.optimizer.param_groups[0]["lr"],
+            "train/logit_scale": float(s.model.logit_scale.detach().exp()),
+            "mask/ratio": w.ratio / w.micro,
+            "mask/cluster_coverage": float(w.coverage) / w.micro,
+            "train/step": s.step,
+            **{f"mask/{key}": value for key, value in measure_probe(s).items()},
+        }
+    log.line(s.samples_seen, loss, scalars, flops.model_flops(s.model, kept))
+    s.window = Window()
+
+
+def window_loss(s: Session) -> float:
+    """The mean loss of the steps since the last log line (0 for none; a host sync). A non-finite one
+    raises NonFiniteLoss, on every rank together (no collective left waiting): asked at each log line
+    and before each checkpoint, so no diverged state is ever saved."""
+    w = s.window
+    loss = float(w.loss) / w.steps if w.steps else 0.0
+    if any_rank(not math.isfinite(loss), s.device):
+        raise NonFiniteLoss(s.step, s.samples_seen, loss)
+    return loss
+
+
 def measure_probe(s: Session) -> dict[str, float]:
     """The masking's object / background split on the probe scenes at this step (masked phase only);
     added to the run's totals. Empty when the data has no object boxes."""
@@ -425,35 +217,14 @@ def measure_probe(s: Session) -> dict[str, float]:
     return stats
 
 
-def probe_means(s: Session) -> dict[str, float]:
-    n = s.totals.get("probe_count", 0)
-    return {key: s.totals[f"probe_{key}"] / n for key in PROBE_STATS} if n else {}
+def record_evaluation(s: Session, log: TrainLog, metrics: dict[str, float]) -> None:
+    """An evaluation during training (rank 0): TensorBoard and the result record's `evals`."""
+    log.evaluation(s.samples_seen, metrics)
+    points = [p for p in read_result(s.paths).get("evals", []) if p["samples_seen"] < s.samples_seen]
+    update_result(s.paths, evals=[*points, {"samples_seen": s.samples_seen, "step": s.step, **metrics}])
 
 
-def save(s: Session) -> None:
-    """A step checkpoint (rank 0), with what exact resumption and the run's totals need."""
-    if s.env.is_main:
-        state = {
-            "model": s.model.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
-            "step": s.step,
-            "samples_seen": s.samples_seen,
-            "torch_rng": torch.get_rng_state(),
-            "masking": dataclasses.asdict(s.masking),  # as calibrated
-            "signature": resume_signature(s.cfg),
-            "world_size": s.env.world_size,
-            "tuning": s.tuning,
-            "totals": dict(s.totals),
-        }
-        save_checkpoint(state, s.paths.checkpoints, s.step, s.cfg.train.keep_checkpoints)
-
-
-def chance_candidates(cfg: Config, world_size: int) -> int:
-    """Candidates per row of the contrastive loss in the masked phase: the global contrastive batch."""
-    t = cfg.train
-    return t.batch_size * world_size * (t.accum_steps if t.accum_mode == "cache" else 1)
-
-
+# ----------------------------------------------------------------------------------- the loop
 # (samples seen, subset metrics) -> True to stop the run (a resumable checkpoint is saved first)
 TrainHook = Callable[[int, dict[str, float]], bool]
 
@@ -473,14 +244,14 @@ def pretrain(
     Uses this process's CPU share (resources.py)."""
     with cpu_share_applied(cfg) as share:
         s = start_or_resume(cfg, share, resume)
-        log = TrainLog(s, progress)
+        log = open_log(s, progress)
         evaluator = SubsetEvaluator(cfg, s.device) if cfg.train.eval_every_samples and s.env.is_main else None
         # every rank counts the evaluation steps: the hooks' decision is agreed on by all ranks (any_rank)
         eval_every = (
             math.ceil(cfg.train.eval_every_samples / s.budget.global_batch) if cfg.train.eval_every_samples else 0
         )
         own_stop, stop = stop is None, stop or StopRequest()
-        status, started = "complete", time.perf_counter()
+        status, started, first_step = "complete", time.perf_counter(), s.step
         try:
             while s.step < s.budget.total_steps:
                 # a stop request (SIGTERM, preemption) is agreed on by all ranks; with several ranks that
@@ -492,18 +263,18 @@ def pretrain(
                         raise Abandoned(abandoned or "rank 0 found the attempt no longer live")
                     status = "stopped"
                     break
-                log.after_step(s, train_step(s))
+                after_step(s, log, train_step(s))
                 if eval_every and s.step % eval_every == 0 and s.step < s.budget.total_steps:
                     metrics = evaluator(s.model) if evaluator is not None else {}  # rank 0 evaluates
                     if metrics:
-                        log.evaluation(s, metrics)
+                        record_evaluation(s, log, metrics)
                     if any_rank(any(hook(s.samples_seen, metrics) for hook in hooks), s.device):
                         status = "stopped"
                         break
                 if s.step % s.budget.checkpoint_every == 0 and s.step < s.budget.total_steps:
-                    log.check_finite(s)
+                    window_loss(s)
                     save(s)
-            log.check_finite(s)  # before finish() saves the last checkpoint and the weights
+            window_loss(s)  # before finish() saves the last checkpoint and the weights
         except BaseException as exc:
             if s.env.is_main and not isinstance(exc, Abandoned):
                 extra = {"failure": "non_finite_loss", "loss": str(exc.loss)} if isinstance(exc, NonFiniteLoss) else {}
@@ -513,17 +284,15 @@ def pretrain(
         finally:
             if own_stop:
                 stop.restore()
-        s.totals["wall_s"] += time.perf_counter() - started
-        return finish(s, status, log, time.perf_counter() - started, share)
+        attempt_s = time.perf_counter() - started
+        s.totals["wall_s"] += attempt_s
+        log.close()
+        return finish(s, status, share, attempt_s, s.budget.global_batch * (s.step - first_step))
 
 
-def _train_pairs(cfg: Config) -> int:
-    return int(load_manifest(cfg.data.out_dir)["splits"]["train"]["count"])
-
-
-def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuShare) -> dict[str, Any]:
-    """Close the logs, save the checkpoint (and, when complete, the weights), write result.json."""
-    log.close(s)
+def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_samples: int) -> dict[str, Any]:
+    """Save the checkpoint (and, when complete, the weights) and write result.json. A stopped run's
+    record counts the steps since its last log line too (their window waits in the checkpoint)."""
     save(s)
     if status == "complete" and s.env.is_main:
         save_weights(s.model.state_dict(), s.paths.model)
@@ -535,17 +304,17 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
         "samples_seen": s.samples_seen,
         "global_batch": s.budget.global_batch,
         "world_size": s.env.world_size,
-        "train_loss": log.last_loss,
+        "train_loss": s.last_loss,
         "chance_loss": math.log(chance_candidates(s.cfg, s.env.world_size)),
         "wall_s": round(s.totals["wall_s"], 2),
-        "images_per_s": round(log.samples_this_attempt / max(attempt_s, 1e-9), 2),
+        "images_per_s": round(attempt_samples / max(attempt_s, 1e-9), 2),
         "train_flops": s.totals["train_flops"] * s.env.world_size,
         "params_nonembedding": s.model.nonembedding_params(),
         "unique_pairs": sum(s.spec.limits) if s.spec.limits else _train_pairs(s.cfg),
         "masking": {
             "label": describe(s.cfg.masking),
             "mean_mask_ratio": s.totals["mask_ratio_sum"] / n,
-            "mean_cluster_coverage": s.totals["coverage_sum"] / n,
+            "mean_cluster_coverage": (s.totals["coverage_sum"] + float(s.window.coverage)) / n,
             **get_strategy(s.masking.strategy).record(s.masking),
             **probe_means(s),  # object vs background patches of the probe scenes (coverage.py)
         },
@@ -554,6 +323,21 @@ def finish(s: Session, status: str, log: TrainLog, attempt_s: float, share: CpuS
     if s.env.is_main:
         record = update_result(s.paths, **record)
     return {**record, "rank": s.env.rank}
+
+
+def chance_candidates(cfg: Config, world_size: int) -> int:
+    """Candidates per row of the contrastive loss in the masked phase: the global contrastive batch."""
+    t = cfg.train
+    return t.batch_size * world_size * (t.accum_steps if t.accum_mode == "cache" else 1)
+
+
+def probe_means(s: Session) -> dict[str, float]:
+    n = s.totals.get("probe_count", 0)
+    return {key: s.totals[f"probe_{key}"] / n for key in PROBE_STATS} if n else {}
+
+
+def _train_pairs(cfg: Config) -> int:
+    return int(load_manifest(cfg.data.out_dir)["splits"]["train"]["count"])
 
 
 class TrainJob(PreemptibleJob):
