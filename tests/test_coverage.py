@@ -2,8 +2,8 @@
 
 import torch
 
-from maskvlp.coverage import object_patches, split_stats
 from maskvlp.masking import MaskResult, cluster_mask
+from maskvlp.probe import object_patches, split_stats
 
 
 def test_object_patches_follow_the_boxes_scaled_to_the_grid():

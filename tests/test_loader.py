@@ -60,7 +60,7 @@ def test_resume_at_any_step_sees_exactly_the_same_batches(shards, streams, worke
 
 
 def test_batches_do_not_depend_on_how_many_workers_decode_them(shards):
-    """The CPU share decides the worker count (resources.py); the logical streams decide the data,
+    """The CPU share decides the worker count (cpushare.py); the logical streams decide the data,
     so a trial run with 0 workers under a 1-CPU Slurm job and with 2 on a laptop trains on the same."""
     spec = _spec(shards, streams=2)
     reference = _take(train_loader(spec, 0), 7)

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from maskvlp.resources import apply_cpu_share, cpu_share, loader_processes
+from maskvlp.cpushare import apply_cpu_share, cpu_share, loader_processes
 
 from .conftest import make_cfg
 
@@ -47,7 +47,7 @@ def test_apply_sets_torch_threads(tmp_path):
 
 
 def test_loader_hint_names_the_setting_when_streams_leave_cpus_idle():
-    from maskvlp.resources import CpuShare, loader_hint
+    from maskvlp.cpushare import CpuShare, loader_hint
 
     # 16 CPUs (a GPU job's cpus_per_task) but the default 2 streams: 2 workers, 13 CPUs idle
     hint = loader_hint(CpuShare(16, "slurm", 16, loader_processes(2, 16)), 2)

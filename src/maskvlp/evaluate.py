@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from maskvlp.config import Config
+from maskvlp.cpushare import cpu_share_applied
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.evalsets import EvalSet, EvalSetError, resolve
 from maskvlp.evaltasks import (
@@ -35,7 +36,6 @@ from maskvlp.evaltasks import (
 from maskvlp.linearprobe import PROBE_MAX_ITER, linear_probe
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict, load_config
-from maskvlp.resources import cpu_share_applied
 from maskvlp.runs import RunPaths, update_result, weights_complete, write_json_atomic, write_text_atomic
 
 

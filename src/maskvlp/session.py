@@ -21,15 +21,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from maskvlp.config import Config, to_dict, to_yaml
-from maskvlp.coverage import STATS as PROBE_STATS
-from maskvlp.coverage import ObjectProbe
+from maskvlp.cpushare import CpuShare, loader_hint
 from maskvlp.data.loader import StreamSpec, read_images, train_loader
 from maskvlp.data.shards import MANIFEST, check_manifest, first_pairs, load_manifest, sha256_file, shard_paths
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, init_distributed
 from maskvlp.masking import calibrate, get_strategy
 from maskvlp.model import CLIP
-from maskvlp.resources import CpuShare, loader_hint
+from maskvlp.probe import STATS as PROBE_STATS
+from maskvlp.probe import ObjectProbe
 from maskvlp.runs import RunPaths, run_paths, update_result, weights_complete, write_json_atomic, write_text_atomic
 from maskvlp.schedule import Budget, make_budget
 

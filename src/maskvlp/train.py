@@ -24,7 +24,7 @@ from maskvlp import flops
 from maskvlp.accumulate import ACCUMULATORS
 from maskvlp.checkpoint import save_weights
 from maskvlp.config import Config
-from maskvlp.coverage import STATS as PROBE_STATS
+from maskvlp.cpushare import CpuShare, cpu_share_applied
 from maskvlp.data.shards import load_manifest
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import any_rank
@@ -33,7 +33,7 @@ from maskvlp.launch import CooperativeStop, PreemptibleJob
 from maskvlp.masking import MaskContext, MaskResult, describe, get_strategy, make_mask
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict
-from maskvlp.resources import CpuShare, cpu_share_applied
+from maskvlp.probe import STATS as PROBE_STATS
 from maskvlp.runs import read_result, update_result
 from maskvlp.schedule import lr_at
 from maskvlp.session import Session, Window, enter_tuning, save, start_or_resume
@@ -241,7 +241,7 @@ def pretrain(
     to (hooks are called after each evaluation during training, every train.eval_every_samples). A stop
     whose `abandoned` attribute is set raises Abandoned instead, writing nothing. A non-finite loss raises
     NonFiniteLoss at the next log line or checkpoint (result.json: status failed, failure non_finite_loss).
-    Uses this process's CPU share (resources.py)."""
+    Uses this process's CPU share (cpushare.py)."""
     with cpu_share_applied(cfg) as share:
         s = start_or_resume(cfg, share, resume)
         log = open_log(s, progress)
@@ -316,7 +316,7 @@ def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_s
             "mean_mask_ratio": s.totals["mask_ratio_sum"] / n,
             "mean_cluster_coverage": (s.totals["coverage_sum"] + float(s.window.coverage)) / n,
             **get_strategy(s.masking.strategy).record(s.masking),
-            **probe_means(s),  # object vs background patches of the probe scenes (coverage.py)
+            **probe_means(s),  # object vs background patches of the probe scenes (probe.py)
         },
         "threads": share.threads,
     }

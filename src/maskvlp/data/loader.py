@@ -116,7 +116,7 @@ class TrainStream(IterableDataset):
     global batch g is logical stream g % streams's (g // streams)-th batch. Which process decodes
     it does not matter: W DataLoader workers (W dividing `streams`, or the main process alone) each
     take the logical streams the round-robin hands them, so the batches are the same whatever the
-    number of workers the CPU budget allows (resources.py)."""
+    number of workers the CPU budget allows (cpushare.py)."""
 
     def __init__(self, spec: StreamSpec, start_step: int = 0):
         if not spec.urls:

@@ -22,10 +22,10 @@ import webdataset as wds
 
 from maskvlp import __version__
 from maskvlp.config import Config, to_dict
+from maskvlp.cpushare import available_cpus
 from maskvlp.data.clean import CleanSample, clean_sample
 from maskvlp.data.sources import RawSample, Skip, make_source
 from maskvlp.progress import Progress
-from maskvlp.resources import available_cpus
 from maskvlp.runs import write_json_atomic
 
 MANIFEST = "manifest.json"

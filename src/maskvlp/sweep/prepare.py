@@ -100,7 +100,7 @@ def check_grid(spec: SweepSpec, params: str | None) -> None:
 def cpu_slots(cpus: list[int], parallel: int) -> list[frozenset[int]]:
     """The driver's CPUs split into `parallel` slots, one per local trial process: contiguous, as even as
     possible (8 CPUs, parallel 3: 3+3+2); with more slots than CPUs, slots share CPUs round-robin.
-    A trial process is pinned to its slot, so its CPU share (resources.py: torch threads, loader
+    A trial process is pinned to its slot, so its CPU share (cpushare.py: torch threads, loader
     workers) follows from its affinity mask as for any process started under taskset."""
     if parallel >= len(cpus):
         return [frozenset({cpus[i % len(cpus)]}) for i in range(parallel)]
