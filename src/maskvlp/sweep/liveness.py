@@ -120,10 +120,15 @@ def _driver_record(study_dir: Path) -> dict[str, Any]:
         return {"host": "?", "pid": "?"}
 
 
+def driver_text(record: dict[str, Any]) -> str:
+    """A driver as the messages name it: `pid P on HOST` and its Slurm job, if any."""
+    job = f", Slurm job {record['slurm_job']}" if record.get("slurm_job") else ""
+    return f"pid {record.get('pid')} on {record.get('host')}{job}"
+
+
 def _driver_refusal(study_dir: Path, other: dict[str, Any]) -> SweepSpecError:
-    job = f", Slurm job {other['slurm_job']}" if other.get("slurm_job") else ""
     return SweepSpecError(
-        f"a driver for study '{study_dir.name}' already runs (pid {other.get('pid')} on {other.get('host')}{job}); "
+        f"a driver for study '{study_dir.name}' already runs ({driver_text(other)}); "
         f"follow it with `maskvlp sweep-status {study_dir.name}`, or stop it first"
     )
 

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from maskvlp.progress import format_duration
 from maskvlp.runs import atomic_path, write_text_atomic
 from maskvlp.sweep.analyses import ANALYSES
-from maskvlp.sweep.liveness import driver_alive
+from maskvlp.sweep.liveness import driver_alive, driver_text
 from maskvlp.sweep.space import SweepSpec
 from maskvlp.sweep.spec import open_study
 from maskvlp.sweep.study import Logical, is_finished, load_study, logical_trials, quiet_optuna
@@ -160,17 +160,10 @@ def status(name: str, runs_dir: str = "runs") -> str:
     elif left:
         lines.append(f"  time left: unknown until a trial finishes ({left} trials to go)")
     driver = driver_alive(Path(runs_dir) / name)
-    where = (
-        f"pid {driver['pid']} on {driver['host']}"
-        + (f", Slurm job {driver['slurm_job']}" if driver and driver.get("slurm_job") else "")
-        if driver
-        else ""
-    )
-    lines.append(
-        f"  driver: running ({where})"
-        if driver
-        else "  driver: not running (run the same `maskvlp sweep` command to continue)"
-    )
+    if driver:
+        lines.append(f"  driver: running ({driver_text(driver)})")
+    else:
+        lines.append("  driver: not running (run the same `maskvlp sweep` command to continue)")
     return "\n".join(lines)
 
 
