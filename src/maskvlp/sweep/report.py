@@ -7,7 +7,7 @@ The report writes into its folder (default reports/sweeps/<name>/):
                            `maskvlp pretrain --params` or to copy into params.yaml
   pareto.csv               two objectives: the non-dominated trials
   *.png                    Optuna's matplotlib plots: history, importances, slice, contour, Pareto front
-  summary.json             counts by state, best values and params (a DVC metrics file)
+  summary.json             counts by state, best values and params (JSON: `dvc metrics show` reads it)
   comparison.md/.json/.png with a `compare:` section (sweep.analyses, sweep.compare): mean and 95% interval
                            over seeds per strategy and metric, each claim tested in one sentence
 """
