@@ -13,22 +13,17 @@ import torch
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 
 
-def checkpoint_path(directory: Path, step: int) -> Path:
-    return directory / f"step-{step:09d}.pt"
-
-
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     """(step, path) of complete checkpoints, oldest first (temp files are ignored)."""
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
-    return sorted(found)
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)))
 
 
 def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int) -> Path:
     """Write `state` as step-NNNNNNNNN.pt via a temp file and os.replace, then prune to the last `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(directory, step)
+    final = directory / f"step-{step:09d}.pt"
     tmp = final.with_name(final.name + ".tmp")
     with open(tmp, "wb") as fh:
         torch.save(state, fh)

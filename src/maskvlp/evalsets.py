@@ -99,10 +99,9 @@ def shard_set(urls: list[str], name: str, classes: list[str] | None = None, trai
         classes = sorted(names) or None
 
     def stream(paths: list[str], size: int, batch: int, counter: Counter[str]) -> Batches:
-        loader = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             EvalStream(paths, size, skipped=counter), batch_size=batch, collate_fn=eval_collate
         )
-        return loader
 
     train = (lambda size, batch: stream(train_urls, size, batch, Counter())) if train_urls else None
     return EvalSet(name, lambda size, batch: stream(urls, size, batch, skipped), classes, train, skipped=skipped)
@@ -118,7 +117,7 @@ def _json(raw: bytes) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def manifest_set(cfg: Config, out_dir: Path, name: str) -> EvalSet:
+def manifest_set(cfg: Config, out_dir: str | Path, name: str) -> EvalSet:
     """A maskvlp shard folder: its val split (train when it has none); the probe trains on train."""
     from maskvlp.data.shards import load_manifest, shard_paths
 
@@ -130,14 +129,11 @@ def manifest_set(cfg: Config, out_dir: Path, name: str) -> EvalSet:
 
 
 def val_set(cfg: Config, spec: str) -> EvalSet:
-    from maskvlp.data.shards import load_manifest, shard_paths
+    from maskvlp.data.shards import shard_paths
 
     if not shard_paths(cfg.data.out_dir, "val"):
         raise EvalSetError(f"no val split in {cfg.data.out_dir}: set data.val_fraction > 0 and re-run the shard stage")
-    classes = load_manifest(cfg.data.out_dir)["source"].get("classes") or None
-    return shard_set(
-        shard_paths(cfg.data.out_dir, "val"), "val", classes, train_urls=shard_paths(cfg.data.out_dir, "train")
-    )
+    return manifest_set(cfg, cfg.data.out_dir, "val")
 
 
 # ------------------------------------------------------------------------------- objects
@@ -146,17 +142,13 @@ def objects_set(cfg: Config, spec: str) -> EvalSet:
     apart from the training data): zero-shot without the ambiguity of multi-object scenes. Its train
     split (as many scenes, seeded apart again) fits the linear probe on a set whose label is visible."""
 
+    from maskvlp.data.synthetic import CLASS_NAMES
+
     def split(offset: int):
         per_class, context = cfg.eval.objects_per_class, cfg.data.synthetic.context
         return lambda size, batch_size: _objects(cfg.seed + offset, per_class, context, size, batch_size)
 
-    return EvalSet("objects", split(7_000_003), list(_synthetic_classes()), split(9_000_011), retrieval=False)
-
-
-def _synthetic_classes() -> list[str]:
-    from maskvlp.data import synthetic
-
-    return synthetic.CLASS_NAMES
+    return EvalSet("objects", split(7_000_003), list(CLASS_NAMES), split(9_000_011), retrieval=False)
 
 
 def _objects(seed: int, per_class: int, context: float, size: int, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -204,15 +196,17 @@ def table_set(cfg: Config, table: Path) -> EvalSet:
                 continue
             yield _item(to_uint8_tensor(resize_center_crop(to_rgb(img), size)), caption, raw.key, raw.meta)
 
-    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
-        yield from _batched(items(size), batch_size)
-
-    return EvalSet(dataset_name(str(table)), batches, labels or None, skipped=skipped)
+    return EvalSet(dataset_name(str(table)), _batches_of(items), labels or None, skipped=skipped)
 
 
 def _item(image: torch.Tensor, caption: str, key: str, meta: dict[str, Any]) -> dict[str, Any]:
     """One sample as the evaluation stream yields it (data/loader.py EvalStream)."""
     return {"image": image, "caption": caption, "key": key, "meta": meta}
+
+
+def _batches_of(items: Callable[[int], Iterable[dict[str, Any]]]) -> Callable[[int, int], Batches]:
+    """(image size, batch size) -> the batches of the samples `items(image size)` yields."""
+    return lambda size, batch_size: _batched(items(size), batch_size)
 
 
 def _batched(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
@@ -265,10 +259,7 @@ def emoji_set(cfg: Config, spec: str) -> EvalSet:
             meta.pop("label_name", None)  # a scene of two: not a zero-shot sample
             yield _item(to_uint8_tensor(image), caption, f"emoji-scene-{j:05d}", meta)
 
-    def batches(size: int, batch_size: int) -> Iterator[dict[str, Any]]:
-        yield from _batched(items(size), batch_size)
-
-    return EvalSet("emoji", batches, [name for _, name in table], retrieval=False)
+    return EvalSet("emoji", _batches_of(items), [name for _, name in table], retrieval=False)
 
 
 # ------------------------------------------------------------------------------- Fashion-MNIST
@@ -302,14 +293,8 @@ def fashion_mnist_set(cfg: Config, spec: str) -> EvalSet:
 
         return batches
 
-    return EvalSet(
-        "fashion-mnist",
-        split("test", cfg.eval.fashion_mnist_samples),
-        list(fm.CLASSES),
-        split("train", 0),
-        retrieval=False,
-        templates=fm.TEMPLATES,
-    )
+    test = split("test", cfg.eval.fashion_mnist_samples)
+    return EvalSet("fashion-mnist", test, list(fm.CLASSES), split("train", 0), retrieval=False, templates=fm.TEMPLATES)
 
 
 register_dataset("val", val_set)

@@ -150,7 +150,7 @@ class SubsetEvaluator:
     def __init__(self, cfg: Config, device: torch.device):
         es = val_set(cfg, "val")
         batches = limit_samples(es.batches(cfg.model.image_size, cfg.eval.batch_size), cfg.eval.subset_samples)
-        items = [b for b in batches]
+        items = list(batches)
         self.images = torch.cat([b["images"] for b in items])[: cfg.eval.subset_samples]
         self.captions = [c for b in items for c in b["captions"]][: len(self.images)]
         metas = [m for b in items for m in b["metas"]][: len(self.images)]
@@ -164,12 +164,8 @@ class SubsetEvaluator:
         was_training = model.training
         model.eval()
         try:
-            enc = encode_images(
-                model,
-                [{"images": self.images, "captions": self.captions, "metas": [{}] * len(self.captions), "keys": []}],
-                self.cfg,
-                self.device,
-            )
+            batch = {"images": self.images, "captions": self.captions, "metas": [{}] * len(self.captions), "keys": []}
+            enc = encode_images(model, [batch], self.cfg, self.device)
             out = retrieval(model, enc, self.tokenizer, self.device)
             metrics = {"retrieval/subset/i2t_r1": out["i2t_r1"], "retrieval/subset/t2i_r1": out["t2i_r1"]}
             if self.labels is not None and (self.labels >= 0).any():

@@ -80,17 +80,12 @@ def evaluate_set(
     plots: dict[str, list[dict[str, Any]]] = {"per_class": [], "retrieval": []}
     notes: list[str] = []
     if es.retrieval and len(enc.captions) > 1:
-        metrics.update({f"retrieval/{name}/{k}": v for k, v in retrieval(model, enc, tokenizer, device).items()})
+        res = retrieval(model, enc, tokenizer, device)
+        metrics.update({f"retrieval/{name}/{k}": v for k, v in res.items()})
         metrics[f"retrieval/{name}/chance_r1"] = 1.0 / len(enc.captions)
         metrics[f"retrieval/{name}/samples"] = len(enc.captions)
         plots["retrieval"] = [
-            {
-                "dataset": name,
-                "k": k,
-                "i2t": metrics[f"retrieval/{name}/i2t_r{k}"],
-                "t2i": metrics[f"retrieval/{name}/t2i_r{k}"],
-            }
-            for k in (1, 5, 10)
+            {"dataset": name, "k": k, "i2t": res[f"i2t_r{k}"], "t2i": res[f"t2i_r{k}"]} for k in (1, 5, 10)
         ]
     metrics.update({f"composition/{name}/{k}": v for k, v in composition(model, enc, tokenizer, device).items()})
     labels = labels_for(enc.metas, es.classes) if es.classes else None
@@ -112,14 +107,8 @@ def evaluate_set(
     if es.train_batches is None:
         notes.append(f"{name}: no train split, so no linear probe")
         return SetResult(metrics, plots, notes, dict(es.skipped))
-    train = encode_images(
-        model,
-        limit_samples(es.train_batches(size, batch), cfg.eval.linear_probe_samples),
-        run_cfg,
-        device,
-        f"{name} train",
-        progress,
-    )
+    train_batches = limit_samples(es.train_batches(size, batch), cfg.eval.linear_probe_samples)
+    train = encode_images(model, train_batches, run_cfg, device, f"{name} train", progress)
     tr_y, te_y = labels_for(train.metas, es.classes), labels
     tr, te = tr_y >= 0, te_y >= 0
     if tr.sum() > 1 and te.any() and len(set(tr_y[tr].tolist())) > 1:
@@ -183,17 +172,9 @@ def write_tensorboard_hparams(
     for old in log_dir.glob("events.out.tfevents.*"):
         old.unlink()  # re-evaluating replaces the session instead of adding a second one
     hp = {f"masking.{k}": v for k, v in vars(run_cfg.masking).items()}
-    hp.update(
-        {
-            "model.vision": run_cfg.model.vision,
-            "model.text": run_cfg.model.text,
-            "train.samples": run_cfg.train.samples,
-            "train.batch_size": run_cfg.train.batch_size,
-            "seed": run_cfg.seed,
-            "train.seed": run_cfg.train.seed,
-        }
-    )
-    hp.update(extra_hparams or {})
+    m, t = run_cfg.model, run_cfg.train
+    hp |= {"model.vision": m.vision, "model.text": m.text, "train.samples": t.samples, "train.batch_size": t.batch_size}
+    hp |= {"seed": run_cfg.seed, "train.seed": t.seed, **(extra_hparams or {})}
     hp = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in hp.items()}
     scalars = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
     exp, ssi, sei = hparams(hp, scalars)

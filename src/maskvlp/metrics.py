@@ -52,8 +52,7 @@ def _rank_of_best_positive(scores: torch.Tensor, positive: torch.Tensor) -> torc
     """scores, positive: (Q, N) -> (Q,) rank (0 = first) of the best-scoring positive among the
     negatives; negatives tied with it count as ranked above (pessimistic)."""
     best_pos = torch.where(positive, scores, torch.full_like(scores, -torch.inf)).max(1).values
-    above = ((scores >= best_pos[:, None]) & ~positive).sum(1)
-    return above
+    return ((scores >= best_pos[:, None]) & ~positive).sum(1)
 
 
 def text_positives(image_texts: list[list[str]], texts: list[str]) -> torch.Tensor:
@@ -84,11 +83,7 @@ def retrieval_recall(similarity: torch.Tensor, positive: torch.Tensor, ks=(1, 5,
         positive = images[:, None] == positive[None, :]
     i2t = _rank_of_best_positive(similarity, positive)
     t2i = _rank_of_best_positive(similarity.T, positive.T)
-    out = {}
-    for k in ks:
-        out[f"i2t_r{k}"] = float((i2t < k).float().mean())
-        out[f"t2i_r{k}"] = float((t2i < k).float().mean())
-    return out
+    return {f"{d}_r{k}": float((rank < k).float().mean()) for k in ks for d, rank in (("i2t", i2t), ("t2i", t2i))}
 
 
 def pairwise_choice_accuracy(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:

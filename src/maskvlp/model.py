@@ -67,9 +67,8 @@ def sincos_positions(grid: int, width: int) -> torch.Tensor:
     if width % 4:
         raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")
     freqs = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
-    ys, xs = torch.meshgrid(
-        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
-    )
+    steps = torch.arange(grid, dtype=torch.float64)
+    ys, xs = torch.meshgrid(steps, steps, indexing="ij")
     parts = []
     for coord in (ys.flatten(), xs.flatten()):
         angles = coord[:, None] * freqs[None, :]
@@ -241,11 +240,7 @@ class CLIP(nn.Module):
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None):
         """-> (image features, text features, logit scale); features L2-normalised."""
-        return (
-            self.encode_image(images, keep_idx),
-            self.encode_text(tokens),
-            self.logit_scale.exp(),
-        )
+        return self.encode_image(images, keep_idx), self.encode_text(tokens), self.logit_scale.exp()
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one entry per token count; the model lives as long as a run)
     def train_flops_per_sample(self, kept_tokens: int) -> float:

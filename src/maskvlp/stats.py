@@ -29,9 +29,6 @@ class Interval:
     def has_interval(self) -> bool:
         return math.isfinite(self.low) and math.isfinite(self.high)
 
-    def excludes_zero(self) -> bool:
-        return self.has_interval and (self.low > 0 or self.high < 0)
-
     def to_dict(self) -> dict[str, float | int]:
         return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "level": self.level}
 

@@ -66,9 +66,8 @@ def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_siz
     variants = []  # each strategy's own variants (cluster: both modes), else the strategy at k's params
     for name, strategy in STRATEGIES.items():
         if name != "none":
-            variants += (
-                strategy.pictures(replace(k, strategy=name)) if strategy.pictures else [replace(k, strategy=name)]
-            )
+            own = replace(k, strategy=name)
+            variants += strategy.pictures(own) if strategy.pictures else [own]
     # the same generator state gives the same anchors to every cluster variant
     results = {
         describe(v): compute_mask(images_norm, v, patch_size, torch.Generator(images_norm.device).manual_seed(seed))
@@ -93,10 +92,7 @@ def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_siz
             ax.set_yticks([])
             if i == 0 or title.startswith("clusters"):
                 ax.set_title(title, fontsize=7)
-    fig.suptitle(
-        f"masking {describe(k)}, patch {patch_size}px",
-        fontsize=9,
-    )
+    fig.suptitle(f"masking {describe(k)}, patch {patch_size}px", fontsize=9)
     fig.tight_layout()
     return fig
 
