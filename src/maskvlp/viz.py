@@ -25,8 +25,7 @@ def _patch_grid(values: torch.Tensor, grid: tuple[int, int], patch_size: int) ->
 
 def clusters_picture(image: np.ndarray, result: MaskResult, index: int, patch_size: int) -> np.ndarray:
     """Clustered patches tinted by their anchor's colour, anchors outlined in white, others dimmed."""
-    h, w = image.shape[:2]
-    grid = (h // patch_size, w // patch_size)
+    grid = (image.shape[0] // patch_size, image.shape[1] // patch_size)
     out = image.astype(np.float32) * 0.35
     if result.cluster_id is None:
         return out.astype(np.uint8)
@@ -44,8 +43,7 @@ def clusters_picture(image: np.ndarray, result: MaskResult, index: int, patch_si
 
 def kept_picture(image: np.ndarray, result: MaskResult, index: int, patch_size: int) -> np.ndarray:
     """The image with removed patches greyed out."""
-    h, w = image.shape[:2]
-    grid = (h // patch_size, w // patch_size)
+    grid = (image.shape[0] // patch_size, image.shape[1] // patch_size)
     kept = torch.zeros(result.num_patches, dtype=torch.bool)
     kept[result.keep_idx[index].cpu()] = True
     keep_map = _patch_grid(kept, grid, patch_size)

@@ -106,18 +106,13 @@ def clean_caption(caption: str | bytes | None) -> str | Skip:
         try:
             caption = caption.encode("utf-8", "surrogateescape")  # the table's bytes again
         except UnicodeEncodeError as exc:  # a surrogate no byte stands for, e.g. JSON's "\ud800"
-            return Skip(
-                "caption_not_utf8",
-                detail=f"caption is not valid UTF-8 (a lone surrogate U+{ord(caption[exc.start]):04X} "
-                f"at character {exc.start})",
-            )
+            where = f"a lone surrogate U+{ord(caption[exc.start]):04X} at character {exc.start}"
+            return Skip("caption_not_utf8", detail=f"caption is not valid UTF-8 ({where})")
     try:
         caption = caption.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Skip(
-            "caption_not_utf8",
-            detail=f"caption is not valid UTF-8 (byte 0x{caption[exc.start]:02x} at position {exc.start})",
-        )
+        where = f"byte 0x{caption[exc.start]:02x} at position {exc.start}"
+        return Skip("caption_not_utf8", detail=f"caption is not valid UTF-8 ({where})")
     caption = " ".join(caption.split())
     return caption if caption else Skip("empty_caption")
 

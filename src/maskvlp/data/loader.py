@@ -29,10 +29,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from maskvlp.data.sources import IMAGE_EXTS
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.data.transforms import to_uint8_tensor, train_image
-
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def buffer_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> Ite
 
 
 def _image_bytes(sample: dict[str, Any]) -> bytes:
-    for key in IMAGE_KEYS:
+    for key in IMAGE_EXTS:
         if key in sample:
             return sample[key]
     raise KeyError(f"sample {sample.get('__key__')} of {sample.get('__url__')} holds no image")
@@ -124,13 +123,13 @@ class TrainStream(IterableDataset):
         self.spec, self.start_step = spec, start_step
 
     def raw_stream(self, slot: int, num_slots: int) -> Iterator[dict[str, Any]]:
+        s = self.spec
+
         def epochs():
             for epoch in itertools.count():
-                yield from slot_samples(
-                    list(self.spec.urls), slot, num_slots, self.spec.seed * 100003 + epoch, self.spec.limits
-                )
+                yield from slot_samples(list(s.urls), slot, num_slots, s.seed * 100003 + epoch, s.limits)
 
-        return buffer_shuffle(epochs(), self.spec.shuffle_buffer, random.Random(f"{self.spec.seed}/shuffle/{slot}"))
+        return buffer_shuffle(epochs(), s.shuffle_buffer, random.Random(f"{s.seed}/shuffle/{slot}"))
 
     def logical_batches(self, stream: int) -> Iterator[dict[str, Any]]:
         """The batches of one logical stream from where a run resumed at `start_step`."""
@@ -182,7 +181,7 @@ class EvalStream(IterableDataset):
 
         worker, workers = _worker()  # the DataLoader workers split the samples (none: this process reads all)
         for sample in slot_samples(self.urls, worker, workers, epoch_seed=None):
-            data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+            data = next((sample[k] for k in IMAGE_EXTS if k in sample), None)
             img = decode_image(data) if data is not None else None
             caption = clean_caption(sample.get("txt"))
             reason = (
@@ -240,7 +239,7 @@ def read_images(path: str, limit: int, image_size: int, min_side: int = 1) -> tu
     elif p.is_file() and p.suffix == ".tar":
         blobs = (_image_bytes(s) for s in slot_samples([str(p)], 0, 1, epoch_seed=None))
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMAGE_KEYS)
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMAGE_EXTS)
         if not files:
             raise FileNotFoundError(f"no .jpg/.png/.webp images under '{p}'")
         blobs = (f.read_bytes() for f in files)

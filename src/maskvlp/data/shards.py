@@ -204,8 +204,7 @@ def load_manifest(out_dir: str | Path) -> dict[str, Any]:
 
 def shard_paths(out_dir: str | Path, split: str) -> list[str]:
     """The shard files of a split, as listed in the manifest (in order)."""
-    manifest = load_manifest(out_dir)
-    shards = manifest["splits"].get(split, {}).get("shards", [])
+    shards = load_manifest(out_dir)["splits"].get(split, {}).get("shards", [])
     return [str(Path(out_dir) / sh["name"]) for sh in shards]
 
 

@@ -64,14 +64,9 @@ class SyntheticSource:
         return iter(range(self.s.num_samples))
 
     def load(self, index: int) -> RawSample:
+        s = self.s
         image, caption, meta = synthetic.generate_scene(
-            self.seed,
-            index,
-            self.size,
-            self.s.min_objects,
-            self.s.max_objects,
-            self.s.textured_fraction,
-            self.s.context,
+            self.seed, index, self.size, s.min_objects, s.max_objects, s.textured_fraction, s.context
         )
         return RawSample(f"syn{index:07d}", image, caption, meta)
 
@@ -191,8 +186,7 @@ def read_table(path: Path) -> Table:
         import pandas as pd
 
         df = pd.read_parquet(path)
-        records = df.to_dict("records")
-        return Table([str(c) for c in df.columns], [(i + 1, r) for i, r in enumerate(records)])
+        return Table([str(c) for c in df.columns], [(i + 1, r) for i, r in enumerate(df.to_dict("records"))])
     raise ConfigError(f"data.folder.table: '{path}' must end in .csv, .tsv, .jsonl or .parquet")
 
 
@@ -212,12 +206,8 @@ class FolderSource:
         self.real_root = self.root.resolve()
         self.allow_outside = f.allow_outside
         table = read_table(self.table_path)
-        for key, col in (
-            ("path_column", f.path_column),
-            ("caption_column", f.caption_column),
-            ("label_column", f.label_column),
-        ):
-            if col and col not in table.columns:
+        for key in ("path_column", "caption_column", "label_column"):
+            if (col := getattr(f, key)) and col not in table.columns:
                 raise ConfigError(
                     f"data.folder.{key}: column '{col}' not in {self.table_path} "
                     f"(columns: {', '.join(map(str, table.columns))})"
@@ -349,7 +339,6 @@ class ShardSource:
             yield RawSample(sanitize_key(key), files[image_ext], files["txt"], meta)
 
 
-# data.source -> its class (config validation takes the choices from here)
 class OpenClipartMissing(FileNotFoundError):
     """The package's drawings are not there; the message says how to install them."""
 
@@ -521,6 +510,7 @@ class MixSource:
         return raw
 
 
+# data.source -> its class (check_section takes the choices from here)
 SOURCES = {
     "synthetic": SyntheticSource,
     "emoji": EmojiSource,

@@ -88,10 +88,6 @@ class SceneObject:
         return f"a {self.size} {self.color} {self.shape}"
 
 
-def class_index(color: str, shape: str) -> int:
-    return CLASS_NAMES.index(f"{color} {shape}")
-
-
 def _tint(rng: np.random.Generator) -> np.ndarray:
     """A per-channel direction for a texture or a shading ramp: mostly positive, not equal across
     channels (so the pattern differs between R, G and B), norm sqrt(3) like (1, 1, 1)."""
@@ -253,7 +249,8 @@ def generate_scene(
     caption = _caption(objs, relation)
     meta: dict = {}
     if n == 1:  # a class the image determines
-        meta.update(label=class_index(objs[0].color, objs[0].shape), label_name=f"{objs[0].color} {objs[0].shape}")
+        name = f"{objs[0].color} {objs[0].shape}"
+        meta.update(label=CLASS_NAMES.index(name), label_name=name)
     meta.update(
         labels=[f"{o.color} {o.shape}" for o in objs],
         objects=[
