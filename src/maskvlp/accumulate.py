@@ -26,6 +26,8 @@ from maskvlp.loss import distributed_clip_loss
 
 # (images normalised, tokens, kept-token indices or None for every patch)
 Micro = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+Forward = Callable[..., Any]  # (images, tokens, keep) -> (image features, text features, logit scale)
+NoSync = Callable[[], Any] | None  # DDP's no_sync (None: one process)
 
 
 def _features(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,11 +36,7 @@ def _features(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def cached_backward(
-    forward: Callable[..., Any],
-    micros: Sequence[Micro],
-    local_loss: bool = False,
-    autocast: Any = None,
-    no_sync: Callable[[], Any] | None = None,
+    forward: Forward, micros: Sequence[Micro], local_loss: bool = False, autocast: Any = None, no_sync: NoSync = None
 ) -> torch.Tensor:
     """Backward of the contrastive loss over all `micros` as one batch; returns the loss (detached).
     `no_sync`: DDP's no_sync, entered for all but the last backward (gradients all-reduce once)."""
@@ -65,11 +63,7 @@ def cached_backward(
 
 
 def per_micro_backward(
-    forward: Callable[..., Any],
-    micros: Sequence[Micro],
-    local_loss: bool = False,
-    autocast: Any = None,
-    no_sync: Callable[[], Any] | None = None,
+    forward: Forward, micros: Sequence[Micro], local_loss: bool = False, autocast: Any = None, no_sync: NoSync = None
 ) -> torch.Tensor:
     """The mean of k micro-batch losses, each over its own B samples (B-1 negatives each): cheaper
     (no second forward) but a smaller contrastive batch than k*B. Returns the mean loss (detached)."""

@@ -6,7 +6,6 @@ training imports only this module, so a change to the stage or the linear probe 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from maskvlp.config import Config
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.data.transforms import normalize
-from maskvlp.evalsets import val_set
+from maskvlp.evalsets import Batches, val_set
 from maskvlp.metrics import (
     mean_per_class_recall,
     pairwise_choice_accuracy,
@@ -44,12 +43,7 @@ class Encoded:
 
 @torch.no_grad()
 def encode_images(
-    model: CLIP,
-    batches: Iterable[dict[str, Any]],
-    cfg: Config,
-    device: torch.device,
-    desc: str = "",
-    progress: bool = False,
+    model: CLIP, batches: Batches, cfg: Config, device: torch.device, desc: str = "", progress: bool = False
 ) -> Encoded:
     feats, captions, metas, keys = [], [], [], []
     for batch in track(batches, None, f"encode {desc}", "batch", progress):
@@ -132,7 +126,7 @@ def labels_for(metas: list[dict[str, Any]], classes: list[str]) -> torch.Tensor:
     return torch.tensor([one(m) for m in metas], dtype=torch.long)
 
 
-def limit_samples(batches: Iterable[dict[str, Any]], samples: int) -> Iterable[dict[str, Any]]:
+def limit_samples(batches: Batches, samples: int) -> Batches:
     """The batches until at least `samples` samples have been yielded (the last batch whole)."""
     seen = 0
     for batch in batches:

@@ -18,9 +18,11 @@ from PIL import Image
 
 from maskvlp.data.clean import to_rgb
 
+Range = tuple[float, float]  # (low, high): a crop's area fraction or aspect ratio
+
 
 def random_resized_crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+    width: int, height: int, scale: Range, ratio: Range, rng: random.Random
 ) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) of a crop covering `scale` of the area with aspect in `ratio`
     (torchvision's RandomResizedCrop sampling: 10 tries, then a centre crop)."""
@@ -52,12 +54,7 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def train_image(
-    data: bytes,
-    out_size: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    rng: random.Random,
-    hflip: bool = False,
+    data: bytes, out_size: int, scale: Range, ratio: Range, rng: random.Random, hflip: bool = False
 ) -> torch.Tensor:
     """Decode + RandomResizedCrop(out_size) [+ horizontal flip with probability 1/2] + uint8 tensor
     (3, out_size, out_size). The flip draws from `rng` only when enabled, so streams without it are
