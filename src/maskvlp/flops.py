@@ -1,5 +1,5 @@
-"""Training FLOPs: the one formula (docs/records.md) behind training's `train_flops`, the MFU scalar and
-the throughput benchmark's rows.
+"""Training FLOPs: the one formula (docs/records.md) behind training's `train_flops`, the compute-matched
+budget (train.compute_samples), the MFU scalar and the throughput benchmark's rows.
 
 A training sample costs its kept image tokens and its caption through both towers, forward and backward
 (`CLIP.train_flops_per_sample`), times 4/3 when gradient accumulation's feature cache runs a second
