@@ -74,6 +74,11 @@ def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     assert "Running stage 'evaluate'" in out and "Running stage 'pretrain'" not in out
     assert "Running stage 'shard'" not in out
 
+    with open(repo / "src/maskvlp/linearprobe.py", "a") as fh:  # code only evaluation runs: evaluate alone
+        fh.write("\n# an edit\n")
+    status = json.loads(run(["dvc", "status", "--json"], repo, tool_env).strip().splitlines()[-1])
+    assert set(status) == {"evaluate"}, status
+
     _set(repo, "train", "lr", 0.001)  # a training param: pretrain and evaluate
     out = run(["dvc", "repro"], repo, tool_env)
     assert "Running stage 'shard'" not in out
@@ -85,7 +90,7 @@ def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     status = json.loads(run(["dvc", "status", "--json"], repo, tool_env).strip().splitlines()[-1])
     for stage in ("shard", "pretrain", "evaluate"):
         changed = [e["changed deps"] for e in status.get(stage, []) if isinstance(e, dict) and "changed deps" in e]
-        assert changed and "src/maskvlp" in changed[0], (stage, status)
+        assert changed and "src/maskvlp/data/clean.py" in str(changed[0]), (stage, status)
 
     params = yaml.safe_load((repo / "params.yaml").read_text())  # a data param: everything
     params["data"]["synthetic"]["num_samples"] = 200
