@@ -282,12 +282,8 @@ def check_section(m: ModelConfig) -> None:
     choice("model.vision", m.vision, tuple(VISION_PRESETS))
     choice("model.text", m.text, tuple(TEXT_PRESETS))
     check(m.patch_size >= 1, "model.patch_size", "must be >= 1", m.patch_size)
-    check(
-        m.image_size >= m.patch_size and m.image_size % m.patch_size == 0,
-        "model.image_size",
-        f"must be a multiple of model.patch_size={m.patch_size}",
-        m.image_size,
-    )
+    s, p = m.image_size, m.patch_size
+    check(s >= p and s % p == 0, "model.image_size", f"must be a multiple of model.patch_size={p}", s)
     check(m.embed_dim >= 1, "model.embed_dim", "must be >= 1", m.embed_dim)
     check(m.context_length >= 3, "model.context_length", "must be >= 3", m.context_length)
     choice("model.pos_embed", m.pos_embed, POS_EMBEDS)

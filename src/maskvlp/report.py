@@ -46,13 +46,8 @@ def chance_level(key: str, metrics: dict[str, float]) -> float | None:
 
 
 def short_name(key: str) -> str:
-    for long, short in (
-        ("zeroshot/", "zs/"),
-        ("retrieval/", "ret/"),
-        ("composition/", "comp/"),
-        ("linear_probe/", "lp/"),
-    ):
-        key = key.replace(long, short)
+    for old, new in (("zeroshot/", "zs/"), ("retrieval/", "ret/"), ("composition/", "comp/"), ("linear_probe/", "lp/")):
+        key = key.replace(old, new)
     return key.replace("/val/", "/").replace("/objects/", "/obj/")
 
 
@@ -62,9 +57,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     cols = [max(6, len(short_name(k))) for k in keys]
     run_w = max(3, *(len(r["run"]) for r in rows))
     mask_w = max(7, *(len(r["masking"]) for r in rows))
-    head = f"{'run':{run_w}s}  {'masking':{mask_w}s}  " + "  ".join(
-        f"{short_name(k):>{w}s}" for k, w in zip(keys, cols)
-    )
+    names = "  ".join(f"{short_name(k):>{w}s}" for k, w in zip(keys, cols))
+    head = f"{'run':{run_w}s}  {'masking':{mask_w}s}  {names}"
     lines = [head, "-" * len(head)]
     for r in rows:
         vals = "  ".join(

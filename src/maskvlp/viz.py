@@ -79,9 +79,8 @@ def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_siz
         img = images_uint8[i].permute(1, 2, 0).cpu().numpy()
         panels = [("image", img)]
         if clusters is not None:
-            panels.append(
-                (f"clusters ({clusters.cluster_coverage[i]:.0%})", clusters_picture(img, clusters, i, patch_size))
-            )
+            pic = clusters_picture(img, clusters, i, patch_size)
+            panels.append((f"clusters ({clusters.cluster_coverage[i]:.0%})", pic))
         for name, res in results.items():
             panels.append((f"{name}: keep {res.keep_idx.shape[1]}", kept_picture(img, res, i, patch_size)))
         for ax, (title, pic) in zip(axes[i], panels):

@@ -550,12 +550,8 @@ def check_section(d: DataConfig) -> None:
     choice("data.openclipart.level", oc.level, ("leaf", "top"))
     check(oc.min_per_class >= 1, "data.openclipart.min_per_class", "must be >= 1", oc.min_per_class)
     check(oc.max_per_class >= 0, "data.openclipart.max_per_class", "must be >= 0 (0 = all)", oc.max_per_class)
-    check(
-        oc.collection_title_min == 0 or oc.collection_title_min >= 2,
-        "data.openclipart.collection_title_min",
-        "must be 0 (off) or >= 2",
-        oc.collection_title_min,
-    )
+    n = oc.collection_title_min
+    check(n == 0 or n >= 2, "data.openclipart.collection_title_min", "must be 0 (off) or >= 2", n)
     check(
         len(oc.background) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in oc.background),
         "data.openclipart.background",
@@ -593,17 +589,9 @@ def check_section(d: DataConfig) -> None:
     if "shards" in uses:
         check(bool(d.shards.urls), "data.shards.urls", "must name existing shards (brace pattern or glob)", "")
     a = d.augment
-    check(
-        0 < a.crop_scale_min <= a.crop_scale_max <= 1,
-        "data.augment.crop_scale_min/max",
-        "must satisfy 0 < min <= max <= 1",
-        (a.crop_scale_min, a.crop_scale_max),
-    )
-    check(
-        0 < a.crop_ratio_min <= a.crop_ratio_max,
-        "data.augment.crop_ratio_min/max",
-        "must satisfy 0 < min <= max",
-        (a.crop_ratio_min, a.crop_ratio_max),
-    )
+    lo, hi = a.crop_scale_min, a.crop_scale_max
+    check(0 < lo <= hi <= 1, "data.augment.crop_scale_min/max", "must satisfy 0 < min <= max <= 1", (lo, hi))
+    lo, hi = a.crop_ratio_min, a.crop_ratio_max
+    check(0 < lo <= hi, "data.augment.crop_ratio_min/max", "must satisfy 0 < min <= max", (lo, hi))
     check(len(a.mean) == 3 and len(a.std) == 3, "data.augment.mean/std", "must have 3 values each", (a.mean, a.std))
     check(all(v > 0 for v in a.std), "data.augment.std", "must be positive", a.std)
