@@ -80,7 +80,9 @@ def declared(stage: str) -> set[Path]:
 def test_a_stage_depends_on_exactly_the_code_it_runs(stage):
     needed, listed = closure(stage), declared(stage)
     assert not needed - listed, f"dvc.yaml's {stage} stage misses {sorted(map(str, needed - listed))}"
-    assert not listed - needed, f"dvc.yaml's {stage} stage lists code it never imports: {sorted(map(str, listed - needed))}"
+    assert not listed - needed, (
+        f"dvc.yaml's {stage} stage lists code it never imports: {sorted(map(str, listed - needed))}"
+    )
 
 
 def test_training_does_not_depend_on_evaluation_code():
