@@ -1,5 +1,6 @@
-"""Slurm, through submitit: stages submitted as jobs (or to submitit's in-process debug executor), their
-preemption, what Slurm says of them (pending reasons, accounting states), and the launcher section's checks.
+"""Slurm, through submitit: the only module that runs Slurm's commands (sbatch, squeue, sacct, scancel).
+Stages submitted as jobs (or to submitit's in-process debug executor), their preemption, what Slurm says
+of them (pending reasons, accounting states), cancelling a job, and the launcher section's checks.
 
 Preemption and time limits: Slurm (or `job._interrupt()`) sends SIGUSR2. submitit's own handler
 would checkpoint at whatever instruction the signal lands on; instead every task of a training job
@@ -281,6 +282,14 @@ def pending_reasons(job_ids: list[str]) -> dict[str, str]:
         if job_id.strip():
             reasons[job_id.strip()] = reason.strip()
     return reasons
+
+
+def cancel(job_id: str) -> None:
+    """scancel the job; raises LaunchError when scancel fails or does not answer."""
+    try:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LaunchError(f"scancel {job_id} failed ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------- reconciliation

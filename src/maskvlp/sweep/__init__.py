@@ -10,8 +10,8 @@
     study.py     the Optuna side: storage, sampler, pruner, sampling a trial, counting logical trials
     prepare.py   `maskvlp sweep FILE` made ready: everything checked before anything is submitted
     liveness.py  whether a trial's job or a study's driver is alive; the driver lock
-    driver.py    keeps `parallel` trials in flight, reconciles trials whose job is gone, resumes
-    detach.py    `maskvlp sweep --detach`: the driver as a Slurm job
+    driver.py    keeps `parallel` trials in flight, reconciles trials whose job is gone, resumes;
+                 `--detach` runs the driver itself as a Slurm job
     job.py       one trial as a job: pretrain with the pruning hook, evaluate, tell the study
     report.py    `maskvlp sweep-status` and `maskvlp sweep-report`
     commands.py  the bodies of the sweep commands of maskvlp.cli

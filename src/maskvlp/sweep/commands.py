@@ -24,8 +24,7 @@ def run(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from maskvlp.sweep.detach import check_detach, detach
-    from maskvlp.sweep.driver import run_sweep, summary_line
+    from maskvlp.sweep.driver import check_detach, detach, run_sweep, summary_line
     from maskvlp.sweep.prepare import prepare
     from maskvlp.sweep.study import is_rdb, open_storage
 

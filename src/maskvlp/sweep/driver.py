@@ -1,4 +1,5 @@
-"""`maskvlp sweep FILE`: run a study to `n_trials` finished trials, `parallel` at a time.
+"""`maskvlp sweep FILE`: run a study to `n_trials` finished trials, `parallel` at a time (with `--detach`,
+the driver itself runs as a small Slurm job, DriverJob, so that its user may log off).
 
 The driver holds no state of its own: everything is in the study's storage (trial params, states,
 user attributes `run_dir` and `job`) and in the trials' run folders, so it can be killed at any
@@ -37,22 +38,25 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from maskvlp.config import to_dict
+from maskvlp.config import ConfigError, to_dict
+from maskvlp.launch import HOPELESS_REASONS, LaunchError, PreemptibleJob, cancel, pending_reasons, submit
 from maskvlp.progress import Progress, format_duration
 from maskvlp.runs import RunPaths, read_result, weights_complete, write_json_atomic, write_text_atomic
 from maskvlp.sweep.job import EXIT_NOT_LIVE, EXIT_STOPPED, TrialJob, TrialTask
 from maskvlp.sweep.liveness import (
     Handle,
-    alive_jobs,
     driver_lock,
     job_alive,
     proc_start,
     recorded_handle,
+    refuse_force_new,
+    refuse_second_driver,
     slurm_states_of,
 )
 from maskvlp.sweep.prepare import Sweep, trial_config
@@ -83,9 +87,6 @@ class Driver:
         """Ask the study for a trial (an enqueued retry first) and start its job. A trial whose params the
         config refuses is told FAIL (a crash: it is retried, then given up); a job the cluster refuses stops
         the sweep (every trial would be refused alike)."""
-        from maskvlp.config import ConfigError
-        from maskvlp.launch import LaunchError
-
         trial = self.study.ask()
         try:
             return self._start(trial)
@@ -97,9 +98,7 @@ class Driver:
             self._fail(trial, f"could not start its job: {exc}", crash=False)
             raise
 
-    def _fail(
-        self, trial: optuna.Trial | optuna.trial.FrozenTrial, why: str, crash: bool, no_retry: bool = False
-    ) -> None:
+    def _fail(self, trial: optuna.trial.BaseTrial, why: str, crash: bool, no_retry: bool = False) -> None:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             handle = trial_handle(self.study, trial.number)
             handle.set_user_attr("failure", why)
@@ -136,8 +135,6 @@ class Driver:
             job = f"local:{socket.gethostname()}:{proc.pid}:{proc_start(proc.pid)}"
             handle = Handle(trial.number, run_dir, job, process=proc, slot=slot)
         else:
-            from maskvlp.launch import submit
-
             submitted = submit(cfg, TrialJob(task), run_dir, "trial")
             handle = Handle(trial.number, run_dir, f"slurm:{submitted.job.job_id}")
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # it may have told already
@@ -236,8 +233,6 @@ class Driver:
         """Pending Slurm trials whose reason no waiting clears (a partition too small, an invalid account,
         ...): the job is cancelled and the trial failed with Slurm's reason, not retried (a retry would
         wait forever alike). Other reasons (Resources, Priority) just wait."""
-        from maskvlp.launch import HOPELESS_REASONS, pending_reasons
-
         reasons = pending_reasons([h.job.split(":", 1)[1] for h in pending])
         for h in pending:
             job_id = h.job.split(":", 1)[1]
@@ -245,9 +240,9 @@ class Driver:
             if reason not in HOPELESS_REASONS:
                 continue
             try:
-                subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=True)
-            except (OSError, subprocess.SubprocessError) as exc:
-                self._say(f"trial {h.number}: scancel {job_id} failed ({exc}); trying again at the next poll")
+                cancel(job_id)
+            except LaunchError as exc:
+                self._say(f"trial {h.number}: {exc}; trying again at the next poll")
                 continue
             why = f"job {job_id} can never start (Slurm: pending, reason {reason}); cancelled"
             self._fail(trial_handle(self.study, h.number), why, crash=True, no_retry=True)
@@ -362,26 +357,6 @@ class Driver:
         print(f"sweep {self.sw.spec.name}: {message}", file=sys.stderr, flush=True)
 
 
-def refuse_force_new_while_jobs_run(sw: Sweep) -> None:
-    """--force-new would give the old study's name and storage to a new study while its jobs still write
-    and tell: refused, naming the jobs and how to stop them."""
-    jobs = alive_jobs(sw.spec.name, sw.storage, sw.spec.parallel)
-    if not jobs:
-        return
-    slurm = [j.split(":", 1)[1] for j in jobs if j.startswith("slurm:")]
-    local = [j.split(":")[2] for j in jobs if j.startswith("local:")]
-    how = []
-    if slurm:
-        how.append(f"`scancel {' '.join(slurm)}`")
-    if local:
-        how.append(f"`kill {' '.join(local)}` (on the host that runs them)")
-    raise SweepSpecError(
-        f"--force-new: {len(jobs)} trial job(s) of the old study '{sw.spec.name}' still run ({', '.join(jobs)}); "
-        f"they would write into the new study. Stop them first with {' and '.join(how)}, or follow them "
-        f"without --force-new (`maskvlp sweep-status {sw.spec.name}`)"
-    )
-
-
 def set_aside(study_dir: Path) -> Path | None:
     """--force-new: move the old study's folder to <name>.replaced-<time> (nothing is deleted)."""
     if not study_dir.exists():
@@ -395,7 +370,7 @@ def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s:
     """Create or resume the study and drive it to n_trials finished trials."""
     with driver_lock(sw.study_dir) as record:  # before --force-new moves anything a running driver uses
         if force_new:
-            refuse_force_new_while_jobs_run(sw)
+            refuse_force_new(sw.spec, sw.storage)
             moved = set_aside(sw.study_dir)  # its journal too, when it lives there (an RDB study is deleted below)
             if moved:
                 print(f"sweep {sw.spec.name}: the old study's folder is now {moved}", file=sys.stderr)
@@ -416,3 +391,53 @@ def summary_line(sw: Sweep, groups: list[Logical], elapsed_s: float) -> str:
     return (
         f"sweep {sw.spec.name}: {counts} in {format_duration(elapsed_s)}; report: maskvlp sweep-report {sw.spec.name}"
     )
+
+
+# ------------------------------------------------------------------ --detach: the driver as a Slurm job
+class DriverJob(PreemptibleJob):
+    """The driver as a Slurm job. It holds no state, so it does not stop at a boundary of its own: at the
+    time limit or on preemption submitit requeues it wherever the signal lands and it resumes the study
+    (trials keep running). No bound of its own (max_requeues None); submitit stops after
+    launcher.max_requeues time limits."""
+
+    def __init__(self, sw: Sweep, force_new: bool, requeues: int = 0):
+        super().__init__(requeues, max_requeues=None)
+        self.sw, self.force_new = sw, force_new
+
+    def __call__(self) -> str:
+        started = time.time()
+        groups = run_sweep(self.sw, self.force_new, progress=True)
+        return summary_line(self.sw, groups, time.time() - started)
+
+    def resumed(self) -> DriverJob:
+        return DriverJob(self.sw, force_new=False, requeues=self.requeues + 1)
+
+
+def check_detach(sw: Sweep) -> None:
+    """Refuse --detach for local trials (before anything is printed or submitted)."""
+    if sw.executor != "slurm":
+        raise SweepSpecError(
+            "--detach runs the driver as a Slurm job, and its trials must be Slurm jobs too: "
+            "add --set launcher.executor=slurm"
+        )
+
+
+DRIVER_LAUNCHER = dict(executor="slurm", cpus_per_task=1, mem_gb=2.0, nodes=1, tasks_per_node=1, gpus_per_node=0)
+
+
+def detach(sw: Sweep, force_new: bool) -> str:
+    """Submit the driver as a Slurm job (1 CPU, 2 GB, the launcher's partition and time limit; at the time
+    limit it is requeued, up to launcher.max_requeues times). --force-new is done here, before submitting,
+    so a requeued driver resumes the new study instead of setting it aside again."""
+    check_detach(sw)
+    refuse_second_driver(sw.study_dir)
+    if force_new:
+        with driver_lock(sw.study_dir):
+            refuse_force_new(sw.spec, sw.storage)
+            set_aside(sw.study_dir)
+            create_or_resume(sw.spec, sw.storage, sw.spec.parallel, True)
+        force_new = False
+    launcher = replace(sw.base_cfg.launcher, **DRIVER_LAUNCHER, job_name=f"{sw.spec.name}-driver")
+    cfg = replace(sw.base_cfg, launcher=launcher)
+    sw.study_dir.mkdir(parents=True, exist_ok=True)
+    return str(submit(cfg, DriverJob(sw, force_new), sw.paths.driver_logs, "sweep-driver").job.job_id)

@@ -1,6 +1,7 @@
 """Who is alive: a trial's job (a Slurm job asked through sacct, a local process through the process table
 or, on another host, its run folder's writer lock) and a study's driver: one per study, holding an flock
-(runs.StudyPaths.driver_lock) that the kernel drops when it dies (a requeued `--detach` driver takes it again)."""
+(runs.StudyPaths.driver_lock) that the kernel drops when it dies (a requeued `--detach` driver takes it again).
+`--force-new` is refused while a trial job of the old study lives."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import optuna
 
 from maskvlp.launch import ALIVE_SLURM, LaunchError, sacct_states
 from maskvlp.runs import RunPaths, StudyPaths, folder_in_use, try_lock
-from maskvlp.sweep.space import SweepSpecError
+from maskvlp.sweep.space import SweepSpec, SweepSpecError
 from maskvlp.sweep.study import open_storage
 
 LOCK_PATIENCE_S = 2.0  # how long a starting driver retries the lock before it says another driver runs
@@ -101,6 +102,26 @@ def alive_jobs(name: str, storage: str, parallel: int) -> list[str]:
     handles = [h for h in map(recorded_handle, running) if h is not None]
     states = slurm_states_of(handles)
     return [h.job for h in handles if job_alive(h.job, h.launched, states, h.run_dir)]
+
+
+def refuse_force_new(spec: SweepSpec, storage: str) -> None:
+    """--force-new would give the old study's name and storage to a new study while its jobs still write
+    and tell: refused, naming the jobs and how to stop them."""
+    jobs = alive_jobs(spec.name, storage, spec.parallel)
+    if not jobs:
+        return
+    slurm = [j.split(":", 1)[1] for j in jobs if j.startswith("slurm:")]
+    local = [j.split(":")[2] for j in jobs if j.startswith("local:")]
+    how = []
+    if slurm:
+        how.append(f"`scancel {' '.join(slurm)}`")
+    if local:
+        how.append(f"`kill {' '.join(local)}` (on the host that runs them)")
+    raise SweepSpecError(
+        f"--force-new: {len(jobs)} trial job(s) of the old study '{spec.name}' still run ({', '.join(jobs)}); "
+        f"they would write into the new study. Stop them first with {' and '.join(how)}, or follow them "
+        f"without --force-new (`maskvlp sweep-status {spec.name}`)"
+    )
 
 
 # ------------------------------------------------------------------------------------ the driver
