@@ -16,7 +16,8 @@
 result.json holds `status` (running | complete | stopped | failed | pruned: a sweep trial stopped by its pruner), `samples_seen`, `steps`,
 `train_loss`, `wall_s`, `images_per_s`, `train_flops`, `params_nonembedding`, `masking`,
 `git_commit`, `evals` (evaluations during training) and, once evaluated, `eval` (flat metric keys).
-Sweeps, scaling fits and the report read runs through :func:`list_runs`.
+Sweeps, scaling fits and the report read runs through :func:`list_runs`; the analyses of a study read its
+finished trials through :func:`finished_trials`, which counts the trials it leaves out by reason.
 
 Every record, report and weights file is written through :func:`atomic_path` (a unique temporary name
 in the same folder, fsync, rename): a reader, a crash or a full disk never leaves half a file, and two
@@ -31,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import struct
@@ -40,6 +42,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+def _in_root(name: str) -> property:
+    """A path property: the file or folder `name` in the dataclass's root."""
+    return property(lambda self: self.root / name)
 
 
 @dataclass(frozen=True)
@@ -99,17 +106,9 @@ class RunPaths:
         """eval-extra/<dataset>/: `maskvlp evaluate --dataset`, outside eval/ so DVC sees no change."""
         return self.root / "eval-extra" / dataset
 
-    @property
-    def trial(self) -> Path:
-        return self.root / "trial.json"  # a sweep trial's task, as the driver hands it (sweep.job.TrialTask)
-
-    @property
-    def trial_log(self) -> Path:
-        return self.root / "trial.log"  # a local trial process's output
-
-    @property
-    def stopped(self) -> Path:
-        return self.root / "stopped.json"  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved)
+    trial = _in_root("trial.json")  # a sweep trial's task, as the driver hands it (sweep.job.TrialTask)
+    trial_log = _in_root("trial.log")  # a local trial process's output
+    stopped = _in_root("stopped.json")  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved)
 
 
 @dataclass(frozen=True)
@@ -117,30 +116,15 @@ class StudyPaths:
     """A sweep's study folder <runs_dir>/<study>/: the driver's files and the trials' run folders."""
 
     root: Path
-
-    @property
-    def info(self) -> Path:
-        return self.root / "sweep.json"  # the spec, storage and params the study was started with
-
-    @property
-    def driver_record(self) -> Path:
-        return self.root / "driver.json"  # who drives the study, for messages (the lock is driver_lock)
+    info = _in_root("sweep.json")  # the spec, storage and params the study was started with
+    driver_record = _in_root("driver.json")  # who drives the study, for messages (the lock is driver_lock)
+    driver_logs = _in_root("driver")  # `maskvlp sweep --detach`: the driver's Slurm job
+    journal = _in_root("study.journal")  # the default Optuna storage
+    fit_tensorboard = _in_root("scaling-fit")  # `maskvlp scaling-fit`'s figures
 
     @property
     def driver_lock(self) -> Path:
         return self.root.parent / f".{self.root.name}.driver.lock"  # beside: --force-new moves the folder
-
-    @property
-    def driver_logs(self) -> Path:
-        return self.root / "driver"  # `maskvlp sweep --detach`: the driver's Slurm job
-
-    @property
-    def journal(self) -> Path:
-        return self.root / "study.journal"  # the default Optuna storage
-
-    @property
-    def fit_tensorboard(self) -> Path:
-        return self.root / "scaling-fit"  # `maskvlp scaling-fit`'s figures
 
     def trial(self, number: int) -> RunPaths:
         return RunPaths(self.root / f"trial-{number:04d}")
@@ -375,3 +359,48 @@ def list_runs(locations: list[str | Path] | str | Path) -> list[Run]:
             if run is not None and folder not in found:
                 found[folder] = run
     return [found[k] for k in sorted(found)]
+
+
+# ------------------------------------------- a study's finished trials: the one reader of sweep.fit and sweep.compare
+@dataclass
+class TrialRecord:
+    root: Path  # the trial's run folder
+    params: dict[str, Any]  # its sampled values (trial.json)
+    result: dict[str, Any]  # its run record (result.json)
+
+
+def metric_value(result: dict[str, Any], key: str) -> float | None:
+    """An evaluation metric of the run record, else a key of the record itself; None unless a finite number."""
+    value = result.get("eval", {}).get(key, result.get(key))
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def value_at(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    """The run record's value at a path of keys, e.g. ("masking", "mean_cluster_coverage"); None unless
+    a finite number."""
+    node: Any = result
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return float(node) if isinstance(node, int | float) and math.isfinite(node) else None
+
+
+def finished_trials(study_dir: Path, needs: str | None = None) -> tuple[list[TrialRecord], dict[str, int]]:
+    """The complete, evaluated trials of a study folder (with a finite `needs` metric when given), in
+    path order, and counts of the trials left out by reason: pruned, not finished, no <metric>."""
+    out, skipped = [], {}
+    for run in list_runs(study_dir):
+        if not run.paths.trial.is_file():
+            continue
+        r = run.result
+        reason = None
+        if r.get("status") == "pruned":
+            reason = "pruned"
+        elif r.get("status") != "complete" or not r.get("eval"):
+            reason = "not finished"
+        elif needs is not None and metric_value(r, needs) is None:
+            reason = f"no {needs}"
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        out.append(TrialRecord(run.paths.root, json.loads(run.paths.trial.read_text())["params"], r))
+    return out, skipped

@@ -6,7 +6,6 @@
     analyses.py  the `fit:` and `compare:` sections behind one interface (check, validate, write)
     fit.py, fitforms.py   scaling studies: `maskvlp scaling-fit` and its registry of fit forms
     compare.py   strategies over seeds: comparison.md / .json / .png
-    records.py   a study's finished trials read back from their run folders
     study.py     the Optuna side: storage, sampler, pruner, sampling a trial, counting logical trials
     prepare.py   `maskvlp sweep FILE` made ready: everything checked before anything is submitted
     liveness.py  whether a trial's job or a study's driver is alive; the driver lock
@@ -16,6 +15,6 @@
     report.py    `maskvlp sweep-status` and `maskvlp sweep-report`
     commands.py  the bodies of the sweep commands of maskvlp.cli
 
-space, rules, spec, analyses, fit, fitforms, compare and records work without optuna; docs/sweeps.md
-describes the design and the states a trial goes through.
+space, rules, spec, analyses, fit, fitforms and compare work without optuna (the analyses read a study's
+finished trials through runs.finished_trials); docs/sweeps.md describes the design and a trial's states.
 """

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskvlp.runs import atomic_path, write_text_atomic
+from maskvlp.runs import atomic_path, finished_trials, value_at, write_text_atomic
 from maskvlp.stats import Interval, mean_ci, paired_difference, verdict
-from maskvlp.sweep.records import finished_trials, value_at
 from maskvlp.sweep.space import SweepSpecError, check_metric, objective_keys
 
 # metric families reported by default (regular expressions over evaluation keys)
@@ -180,25 +179,16 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
         for better, worse in cs.claims:
             for metric in cs.claim_metrics:
                 a, z = per_seed.get((b, better, metric), {}), per_seed.get((b, worse, metric), {})
+                claim = {"budget": b, "better": better, "worse": worse, "metric": metric}
                 if not set(a) & set(z):
-                    claims.append(
-                        {"budget": b, "better": better, "worse": worse, "metric": metric, "verdict": "no data"}
-                    )
+                    claims.append({**claim, "verdict": "no data"})
                     continue
                 diff = paired_difference(a, z)
                 fa = per_seed.get((b, better, "train_flops"), {})
                 fz = per_seed.get((b, worse, "train_flops"), {})
                 flops_ratio = (sum(fa.values()) / len(fa)) / (sum(fz.values()) / len(fz)) if fa and fz else math.nan
                 claims.append(
-                    {
-                        "budget": b,
-                        "better": better,
-                        "worse": worse,
-                        "metric": metric,
-                        "difference": diff.to_dict(),
-                        "verdict": verdict(diff),
-                        "flops_ratio": flops_ratio,
-                    }
+                    {**claim, "difference": diff.to_dict(), "verdict": verdict(diff), "flops_ratio": flops_ratio}
                 )
     for c in claims:
         c["sentence"] = sentence(c, cs)
@@ -207,17 +197,9 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
         level = next((r["values"][k] for r in rows if (k := chance_key(key)) and k in r["values"]), None)
         if level is not None:
             chance[key] = level
-    return {
-        "group": cs.group,
-        "budget_key": cs.budget,
-        "seeds_key": cs.seeds,
-        "budgets": budgets,
-        "columns": columns,
-        "table": table,
-        "claims": claims,
-        "chance": chance,
-        "seeds": sorted({r["seed"] for r in rows}),
-    }
+    seeds = sorted({r["seed"] for r in rows})
+    head = {"group": cs.group, "budget_key": cs.budget, "seeds_key": cs.seeds, "budgets": budgets, "columns": columns}
+    return {**head, "table": table, "claims": claims, "chance": chance, "seeds": seeds}
 
 
 def sentence(c: dict[str, Any], cs: CompareSpec) -> str:
@@ -243,11 +225,9 @@ def sentence(c: dict[str, Any], cs: CompareSpec) -> str:
 def _cell(cell: dict[str, Any] | None, key: str) -> str:
     if not cell:
         return "-"
-    scale, fmt = (
-        (1e12, "{:.2f}")
-        if key == "train_flops"
-        else (1.0, "{:.0f}" if key in ("images_per_s", "samples_seen") else "{:.3f}")
-    )
+    scale, fmt = (1e12, "{:.2f}") if key == "train_flops" else (1.0, "{:.3f}")
+    if key in ("images_per_s", "samples_seen"):
+        fmt = "{:.0f}"
     mean = fmt.format(cell["mean"] / scale)
     if not math.isfinite(cell["low"]):
         return mean
@@ -307,16 +287,9 @@ def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
                 def err(c):
                     return 0.0 if not math.isfinite(c["low"]) else (c["high"] - c["low"]) / 2
 
-                ax.errorbar(
-                    x["mean"],
-                    y["mean"],
-                    yerr=err(y),
-                    xerr=err(x),
-                    fmt=markers[b],
-                    color=colours[g],
-                    capsize=3,
-                    label=f"{g}" + (f" ({b})" if cs.budget else ""),
-                )
+                label = f"{g}" + (f" ({b})" if cs.budget else "")
+                style = dict(fmt=markers[b], color=colours[g], capsize=3, label=label)
+                ax.errorbar(x["mean"], y["mean"], yerr=err(y), xerr=err(x), **style)
         if metric in result.get("chance", {}):
             ax.axhline(result["chance"][metric], color="0.4", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")

@@ -4,7 +4,7 @@ strategies and seeds (sweeps/scaling.yaml), plus `maskvlp scaling-fit NAME` (doc
 This module owns the analysis (no optuna here; the trials run through maskvlp.sweep, their params are
 derived by sweep.rules):
     FitSpec    the sweep file's `fit:` section, checked against the grid before anything runs
-    points     the finished trials read back from their run records (sweep.records)
+    points     the finished trials read back from their run records (runs.finished_trials)
     fit_study  the fits (sweep.fitforms) per strategy: compute frontier, the other forms (joint N/D),
                held-out check, bootstrap intervals, pairwise comparisons; JSON, Markdown, PNG and TensorBoard
 """
@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskvlp.runs import StudyPaths, atomic_path, write_text_atomic
+from maskvlp.runs import StudyPaths, atomic_path, finished_trials, metric_value, write_text_atomic
 from maskvlp.sweep.fitforms import FORMS
-from maskvlp.sweep.records import finished_trials, metric_value
 from maskvlp.sweep.space import SweepSpecError, check_metric, grid_points, grid_size, objective_keys
 
 
@@ -127,20 +126,11 @@ def points(study_dir: Path, fs: FitSpec) -> tuple[list[Point], dict[str, int]]:
     for t in trials:
         r, value = t.result, metric_value(t.result, fs.metric)
         group = str(t.params.get(fs.group, r.get("masking", {}).get("label", "?"))) if fs.group else "all"
+        compute, n, d = float(r["train_flops"]), int(sum(r["params_nonembedding"].values())), int(r["unique_pairs"])
+        wall_s, speed = float(r.get("wall_s", math.nan)), float(r.get("images_per_s", math.nan))
+        samples = int(r["samples_seen"])
         out.append(
-            Point(
-                str(t.root),
-                group,
-                t.params,
-                float(r["train_flops"]),
-                int(sum(r["params_nonembedding"].values())),
-                int(r["unique_pairs"]),
-                int(r["samples_seen"]),
-                value,
-                fs.error_of(value),
-                float(r.get("wall_s", math.nan)),
-                float(r.get("images_per_s", math.nan)),
-            )
+            Point(str(t.root), group, t.params, compute, n, d, samples, value, fs.error_of(value), wall_s, speed)
         )
     return out, skipped
 
@@ -164,8 +154,7 @@ def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
             lo, hi = band(f, target)
             out["at_target"] |= {"lo": float(lo), "hi": float(hi)}
     if len(front) >= 2:
-        h = held_out(c[front], e[front], seed=fs.seed)
-        out["held_out"] = {**vars(h)}
+        out["held_out"] = {**vars(held_out(c[front], e[front], seed=fs.seed))}
     else:
         out["held_out"] = {"flagged": True, "message": f"{len(front)} frontier point(s): nothing to hold out"}
     for name in fs.forms:  # the other forms, on every point of the group (e.g. joint: N and D)
@@ -243,12 +232,8 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
             f"{p.value:.4f} | {p.error:.4f} | {p.images_per_s:.0f} |"
         )
     lines += ["", "`*`: on the group's compute frontier (no cheaper point of the group has lower error).", ""]
-    lines += [
-        "## Fits",
-        "",
-        f"Compute form `err = {FORMS['compute'].formula}` on each group's frontier; 95% bootstrap intervals.",
-        "",
-    ]
+    fits = f"Compute form `err = {FORMS['compute'].formula}` on each group's frontier; 95% bootstrap intervals."
+    lines += ["## Fits", "", fits, ""]
     for g, r in result["groups"].items():
         lines.append(f"- **{g}**, compute: {_fmt_fit(r['compute'])}")
         if r["compute"]["converged"]:
@@ -257,9 +242,8 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
             t = r["at_target"]
             within = f" [{t['lo']:.4f}, {t['hi']:.4f}]" if "lo" in t else " (no interval)"
             lines.append(f"  predicted error at {t['compute']:.3g} FLOPs: {t['error']:.4f}{within}")
-        lines.append(
-            f"  held-out check: {'FLAGGED: ' if r['held_out']['flagged'] else 'ok: '}{r['held_out']['message']}"
-        )
+        flag = "FLAGGED: " if r["held_out"]["flagged"] else "ok: "
+        lines.append(f"  held-out check: {flag}{r['held_out']['message']}")
         for name in fs.forms:
             if name != "compute" and name in r:
                 lines.append(f"- **{g}**, {name} `{FORMS[name].formula}`: {_fmt_fit(r[name])}")
@@ -354,7 +338,6 @@ def write_outputs(
     from torch.utils.tensorboard import SummaryWriter
 
     dirs = [study_dirs] if isinstance(study_dirs, Path) else list(study_dirs)
-    study_dir = dirs[0]
     pts, skipped = [], {}
     for d in dirs:
         more, left = points(d, fs)
@@ -363,15 +346,14 @@ def write_outputs(
             skipped[k] = skipped.get(k, 0) + n
     if not pts:
         why = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())) or "no trial folders"
-        where = ", ".join(map(str, dirs))
-        raise ScalingError(f"{where}: no finished, evaluated trial with {fs.metric} to fit ({why})")
+        raise ScalingError(f"{', '.join(map(str, dirs))}: no finished, evaluated trial with {fs.metric} to fit ({why})")
     result = fit_study(pts, fs)
     out_dir.mkdir(parents=True, exist_ok=True)
     public = _public(result) | {"name": name, "points": [p.to_dict() for p in pts], "skipped": skipped}
     public["notes"] = list(fs.notes)
     write_text_atomic(out_dir / "fits.json", json.dumps(public, indent=2, default=float) + "\n")
     write_text_atomic(out_dir / "summary.md", summary_markdown(name, result, pts, skipped, fs))
-    writer = SummaryWriter(str(StudyPaths(study_dir).fit_tensorboard))
+    writer = SummaryWriter(str(StudyPaths(dirs[0]).fit_tensorboard))
     try:
         for key, fig in figures(result, pts, fs).items():
             with atomic_path(out_dir / f"{key}.png", suffix=".png") as tmp:

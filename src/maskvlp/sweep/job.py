@@ -147,7 +147,7 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
     try:
         if _rank() != 0:  # only rank 0 writes into the run folder; the others train beside it
             return _attempt(task, spec, cfg, paths, study, guard, progress, check)
-        who = {"trial": task.number, "instance": task.instance, "slurm_job": _slurm_job()}
+        who = {"trial": task.number, "instance": task.instance, "slurm_job": os.environ.get("SLURM_JOB_ID", "")}
         with folder_writer(paths, who, wait_s=FOLDER_WAIT_S):
             check("once it held the run folder")
             return _attempt(task, spec, cfg, paths, study, guard, progress, check)
@@ -158,10 +158,6 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
     finally:
         if own_stop:
             guard.inner.restore()
-
-
-def _slurm_job() -> str:
-    return os.environ.get("SLURM_JOB_ID", "")
 
 
 def _attempt(task, spec, cfg, paths: RunPaths, study, stop, progress: bool, check) -> dict[str, Any]:
@@ -257,12 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     task = TrialTask.from_json(Path(argv[0]).read_text())
     try:
         out = run_trial(task, progress=False)
-    except NotLive as exc:
+    except (NotLive, FolderBusy) as exc:  # FolderBusy: a crash to the driver (counted, retried), said in a line
         print(f"maskvlp trial: {exc}", file=sys.stderr, flush=True)
-        return EXIT_NOT_LIVE
-    except FolderBusy as exc:  # a crash to the driver (counted, retried), said in a line, not a traceback
-        print(f"maskvlp trial: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return EXIT_NOT_LIVE if isinstance(exc, NotLive) else 1
     print(json.dumps(out, default=str))
     return EXIT_STOPPED if out["state"] == "STOPPED" else 0
 

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from maskvlp.launch import pending_reasons
 from maskvlp.progress import format_duration
 from maskvlp.runs import atomic_path, write_text_atomic
 from maskvlp.sweep.analyses import ANALYSES
@@ -39,12 +40,9 @@ def open_study_folder(name: str, runs_dir: str = "runs") -> tuple[dict[str, Any]
 
 
 def _duration(t: optuna.trial.FrozenTrial) -> float | None:
-    if t.datetime_start is None:
+    if t.datetime_start is None or t.datetime_complete is None:
         return None
-    end = t.datetime_complete
-    if end is None:
-        return None
-    return (end - t.datetime_start).total_seconds()
+    return (t.datetime_complete - t.datetime_start).total_seconds()
 
 
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
@@ -62,10 +60,8 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
         row["at_samples"] = last if last is not None else ""
         d = _duration(t)
         row["duration_s"] = round(d, 1) if d is not None else ""
-        row["job"] = t.user_attrs.get("job", "")
-        row["run"] = t.user_attrs.get("run_dir", "")
-        row["retry_of"] = t.user_attrs.get("retry_of", "")
-        row["failure"] = t.user_attrs.get("failure", "")
+        for column, attr in (("job", "job"), ("run", "run_dir"), ("retry_of", "retry_of"), ("failure", "failure")):
+            row[column] = t.user_attrs.get(attr, "")
         rows.append(row)
     return rows
 
@@ -110,16 +106,6 @@ def counts(groups: list[Logical], retries: int) -> dict[str, int]:
     return out
 
 
-def _pending_reasons(running: list) -> dict[str, str]:
-    """Slurm's reasons for those running trials whose jobs are still pending (one squeue call)."""
-    ids = [t.user_attrs["job"].split(":", 1)[1] for t in running if t.user_attrs.get("job", "").startswith("slurm:")]
-    if not ids:
-        return {}
-    from maskvlp.launch import pending_reasons
-
-    return pending_reasons(ids)
-
-
 def status(name: str, runs_dir: str = "runs") -> str:
     """Trials by state, best so far, running trials and an estimate of the time left."""
     info, spec, study = open_study_folder(name, runs_dir)
@@ -137,7 +123,8 @@ def status(name: str, runs_dir: str = "runs") -> str:
         lines.append(f"  best so far: trial {best.number}: {values} ({params})")
     now = time.time()
     running = [g.last for g in groups if g.last.state == TrialState.RUNNING]
-    reasons = _pending_reasons(running)
+    slurm = [t.user_attrs["job"] for t in running if t.user_attrs.get("job", "").startswith("slurm:")]
+    reasons = pending_reasons([job.split(":", 1)[1] for job in slurm])  # Slurm's, of the pending ones (one squeue)
     for t in running:
         since = now - t.datetime_start.timestamp() if t.datetime_start else 0
         step = max(t.intermediate_values) if t.intermediate_values else None
@@ -154,16 +141,13 @@ def status(name: str, runs_dir: str = "runs") -> str:
         mean = sum(durations) / len(durations)
         elapsed = sum(now - t.datetime_start.timestamp() for t in running if t.datetime_start)
         estimate = max(0.0, (left * mean - elapsed) / spec.parallel)
-        lines.append(
-            f"  time left: about {format_duration(estimate)} ({left} trials, mean {format_duration(mean)} each)"
-        )
+        mean_s = format_duration(mean)
+        lines.append(f"  time left: about {format_duration(estimate)} ({left} trials, mean {mean_s} each)")
     elif left:
         lines.append(f"  time left: unknown until a trial finishes ({left} trials to go)")
     driver = driver_alive(Path(runs_dir) / name)
-    if driver:
-        lines.append(f"  driver: running ({driver_text(driver)})")
-    else:
-        lines.append("  driver: not running (run the same `maskvlp sweep` command to continue)")
+    idle = "not running (run the same `maskvlp sweep` command to continue)"
+    lines.append(f"  driver: {f'running ({driver_text(driver)})' if driver else idle}")
     return "\n".join(lines)
 
 
@@ -269,10 +253,8 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
     if best is not None:
         best_params_file(info, spec, best, out / "best_params.yaml")
         summary["best"] = {"trial": best.number, "values": dict(zip(objectives, best.values)), "params": best.params}
-        md += [
-            "",
-            f"Best trial: **{best.number}**, " + ", ".join(f"{k} = {v:.4f}" for k, v in zip(objectives, best.values)),
-        ]
+        values = ", ".join(f"{k} = {v:.4f}" for k, v in zip(objectives, best.values))
+        md += ["", f"Best trial: **{best.number}**, {values}"]
         md.append("with " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in best.params.items()) + " (best_params.yaml).")
     if len(spec.objectives) > 1:
         front = sorted(study.best_trials, key=lambda t: t.number)

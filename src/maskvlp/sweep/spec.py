@@ -97,21 +97,11 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
         check_rules(rules, base, space)
     except ValueError as exc:
         raise SweepSpecError(str(exc)) from None
-    spec = SweepSpec(
-        name,
-        dict(base),
-        space,
-        tuple(objectives),
-        sampler,
-        seed,
-        pruner,
-        **ints,
-        sampler_options={k: v for k, v in sampler_raw.items() if k not in ("name", "seed")},
-        pruner_options={k: v for k, v in pruner_raw.items() if k != "name"},
-        rules=dict(rules),
-        **analyses.sections(raw),
-        raw=dict(raw),
-    )
+    sampler_options = {k: v for k, v in sampler_raw.items() if k not in ("name", "seed")}
+    pruner_options = {k: v for k, v in pruner_raw.items() if k != "name"}
+    settings = dict(sampler_options=sampler_options, pruner_options=pruner_options, rules=dict(rules), raw=dict(raw))
+    settings |= analyses.sections(raw)
+    spec = SweepSpec(name, dict(base), space, tuple(objectives), sampler, seed, pruner, **ints, **settings)
     analyses.check(spec, present=set(raw))  # refuse a bad section before any trial runs
     return spec
 
@@ -202,15 +192,11 @@ def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: 
         values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
         if p.type == "int":
             values = [int(v) for v in values]
+        when = [f"{k}={yaml_value(v)}" for k, v in p.when.items()]
         for value in values:
             try:
                 load_config(
-                    params,
-                    [
-                        *base_overrides,
-                        *(f"{k}={yaml_value(v)}" for k, v in p.when.items()),
-                        *(f"{k}={yaml_value(v)}" for k, v in p.expand(value).items()),
-                    ],
+                    params, [*base_overrides, *when, *(f"{k}={yaml_value(v)}" for k, v in p.expand(value).items())]
                 )
             except ConfigError as exc:
                 raise SweepSpecError(f"space.{p.key}: value {value!r} is refused by the params: {exc}") from exc
@@ -218,10 +204,9 @@ def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: 
     for i, o in enumerate(spec.objectives):
         check_metric(f"objectives[{i}].metric", o.metric, cfg, known)
     if spec.pruner != "none":
-        if spec.objectives[0].metric in RECORD_OBJECTIVES:
-            raise fail(
-                "pruner.name", f"pruning needs an evaluation metric objective, not {spec.objectives[0].metric!r}"
-            )
+        metric = spec.objectives[0].metric
+        if metric in RECORD_OBJECTIVES:
+            raise fail("pruner.name", f"pruning needs an evaluation metric objective, not {metric!r}")
         if cfg.train.eval_every_samples <= 0:
             raise fail(
                 "pruner.name",

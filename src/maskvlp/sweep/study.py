@@ -146,18 +146,10 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
         raise SweepSpecError(f"pruner: {exc}") from exc
 
 
-def directions(spec: SweepSpec) -> list[str]:
-    return [o.direction for o in spec.objectives]
-
-
 def load_study(spec: SweepSpec, url: str, parallel: int = 1, sampler_offset: int = 0) -> optuna.Study:
     """The existing study (for trial jobs, status and report)."""
-    return optuna.load_study(
-        study_name=spec.name,
-        storage=open_storage(url, parallel),
-        sampler=make_sampler(spec, sampler_offset),
-        pruner=make_pruner(spec),
-    )
+    storage, sampler = open_storage(url, parallel), make_sampler(spec, sampler_offset)
+    return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
 
 
 def create_or_resume(spec: SweepSpec, url: str, parallel: int, force_new: bool) -> optuna.Study:
@@ -180,13 +172,10 @@ def create_or_resume(spec: SweepSpec, url: str, parallel: int, force_new: bool) 
                 "rename the sweep (name:), or pass --force-new to set the old study aside and start afresh"
             )
         optuna.delete_study(study_name=spec.name, storage=storage)
-    make_pruner(spec)  # refuse bad pruner options before the study exists
+    pruner = make_pruner(spec)  # bad pruner options are refused before the study exists
+    sampler, directions = make_sampler(spec), [o.direction for o in spec.objectives]
     study = optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        sampler=make_sampler(spec),
-        pruner=make_pruner(spec),
-        directions=directions(spec),
+        study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner, directions=directions
     )
     study.set_user_attr(SPEC_ATTR, spec.fingerprint())
     study.set_user_attr(INSTANCE_ATTR, uuid.uuid4().hex)
