@@ -237,9 +237,9 @@ def test_mask_is_the_same_under_bf16_autocast(features):
     torch.manual_seed(0)
     model = CLIP.from_config(cfg.model)
     images = torch.randn(8, 3, 64, 64) + torch.linspace(-1, 1, 64)  # structure for clusters to find
-    plain = choose_mask(cfg, model, images, 3, 0, 0, True, cfg.masking, samples_seen=50)
+    plain = choose_mask(cfg, model, images, 3, 0, 0, cfg.masking, samples_seen=50)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = choose_mask(cfg, model, images, 3, 0, 0, True, cfg.masking, samples_seen=50)
+        under = choose_mask(cfg, model, images, 3, 0, 0, cfg.masking, samples_seen=50)
     assert torch.equal(plain.keep_idx, under.keep_idx)
     assert torch.equal(plain.clustered, under.clustered)
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -32,9 +31,6 @@ class CpuShare:
     source: str  # where that number came from: launcher.threads | slurm | affinity
     threads: int  # torch intra-op threads of the main process
     loader_workers: int  # DataLoader worker processes
-
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def available_cpus(environ: Mapping[str, str] | None = None) -> tuple[int, str]:

@@ -19,11 +19,6 @@ from maskvlp.model import CLIP
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
 
 
-def cache_pass(accum_mode: str, accum_steps: int) -> bool:
-    """Whether each micro-batch is forwarded twice (accum_mode cache with accum_steps > 1; accumulate.py)."""
-    return accum_mode == "cache" and accum_steps > 1
-
-
 def mask_flops(model: CLIP, k: Any, samples_seen: int | None = None) -> float:
     """FLOPs of choosing one image's mask under the masking config `k` at `samples_seen` (None: as over
     the whole run), for the model's patch grid and patch-embedding width."""
@@ -33,7 +28,7 @@ def mask_flops(model: CLIP, k: Any, samples_seen: int | None = None) -> float:
 
 def sample_flops(model: CLIP, k: Any, kept: int, samples_seen: int | None = None, cached: bool = False) -> float:
     """Training FLOPs of one sample with `kept` image tokens under masking config `k`; `cached`: the
-    feature cache's second forward pass (`cache_pass`)."""
+    feature cache's second forward pass (accum_mode cache with accum_steps > 1; accumulate.py)."""
     return model.train_flops_per_sample(kept) * (4 / 3 if cached else 1) + mask_flops(model, k, samples_seen)
 
 
@@ -43,11 +38,6 @@ def matched_samples(model: CLIP, k: Any, unmasked_samples: int) -> int:
     grid = model.visual.num_patches
     masked = sample_flops(model, k, masking.kept_tokens(k, grid))
     return max(1, round(unmasked_samples * model.train_flops_per_sample(grid) / masked))
-
-
-def model_flops(model: CLIP, kept: int) -> float:
-    """The towers' training FLOPs of one sample (no second forward pass, no mask): MFU's numerator."""
-    return model.train_flops_per_sample(kept)
 
 
 def peak_flops(device: torch.device) -> float:

@@ -13,7 +13,7 @@ A patch counts as an object patch when at least half its area lies inside an obj
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +72,10 @@ class ObjectProbe:
         from maskvlp.data.transforms import normalize
 
         urls = shard_paths(Path(cfg.data.out_dir), "val")
-        items = []
-        for item in EvalStream(urls, cfg.model.image_size):
-            if item["meta"].get("objects"):
-                items.append(item)
-            if len(items) >= count:
-                break
+        items = list(islice((it for it in EvalStream(urls, cfg.model.image_size) if it["meta"].get("objects")), count))
         if not items:
             return None
         images = torch.stack([it["image"] for it in items]).to(device)
         norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
         grid = cfg.model.image_size // cfg.model.patch_size
         return cls(norm, object_patches([it["meta"] for it in items], cfg.data.image_size, grid))
-
-    def measure(self, choose: Callable[[torch.Tensor], MaskResult]) -> dict[str, float]:
-        return split_stats(choose(self.images), self.objects)

@@ -34,14 +34,9 @@ from maskvlp.runs import RunPaths, run_paths, update_result, weights_complete, w
 from maskvlp.schedule import Budget, make_budget
 
 # Params that may change between a run and its resume: they do not change what is computed.
-RESUME_FREE = (
-    "launcher",
-    "train.log_every_steps",
-    "train.mask_image_every_steps",
-    "train.keep_checkpoints",
-    "train.checkpoint_every_samples",
-    "train.eval_every_samples",
-    "eval",
+RESUME_FREE = tuple(
+    "launcher train.log_every_steps train.mask_image_every_steps train.keep_checkpoints "
+    "train.checkpoint_every_samples train.eval_every_samples eval".split()
 )
 FAILURE_KEYS = ("error", "failure", "loss", "sweep_state", "sweep_failure")  # result.json: why an attempt failed
 TUNING_STREAM_SEED = 1_000_003  # added to the seed of the tuning phase's own stream (its own batch size)
@@ -56,10 +51,7 @@ class TrainError(RuntimeError):
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
 
 
@@ -94,13 +86,6 @@ def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch
     first = shard_paths(cfg.data.out_dir, "train")[0]  # training images: what the masks will see
     images = read_images(first, 256, cfg.model.image_size)[0].to(device)
     return normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
-
-
-def calibrated_masking(cfg: Config, device: torch.device | str = "cpu") -> tuple[Any, str]:
-    """The masking config the run trains with (its strategy's calibration applied, seeded by
-    train.seed), and the line saying what was calibrated ("" for nothing)."""
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    return calibrate(cfg.masking, lambda: calibration_images(cfg, device), cfg.model.patch_size, gen)
 
 
 def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -> dict[str, Any] | None:
@@ -217,16 +202,32 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         masking=cfg.masking,  # until calibrated or restored
         loader_workers=share.loader_workers,
     )
-    if state is None:
-        s.masking, calibrated = calibrated_masking(cfg, device)
-        if calibrated and env.is_main:
-            print(calibrated)
+    if state is None:  # the masking trained with: its strategy's calibration applied, seeded by train.seed
+        gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        s.masking, note = calibrate(cfg.masking, lambda: calibration_images(cfg, device), cfg.model.patch_size, gen)
+        if note and env.is_main:  # what was calibrated
+            print(note)
     else:
         _restore(s, state)
     if env.is_main:
         _record_start(s, share, fresh=state is None)
     _distribute(s)
-    s.spec = _stream_spec(cfg, env)
+    t, m, a = cfg.train, cfg.model, cfg.data.augment
+    s.spec = StreamSpec(
+        tuple(shard_paths(cfg.data.out_dir, "train")),
+        t.batch_size,
+        m.image_size,
+        m.context_length,
+        t.seed,
+        env.rank,
+        env.world_size,
+        cfg.data.shuffle_buffer,
+        (a.crop_scale_min, a.crop_scale_max),
+        (a.crop_ratio_min, a.crop_ratio_max),
+        streams=max(1, cfg.data.loader_workers),
+        hflip=bool(a.hflip),
+        limits=first_pairs(cfg.data.out_dir, "train", t.unique_pairs),
+    )
     if env.is_main:
         s.probe = ObjectProbe.from_shards(cfg, device)
         # GPU training only: on the CPU the workers share the cores with the step itself, and fewer is better
@@ -235,8 +236,8 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             print(hint, flush=True)
     if s.step >= s.budget.masked_steps:  # resumed inside the unmasked tuning phase
         enter_tuning(s)
-    else:
-        s.batches = iter(train_loader(s.spec, s.loader_workers, s.step * cfg.train.accum_steps, device.type == "cuda"))
+    if s.batches is None:  # the masked phase's stream (which a tuning phase of the same batch size continues)
+        s.batches = iter(train_loader(s.spec, s.loader_workers, s.step * t.accum_steps, device.type == "cuda"))
     return s
 
 
@@ -266,15 +267,10 @@ def _record_start(s: Session, share: CpuShare, fresh: bool) -> None:
         "global_batch": s.budget.global_batch,
         "total_steps": s.budget.total_steps,
         "resumed_at_step": s.step,
-        "cpu_share": share.record(),
+        "cpu_share": dataclasses.asdict(share),
     }
     write_json_atomic(paths.info, info, sort_keys=False)
-    start = {
-        "status": "running",
-        "git_commit": info["git_commit"],
-        "steps": s.step,
-        "total_steps": s.budget.total_steps,
-    }
+    start = {"status": "running", "git_commit": info["git_commit"], "steps": s.step, "total_steps": info["total_steps"]}
     if fresh:  # nothing of an earlier run in this folder (e.g. its eval) may survive
         write_json_atomic(paths.result, start)
     else:
@@ -290,25 +286,6 @@ def _distribute(s: Session) -> None:
     s.autocast = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def _stream_spec(cfg: Config, env: DistEnv) -> StreamSpec:
-    t, m, a = cfg.train, cfg.model, cfg.data.augment
-    return StreamSpec(
-        tuple(shard_paths(cfg.data.out_dir, "train")),
-        t.batch_size,
-        m.image_size,
-        m.context_length,
-        t.seed,
-        env.rank,
-        env.world_size,
-        cfg.data.shuffle_buffer,
-        (a.crop_scale_min, a.crop_scale_max),
-        (a.crop_ratio_min, a.crop_ratio_max),
-        streams=max(1, cfg.data.loader_workers),
-        hflip=bool(a.hflip),
-        limits=first_pairs(cfg.data.out_dir, "train", t.unique_pairs),
-    )
-
-
 def enter_tuning(s: Session) -> None:
     """Set up the unmasked tuning phase (FLIP): the full token count gets a graph of its own when
     compiled (one compiled graph per token count: a second count reaching a compiled graph crashed
@@ -322,15 +299,11 @@ def enter_tuning(s: Session) -> None:
     if t.compile:
         torch._dynamo.reset()  # drop the masked phase's graphs: the tuning phase compiles its own
         s.forward = torch.compile(s.ddp or s.model, dynamic=False)
-    tuning_batch = t.unmasked_tuning_batch_size or t.batch_size
-    if tuning_batch == t.batch_size:
-        if s.batches is None:
-            s.batches = iter(train_loader(s.spec, s.loader_workers, s.step * t.accum_steps, s.device.type == "cuda"))
-        return
-    s.batches = None  # shut the masked phase's workers down before the next ones start
-    spec = replace(s.spec, batch_size=tuning_batch, seed=s.spec.seed + TUNING_STREAM_SEED)
-    start = (s.step - s.budget.masked_steps) * t.accum_steps
-    s.batches = iter(train_loader(spec, s.loader_workers, start, s.device.type == "cuda"))
+    if t.unmasked_tuning_batch_size not in (0, t.batch_size):  # a stream of its own
+        s.batches = None  # shut the masked phase's workers down before the next ones start
+        spec = replace(s.spec, batch_size=t.unmasked_tuning_batch_size, seed=s.spec.seed + TUNING_STREAM_SEED)
+        start = (s.step - s.budget.masked_steps) * t.accum_steps
+        s.batches = iter(train_loader(spec, s.loader_workers, start, s.device.type == "cuda"))
 
 
 def save(s: Session) -> None:

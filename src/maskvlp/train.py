@@ -15,7 +15,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from maskvlp.masking import MaskContext, MaskResult, describe, get_strategy, mak
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict
 from maskvlp.probe import STATS as PROBE_STATS
+from maskvlp.probe import split_stats
 from maskvlp.runs import read_result, update_result
 from maskvlp.schedule import lr_at
 from maskvlp.session import Session, Window, enter_tuning, save, start_or_resume
@@ -55,10 +56,7 @@ class StopRequest:
         self._previous = {}
         with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
             for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
+                self._previous[sig] = signal.signal(sig, lambda signum, frame: setattr(self, "requested", True))
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -72,19 +70,10 @@ def mask_seed(seed: int, rank: int, step: int, micro: int) -> int:
 
 
 def choose_mask(
-    cfg: Config,
-    model: CLIP,
-    images: torch.Tensor,
-    step: int,
-    micro: int,
-    rank: int,
-    masked: bool,
-    k: Any,
-    samples_seen: int,
+    cfg: Config, model: CLIP, images: torch.Tensor, step: int, micro: int, rank: int, k: Any, samples_seen: int
 ) -> MaskResult:
-    """The kept tokens for one micro-batch (no gradient flows through the choice): the configured
-    strategy (from the masking registry) in the masked phase, every token in the unmasked one."""
-    k = k if masked else replace(k, strategy="none")
+    """The kept tokens for one micro-batch under masking config `k` (no gradient flows through the
+    choice): the run's calibrated masking in the masked phase, strategy none in the unmasked one."""
     gen = torch.Generator(device=images.device).manual_seed(mask_seed(cfg.train.seed, rank, step, micro))
     # fp32 whatever autocast the caller runs under: clusters must not depend on the device's precision
     with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
@@ -93,19 +82,11 @@ def choose_mask(
         return make_mask(images, k, MaskContext(cfg.model.patch_size, gen, embed_tokens, weight))
 
 
-@dataclass
-class StepOut:
-    loss: torch.Tensor  # the step's contrastive loss, detached (no host sync); per accum_mode
-    mask: MaskResult  # the last micro-batch's mask
-    images_uint8: torch.Tensor  # the last micro-batch's images
-    mask_ratio: float  # summed over the micro-batches
-    coverage: torch.Tensor  # summed over the micro-batches (a device scalar)
-
-
-def train_step(s: Session) -> StepOut:
+def train_step(s: Session) -> tuple[MaskResult, torch.Tensor]:
     """One optimizer step over `accum_steps` micro-batches at the schedule's learning rate: one
     contrastive batch of accum_steps x batch_size (accum_mode cache) or a loss per micro-batch
-    (accum_mode micro; accumulate.py)."""
+    (accum_mode micro; accumulate.py). The step joins the run's totals and the window; returns the
+    last micro-batch's mask and images (uint8) for the log line and the mask pictures."""
     cfg, t = s.cfg, s.cfg.train
     masked = s.step < s.budget.masked_steps
     if not masked and not s.tuning:
@@ -113,20 +94,20 @@ def train_step(s: Session) -> StepOut:
     for group in s.optimizer.param_groups:
         group["lr"] = lr_at(s.step, s.budget)
     micros, ratio_sum, coverage_sum = [], 0.0, torch.zeros((), device=s.device)
-    counted = s.masking if masked else replace(s.masking, strategy="none")  # the mask whose FLOPs count
-    cached = flops.cache_pass(t.accum_mode, t.accum_steps)
+    k = s.masking if masked else replace(s.masking, strategy="none")  # the phase's masking, whose FLOPs count
+    cached = t.accum_mode == "cache" and t.accum_steps > 1  # each micro-batch forwarded twice (accumulate.py)
     for micro in range(t.accum_steps):
         batch = next(s.batches)
         images_uint8 = batch["images"].to(s.device, non_blocking=True)
         tokens = batch["tokens"].to(s.device, non_blocking=True)
         images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
-        mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, masked, s.masking, s.samples_seen)
+        mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, k, s.samples_seen)
         kept = mask.keep_idx.shape[1]
         # every patch kept (no masking, unmasked tuning): no gather, and no scatter in backward
         micros.append((images, tokens, None if kept == s.model.visual.num_patches else mask.keep_idx))
         ratio_sum += mask.mask_ratio
         coverage_sum += mask.cluster_coverage.mean()
-        s.totals["train_flops"] += flops.sample_flops(s.model, counted, kept, s.samples_seen, cached) * images.shape[0]
+        s.totals["train_flops"] += flops.sample_flops(s.model, k, kept, s.samples_seen, cached) * images.shape[0]
     no_sync = s.ddp.no_sync if s.ddp is not None else None
     loss = ACCUMULATORS[t.accum_mode](s.forward, micros, t.local_loss, s.autocast, no_sync)
     if t.grad_clip > 0:
@@ -138,39 +119,11 @@ def train_step(s: Session) -> StepOut:
     s.step += 1
     s.totals["mask_ratio_sum"] += ratio_sum
     s.totals["micro_batches"] += t.accum_steps
-    return StepOut(loss, mask, images_uint8, ratio_sum, coverage_sum)
+    s.window.add(loss, ratio_sum, coverage_sum, t.accum_steps)  # the loss detached, summed without a host sync
+    return mask, images_uint8
 
 
 # ------------------------------------------------------------------------------- the log line
-def open_log(s: Session, progress: bool) -> TrainLog:
-    """The run's log: TensorBoard on rank 0, where purge_step drops what a killed attempt logged after
-    the checkpoint (the checkpoint step's own point stays): one continuous curve, each point once."""
-    return TrainLog(
-        title=f"pretrain {s.cfg.train.run_name}",
-        total_steps=s.budget.total_steps,
-        step=s.step,
-        global_batch=s.budget.global_batch,
-        patch_size=s.cfg.model.patch_size,
-        world_size=s.env.world_size,
-        peak_flops=flops.peak_flops(s.device),
-        progress=progress and s.env.is_main,
-        tensorboard=s.paths.tensorboard if s.env.is_main else None,
-        purge_step=s.samples_seen + 1 if s.step else None,
-    )
-
-
-def after_step(s: Session, log: TrainLog, out: StepOut) -> None:
-    """The step joins the window; at the end of a logging interval comes the log line, and every
-    mask_image_every_steps steps the mask pictures."""
-    t = s.cfg.train
-    s.window.add(out.loss, out.mask_ratio, out.coverage, t.accum_steps)
-    log.step_done()
-    if s.step % t.log_every_steps == 0 or s.step == s.budget.total_steps:
-        log_line(s, log, out.mask.keep_idx.shape[1])
-    if log.writing and t.mask_image_every_steps and (s.step - 1) % t.mask_image_every_steps == 0:
-        log.mask_image(out.mask, out.images_uint8, s.samples_seen)
-
-
 def log_line(s: Session, log: TrainLog, kept: int) -> None:
     """The window's mean loss (the one host sync of the interval), its coverage added to the run's
     totals, the probe measured where TensorBoard is written, all handed to the log; then a new window."""
@@ -187,7 +140,7 @@ def log_line(s: Session, log: TrainLog, kept: int) -> None:
             "train/step": s.step,
             **{f"mask/{key}": value for key, value in measure_probe(s).items()},
         }
-    log.line(s.samples_seen, loss, scalars, flops.model_flops(s.model, kept))
+    log.line(s.samples_seen, loss, scalars, s.model.train_flops_per_sample(kept))  # MFU: the towers alone
     s.window = Window()
 
 
@@ -207,9 +160,8 @@ def measure_probe(s: Session) -> dict[str, float]:
     added to the run's totals. Empty when the data has no object boxes."""
     if s.probe is None or s.tuning:
         return {}
-    stats = s.probe.measure(
-        lambda images: choose_mask(s.cfg, s.model, images, s.step, -1, 0, True, s.masking, s.samples_seen)
-    )
+    mask = choose_mask(s.cfg, s.model, s.probe.images, s.step, -1, 0, s.masking, s.samples_seen)
+    stats = split_stats(mask, s.probe.objects)
     if all(v == v for v in stats.values()):  # no NaN: the probe has object and background patches
         s.totals["probe_count"] += 1
         for key, value in stats.items():
@@ -244,26 +196,43 @@ def pretrain(
     Uses this process's CPU share (cpushare.py)."""
     with cpu_share_applied(cfg) as share:
         s = start_or_resume(cfg, share, resume)
-        log = open_log(s, progress)
-        evaluator = SubsetEvaluator(cfg, s.device) if cfg.train.eval_every_samples and s.env.is_main else None
-        # every rank counts the evaluation steps: the hooks' decision is agreed on by all ranks (any_rank)
-        eval_every = (
-            math.ceil(cfg.train.eval_every_samples / s.budget.global_batch) if cfg.train.eval_every_samples else 0
+        # TensorBoard on rank 0, where purge_step drops what a killed attempt logged after the checkpoint
+        # (the checkpoint step's own point stays): one continuous curve, each point once
+        log = TrainLog(
+            title=f"pretrain {cfg.train.run_name}",
+            total_steps=s.budget.total_steps,
+            step=s.step,
+            global_batch=s.budget.global_batch,
+            patch_size=cfg.model.patch_size,
+            world_size=s.env.world_size,
+            peak_flops=flops.peak_flops(s.device),
+            progress=progress and s.env.is_main,
+            tensorboard=s.paths.tensorboard if s.env.is_main else None,
+            purge_step=s.samples_seen + 1 if s.step else None,
         )
+        t = cfg.train
+        evaluator = SubsetEvaluator(cfg, s.device) if t.eval_every_samples and s.env.is_main else None
+        # every rank counts the evaluation steps: the hooks' decision is agreed on by all ranks (any_rank)
+        eval_every = math.ceil(t.eval_every_samples / s.budget.global_batch) if t.eval_every_samples else 0
         own_stop, stop = stop is None, stop or StopRequest()
         status, started, first_step = "complete", time.perf_counter(), s.step
         try:
             while s.step < s.budget.total_steps:
                 # a stop request (SIGTERM, preemption) is agreed on by all ranks; with several ranks that
                 # is an all-reduce + host sync, so it is asked every log_every_steps steps, not every step
-                check = s.env.world_size == 1 or s.step % cfg.train.log_every_steps == 0
+                check = s.env.world_size == 1 or s.step % t.log_every_steps == 0
                 if check and any_rank(stop.requested, s.device):
                     abandoned = getattr(stop, "abandoned", None)  # asked on rank 0 alone; all ranks agree
                     if any_rank(bool(abandoned), s.device):
                         raise Abandoned(abandoned or "rank 0 found the attempt no longer live")
                     status = "stopped"
                     break
-                after_step(s, log, train_step(s))
+                mask, images_uint8 = train_step(s)
+                log.step_done()
+                if s.step % t.log_every_steps == 0 or s.step == s.budget.total_steps:
+                    log_line(s, log, mask.keep_idx.shape[1])
+                if log.writing and t.mask_image_every_steps and (s.step - 1) % t.mask_image_every_steps == 0:
+                    log.mask_image(mask, images_uint8, s.samples_seen)
                 if eval_every and s.step % eval_every == 0 and s.step < s.budget.total_steps:
                     metrics = evaluator(s.model) if evaluator is not None else {}  # rank 0 evaluates
                     if metrics:
@@ -296,7 +265,8 @@ def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_s
     save(s)
     if status == "complete" and s.env.is_main:
         save_weights(s.model.state_dict(), s.paths.model)
-    n = max(1.0, s.totals["micro_batches"])
+    n, t, probes = max(1.0, s.totals["micro_batches"]), s.cfg.train, s.totals["probe_count"]
+    pairs = sum(s.spec.limits) if s.spec.limits else int(load_manifest(s.cfg.data.out_dir)["splits"]["train"]["count"])
     record = {
         "status": status,
         "steps": s.step,
@@ -305,39 +275,26 @@ def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_s
         "global_batch": s.budget.global_batch,
         "world_size": s.env.world_size,
         "train_loss": s.last_loss,
-        "chance_loss": math.log(chance_candidates(s.cfg, s.env.world_size)),
+        # candidates per row of the masked phase's contrastive loss: the global contrastive batch
+        "chance_loss": math.log(t.batch_size * s.env.world_size * (t.accum_steps if t.accum_mode == "cache" else 1)),
         "wall_s": round(s.totals["wall_s"], 2),
         "images_per_s": round(attempt_samples / max(attempt_s, 1e-9), 2),
         "train_flops": s.totals["train_flops"] * s.env.world_size,
         "params_nonembedding": s.model.nonembedding_params(),
-        "unique_pairs": sum(s.spec.limits) if s.spec.limits else _train_pairs(s.cfg),
+        "unique_pairs": pairs,
         "masking": {
             "label": describe(s.cfg.masking),
             "mean_mask_ratio": s.totals["mask_ratio_sum"] / n,
             "mean_cluster_coverage": (s.totals["coverage_sum"] + float(s.window.coverage)) / n,
             **get_strategy(s.masking.strategy).record(s.masking),
-            **probe_means(s),  # object vs background patches of the probe scenes (probe.py)
+            # object vs background patches of the probe scenes (probe.py)
+            **({key: s.totals[f"probe_{key}"] / probes for key in PROBE_STATS} if probes else {}),
         },
         "threads": share.threads,
     }
     if s.env.is_main:
         record = update_result(s.paths, **record)
     return {**record, "rank": s.env.rank}
-
-
-def chance_candidates(cfg: Config, world_size: int) -> int:
-    """Candidates per row of the contrastive loss in the masked phase: the global contrastive batch."""
-    t = cfg.train
-    return t.batch_size * world_size * (t.accum_steps if t.accum_mode == "cache" else 1)
-
-
-def probe_means(s: Session) -> dict[str, float]:
-    n = s.totals.get("probe_count", 0)
-    return {key: s.totals[f"probe_{key}"] / n for key in PROBE_STATS} if n else {}
-
-
-def _train_pairs(cfg: Config) -> int:
-    return int(load_manifest(cfg.data.out_dir)["splits"]["train"]["count"])
 
 
 class TrainJob(PreemptibleJob):

@@ -5,6 +5,7 @@ this module only writes them, and times the interval for images/s and MFU."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,44 +27,34 @@ class NonFiniteLoss(RuntimeError):
         )
 
 
+@dataclass(kw_only=True)
 class TrainLog:
-    """TensorBoard (where `tensorboard` names its folder: rank 0) and the progress bar."""
+    """TensorBoard (where `tensorboard` names its folder: rank 0) and the progress bar from `step` on."""
 
-    def __init__(
-        self,
-        *,
-        title: str,
-        total_steps: int,
-        step: int,
-        global_batch: int,
-        patch_size: int,
-        world_size: int,
-        peak_flops: float,
-        progress: bool,
-        tensorboard: Path | None,
-        purge_step: int | None,
-    ):
-        self.global_batch, self.patch, self.world_size, self.peak_flops = (
-            global_batch,
-            patch_size,
-            world_size,
-            peak_flops,
-        )
+    title: str
+    total_steps: int
+    step: int
+    global_batch: int
+    patch_size: int
+    world_size: int
+    peak_flops: float
+    progress: bool
+    tensorboard: Path | None
+    purge_step: int | None
+
+    def __post_init__(self) -> None:
         self.writer = None
-        if tensorboard is not None:
+        if self.tensorboard is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(tensorboard), purge_step=purge_step)
-        self.bar = Progress(total_steps, title, "step", progress, step)
-        self._restart_clock()
+            self.writer = SummaryWriter(str(self.tensorboard), purge_step=self.purge_step)
+        self.bar = Progress(self.total_steps, self.title, "step", self.progress, self.step)
+        self.steps, self.t0 = 0, time.perf_counter()  # the interval's steps and start
 
     @property
     def writing(self) -> bool:
         """Whether TensorBoard is written (rank 0): what the scalars and pictures are for."""
         return self.writer is not None
-
-    def _restart_clock(self) -> None:
-        self.steps, self.t0 = 0, time.perf_counter()
 
     def step_done(self) -> None:
         self.steps += 1
@@ -82,7 +73,7 @@ class TrainLog:
                 add(tag, value, samples)
             if self.peak_flops:
                 add("perf/mfu", flops.mfu(flops_per_sample, images_per_s, self.world_size, self.peak_flops), samples)
-        self._restart_clock()
+        self.steps, self.t0 = 0, time.perf_counter()
 
     def evaluation(self, samples: int, metrics: dict[str, float]) -> None:
         """An evaluation during training: TensorBoard `eval_subset/<key>`."""
@@ -96,14 +87,9 @@ class TrainLog:
         """Up to four of the step's images beside their clusters and their kept patches."""
         from maskvlp.viz import clusters_picture, kept_picture
 
-        rows = []
-        for i in range(min(4, images_uint8.shape[0])):
-            img = images_uint8[i].permute(1, 2, 0).cpu().numpy()
-            rows.append(
-                np.concatenate(
-                    [img, clusters_picture(img, result, i, self.patch), kept_picture(img, result, i, self.patch)], 1
-                )
-            )
+        rows, p = [], self.patch_size
+        for i, img in enumerate(images_uint8[:4].permute(0, 2, 3, 1).cpu().numpy()):
+            rows.append(np.concatenate([img, clusters_picture(img, result, i, p), kept_picture(img, result, i, p)], 1))
         self.writer.add_image("mask/image_clusters_kept", np.concatenate(rows, 0), samples, dataformats="HWC")
 
     def close(self) -> None:
