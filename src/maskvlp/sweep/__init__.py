@@ -2,8 +2,8 @@
 
     space.py     the sweep file's data model (no optuna): SweepSpec, Param, grids, objective keys
     rules.py     params derived per trial (warmup, checkpoints, lr by width, ...)
-    spec.py      parse, load (once, with the command line's changes), validate against params.yaml
-    analyses.py  the `fit:` and `compare:` sections behind one interface (check, validate, write)
+    spec.py      parse, load (once, with the command line's changes), validate against params.yaml;
+                 ANALYSES: the `fit:` and `compare:` sections behind one interface (check, validate, write)
     fit.py, fitforms.py   scaling studies: `maskvlp scaling-fit` and its registry of fit forms
     compare.py   strategies over seeds: comparison.md / .json / .png
     study.py     the Optuna side: storage, sampler, pruner, sampling a trial, counting logical trials
@@ -15,6 +15,6 @@
     report.py    `maskvlp sweep-status` and `maskvlp sweep-report`
     commands.py  the bodies of the sweep commands of maskvlp.cli
 
-space, rules, spec, analyses, fit, fitforms and compare work without optuna (the analyses read a study's
+space, rules, spec, fit, fitforms and compare work without optuna (the analyses read a study's
 finished trials through runs.finished_trials); docs/sweeps.md describes the design and a trial's states.
 """

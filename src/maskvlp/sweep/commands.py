@@ -75,9 +75,8 @@ def sweep_report(args: argparse.Namespace) -> int:
 
 
 def scaling_fit(args: argparse.Namespace) -> int:
-    from maskvlp.sweep.analyses import ANALYSES
     from maskvlp.sweep.fit import fit_spec
-    from maskvlp.sweep.spec import open_study
+    from maskvlp.sweep.spec import ANALYSES, open_study
 
     specs = []
     for name in args.names:

@@ -122,13 +122,12 @@ class Driver:
             slot = self.free_slot()
             cpus = sw.cpu_sets[slot]
             log = open(paths.trial_log, "a")  # noqa: SIM115 (the child keeps it)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(
                 [sys.executable, "-m", "maskvlp.sweep.job", str(paths.trial)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the driver's Ctrl-C is relayed as SIGTERM (a clean stop), not SIGINT
-                env=env,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # its share of the cores
             )
             log.close()
@@ -206,7 +205,9 @@ class Driver:
         for number, h in list(self.active.items()):
             trial = trials[number]
             if trial.state != TrialState.RUNNING:
-                self._reap(h)
+                if h.process is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        h.process.wait(timeout=60)
                 self._say(f"trial {number} {trial.state.name} {self._values(trial)}")
                 del self.active[number]
                 continue
@@ -331,11 +332,6 @@ class Driver:
             return None
         taken = {h.slot for h in self.active.values()}
         return next((i for i, s in enumerate(self.sw.cpu_sets) if s == cpus and i not in taken), None)
-
-    def _reap(self, h: Handle) -> None:
-        if h.process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                h.process.wait(timeout=60)
 
     def _values(self, trial: optuna.trial.FrozenTrial) -> str:
         if trial.state == TrialState.PRUNED and trial.intermediate_values:

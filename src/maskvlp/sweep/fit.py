@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,13 +194,6 @@ def fit_study(pts: list[Point], fs: FitSpec) -> dict[str, Any]:
     }
 
 
-def _public(result: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **{k: v for k, v in result.items() if k != "groups"},
-        "groups": {g: {k: v for k, v in r.items() if not k.startswith("_")} for g, r in result["groups"].items()},
-    }
-
-
 def _fmt_fit(f: dict[str, Any]) -> str:
     if not f["converged"]:
         return f"did not converge ({f['message']}; {f['n_points']} points)"
@@ -338,18 +332,19 @@ def write_outputs(
     from torch.utils.tensorboard import SummaryWriter
 
     dirs = [study_dirs] if isinstance(study_dirs, Path) else list(study_dirs)
-    pts, skipped = [], {}
+    pts, skipped = [], Counter()
     for d in dirs:
         more, left = points(d, fs)
         pts += more
-        for k, n in left.items():
-            skipped[k] = skipped.get(k, 0) + n
+        skipped.update(left)
     if not pts:
         why = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())) or "no trial folders"
         raise ScalingError(f"{', '.join(map(str, dirs))}: no finished, evaluated trial with {fs.metric} to fit ({why})")
     result = fit_study(pts, fs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    public = _public(result) | {"name": name, "points": [p.to_dict() for p in pts], "skipped": skipped}
+    groups = {g: {k: v for k, v in r.items() if not k.startswith("_")} for g, r in result["groups"].items()}
+    public = {k: v for k, v in result.items() if k != "groups"} | {"groups": groups, "name": name}
+    public |= {"points": [p.to_dict() for p in pts], "skipped": skipped}
     public["notes"] = list(fs.notes)
     write_text_atomic(out_dir / "fits.json", json.dumps(public, indent=2, default=float) + "\n")
     write_text_atomic(out_dir / "summary.md", summary_markdown(name, result, pts, skipped, fs))

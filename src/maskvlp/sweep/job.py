@@ -42,6 +42,14 @@ from maskvlp.runs import (
     write_json_atomic,
 )
 from maskvlp.sweep.space import SweepSpec
+from maskvlp.sweep.study import (
+    intermediate_value,
+    live_problem,
+    load_study,
+    non_finite,
+    trial_handle,
+    values_from_record,
+)
 
 LIVE_CHECK_S = 10.0  # how often a training job asks the storage whether it is still the live attempt
 FOLDER_WAIT_S = 300.0  # how long a job waits for the run folder while an older attempt still holds it
@@ -75,14 +83,12 @@ class PruneHook:
     """The training hook (train.TrainHook): report the intermediate objective; True = prune now."""
 
     def __init__(self, trial, spec: SweepSpec):
-        from maskvlp.sweep.study import intermediate_value
-
-        self.trial, self.spec, self._value = trial, spec, intermediate_value
+        self.trial, self.spec = trial, spec
         self.pruned_at: int | None = None
         self.last: float | None = None
 
     def __call__(self, samples_seen: int, metrics: dict[str, float]) -> bool:
-        value = self._value(self.spec, metrics)
+        value = intermediate_value(self.spec, metrics)
         if value is None:
             return False
         self.last = value
@@ -107,8 +113,6 @@ class LiveStop:
     @property
     def requested(self) -> bool:
         if self._asks and self.abandoned is None and time.monotonic() >= self._next:
-            from maskvlp.sweep.study import live_problem
-
             self._next = time.monotonic() + LIVE_CHECK_S
             with contextlib.suppress(Exception):  # a storage hiccup is not a verdict: ask again later
                 self.abandoned = live_problem(self.study, self.task.number, self.task.instance)
@@ -128,7 +132,6 @@ def run_trial(task: TrialTask, stop=None, progress: bool = True) -> dict[str, An
     driver. Raises NotLive, before writing anything, when this job is not its trial's live attempt."""
     from maskvlp.params import config_from_dict
     from maskvlp.sweep.spec import parse
-    from maskvlp.sweep.study import live_problem, load_study
     from maskvlp.train import Abandoned, StopRequest
 
     spec = parse(task.spec)
@@ -165,7 +168,6 @@ def _attempt(task, spec, cfg, paths: RunPaths, study, stop, progress: bool, chec
 
     from maskvlp.checkpoint import list_checkpoints
     from maskvlp.evaluate import evaluate_and_write, write_tensorboard_hparams
-    from maskvlp.sweep.study import non_finite, trial_handle, values_from_record
     from maskvlp.train import pretrain
     from maskvlp.trainlog import NonFiniteLoss
 

@@ -129,9 +129,7 @@ def driver_alive(study_dir: Path) -> dict[str, Any] | None:
     """Who drives the study now (driver.json: host, pid, Slurm job), or None when no process holds the
     driver lock. The lock is the truth: a driver that died, even on another host, holds nothing."""
     lock = StudyPaths(study_dir).driver_lock
-    if not folder_in_use(RunPaths(lock.parent), lock):
-        return None
-    return _driver_record(study_dir)
+    return _driver_record(study_dir) if folder_in_use(RunPaths(lock.parent), lock) else None
 
 
 def _driver_record(study_dir: Path) -> dict[str, Any]:
@@ -155,8 +153,7 @@ def _driver_refusal(study_dir: Path, other: dict[str, Any]) -> SweepSpecError:
 
 
 def refuse_second_driver(study_dir: Path) -> None:
-    other = driver_alive(study_dir)
-    if other is not None:
+    if (other := driver_alive(study_dir)) is not None:
         raise _driver_refusal(study_dir, other)
 
 

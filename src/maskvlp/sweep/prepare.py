@@ -12,9 +12,8 @@ from typing import Any
 from maskvlp.config import Config
 from maskvlp.params import load_config
 from maskvlp.runs import RunPaths, StudyPaths
-from maskvlp.sweep import analyses
 from maskvlp.sweep.space import SweepSpec, SweepSpecError, grid_points, grid_size
-from maskvlp.sweep.spec import load, validate
+from maskvlp.sweep.spec import load, validate, validate_analyses
 from maskvlp.sweep.study import storage_url, take_password
 
 GRID_CHECK_LIMIT = 2000  # grids up to this many points get every point loaded before anything runs
@@ -65,7 +64,7 @@ def prepare(
     cfg = validate(spec, params)
     if spec.sampler == "grid" and spec.n_trials > grid_size(spec):
         raise SweepSpecError(f"n_trials: {spec.n_trials} exceeds the grid's {int(grid_size(spec))} points")
-    analyses.validate(spec, cfg)
+    validate_analyses(spec, cfg)
     try:
         check_manifest(cfg, load_manifest(cfg.data.out_dir))
     except FileNotFoundError as exc:

@@ -8,7 +8,7 @@ The report writes into its folder (default reports/sweeps/<name>/):
   pareto.csv               two objectives: the non-dominated trials
   *.png                    Optuna's matplotlib plots: history, importances, slice, contour, Pareto front
   summary.json             counts by state, best values and params (JSON: `dvc metrics show` reads it)
-  comparison.md/.json/.png with a `compare:` section (sweep.analyses, sweep.compare): mean and 95% interval
+  comparison.md/.json/.png with a `compare:` section (sweep.spec.ANALYSES, sweep.compare): mean and 95% interval
                            over seeds per strategy and metric, each claim tested in one sentence
 """
 
@@ -26,10 +26,9 @@ from optuna.trial import TrialState
 from maskvlp.launch import pending_reasons
 from maskvlp.progress import format_duration
 from maskvlp.runs import atomic_path, write_text_atomic
-from maskvlp.sweep.analyses import ANALYSES
 from maskvlp.sweep.liveness import driver_alive, driver_text
 from maskvlp.sweep.space import SweepSpec
-from maskvlp.sweep.spec import open_study
+from maskvlp.sweep.spec import ANALYSES, open_study
 from maskvlp.sweep.study import Logical, is_finished, load_study, logical_trials, quiet_optuna
 
 
@@ -67,9 +66,7 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -8,7 +8,7 @@ parses them from a file such as (docs/sweeps.md has every key)
       model: {choices: [w64, w128], set: [model.vision, model.text]}     # one value, several keys
       strategy: {choices: {none: {masking.strategy: none}, random: {masking.strategy: random}}}
     rules: {warmup_fraction: 0.1}      # params derived per trial (sweep.rules)
-    fit: {...}, compare: {...}         # analyses of the finished trials (sweep.analyses)
+    fit: {...}, compare: {...}         # analyses of the finished trials (sweep.spec.ANALYSES)
     objectives: [{metric: zeroshot/objects/top1, direction: maximize}]
     sampler: {name: tpe, seed: 0}; pruner: {name: median}; n_trials: 24; parallel: 2; retries: 1
 """

@@ -1,12 +1,20 @@
 """A sweep file (sweeps/*.yaml; the format: sweep.space) parsed, with its rules and analysis sections, and
 validated against params.yaml before anything runs; `load` merges the command line's changes and parses
-once; `open_study` reads a started study's spec back from its folder."""
+once; `open_study` reads a started study's spec back from its folder.
+
+The analyses a sweep file may ask for are behind one interface, ANALYSES (nothing below this module
+imports an analysis): `fit:` scaling curves over the grid (sweep.fit, `maskvlp scaling-fit`) and `compare:`
+strategies over seeds (sweep.compare, `maskvlp sweep-report`). Each checks its section when the file is
+parsed (`check`; at least that it is a mapping), its metric names against the params before anything
+runs (`validate`), and writes its outputs from the study's finished trials (`write`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +23,7 @@ import yaml
 from maskvlp.config import Config, ConfigError
 from maskvlp.params import load_config
 from maskvlp.runs import StudyPaths
-from maskvlp.sweep import analyses
+from maskvlp.sweep import compare, fit
 from maskvlp.sweep.rules import check_rules
 from maskvlp.sweep.space import (
     RECORD_OBJECTIVES,
@@ -30,6 +38,53 @@ from maskvlp.sweep.space import (
     yaml_value,
 )
 
+
+@dataclass(frozen=True)
+class Analysis:
+    section: str  # the sweep file's key
+    example: str  # a well-formed section, for the message that refuses another type
+    check: Callable[[SweepSpec], Any] | None  # at parse time, returns the analysis' spec (fit: its grid waits)
+    validate: Callable[[SweepSpec, Config], Any]  # against the params, before anything runs; the same spec
+    write: Callable[..., Any]  # the outputs, from the study folder(s) and that spec
+
+
+ANALYSES = {
+    "fit": Analysis("fit", "{metric: zeroshot/objects/top1}", None, fit.validate_fit, fit.write_outputs),
+    "compare": Analysis(
+        "compare",
+        "{group: strategy, seeds: train.seed}",
+        compare.compare_spec,
+        compare.validate_compare,
+        compare.write_comparison,
+    ),
+}
+
+
+def analysis_sections(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each analysis' section of the sweep file's mapping ({} when absent); refused unless a mapping."""
+    out = {}
+    for name, a in ANALYSES.items():
+        value = raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise fail(name, f"must be a mapping such as {a.example}")
+        out[name] = dict(value)
+    return out
+
+
+def check_analyses(spec: SweepSpec, present: set[str]) -> None:
+    """Parse time: every section the file has (even an empty one) checked against the space."""
+    for name, a in ANALYSES.items():
+        if name in present and a.check is not None:
+            a.check(spec)
+
+
+def validate_analyses(spec: SweepSpec, cfg: Config) -> None:
+    """Before anything runs: every section the spec holds, checked against the base params."""
+    for name, a in ANALYSES.items():
+        if getattr(spec, name):
+            a.validate(spec, cfg)
+
+
 SAMPLERS = ("tpe", "random", "grid", "nsga2", "qmc")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
@@ -42,7 +97,7 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     """A SweepSpec from the loaded YAML mapping (structure and ranges; see `validate` for params)."""
     if not isinstance(raw, dict):
         raise SweepSpecError(f"{origin}: expected a mapping with name, space and objectives")
-    unknown = set(raw) - {*TOP_LEVEL, *analyses.ANALYSES}
+    unknown = set(raw) - {*TOP_LEVEL, *ANALYSES}
     if unknown:
         raise fail(", ".join(sorted(unknown)), f"unknown top-level key(s) in {origin}")
     name = str(raw.get("name", ""))
@@ -100,9 +155,9 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     sampler_options = {k: v for k, v in sampler_raw.items() if k not in ("name", "seed")}
     pruner_options = {k: v for k, v in pruner_raw.items() if k != "name"}
     settings = dict(sampler_options=sampler_options, pruner_options=pruner_options, rules=dict(rules), raw=dict(raw))
-    settings |= analyses.sections(raw)
+    settings |= analysis_sections(raw)
     spec = SweepSpec(name, dict(base), space, tuple(objectives), sampler, seed, pruner, **ints, **settings)
-    analyses.check(spec, present=set(raw))  # refuse a bad section before any trial runs
+    check_analyses(spec, present=set(raw))  # refuse a bad section before any trial runs
     return spec
 
 
@@ -182,7 +237,7 @@ def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: 
     """Check the spec against params.yaml: base and every space key are params keys whose extreme values
     the config accepts (with the parameter's `when` values set, which checks those keys too), and every
     objective is a key evaluation produces. Returns the base config. (The `fit:` and `compare:`
-    sections are checked against it by sweep.analyses.validate.)"""
+    sections are checked against it by validate_analyses.)"""
     base_overrides = spec.overrides({}) + list(extra or [])
     try:
         cfg = load_config(params, base_overrides)

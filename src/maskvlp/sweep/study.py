@@ -288,21 +288,14 @@ def live_problem(study: optuna.Study, number: int, instance: str) -> str | None:
     return None
 
 
-def intermediate_key(spec: SweepSpec) -> str | None:
-    """The metric of the cheap evaluation during training (evaluate.SubsetEvaluator) that stands for
+def intermediate_value(spec: SweepSpec, metrics: dict[str, float]) -> float | None:
+    """The metric of the cheap evaluation during training (evaltasks.SubsetEvaluator) that stands for
     the first objective when pruning: the subset's zero-shot top-1 for zero-shot objectives, its
     retrieval R@1 in the objective's direction for retrieval ones, else the mean of both R@1."""
     metric = spec.objectives[0].metric
+    direction = "t2i" if "t2i" in metric else "i2t"
     task = metric.split("/")[0]
-    if task == "zeroshot":
-        return "zeroshot/subset/top1"
-    if task == "retrieval":
-        return "retrieval/subset/t2i_r1" if "t2i" in metric else "retrieval/subset/i2t_r1"
-    return None  # mean of both R@1 (see intermediate_value)
-
-
-def intermediate_value(spec: SweepSpec, metrics: dict[str, float]) -> float | None:
-    key = intermediate_key(spec)
+    key = {"zeroshot": "zeroshot/subset/top1", "retrieval": f"retrieval/subset/{direction}_r1"}.get(task)
     if key is not None and key in metrics:
         return float(metrics[key])
     r1 = [metrics[k] for k in ("retrieval/subset/i2t_r1", "retrieval/subset/t2i_r1") if k in metrics]
