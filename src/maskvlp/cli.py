@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from maskvlp.config import Config, ConfigError, to_yaml
+from maskvlp.config import Config, ConfigError, to_dict, to_yaml
 from maskvlp.params import load_config
 
 EPILOG = """\
@@ -73,14 +73,12 @@ def cmd_shard(cfg: Config, args: argparse.Namespace) -> int:
 def _report_training(cfg: Config, result: dict, metrics_file: str) -> int:
     import json
 
-    from maskvlp.runs import run_paths
+    from maskvlp.runs import run_paths, write_text_atomic
 
     paths = run_paths(cfg)
     if result["rank"] != 0:  # one report per job, from rank 0
         return 3 if result["status"] == "stopped" else 0
     if metrics_file and result["status"] == "complete":
-        from maskvlp.runs import write_text_atomic
-
         write_text_atomic(metrics_file, json.dumps(result, indent=2) + "\n")
     if result["status"] == "stopped":
         print(
@@ -117,7 +115,6 @@ def cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.launcher.executor == "local":
         result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
         return _report_training(cfg, result, args.metrics)
-    from maskvlp.config import to_dict
     from maskvlp.train import TrainJob
 
     preflight(cfg, args.resume, cfg.launcher.nodes * cfg.launcher.tasks_per_node)  # before anything is submitted
@@ -147,9 +144,13 @@ def cmd_jobs(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _print_metrics(metrics: dict[str, float]) -> None:
+    width = max(map(len, metrics), default=10)
+    for key, value in sorted(metrics.items()):
+        print(f"{key:{width}s} {value:.4f}")
 
+
+def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.evaluate import EvalJob, evaluate_and_write, evaluate_datasets, load_run
     from maskvlp.runs import RunPaths, run_paths
 
@@ -157,9 +158,7 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     if args.dataset:
         results = evaluate_datasets(cfg, run_dir, args.dataset, progress=not args.quiet)
         for name, r in results.items():
-            width = max(map(len, r.metrics), default=10)
-            for key, value in sorted(r.metrics.items()):
-                print(f"{key:{width}s} {value:.4f}")
+            _print_metrics(r.metrics)
             if r.skipped:
                 print(
                     f"{name}: skipped {sum(r.skipped.values())}: " + ", ".join(f"{k}={n}" for k, n in r.skipped.items())
@@ -169,17 +168,12 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
             print(f"wrote {RunPaths(run_dir).extra_eval_dir(name) / 'metrics.json'}")
         return 0
     if cfg.launcher.executor != "local":
-        from maskvlp.config import to_dict
-
         load_run(run_dir)  # fail before submitting when the run is not there
         metrics = _submit_and_maybe_wait(cfg, args, EvalJob(to_dict(cfg), str(run_dir)), "evaluate", run_dir)
         if metrics is not None:
             print(f"wrote {cfg.eval.metrics_file} and {run_dir}/eval/")
         return 0
-    metrics = evaluate_and_write(cfg, run_dir, progress=not args.quiet)
-    width = max(map(len, metrics))
-    for key, value in sorted(metrics.items()):
-        print(f"{key:{width}s} {value:.4f}")
+    _print_metrics(evaluate_and_write(cfg, run_dir, progress=not args.quiet))
     print(f"wrote {cfg.eval.metrics_file} and {run_dir}/eval/ (TensorBoard HParams session)")
     return 0
 
