@@ -53,50 +53,23 @@ def _in_root(name: str) -> property:
 class RunPaths:
     root: Path
 
+    config = _in_root("config.yaml")
+    info = _in_root("run.json")
+    result = _in_root("result.json")
+    checkpoints = _in_root("checkpoints")
+    tensorboard = _in_root("tb")
+    model = _in_root("model.safetensors")
+    jobs = _in_root("jobs.jsonl")
+    slurm_logs = _in_root("slurm")
+    writer_lock = _in_root("writer.lock")
+    attempts = _in_root("attempts.jsonl")  # one line per writer that held the folder (start / end, who, which study)
+    trial = _in_root("trial.json")  # a sweep trial's task, as the driver hands it (sweep.job.TrialTask)
+    trial_log = _in_root("trial.log")  # a local trial process's output
+    stopped = _in_root("stopped.json")  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved)
+
     @property
     def name(self) -> str:
         return self.root.name
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def info(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def result(self) -> Path:
-        return self.root / "result.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tb"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model.safetensors"
-
-    @property
-    def jobs(self) -> Path:
-        return self.root / "jobs.jsonl"
-
-    @property
-    def slurm_logs(self) -> Path:
-        return self.root / "slurm"
-
-    @property
-    def writer_lock(self) -> Path:
-        return self.root / "writer.lock"
-
-    @property
-    def attempts(self) -> Path:
-        """attempts.jsonl: one line per writer that held the folder (start / end, who, which study)."""
-        return self.root / "attempts.jsonl"
 
     def eval_dir(self) -> Path:
         """eval/: the `evaluate` stage's own evaluation (a DVC output of that stage)."""
@@ -105,10 +78,6 @@ class RunPaths:
     def extra_eval_dir(self, dataset: str) -> Path:
         """eval-extra/<dataset>/: `maskvlp evaluate --dataset`, outside eval/ so DVC sees no change."""
         return self.root / "eval-extra" / dataset
-
-    trial = _in_root("trial.json")  # a sweep trial's task, as the driver hands it (sweep.job.TrialTask)
-    trial_log = _in_root("trial.log")  # a local trial process's output
-    stopped = _in_root("stopped.json")  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved)
 
 
 @dataclass(frozen=True)
