@@ -123,9 +123,7 @@ def manifest_set(cfg: Config, out_dir: str | Path, name: str) -> EvalSet:
 
     val, train = shard_paths(out_dir, "val"), shard_paths(out_dir, "train")
     classes = load_manifest(out_dir)["source"].get("classes") or None
-    if not val:
-        return shard_set(train, name, classes)
-    return shard_set(val, name, classes, train_urls=train)
+    return shard_set(val, name, classes, train_urls=train) if val else shard_set(train, name, classes)
 
 
 def val_set(cfg: Config, spec: str) -> EvalSet:
@@ -141,7 +139,6 @@ def objects_set(cfg: Config, spec: str) -> EvalSet:
     """Single-object synthetic scenes, `eval.objects_per_class` per class, generated in memory (seeded
     apart from the training data): zero-shot without the ambiguity of multi-object scenes. Its train
     split (as many scenes, seeded apart again) fits the linear probe on a set whose label is visible."""
-
     from maskvlp.data.synthetic import CLASS_NAMES
 
     def split(offset: int):
@@ -187,10 +184,7 @@ def table_set(cfg: Config, table: Path) -> EvalSet:
         for item in source.items():
             raw = source.load(item)
             caption = clean_caption(raw.caption) if not isinstance(raw, Skip) else raw
-            if isinstance(caption, Skip):
-                skipped[caption.reason] += 1
-                continue
-            img = decode_image(raw.image, cfg.data.min_image_side)
+            img = caption if isinstance(caption, Skip) else decode_image(raw.image, cfg.data.min_image_side)
             if isinstance(img, Skip):
                 skipped[img.reason] += 1
                 continue
@@ -283,11 +277,10 @@ def fashion_mnist_set(cfg: Config, spec: str) -> EvalSet:
                 resized = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
                 rgb = resized.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
                 ys = labels[start : start + batch_size].tolist()
-                metas = [{"label": y, "label_name": fm.CLASSES[y]} for y in ys]
                 yield {
                     "images": rgb,
                     "captions": [f"a photo of a {fm.CLASSES[y]}." for y in ys],
-                    "metas": metas,
+                    "metas": [{"label": y, "label_name": fm.CLASSES[y]} for y in ys],
                     "keys": [f"fashion-{name}-{start + i:05d}" for i in range(len(ys))],
                 }
 
@@ -306,15 +299,11 @@ register_dataset("fashion-mnist", fashion_mnist_set)
 def check_section(ev: EvalConfig) -> None:
     """Refuse out-of-range `eval.*` values (params.validate asks this before any work starts)."""
     check(ev.batch_size >= 1, "eval.batch_size", "must be >= 1", ev.batch_size)
-    check(
-        bool(ev.datasets) and all(d in DATASETS or "/" in d or Path(d).suffix for d in ev.datasets),
-        "eval.datasets",
-        f"must list registered sets ({', '.join(DATASETS)}) or paths of captions tables / shards",
-        ev.datasets,
-    )
+    ok = bool(ev.datasets) and all(d in DATASETS or "/" in d or Path(d).suffix for d in ev.datasets)
+    msg = f"must list registered sets ({', '.join(DATASETS)}) or paths of captions tables / shards"
+    check(ok, "eval.datasets", msg, ev.datasets)
     check(ev.objects_per_class >= 1, "eval.objects_per_class", "must be >= 1", ev.objects_per_class)
     check(ev.subset_samples >= 2, "eval.subset_samples", "must be >= 2", ev.subset_samples)
     check(ev.linear_probe_samples >= 2, "eval.linear_probe_samples", "must be >= 2", ev.linear_probe_samples)
-    check(
-        ev.fashion_mnist_samples >= 0, "eval.fashion_mnist_samples", "must be >= 0 (0 = all)", ev.fashion_mnist_samples
-    )
+    n = ev.fashion_mnist_samples
+    check(n >= 0, "eval.fashion_mnist_samples", "must be >= 0 (0 = all)", n)

@@ -106,11 +106,10 @@ def render_sample(
         cx, cy = rng.uniform(side / 2, size - side / 2, size=2)
         _paste(canvas, render_emoji(font_path, codepoints[0]), side, cx, cy)
         template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
-        if template.startswith("a small") or template.startswith("a large"):
+        if template.startswith(("a small", "a large")):
             template = "a small {}" if scale < 0.6 else "a large {}"
-        caption = template.format(names[0], bg)
         meta = {"codepoint": codepoints[0], "label_name": names[0], "background": bg}
-        return canvas, caption, meta
+        return canvas, template.format(names[0], bg), meta
     side = int(size * rng.uniform(0.35, 0.45))
     horizontal = bool(rng.integers(2))
     lo, hi = side / 2 + 1, size - side / 2 - 1
@@ -120,12 +119,6 @@ def render_sample(
     _paste(canvas, render_emoji(font_path, codepoints[1]), side, *second)
     relation = "left of" if horizontal else "above"
     opposite = "right of" if horizontal else "below"
-    caption = f"{names[0]} {relation} {names[1]}"
-    meta = {
-        "codepoints": list(codepoints),
-        "label_name": names[0],
-        "relation": relation,
-        "background": bg,
-        "negatives": {"relation": f"{names[0]} {opposite} {names[1]}", "attribute": None, "object": None},
-    }
-    return canvas, caption, meta
+    negatives = {"relation": f"{names[0]} {opposite} {names[1]}", "attribute": None, "object": None}
+    meta = dict(codepoints=list(codepoints), label_name=names[0], relation=relation, background=bg, negatives=negatives)
+    return canvas, f"{names[0]} {relation} {names[1]}", meta

@@ -51,11 +51,6 @@ class StreamSpec:
     limits: tuple[int, ...] = ()  # per url: read only its first N samples (train.unique_pairs); () = all
 
 
-def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Grouped tar members {"__key__", "jpg", "txt", ...} as bytes, shard by shard, in order."""
-    return wds.tarfile_samples({"url": u} for u in urls)
-
-
 def slot_samples(
     urls: list[str], slot: int, num_slots: int, epoch_seed: int | None, limits: tuple[int, ...] = ()
 ) -> Iterator[dict[str, Any]]:
@@ -71,9 +66,12 @@ def slot_samples(
     cap = dict(zip(urls, limits)) if limits else {}
 
     def read(selected: list[str]) -> Iterator[dict[str, Any]]:
+        """Grouped tar members {"__key__", "jpg", "txt", ...} as bytes, shard by shard, in order."""
         if not cap:
-            return _raw_samples(selected)
-        return itertools.chain.from_iterable(itertools.islice(_raw_samples([u]), cap[u]) for u in selected)
+            return wds.tarfile_samples({"url": u} for u in selected)
+        return itertools.chain.from_iterable(
+            itertools.islice(wds.tarfile_samples([{"url": u}]), cap[u]) for u in selected
+        )
 
     if len(shards) >= num_slots:
         yield from read(shards[slot::num_slots])

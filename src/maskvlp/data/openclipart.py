@@ -98,12 +98,8 @@ def caption(meta: Meta, category: str, template: str = "{title}", max_keywords: 
     """The caption from a template with fields {title}, {description}, {keywords} (the first
     `max_keywords`, comma-separated) and {category} (the class name). Empty parts leave no stray
     punctuation: a run of separators keeps its first, and leading or trailing ones go."""
-    text = template.format(
-        title=meta.title,
-        description=meta.description,
-        keywords=", ".join(meta.keywords[:max_keywords]),
-        category=category,
-    )
+    keywords = ", ".join(meta.keywords[:max_keywords])
+    text = template.format(title=meta.title, description=meta.description, keywords=keywords, category=category)
     text = re.sub(r"\s*([,;:.])(?:\s*[,;:.])+", r"\1", text)  # "title. , kw" (empty description) -> "title. kw"
     text = re.sub(r"\s+([,;:.])", r"\1", text)
     return _clean(text).strip(" ,;:-")

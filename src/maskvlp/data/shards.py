@@ -44,11 +44,8 @@ def split_of(key: str, seed: int, val_fraction: float) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class AtomicShardWriter:
@@ -229,21 +226,9 @@ def first_pairs(out_dir: str | Path, split: str, n: int) -> tuple[int, ...]:
 
 
 # The data params that determine the shards (the shard stage's params in dvc.yaml).
-SHARD_PARAMS = (
-    "preset",
-    "source",
-    "image_size",
-    "image_format",
-    "jpeg_quality",
-    "min_image_side",
-    "val_fraction",
-    "max_samples_per_shard",
-    "synthetic",
-    "emoji",
-    "openclipart",
-    "mix",
-    "folder",
-    "shards",
+SHARD_PARAMS = tuple(
+    "preset source image_size image_format jpeg_quality min_image_side val_fraction max_samples_per_shard "
+    "synthetic emoji openclipart mix folder shards".split()
 )
 
 

@@ -162,11 +162,11 @@ def _read_jsonl(path: Path) -> Table:
                 continue
             try:
                 record = json.loads(line)
+                problem = "" if isinstance(record, dict) else "not a JSON object"
             except ValueError as exc:
-                rows.append(Skip("malformed_row", f"{path.name}:{number}", f"line {number}: not JSON ({exc})"))
-                continue
-            if not isinstance(record, dict):
-                rows.append(Skip("malformed_row", f"{path.name}:{number}", f"line {number}: not a JSON object"))
+                problem = f"not JSON ({exc})"
+            if problem:
+                rows.append(Skip("malformed_row", f"{path.name}:{number}", f"line {number}: {problem}"))
                 continue
             columns.update(dict.fromkeys(record))
             rows.append((number, record))
@@ -323,19 +323,15 @@ class ShardSource:
                 continue
             key, files = entry
             image_ext = next((e for e in IMAGE_EXTS if e in files), None)
-            if image_ext is None:
-                yield Skip("missing_image", key, url)
+            missing = "image" if image_ext is None else "caption" if "txt" not in files else ""
+            if missing:
+                yield Skip(f"missing_{missing}", key, url)
                 continue
-            if "txt" not in files:
-                yield Skip("missing_caption", key, url)
-                continue
-            meta: dict[str, Any] = {}
-            if "json" in files:
-                try:
-                    meta = json.loads(files["json"])
-                    meta = meta if isinstance(meta, dict) else {"json": meta}
-                except ValueError:
-                    meta = {}
+            try:
+                meta = json.loads(files.get("json", b"{}"))
+            except ValueError:
+                meta = {}
+            meta = meta if isinstance(meta, dict) else {"json": meta}
             yield RawSample(sanitize_key(key), files[image_ext], files["txt"], meta)
 
 
@@ -503,8 +499,7 @@ class MixSource:
         raw.meta["source"] = self.names[i]
         if self.names[i] not in self.val:
             raw.meta.pop("label", None)
-            name = raw.meta.pop("label_name", None)
-            if name is not None:
+            if (name := raw.meta.pop("label_name", None)) is not None:
                 raw.meta["source_label_name"] = name
             raw.meta["split"] = "train"
         return raw
@@ -538,12 +533,8 @@ def check_section(d: DataConfig) -> None:
     s = d.synthetic
     check(s.num_samples >= 1, "data.synthetic.num_samples", "must be >= 1", s.num_samples)
     check(1 <= s.min_objects <= 4, "data.synthetic.min_objects", "must be in [1, 4]", s.min_objects)
-    check(
-        s.min_objects <= s.max_objects <= 4,
-        "data.synthetic.max_objects",
-        f"must be in [min_objects={s.min_objects}, 4]",
-        s.max_objects,
-    )
+    msg = f"must be in [min_objects={s.min_objects}, 4]"
+    check(s.min_objects <= s.max_objects <= 4, "data.synthetic.max_objects", msg, s.max_objects)
     check(0 <= s.context <= 1, "data.synthetic.context", "must be in [0, 1]", s.context)
     check(0 <= s.textured_fraction <= 1, "data.synthetic.textured_fraction", "must be in [0, 1]", s.textured_fraction)
     oc = d.openclipart
@@ -552,12 +543,8 @@ def check_section(d: DataConfig) -> None:
     check(oc.max_per_class >= 0, "data.openclipart.max_per_class", "must be >= 0 (0 = all)", oc.max_per_class)
     n = oc.collection_title_min
     check(n == 0 or n >= 2, "data.openclipart.collection_title_min", "must be 0 (off) or >= 2", n)
-    check(
-        len(oc.background) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in oc.background),
-        "data.openclipart.background",
-        "must be three integers 0..255 (RGB)",
-        oc.background,
-    )
+    rgb = len(oc.background) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in oc.background)
+    check(rgb, "data.openclipart.background", "must be three integers 0..255 (RGB)", oc.background)
     try:
         oc.template.format(title="", description="", keywords="", category="")
     except (KeyError, IndexError, ValueError) as exc:
@@ -567,18 +554,10 @@ def check_section(d: DataConfig) -> None:
         ) from exc
     mx = d.mix
     mixable = tuple(name for name in SOURCES if name != "mix")
-    check(
-        bool(mx.sources) and all(name in mixable for name in mx.sources) and len(set(mx.sources)) == len(mx.sources),
-        "data.mix.sources",
-        f"must list distinct sources among {', '.join(mixable)}",
-        mx.sources,
-    )
-    check(
-        all(name in mx.sources for name in mx.val_sources),
-        "data.mix.val_sources",
-        f"must be among data.mix.sources={mx.sources} (the others go to the train split only)",
-        mx.val_sources,
-    )
+    ok = bool(mx.sources) and all(name in mixable for name in mx.sources) and len(set(mx.sources)) == len(mx.sources)
+    check(ok, "data.mix.sources", f"must list distinct sources among {', '.join(mixable)}", mx.sources)
+    msg = f"must be among data.mix.sources={mx.sources} (the others go to the train split only)"
+    check(all(name in mx.sources for name in mx.val_sources), "data.mix.val_sources", msg, mx.val_sources)
     e = d.emoji
     check(e.samples_per_emoji >= 1, "data.emoji.samples_per_emoji", "must be >= 1", e.samples_per_emoji)
     check(e.max_emoji >= 0, "data.emoji.max_emoji", "must be >= 0 (0 = all)", e.max_emoji)

@@ -95,9 +95,7 @@ def _tint(rng: np.random.Generator) -> np.ndarray:
     return t * np.float32(np.sqrt(3) / max(np.linalg.norm(t), 1e-3))
 
 
-def _background(
-    rng: np.random.Generator, size: int, kind: str, tones: tuple[tuple[int, int, int], ...] = tuple(BACKGROUND_TONES)
-) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, kind: str, tones: tuple[tuple[int, int, int], ...]) -> np.ndarray:
     tone = np.array(tones[rng.integers(len(tones))], dtype=np.float32)
     img = np.broadcast_to(tone, (size, size, 3)).copy()
     tint = _tint(rng)
@@ -140,8 +138,7 @@ def _place(rng: np.random.Generator, size: int, sides: list[float]) -> list[tupl
     centres: list[tuple[float, float]] = []
     for side in sides:
         for _ in range(50):
-            cx = rng.uniform(side / 2, size - side / 2)
-            cy = rng.uniform(side / 2, size - side / 2)
+            cx, cy = rng.uniform(side / 2, size - side / 2), rng.uniform(side / 2, size - side / 2)
             if all(
                 abs(cx - ox) > (side + os_) / 2 + 1 or abs(cy - oy) > (side + os_) / 2 + 1
                 for (ox, oy), os_ in zip(centres, sides)
@@ -164,10 +161,7 @@ def relation_between(a: SceneObject, b: SceneObject) -> str:
 def _caption(objs: list[SceneObject], relation: str | None) -> str:
     if len(objs) == 1:
         return objs[0].phrase()
-    text = f"{objs[0].phrase()} {relation} {objs[1].phrase()}"
-    for extra in objs[2:]:
-        text += f" and {extra.phrase()}"
-    return text
+    return " and ".join([f"{objs[0].phrase()} {relation} {objs[1].phrase()}", *(o.phrase() for o in objs[2:])])
 
 
 def _negatives(rng: np.random.Generator, objs: list[SceneObject], relation: str | None) -> dict[str, str | None]:

@@ -31,11 +31,9 @@ def random_resized_crop_box(
     for _ in range(10):
         target = area * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(*log_ratio))
-        w = math.sqrt(target * aspect)
-        h = math.sqrt(target / aspect)
+        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
         if 0 < w <= width and 0 < h <= height:
-            left = rng.uniform(0, width - w)
-            top = rng.uniform(0, height - h)
+            left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
             return left, top, left + w, top + h
     in_ratio = width / height
     if in_ratio < ratio[0]:
