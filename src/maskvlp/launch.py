@@ -115,25 +115,11 @@ def make_executor(cfg: Config, folder: Path):
     la = cfg.launcher
     cluster = "debug" if la.executor == "debug" else "slurm"
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=la.max_requeues)
-    params: dict[str, Any] = {
-        "name": la.job_name,
-        "nodes": la.nodes,
-        "tasks_per_node": la.tasks_per_node,
-        "cpus_per_task": la.cpus_per_task,
-        "mem_gb": la.mem_gb,
-        "timeout_min": la.timeout_min,
-    }
-    if la.gpus_per_node:
-        params["gpus_per_node"] = la.gpus_per_node
-    if la.partition:
-        params["slurm_partition"] = la.partition
-    if la.account:
-        params["slurm_account"] = la.account
-    if la.qos:
-        params["slurm_qos"] = la.qos
-    if la.additional_parameters:
-        params["slurm_additional_parameters"] = dict(la.additional_parameters)
-    executor.update_parameters(**params)
+    params: dict[str, Any] = {"name": la.job_name, "nodes": la.nodes, "tasks_per_node": la.tasks_per_node}
+    params |= {"cpus_per_task": la.cpus_per_task, "mem_gb": la.mem_gb, "timeout_min": la.timeout_min}
+    optional = {"gpus_per_node": la.gpus_per_node, "slurm_partition": la.partition, "slurm_account": la.account}
+    optional |= {"slurm_qos": la.qos, "slurm_additional_parameters": dict(la.additional_parameters)}
+    executor.update_parameters(**params, **{k: v for k, v in optional.items() if v})
     return executor
 
 
@@ -145,19 +131,10 @@ class Submitted:
 
 def record_job(run_dir: Path, job_id: str, kind: str, cfg: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    entry = {"job_id": job_id, "kind": kind, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    entry |= {"executor": cfg.launcher.executor, "partition": cfg.launcher.partition}
     with open(RunPaths(run_dir).jobs, "a") as fh:
-        fh.write(
-            json.dumps(
-                {
-                    "job_id": job_id,
-                    "kind": kind,
-                    "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "executor": cfg.launcher.executor,
-                    "partition": cfg.launcher.partition,
-                }
-            )
-            + "\n"
-        )
+        fh.write(json.dumps(entry) + "\n")
 
 
 def submit(cfg: Config, callable_: Any, run_dir: Path, kind: str) -> Submitted:
@@ -200,7 +177,7 @@ def wait(submitted: Submitted, poll_s: float = 2.0, interactive: bool | None = N
     interactive = sys.stdin.isatty() if interactive is None else interactive
     try:
         while not job.done():
-            reason = pending_reason(str(job.job_id))
+            reason = pending_reasons([str(job.job_id)]).get(str(job.job_id), "")
             if reason in HOPELESS_REASONS:
                 job.cancel(check=False)
                 raise LaunchError(
@@ -232,35 +209,15 @@ def wait(submitted: Submitted, poll_s: float = 2.0, interactive: bool | None = N
 
 
 # Pending reasons that no amount of waiting clears (Slurm's squeue %r).
-HOPELESS_REASONS = {
-    "PartitionConfig",
-    "BadConstraints",
-    "PartitionNodeLimit",
-    "PartitionTimeLimit",
-    "InvalidAccount",
-    "InvalidQOS",
-    "QOSMaxCpuPerJobLimit",
-    "AssocMaxCpuPerJobLimit",
-}
+HOPELESS_REASONS = set(
+    "PartitionConfig BadConstraints PartitionNodeLimit PartitionTimeLimit InvalidAccount InvalidQOS "
+    "QOSMaxCpuPerJobLimit AssocMaxCpuPerJobLimit".split()
+)
 # sacct states of a job that may still run (or be requeued); any other state is an ended job
-ALIVE_SLURM = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "COMPLETING",
-    "RESIZING",
-    "SUSPENDED",
-    "SIGNALING",
-    "STAGE_OUT",
-}
-
-
-def pending_reason(job_id: str) -> str:
-    """squeue's reason for a pending job, or "" (running, finished, or squeue unavailable)."""
-    return pending_reasons([job_id]).get(job_id, "")
+ALIVE_SLURM = set(
+    "PENDING RUNNING REQUEUED REQUEUE_HOLD REQUEUE_FED CONFIGURING COMPLETING RESIZING SUSPENDED SIGNALING "
+    "STAGE_OUT".split()
+)
 
 
 def pending_reasons(job_ids: list[str]) -> dict[str, str]:
@@ -332,16 +289,13 @@ SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9_-]*$")
 # needs for logs and preemption (one in launcher.additional_parameters would replace them), or that
 # run a shell command
 SBATCH_SET_BY_MASKVLP = {
-    "job-name": "maskvlp sets it from launcher.job_name: set that instead",
-    "partition": "maskvlp sets it from launcher.partition: set that instead",
-    "account": "maskvlp sets it from launcher.account: set that instead",
-    "qos": "maskvlp sets it from launcher.qos: set that instead",
-    "nodes": "maskvlp sets it from launcher.nodes: set that instead",
-    "ntasks-per-node": "maskvlp sets it from launcher.tasks_per_node: set that instead",
-    "cpus-per-task": "maskvlp sets it from launcher.cpus_per_task: set that instead",
-    "gpus-per-node": "maskvlp sets it from launcher.gpus_per_node: set that instead",
-    "mem": "maskvlp sets it from launcher.mem_gb: set that instead",
-    "time": "maskvlp sets it from launcher.timeout_min: set that instead",
+    option: f"maskvlp sets it from launcher.{key}: set that instead"
+    for option, key in (
+        *[("job-name", "job_name"), ("partition", "partition"), ("account", "account"), ("qos", "qos")],
+        *[("nodes", "nodes"), ("ntasks-per-node", "tasks_per_node"), ("cpus-per-task", "cpus_per_task")],
+        *[("gpus-per-node", "gpus_per_node"), ("mem", "mem_gb"), ("time", "timeout_min")],
+    )
+} | {
     "output": "submitit sets it: the job's logs go to the run's slurm folder; leave it out",
     "error": "submitit sets it: the job's logs go to the run's slurm folder; leave it out",
     "open-mode": "submitit sets it: requeued attempts append to the same logs; leave it out",
@@ -351,6 +305,7 @@ SBATCH_SET_BY_MASKVLP = {
 }
 # full sbatch options that are also abbreviations of one above (sbatch takes exact names first)
 SBATCH_PREFIX_OPTIONS = {"gpus", "ntasks"}
+_ENDS_SBATCH_LINE = "it would end the #SBATCH line and run the rest as a shell command"
 
 
 def check_additional_parameters(params: dict[str, Any]) -> None:
@@ -362,8 +317,7 @@ def check_additional_parameters(params: dict[str, Any]) -> None:
         bad = control_character(name)
         if bad is not None:
             raise ConfigError(
-                f"{key}: control character {bad!r} in the name {name!r} not allowed "
-                "(it would end the #SBATCH line and run the rest as a shell command)"
+                f"{key}: control character {bad!r} in the name {name!r} not allowed ({_ENDS_SBATCH_LINE})"
             )
         if not SBATCH_OPTION.match(name):
             raise ConfigError(
@@ -380,9 +334,7 @@ def check_additional_parameters(params: dict[str, Any]) -> None:
                 f"and {SBATCH_SET_BY_MASKVLP[clash[0]]}"
             )
         if isinstance(value, str):
-            no_control_characters(
-                f"{key}.{name}", value, "it would end the #SBATCH line and run the rest as a shell command"
-            )
+            no_control_characters(f"{key}.{name}", value, _ENDS_SBATCH_LINE)
         elif value is not True and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(
                 f"{key}.{name}: must be a string, a number, or true for an option without value "
@@ -403,9 +355,5 @@ def check_section(la: LauncherConfig) -> None:
     check(la.max_requeues >= 0, "launcher.max_requeues", "must be >= 0", la.max_requeues)
     # the strings launch.make_executor hands to submitit, which writes each into an #SBATCH line
     for name in ("job_name", "partition", "account", "qos"):
-        no_control_characters(
-            f"launcher.{name}",
-            getattr(la, name),
-            "it would end the #SBATCH line and run the rest as a shell command",
-        )
+        no_control_characters(f"launcher.{name}", getattr(la, name), _ENDS_SBATCH_LINE)
     check_additional_parameters(la.additional_parameters)
