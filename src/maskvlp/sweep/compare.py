@@ -99,14 +99,9 @@ def compare_spec(spec) -> CompareSpec:
         lists[key] = tuple(value) if value is not None else None
     if claims and not lists["claim_metrics"]:
         raise SweepSpecError("compare.claim_metrics: list the metrics the claims are tested on")
+    claim_metrics = lists["claim_metrics"] or ()
     return CompareSpec(
-        group.key,
-        raw["seeds"],
-        raw.get("budget"),
-        tuple(claims),
-        lists["claim_metrics"] or (),
-        lists["metrics"],
-        values,
+        group.key, raw["seeds"], raw.get("budget"), tuple(claims), claim_metrics, lists["metrics"], values
     )
 
 

@@ -142,13 +142,11 @@ def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
 
     from maskvlp.sweep.fitforms import band, fit, frontier, held_out
 
-    c = np.array([p.compute for p in pts])
-    e = np.array([p.error for p in pts])
+    c, e = np.array([p.compute for p in pts]), np.array([p.error for p in pts])
     front = frontier(c, e)
     out: dict[str, Any] = {"points": len(pts), "frontier": [pts[i].run for i in front]}
     f = fit("compute", e[front], c[front], bootstrap=fs.bootstrap, seed=fs.seed)
-    out["compute"] = f.to_dict()
-    out["_fit"] = f
+    out |= {"compute": f.to_dict(), "_fit": f}
     if f.converged:
         out["at_target"] = {"compute": target, "error": float(f.predict(target))}
         if f.has_intervals:
@@ -162,8 +160,7 @@ def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
         if name != "compute":
             xs = [np.array([getattr(p, x) for p in pts], float) for x in FORMS[name].inputs]
             other = fit(name, e, *xs, bootstrap=fs.bootstrap, seed=fs.seed)
-            out[name] = other.to_dict()
-            out[f"_{name}"] = other
+            out |= {name: other.to_dict(), f"_{name}": other}
     return out
 
 
@@ -185,13 +182,7 @@ def fit_study(pts: list[Point], fs: FitSpec) -> dict[str, Any]:
             if lo >= hi:  # no shared compute range: compare over the union
                 lo, hi = min(ca + cb), max(ca + cb)
             comparisons.append(compare(a, fits[a]["_fit"], b, fits[b]["_fit"], (lo, hi), target))
-    return {
-        "metric": fs.metric,
-        "error": fs.error,
-        "target_compute": target,
-        "groups": fits,
-        "comparisons": comparisons,
-    }
+    return dict(metric=fs.metric, error=fs.error, target_compute=target, groups=fits, comparisons=comparisons)
 
 
 def _fmt_fit(f: dict[str, Any]) -> str:
@@ -322,9 +313,7 @@ def figures(result: dict[str, Any], pts: list[Point], fs: FitSpec) -> dict[str, 
     return figs
 
 
-def write_outputs(
-    name: str, study_dirs: Path | list[Path], out_dir: Path, fs: FitSpec, quiet: bool = False
-) -> dict[str, Any]:
+def write_outputs(name: str, study_dirs: Path | list[Path], out_dir: Path, fs: FitSpec, quiet: bool = False) -> dict:
     """Fit the points of one study, or of several fitted together (a study extended by another, e.g.
     a second samples budget), and write fits.json, summary.md and PNGs to out_dir, and the figures to
     TensorBoard in the first study's folder (<study>/scaling-fit, beside its trials)."""
@@ -344,8 +333,7 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = {g: {k: v for k, v in r.items() if not k.startswith("_")} for g, r in result["groups"].items()}
     public = {k: v for k, v in result.items() if k != "groups"} | {"groups": groups, "name": name}
-    public |= {"points": [p.to_dict() for p in pts], "skipped": skipped}
-    public["notes"] = list(fs.notes)
+    public |= {"points": [p.to_dict() for p in pts], "skipped": skipped, "notes": list(fs.notes)}
     write_text_atomic(out_dir / "fits.json", json.dumps(public, indent=2, default=float) + "\n")
     write_text_atomic(out_dir / "summary.md", summary_markdown(name, result, pts, skipped, fs))
     writer = SummaryWriter(str(StudyPaths(dirs[0]).fit_tensorboard))

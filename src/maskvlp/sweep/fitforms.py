@@ -82,18 +82,10 @@ def _joint_problem(points: list[dict[str, Any]], group: str) -> str | None:
         )
 
 
-register(
-    FitForm(
-        "compute", (("A", "alpha"),), ("C0",), ("compute",), (0.1, 0.5, 1.5), "E + A (C / C0)^-alpha",
-        _compute_problem, required=True,
-    )
-)  # fmt: skip
-register(
-    FitForm(
-        "joint", (("A", "a"), ("B", "b")), ("N0", "D0"), ("model_size", "data_size"), (0.2, 0.7),
-        "E + A (N/N0)^-a + B (D/D0)^-b", _joint_problem,
-    )
-)  # fmt: skip
+register(FitForm("compute", (("A", "alpha"),), ("C0",), ("compute",), (0.1, 0.5, 1.5), "E + A (C / C0)^-alpha",
+                 _compute_problem, required=True))  # fmt: skip
+register(FitForm("joint", (("A", "a"), ("B", "b")), ("N0", "D0"), ("model_size", "data_size"), (0.2, 0.7),
+                 "E + A (N/N0)^-a + B (D/D0)^-b", _joint_problem))  # fmt: skip
 
 
 @dataclass
@@ -144,10 +136,6 @@ def _model(form: str, p: dict[str, float], scale: dict[str, float], *x) -> np.nd
     for (amplitude, exponent), s, v in zip(f.terms, f.scales, x):
         out = out + p[amplitude] * (np.asarray(v, float) / scale[s]) ** -p[exponent]
     return out
-
-
-def _geomean(v: np.ndarray) -> float:
-    return float(np.exp(np.mean(np.log(v))))
 
 
 def _fit_once(form: str, xs: list[np.ndarray], y: np.ndarray, scale: dict[str, float]) -> tuple[dict, str]:
@@ -203,7 +191,7 @@ def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: i
     xs_ = [np.asarray(x, float) for x in xs]
     if any(np.any(x <= 0) for x in xs_):
         raise ValueError("scales (compute, model size, data size) must be positive")
-    scale = {s: _geomean(x) for s, x in zip(FORMS[form].scales, xs_)}
+    scale = {s: float(np.exp(np.mean(np.log(x)))) for s, x in zip(FORMS[form].scales, xs_)}
     params, message = _fit_once(form, xs_, y, scale)
     if not params:
         return Fit(form, False, message, len(y))
@@ -227,10 +215,8 @@ def fit(form: str, y: np.ndarray, *xs: np.ndarray, bootstrap: int = 500, seed: i
         return result
     result._samples = samples  # type: ignore[attr-defined]  # for prediction bands
     for name in FORMS[form].params:
-        values = [s[name] for s in samples]
-        result.intervals[name] = (
-            (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if values else (math.nan, math.nan)
-        )
+        values = [s[name] for s in samples]  # not empty: at least MIN_BOOTSTRAP_OK of the resamples
+        result.intervals[name] = (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
     return result
 
 
@@ -295,13 +281,9 @@ def compare(name_a: str, fa: Fit, name_b: str, fb: Fit, c_range: tuple[float, fl
         return f"{name_a} vs {name_b}: cannot compare, the fit of {' and '.join(missing)} did not converge"
     grid = np.geomspace(c_range[0], c_range[1], 50)
     below = float(np.mean(fa.predict(grid) < fb.predict(grid)))
-    where = (
-        f"lies below {name_b} over the whole measured compute range"
-        if below == 1.0
-        else f"lies above {name_b} over the whole measured compute range"
-        if below == 0.0
-        else f"is below {name_b} over {below:.0%} of the measured compute range (the curves cross)"
-    )
+    side = {1.0: "lies below", 0.0: "lies above"}.get(below)
+    where = f"{side} {name_b} over the whole" if side else f"is below {name_b} over {below:.0%} of the"
+    where += " measured compute range" + ("" if side else " (the curves cross)")
     pa, pb = float(fa.predict(target)), float(fb.predict(target))
     if not (fa.has_intervals and fb.has_intervals):
         missing = [n for n, f in ((name_a, fa), (name_b, fb)) if not f.has_intervals]

@@ -38,24 +38,13 @@ class Sweep:
 
     @property
     def info(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "spec": self.spec.raw,
-            "fingerprint": self.spec.fingerprint(),
-            "storage": self.storage,
-            "params": self.params,
-            "executor": self.executor,
-        }
+        spec = self.spec
+        info = {"name": spec.name, "spec": spec.raw, "fingerprint": spec.fingerprint(), "storage": self.storage}
+        return info | {"params": self.params, "executor": self.executor}
 
 
-def prepare(
-    path: str | Path,
-    overrides: list[str] | None = None,
-    params: str | None = "params.yaml",
-    n_trials: int | None = None,
-    parallel: int | None = None,
-    storage: str | None = None,
-) -> Sweep:
+def prepare(path: str | Path, overrides: list[str] | None = None, params: str | None = "params.yaml",
+            n_trials: int | None = None, parallel: int | None = None, storage: str | None = None) -> Sweep:  # fmt: skip
     """Load and validate everything before anything is submitted: the sweep file, the params with the
     sweep's base and `--set` overrides (merged into the base: they define the study), the shards."""
     from maskvlp.data.shards import check_manifest, load_manifest
@@ -114,10 +103,7 @@ def cpu_slots(cpus: list[int], parallel: int) -> list[frozenset[int]]:
 
 def trial_config(sw: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
     """The trial's complete params: params.yaml + base + sampled values, in its own run folder."""
-    extra = [
-        f"train.runs_dir={run_dir.parent}",
-        f"train.run_name={run_dir.name}",
-        f"eval.metrics_file={RunPaths(run_dir).eval_dir() / 'summary.json'}",
-        f"launcher.job_name={sw.spec.name}-{run_dir.name}",
-    ]
+    extra = [f"train.runs_dir={run_dir.parent}", f"train.run_name={run_dir.name}"]
+    extra += [f"eval.metrics_file={RunPaths(run_dir).eval_dir() / 'summary.json'}"]
+    extra += [f"launcher.job_name={sw.spec.name}-{run_dir.name}"]
     return load_config(sw.params, sw.spec.overrides(values) + extra)

@@ -239,12 +239,8 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
         writer.writerows(rows)
     groups = logical_trials(study)
     best = best_trial(study, spec)
-    summary: dict[str, Any] = {
-        "study": name,
-        "n_trials": spec.n_trials,
-        "states": counts(groups, spec.retries),
-        "objectives": [vars(o) for o in spec.objectives],
-    }
+    summary: dict[str, Any] = {"study": name, "n_trials": spec.n_trials, "states": counts(groups, spec.retries)}
+    summary["objectives"] = [vars(o) for o in spec.objectives]
     md = [f"# Sweep `{name}`", "", f"Storage `{info['storage']}`; written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     md.append("States: " + ", ".join(f"{s} {n}" for s, n in sorted(summary["states"].items())) + ".")
     if best is not None:

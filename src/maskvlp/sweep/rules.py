@@ -26,11 +26,6 @@ RULE_OPTIONS = ("lr_width_exponent",)
 REFERENCE_WIDTH = 128
 
 
-def _keys_set(base: dict[str, Any], space) -> set[str]:
-    """The params keys base and space set (a label: every key its choices expand into)."""
-    return set(base) | {k for p in space for choice in (p.choices or (None,)) for k in p.expand(choice)}
-
-
 def check_rules(rules: Any, base: dict[str, Any], space) -> None:
     """Refuse unknown rules, bad values, a derived key that base or space also sets (which one would
     win is not obvious), and a rule whose input no trial sets."""
@@ -40,7 +35,8 @@ def check_rules(rules: Any, base: dict[str, Any], space) -> None:
     if unknown:
         known = ", ".join(f"{k} ({v[2]})" for k, v in RULES.items())
         raise ValueError(f"rules: unknown rule(s) {', '.join(sorted(unknown))}; known: {known}")
-    given = _keys_set(base, space)
+    # the params keys base and space set (a label: every key its choices expand into)
+    given = set(base) | {k for p in space for choice in (p.choices or (None,)) for k in p.expand(choice)}
     for name, value in rules.items():
         if name in RULE_OPTIONS:
             if "lr" not in rules:

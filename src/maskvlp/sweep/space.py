@@ -15,6 +15,9 @@ parses them from a file such as (docs/sweeps.md has every key)
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,9 +96,6 @@ class SweepSpec:
     def fingerprint(self) -> str:
         """What makes a study this study: base, space, rules and objectives (not n_trials, parallel,
         retries, sampler, pruner, fit or launcher.* keys, which may change between runs of the same study)."""
-        import hashlib
-        import json
-
         ident = {
             "base": {k: v for k, v in self.base.items() if not k.startswith("launcher.")},  # where, not what
             "space": [p.identity() for p in self.space],
@@ -165,18 +165,13 @@ def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     """Every point of the grid as {parameter: value}."""
-    import itertools
-
     space = grid_values(spec)
     return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
 
 
-def grid_size(spec: SweepSpec) -> float:
-    """Points of the full grid (inf when a float has no step)."""
-    return grid_size_of(spec.space)
-
-
-def grid_size_of(space: tuple[Param, ...]) -> float:
+def grid_size(spec: SweepSpec | tuple[Param, ...]) -> float:
+    """Points of the full grid of a spec or a space (inf when a float has no step)."""
+    space = spec.space if isinstance(spec, SweepSpec) else spec
     total = 1.0
     for p in space:
         if p.type == "categorical":

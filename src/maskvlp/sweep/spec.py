@@ -33,7 +33,7 @@ from maskvlp.sweep.space import (
     SweepSpecError,
     check_metric,
     fail,
-    grid_size_of,
+    grid_size,
     objective_keys,
     yaml_value,
 )
@@ -138,7 +138,7 @@ def parse(raw: Any, origin: str = "sweep file") -> SweepSpec:
     if pruner != "none" and len(objectives) > 1:
         raise fail("pruner.name", "pruning needs a single objective; set pruner: {name: none} for two objectives")
     ints = {}
-    whole_grid = int(grid_size_of(space)) if sampler == "grid" and math.isfinite(grid_size_of(space)) else 20
+    whole_grid = int(grid_size(space)) if sampler == "grid" and math.isfinite(grid_size(space)) else 20
     for key, default, minimum in (("n_trials", whole_grid, 1), ("parallel", 1, 1), ("retries", 1, 0)):
         value = raw.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
