@@ -47,7 +47,12 @@ def version() -> str:
         return __version__
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, *flags: str) -> None:
+    """--params and --set, and the named flags of those a command takes: quiet, no-wait."""
+    if "no-wait" in flags:
+        parser.add_argument("--no-wait", action="store_true", help="with a Slurm executor: submit and return at once")
+    if "quiet" in flags:
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--params", default="params.yaml", metavar="FILE", help="parameters file (default: %(default)s)"
     )
@@ -258,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unusable inputs, resize and re-encode images, split train/val by seed, and write "
         "data.out_dir/{train,val}-NNNNNN.tar plus manifest.json.",
     )
-    _common(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p, "quiet")
     p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser(
@@ -272,11 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         "launcher.executor=slurm the run is submitted through submitit (preemption-safe, requeued on SIGUSR2) and "
         "waited for unless --no-wait.",
     )
-    _common(p)
+    _common(p, "no-wait", "quiet")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
-    p.add_argument("--no-wait", action="store_true", help="with a Slurm executor: submit and return at once")
     p.add_argument("--metrics", default="", metavar="JSON", help="also write the final training metrics here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         "swapped attribute / relation / replaced object). Writes eval.metrics_file, per-class and retrieval "
         "plot data beside it, and an HParams session in <run>/eval for TensorBoard.",
     )
-    _common(p)
+    _common(p, "no-wait", "quiet")
     p.add_argument("--run", default="", metavar="DIR", help="run folder (default: runs/<train.run_name>)")
     p.add_argument(
         "--dataset",
@@ -299,8 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(.csv/.tsv/.jsonl/.parquet with data.folder.* columns) or shards (folder, brace pattern or glob); "
         "results in <run>/eval-extra/<set>/metrics.json and the run's result.json (the stage's files stay untouched)",
     )
-    p.add_argument("--no-wait", action="store_true", help="with a Slurm executor: submit and return at once")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -349,10 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="sweep file (name, base, space, objectives, sampler, pruner, ...)")
-    _common(p)
-    p.add_argument(
-        "--n-trials", type=int, default=None, metavar="N", help="finished trials to reach (default: the file's)"
-    )
+    _common(p, "quiet")
+    p.add_argument("--n-trials", type=int, default=None, metavar="N", help="finished trials to reach (default: file's)")
     p.add_argument("--parallel", type=int, default=None, metavar="N", help="trials at a time (default: the file's)")
     p.add_argument(
         "--storage",
@@ -362,11 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         "path (default: runs/<study>/study.journal)",
     )
     p.add_argument("--detach", action="store_true", help="submit the driver itself as a small Slurm job and return")
-    p.add_argument(
-        "--force-new", action="store_true", help="set an existing study of this name aside and start a new one"
-    )
+    p.add_argument("--force-new", action="store_true", help="set aside an existing study of this name, start anew")
     p.add_argument("--report", default="", metavar="DIR", help="when done, also write the sweep report here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sweep_command("sweep"), raw=True)
 
     p = sub.add_parser(
