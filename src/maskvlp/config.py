@@ -69,7 +69,12 @@ class FolderConfig:
 
 @dataclass
 class ShardSourceConfig:
-    urls: str = ""  # existing webdataset shards: brace pattern ("x-{000..009}.tar") or glob
+    urls: str = ""  # existing webdataset shards: brace pattern ("x-{000..009}.tar") or glob; several joined by '::'
+    in_place: bool = False  # train straight from `urls` (no shard stage, no copy; nothing written beside them)
+    val_urls: str = ""  # in place: the val split's shards; '' = hold out val_shard_fraction of the shards
+    val_shard_fraction: float = 0.0  # in place, no val_urls: this fraction of whole shards (seeded) is the val split
+    upsampling: str = ""  # in place: one factor per '::' part of urls ("1::2"), as open_clip's upsampling factors
+    retries: int = 3  # pipe:/http(s) shards: reopen a failed stream this many times before skipping it
 
 
 @dataclass
