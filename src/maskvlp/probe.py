@@ -14,7 +14,6 @@ A patch counts as an object patch when at least half its area lies inside an obj
 from __future__ import annotations
 
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,10 +67,13 @@ class ObjectProbe:
     def from_shards(cls, cfg, device: torch.device, count: int = 64) -> ObjectProbe | None:
         """None when the val split's samples carry no object boxes (sources other than synthetic)."""
         from maskvlp.data.loader import EvalStream
-        from maskvlp.data.shards import shard_paths
+        from maskvlp.data.trainset import training_data
         from maskvlp.data.transforms import normalize
 
-        urls = shard_paths(Path(cfg.data.out_dir), "val")
+        data = training_data(cfg)
+        if data.in_place:  # existing shards: no generated scenes, so no object boxes (nor a val split to scan)
+            return None
+        urls = list(data.val)
         items = list(islice((it for it in EvalStream(urls, cfg.model.image_size) if it["meta"].get("objects")), count))
         if not items:
             return None

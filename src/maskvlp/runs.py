@@ -66,6 +66,7 @@ class RunPaths:
     trial = _in_root("trial.json")  # a sweep trial's task, as the driver hands it (sweep.job.TrialTask)
     trial_log = _in_root("trial.log")  # a local trial process's output
     stopped = _in_root("stopped.json")  # {"attempt": N}: attempt N stopped cleanly (checkpoint saved)
+    shard_counts = _in_root("shard_counts.json")  # in-place training: samples per shard, counted once ({url: n})
 
     @property
     def name(self) -> str:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoin
 from maskvlp.config import Config, to_dict, to_yaml
 from maskvlp.cpushare import CpuShare, loader_hint
 from maskvlp.data.loader import StreamSpec, read_images, train_loader
-from maskvlp.data.shards import MANIFEST, check_manifest, first_pairs, load_manifest, sha256_file, shard_paths
+from maskvlp.data.trainset import TrainData, training_data
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, init_distributed
 from maskvlp.masking import calibrate, get_strategy
@@ -82,9 +82,16 @@ def build_optimizer(model: CLIP, cfg: Config) -> torch.optim.AdamW:
 
 
 def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The normalised training images a strategy calibrates on: the first 256 of train shard 0."""
-    first = shard_paths(cfg.data.out_dir, "train")[0]  # training images: what the masks will see
-    images = read_images(first, 256, cfg.model.image_size)[0].to(device)
+    """The normalised training images a strategy calibrates on: the first 256 of train shard 0 (in
+    place: the first 256 usable ones, centre-cropped to data.image_size first, as training sees them)."""
+    data = training_data(cfg)
+    first = data.train[0]  # training images: what the masks will see
+    if data.in_place:
+        d = cfg.data
+        images = read_images(first, 256, cfg.model.image_size, d.min_image_side, d.image_size, d.shards.retries)[0]
+    else:
+        images = read_images(first, 256, cfg.model.image_size)[0]
+    images = images.to(device)
     return normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
 
 
@@ -119,9 +126,17 @@ def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -
 
 def preflight(cfg: Config, resume: bool, world_size: int) -> None:
     """The checks `pretrain` makes before any work, for a launcher to run before it submits a job."""
-    check_manifest(cfg, load_manifest(cfg.data.out_dir))
-    first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)  # no more pairs than the shards hold
-    _prepare_run_dir(cfg, run_paths(cfg), resume, DistEnv(0, world_size, 0))
+    paths = run_paths(cfg)
+    pair_limits(training_data(cfg), cfg, paths)  # the data is there, and holds as many pairs as asked
+    _prepare_run_dir(cfg, paths, resume, DistEnv(0, world_size, 0))
+
+
+def pair_limits(data: TrainData, cfg: Config, paths: RunPaths) -> tuple[int, ...]:
+    """train.unique_pairs as per-shard limits (); in place, counted once into the run folder when the
+    shards carry no sizes.json / _stats.json."""
+    if cfg.train.unique_pairs > 0 and data.counts is None:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    return data.limits(cfg.train.unique_pairs, paths.shard_counts)
 
 
 @dataclass
@@ -166,6 +181,9 @@ class Session:
     ddp: DistributedDataParallel | None = None
     autocast: Any = None  # the steps' precision (bf16 autocast, or a disabled one)
     spec: StreamSpec | None = None  # the masked phase's data stream
+    data: TrainData | None = None  # where the stream reads (trainset.py)
+    positions: dict[int, int] = field(default_factory=dict)  # the current stream's raw position per logical stream
+    data_skipped: Counter = field(default_factory=Counter)  # this rank's unusable samples, by reason (in place)
     batches: Any = None  # the data stream's iterator
     step: int = 0
     tuning: bool = False  # in the unmasked tuning phase (its loader, compiled graph and checkpointing set up)
@@ -184,7 +202,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     """Check the shards and the run folder, build model and optimizer, restore the checkpoint when
     resuming (calibrate the masking when starting), record how the run starts, open the data stream."""
     env, device = init_distributed()
-    check_manifest(cfg, load_manifest(cfg.data.out_dir))
+    data = training_data(cfg)
     paths = run_paths(cfg)
     state = _prepare_run_dir(cfg, paths, resume, env)
     torch.manual_seed(cfg.train.seed)
@@ -201,6 +219,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         budget=make_budget(cfg.train, env.world_size),
         masking=cfg.masking,  # until calibrated or restored
         loader_workers=share.loader_workers,
+        data=data,
     )
     if state is None:  # the masking trained with: its strategy's calibration applied, seeded by train.seed
         gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
@@ -212,9 +231,9 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     if env.is_main:
         _record_start(s, share, fresh=state is None)
     _distribute(s)
-    t, m, a = cfg.train, cfg.model, cfg.data.augment
+    t, m, a, d = cfg.train, cfg.model, cfg.data.augment, cfg.data
     s.spec = StreamSpec(
-        tuple(shard_paths(cfg.data.out_dir, "train")),
+        data.train,
         t.batch_size,
         m.image_size,
         m.context_length,
@@ -226,7 +245,12 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         (a.crop_ratio_min, a.crop_ratio_max),
         streams=max(1, cfg.data.loader_workers),
         hflip=bool(a.hflip),
-        limits=first_pairs(cfg.data.out_dir, "train", t.unique_pairs),
+        limits=pair_limits(data, cfg, paths),
+        in_place=data.in_place,
+        data_size=d.image_size if data.in_place else 0,
+        min_side=d.min_image_side if data.in_place else 1,
+        weights=data.weights,
+        retries=data.retries,
     )
     if env.is_main:
         s.probe = ObjectProbe.from_shards(cfg, device)
@@ -237,7 +261,9 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     if s.step >= s.budget.masked_steps:  # resumed inside the unmasked tuning phase
         enter_tuning(s)
     if s.batches is None:  # the masked phase's stream (which a tuning phase of the same batch size continues)
-        s.batches = iter(train_loader(s.spec, s.loader_workers, s.step * t.accum_steps, device.type == "cuda"))
+        s.batches = iter(
+            train_loader(s.spec, s.loader_workers, s.step * t.accum_steps, device.type == "cuda", s.positions)
+        )
     return s
 
 
@@ -251,6 +277,9 @@ def _restore(s: Session, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch_rng"])
     s.step, s.masking = state["step"], replace(s.cfg.masking, **state["masking"])
     s.totals.update(state.get("totals", {}))
+    # the current stream's raw positions and skips of this rank (checkpoints before them: none)
+    s.positions = dict((state.get("data_positions") or [{}] * s.env.world_size)[s.env.rank])
+    s.data_skipped = Counter((state.get("data_skipped") or [{}] * s.env.world_size)[s.env.rank])
     s.window = Window(**state.get("window", {}))  # checkpoints before the window was kept: an empty one
 
 
@@ -261,7 +290,7 @@ def _record_start(s: Session, share: CpuShare, fresh: bool) -> None:
     write_text_atomic(paths.config, to_yaml(cfg))
     info = {
         "git_commit": _git_commit(),
-        "manifest_sha256": sha256_file(Path(cfg.data.out_dir) / MANIFEST),
+        **{k: v for k, v in s.data.record.items() if k != "source"},  # manifest_sha256, or the shards in place
         "world_size": s.env.world_size,
         **get_strategy(s.masking.strategy).record(s.masking),
         "global_batch": s.budget.global_batch,
@@ -300,14 +329,33 @@ def enter_tuning(s: Session) -> None:
         torch._dynamo.reset()  # drop the masked phase's graphs: the tuning phase compiles its own
         s.forward = torch.compile(s.ddp or s.model, dynamic=False)
     if t.unmasked_tuning_batch_size not in (0, t.batch_size):  # a stream of its own
+        # resuming inside the phase (no stream yet): the checkpoint's positions are this stream's
+        s.positions = s.positions if s.batches is None else {}
         s.batches = None  # shut the masked phase's workers down before the next ones start
         spec = replace(s.spec, batch_size=t.unmasked_tuning_batch_size, seed=s.spec.seed + TUNING_STREAM_SEED)
         start = (s.step - s.budget.masked_steps) * t.accum_steps
-        s.batches = iter(train_loader(spec, s.loader_workers, start, s.device.type == "cuda"))
+        s.batches = iter(train_loader(spec, s.loader_workers, start, s.device.type == "cuda", s.positions))
+
+
+def note_batch(s: Session, batch: dict[str, Any]) -> None:
+    """A batch the step takes: its stream's raw position (exact resume) and its skipped samples."""
+    s.positions[batch["stream"]] = batch["raw_end"]
+    s.data_skipped.update(batch["skipped"])
+
+
+def per_rank(s: Session, value: Any) -> list[Any]:
+    """`value` of every rank, in rank order (a collective: every rank calls it)."""
+    if s.env.world_size == 1:
+        return [value]
+    out: list[Any] = [None] * s.env.world_size
+    torch.distributed.all_gather_object(out, value)
+    return out
 
 
 def save(s: Session) -> None:
-    """A step checkpoint (rank 0), with what exact resumption, the run's totals and its log need."""
+    """A step checkpoint (rank 0), with what exact resumption, the run's totals and its log need. Every
+    rank calls it: rank 0 gathers each rank's stream positions and skip counts."""
+    positions, skipped = per_rank(s, dict(s.positions)), per_rank(s, dict(s.data_skipped))
     if s.env.is_main:
         state = {
             "model": s.model.state_dict(),
@@ -321,5 +369,7 @@ def save(s: Session) -> None:
             "tuning": s.tuning,
             "totals": dict(s.totals),
             "window": s.window.state(),  # the steps since the last log line: not yet in the totals
+            "data_positions": positions,  # per rank {logical stream: raw samples read through its last batch}
+            "data_skipped": skipped,  # per rank {reason: unusable samples}
         }
         save_checkpoint(state, s.paths.checkpoints, s.step, s.cfg.train.keep_checkpoints)

@@ -14,6 +14,7 @@ import hashlib
 import math
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -25,7 +26,6 @@ from maskvlp.accumulate import ACCUMULATORS
 from maskvlp.checkpoint import save_weights
 from maskvlp.config import Config
 from maskvlp.cpushare import CpuShare, cpu_share_applied
-from maskvlp.data.shards import load_manifest
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import any_rank
 from maskvlp.evaltasks import SubsetEvaluator
@@ -37,7 +37,7 @@ from maskvlp.probe import STATS as PROBE_STATS
 from maskvlp.probe import split_stats
 from maskvlp.runs import read_result, update_result
 from maskvlp.schedule import lr_at
-from maskvlp.session import Session, Window, enter_tuning, save, start_or_resume
+from maskvlp.session import Session, Window, enter_tuning, note_batch, per_rank, save, start_or_resume
 from maskvlp.trainlog import NonFiniteLoss, TrainLog
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -98,6 +98,7 @@ def train_step(s: Session) -> tuple[MaskResult, torch.Tensor]:
     cached = t.accum_mode == "cache" and t.accum_steps > 1  # each micro-batch forwarded twice (accumulate.py)
     for micro in range(t.accum_steps):
         batch = next(s.batches)
+        note_batch(s, batch)
         images_uint8 = batch["images"].to(s.device, non_blocking=True)
         tokens = batch["tokens"].to(s.device, non_blocking=True)
         images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
@@ -266,7 +267,13 @@ def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_s
     if status == "complete" and s.env.is_main:
         save_weights(s.model.state_dict(), s.paths.model)
     n, t, probes = max(1.0, s.totals["micro_batches"]), s.cfg.train, s.totals["probe_count"]
-    pairs = sum(s.spec.limits) if s.spec.limits else int(load_manifest(s.cfg.data.out_dir)["splits"]["train"]["count"])
+    skipped = Counter()
+    for counts in per_rank(s, dict(s.data_skipped)):  # a collective: before any rank-0-only work
+        skipped.update(counts)
+    if s.spec.limits:
+        pairs = sum(s.spec.limits)
+    else:  # in place without sizes.json / _stats.json: counted once (rank 0), cached in the run folder
+        pairs = sum(s.data.train_counts(s.paths.shard_counts)) if s.env.is_main else None
     record = {
         "status": status,
         "steps": s.step,
@@ -291,6 +298,8 @@ def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_s
             **({key: s.totals[f"probe_{key}"] / probes for key in PROBE_STATS} if probes else {}),
         },
         "threads": share.threads,
+        # in place: the samples left out as unusable, by reason, over every rank
+        **({"data_skipped": dict(sorted(skipped.items()))} if s.data.in_place or skipped else {}),
     }
     if s.env.is_main:
         record = update_result(s.paths, **record)

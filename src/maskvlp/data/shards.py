@@ -122,6 +122,11 @@ def clear_outputs(out_dir: Path) -> None:
 def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
     """Run the shard stage for `cfg.data`; returns the manifest (also written to out_dir)."""
     d = cfg.data
+    if d.source == "shards" and d.shards.in_place:
+        raise ShardError(
+            "data.shards.in_place=true: `maskvlp pretrain` reads the shards where they are; the shard stage would "
+            "copy them. Set data.shards.in_place=false to re-shard them into data.out_dir"
+        )
     source = make_source(cfg)  # fails early, with a clear message, on a bad table / missing font
     out_dir = Path(d.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,14 +217,18 @@ def first_pairs(out_dir: str | Path, split: str, n: int) -> tuple[int, ...]:
     if n <= 0:
         return ()
     shards = load_manifest(out_dir)["splits"].get(split, {}).get("shards", [])
-    total = sum(sh["count"] for sh in shards)
+    return limits_for([sh["count"] for sh in shards], n, f"the {split} split of {out_dir}")
+
+
+def limits_for(counts: list[int] | tuple[int, ...], n: int, where: str) -> tuple[int, ...]:
+    """Per shard of `counts` samples, how many of its first samples make the first `n` pairs in
+    shard-then-member order (`where` names the shards in the refusal when they hold fewer)."""
+    total = sum(counts)
     if n > total:
-        raise ShardError(
-            f"train.unique_pairs={n} exceeds the {total} {split} pairs in {out_dir}: lower it, or shard more data"
-        )
+        raise ShardError(f"train.unique_pairs={n} exceeds the {total} pairs of {where}: lower it, or add data")
     limits, left = [], n
-    for sh in shards:
-        take = min(sh["count"], left)
+    for count in counts:
+        take = min(count, left)
         limits.append(take)
         left -= take
     return tuple(limits)

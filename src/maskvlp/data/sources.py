@@ -260,11 +260,13 @@ class FolderSource:
 
 
 def expand_urls(pattern: str) -> list[str]:
-    """Shard paths from a brace pattern ("a-{000..009}.tar"), a glob, or several joined by '::'."""
+    """Shard paths from a brace pattern ("a-{000..009}.tar"), a glob, or several joined by '::' (pipe:
+    commands and http(s) URLs are brace-expanded, never globbed)."""
     urls: list[str] = []
     for part in pattern.split("::"):
         for expanded in braceexpand(part):
-            matches = sorted(glob.glob(expanded)) if any(ch in expanded for ch in "*?[") else [expanded]
+            remote = expanded.startswith(("pipe:", "http://", "https://"))  # no glob in commands and URLs
+            matches = sorted(glob.glob(expanded)) if not remote and any(ch in expanded for ch in "*?[") else [expanded]
             urls.extend(matches)
     return urls
 

@@ -69,8 +69,18 @@ def train_image(
             # clamped: a rescaled edge may round a hair past the image, which Pillow refuses
             left, top = max(0.0, left * fx), max(0.0, top * fy)
             right, bottom = min(float(img.size[0]), right * fx), min(float(img.size[1]), bottom * fy)
-    img = to_rgb(img)
-    img = img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
+    return _crop(to_rgb(img), (left, top, right, bottom), out_size, rng, hflip)
+
+
+def augment(img: Image.Image, out_size: int, scale: Range, ratio: Range, rng: random.Random, hflip: bool = False):
+    """`train_image` for an image already decoded (RGB): RandomResizedCrop(out_size) [+ flip] as uint8
+    (3, out_size, out_size), drawing from `rng` in the same order."""
+    box = random_resized_crop_box(img.width, img.height, scale, ratio, rng)
+    return _crop(img, box, out_size, rng, hflip)
+
+
+def _crop(img: Image.Image, box: tuple[float, float, float, float], out_size: int, rng: random.Random, hflip: bool):
+    img = img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=box)
     if hflip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return to_uint8_tensor(img)

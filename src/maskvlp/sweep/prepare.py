@@ -47,15 +47,15 @@ def prepare(path: str | Path, overrides: list[str] | None = None, params: str | 
             n_trials: int | None = None, parallel: int | None = None, storage: str | None = None) -> Sweep:  # fmt: skip
     """Load and validate everything before anything is submitted: the sweep file, the params with the
     sweep's base and `--set` overrides (merged into the base: they define the study), the shards."""
-    from maskvlp.data.shards import check_manifest, load_manifest
-
     spec = load(path, overrides, n_trials, parallel)
     cfg = validate(spec, params)
     if spec.sampler == "grid" and spec.n_trials > grid_size(spec):
         raise SweepSpecError(f"n_trials: {spec.n_trials} exceeds the grid's {int(grid_size(spec))} points")
     validate_analyses(spec, cfg)
+    from maskvlp.data.trainset import training_data
+
     try:
-        check_manifest(cfg, load_manifest(cfg.data.out_dir))
+        training_data(cfg)  # the shards are there (and match the params), or the shards in place exist
     except FileNotFoundError as exc:
         raise SweepSpecError(f"data: {exc}") from exc  # load_manifest says how to make the shards
     if spec.sampler == "grid":
@@ -72,14 +72,15 @@ def check_grid(spec: SweepSpec, params: str | None) -> None:
     against the shards: a combination the config refuses, or more unique pairs than the train split
     holds, is refused here, naming the point, instead of failing as a trial later."""
     from maskvlp.config import ConfigError
-    from maskvlp.data.shards import ShardError, first_pairs
+    from maskvlp.data.shards import ShardError
+    from maskvlp.data.trainset import training_data
 
     if grid_size(spec) > GRID_CHECK_LIMIT:
         return
     for values in grid_points(spec):
         try:
             cfg = load_config(params, spec.overrides(values))
-            first_pairs(cfg.data.out_dir, "train", cfg.train.unique_pairs)
+            training_data(cfg).limits(cfg.train.unique_pairs)
         except (ConfigError, ShardError) as exc:
             point = ", ".join(f"{k}={v}" for k, v in values.items())
             raise SweepSpecError(f"space: the grid point {point} is refused: {exc}") from exc
