@@ -141,7 +141,10 @@ def log_line(s: Session, log: TrainLog, kept: int) -> None:
             "train/step": s.step,
             **{f"mask/{key}": value for key, value in measure_probe(s).items()},
         }
-    log.line(s.samples_seen, loss, scalars, s.model.train_flops_per_sample(kept))  # MFU: the towers alone
+    if s.data.in_place and log.writing:
+        scalars["data/skipped"] = sum(s.data_skipped.values())
+    skipped = sum(s.data_skipped.values()) if s.data.in_place else None
+    log.line(s.samples_seen, loss, scalars, s.model.train_flops_per_sample(kept), skipped)  # MFU: the towers alone
     s.window = Window()
 
 

@@ -60,11 +60,15 @@ class TrainLog:
         self.steps += 1
         self.bar.update(1)
 
-    def line(self, samples: int, loss: float, scalars: dict[str, float], flops_per_sample: float) -> None:
+    def line(
+        self, samples: int, loss: float, scalars: dict[str, float], flops_per_sample: float, skipped: int | None = None
+    ) -> None:
         """The log line of an interval: its mean loss, the scalars the loop measured (TensorBoard tag ->
-        value), and this process's images/s since the last line with the MFU they make."""
+        value), this process's images/s since the last line with the MFU they make, and (data read in
+        place) the unusable samples this process skipped so far."""
         images_per_s = self.steps * self.global_batch / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix(samples=samples, loss=f"{loss:.3f}", img_s=f"{images_per_s:.0f}")
+        extra = {} if skipped is None else {"skipped": skipped}
+        self.bar.set_postfix(samples=samples, loss=f"{loss:.3f}", img_s=f"{images_per_s:.0f}", **extra)
         if self.writer is not None:
             add = self.writer.add_scalar
             add("train/loss", loss, samples)

@@ -44,6 +44,8 @@ from maskvlp.data.sources import IMAGE_EXTS, Skip
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.data.transforms import augment, to_uint8_tensor, train_image
 
+MAX_UNUSABLE_IN_A_ROW = 1000  # in place: this many undecodable images in a row end the run with an error
+
 
 @dataclass(frozen=True)
 class StreamSpec:
@@ -238,14 +240,21 @@ class TrainStream(IterableDataset):
                     position += 1
                 captions = [sample["txt"].decode("utf-8") for sample in raw]
             else:
-                raw, images, captions = [], [], []
+                raw, images, captions, failed = [], [], [], 0
                 for sample in raw_samples:
                     rng = random.Random(f"{s.seed}/aug/{slot}/{position}")
                     position += 1
                     image = in_place_image(_image_bytes(sample), s, rng)
                     if isinstance(image, Skip):
                         skipped[image.reason] += 1
+                        failed += 1
+                        if failed >= MAX_UNUSABLE_IN_A_ROW:
+                            raise ValueError(
+                                f"no usable sample in {failed} in a row of training slot {slot} over {len(s.urls)} "
+                                f"shard(s), e.g. {s.urls[0]}: skipped {dict(skipped)}. Check data.shards.urls"
+                            )
                         continue
+                    failed = 0
                     raw.append(sample)
                     images.append(image)
                     captions.append(clean_caption(sample["txt"]))
