@@ -14,7 +14,6 @@ import csv
 import glob
 import json
 import re
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image
 
 from maskvlp.config import Config, ConfigError, DataConfig, check, choice
 from maskvlp.data import emoji, synthetic
+from maskvlp.data.shardio import Skip, is_remote, tar_samples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -36,13 +36,6 @@ class RawSample:
     image: Image.Image | bytes
     caption: str | bytes | None
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Skip:
-    reason: str  # e.g. missing_file, outside_folder, unreadable_image, empty_caption, duplicate_key, truncated_tar
-    key: str = ""
-    detail: str = ""
 
 
 def sanitize_key(text: str) -> str:
@@ -272,15 +265,16 @@ def expand_urls(pattern: str) -> list[str]:
 
 
 class ShardSource:
-    """Existing webdataset / img2dataset shards ({key}.jpg|png|webp + {key}.txt [+ {key}.json]).
-
-    Read with the standard library's tarfile rather than webdataset's iterators: validation needs
-    to tell a truncated tar, a sample without image and one without caption apart, and count each.
+    """Existing webdataset / img2dataset shards ({key}.jpg|png|webp + {key}.txt [+ {key}.json]), local
+    files, pipe: commands or http(s) URLs, read through data/shardio.tar_samples (grouped as webdataset
+    groups them): a truncated or unreadable tar, a sample without image and one without caption are
+    told apart and counted.
     """
 
     def __init__(self, cfg: Config):
         self.urls = expand_urls(cfg.data.shards.urls)
-        missing = [u for u in self.urls if not Path(u).is_file()]
+        self.retries = cfg.data.shards.retries
+        missing = [u for u in self.urls if not is_remote(u) and not Path(u).is_file()]
         if not self.urls or missing:
             raise ConfigError(f"data.shards.urls: no shard file at {missing[:3] or cfg.data.shards.urls!r}")
 
@@ -294,47 +288,23 @@ class ShardSource:
     def load(self, item: RawSample | Skip) -> RawSample | Skip:
         return item
 
-    @staticmethod
-    def _group(url: str) -> Iterator[tuple[str, dict[str, bytes]] | Skip]:
-        current, files = None, {}
-        try:
-            with tarfile.open(url, "r|*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    name = Path(member.name)
-                    key, _, ext = name.name.partition(".")
-                    key = str(name.parent / key) if str(name.parent) != "." else key
-                    if key != current:
-                        if current is not None:
-                            yield current, files
-                        current, files = key, {}
-                    data = tar.extractfile(member)
-                    files[ext.lower()] = data.read() if data else b""
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            # the partially read sample is incomplete: drop it with the rest of the tar
-            yield Skip("truncated_tar", str(current or ""), f"{url}: {exc}")
-            return
-        if current is not None:
-            yield current, files
-
     def _read(self, url: str) -> Iterator[RawSample | Skip]:
-        for entry in self._group(url):
+        for entry in tar_samples(url, self.retries):
             if isinstance(entry, Skip):
                 yield entry
                 continue
-            key, files = entry
-            image_ext = next((e for e in IMAGE_EXTS if e in files), None)
-            missing = "image" if image_ext is None else "caption" if "txt" not in files else ""
+            key = entry["__key__"]
+            image_ext = next((e for e in IMAGE_EXTS if e in entry), None)
+            missing = "image" if image_ext is None else "caption" if "txt" not in entry else ""
             if missing:
                 yield Skip(f"missing_{missing}", key, url)
                 continue
             try:
-                meta = json.loads(files.get("json", b"{}"))
+                meta = json.loads(entry.get("json", b"{}"))
             except ValueError:
                 meta = {}
             meta = meta if isinstance(meta, dict) else {"json": meta}
-            yield RawSample(sanitize_key(key), files[image_ext], files["txt"], meta)
+            yield RawSample(sanitize_key(key), entry[image_ext], entry["txt"], meta)
 
 
 class OpenClipartMissing(FileNotFoundError):
@@ -522,6 +492,29 @@ def make_source(cfg: Config):
     return SOURCES[cfg.data.source](cfg)
 
 
+def _positive(text: str) -> bool:
+    try:
+        return 0 < float(text) < float("inf")
+    except ValueError:
+        return False
+
+
+def _check_shards(d: DataConfig) -> None:
+    """`data.shards`' in-place keys (data/trainset.py reads them)."""
+    sh = d.shards
+    msg = f"needs data.source=shards (it is {d.source!r})"
+    check(not sh.in_place or d.source == "shards", "data.shards.in_place", msg, sh.in_place)
+    f = sh.val_shard_fraction
+    check(0 <= f < 1, "data.shards.val_shard_fraction", "must be in [0, 1)", f)
+    msg = f"and data.shards.val_shard_fraction={f} both name a val split: choose one"
+    check(not (sh.val_urls and f > 0), "data.shards.val_urls", msg, sh.val_urls)
+    n = len(sh.urls.split("::"))
+    ok = not sh.upsampling or (len(parts := sh.upsampling.split("::")) == n and all(map(_positive, parts)))
+    msg = f"must be '' or one positive number per '::' part of data.shards.urls ({n}), e.g. {'::'.join(['1'] * n)!r}"
+    check(ok, "data.shards.upsampling", msg, sh.upsampling)
+    check(sh.retries >= 0, "data.shards.retries", "must be >= 0", sh.retries)
+
+
 def check_section(d: DataConfig) -> None:
     """Refuse out-of-range `data.*` values of the sources (params.validate asks this, then
     clean.check_section for the encoding keys, before any work starts)."""
@@ -569,6 +562,7 @@ def check_section(d: DataConfig) -> None:
         check(bool(d.folder.table), "data.folder.table", "must name a CSV/TSV/JSONL/Parquet file", d.folder.table)
     if "shards" in uses:
         check(bool(d.shards.urls), "data.shards.urls", "must name existing shards (brace pattern or glob)", "")
+    _check_shards(d)
     a = d.augment
     lo, hi = a.crop_scale_min, a.crop_scale_max
     check(0 < lo <= hi <= 1, "data.augment.crop_scale_min/max", "must satisfy 0 < min <= max <= 1", (lo, hi))
