@@ -113,7 +113,7 @@ def _open_pipe(url: str) -> _Pipe:
 
 def _open_http(url: str, retries: int, timeout: float) -> IO[bytes]:
     why, tries = "", 0
-    while tries <= retries:
+    while tries <= max(retries, 0):
         _backoff(tries)
         tries += 1
         try:
@@ -217,7 +217,7 @@ def tar_samples(url: str, retries: int = 3) -> Iterator[dict[str, Any] | Skip]:
     one cut short its complete samples then Skip("truncated_tar", <the dropped key>); never raises.
     A remote stream that fails is reopened up to `retries` times, resuming after the samples given."""
     given, skip = 0, None
-    for attempt in range(retries + 1 if is_remote(url) else 1):
+    for attempt in range(max(retries, 0) + 1 if is_remote(url) else 1):
         _backoff(attempt)
         try:
             stream = open_url(url, retries)
