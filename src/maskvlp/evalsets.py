@@ -8,7 +8,11 @@
 - a captions table (.csv / .tsv / .jsonl / .parquet, read as the folder source reads it, with
   `data.folder.path_column`, `caption_column`, `label_column`; images relative to the table);
 - a shard folder with a maskvlp manifest (its val split, else train; the probe uses its train split),
-  or webdataset shards by brace pattern or glob (`other/shards-{000..009}.tar`, `other/*.tar`).
+  or webdataset shards by brace pattern or glob (`other/shards-{000..009}.tar`, `other/*.tar`);
+- a CLIP_benchmark webdataset root or one of its split folders (data/clipbench.py: classnames.txt,
+  zeroshot_classification_templates.txt, test/ and train/ of .tar shards with nshards.txt), named
+  after the root's folder: zero-shot with its class names and templates and the probe on train/,
+  or retrieval with every line of a sample's .txt as its own caption.
 Unusable images are skipped and counted, as the shard stage counts them. Adding a named set: write
 a builder `(cfg, spec) -> EvalSet` and call `register_dataset(name, builder)`.
 """
@@ -43,6 +47,8 @@ class EvalSet:
     retrieval: bool = True
     skipped: Counter[str] = field(default_factory=Counter)  # unusable samples, by reason (filled while read)
     templates: tuple[str, ...] | None = None  # zero-shot prompt templates; None = evaluate.TEMPLATES
+    notes: list[str] = field(default_factory=list)  # said with the set's results (where its names came from)
+    multi_caption: bool = False  # samples may hold several captions: report retrieval/<name>/captions too
 
 
 DATASETS: dict[str, Callable[[Config, str], EvalSet]] = {}
@@ -64,6 +70,7 @@ def dataset_name(spec: str) -> str:
 
 def resolve(cfg: Config, spec: str) -> EvalSet:
     """The evaluation set a spec names (see the module docstring)."""
+    from maskvlp.data import clipbench
     from maskvlp.data.shards import MANIFEST
     from maskvlp.data.sources import expand_urls
 
@@ -76,6 +83,9 @@ def resolve(cfg: Config, spec: str) -> EvalSet:
         return table_set(cfg, path)
     if path.is_dir() and (path / MANIFEST).is_file():
         return manifest_set(cfg, path, dataset_name(spec))
+    found = clipbench.find_root(path)
+    if found:
+        return clipbench_set(*found)
     if path.is_dir():
         urls = sorted(str(p) for p in path.glob("*.tar"))
     else:
@@ -83,7 +93,8 @@ def resolve(cfg: Config, spec: str) -> EvalSet:
     if not urls:
         raise EvalSetError(
             f"--dataset {spec!r}: not a registered set ({', '.join(DATASETS)}), a captions table "
-            f"({', '.join(TABLE_SUFFIXES)}), a shard folder or a brace pattern / glob of .tar shards"
+            f"({', '.join(TABLE_SUFFIXES)}), a shard folder, a CLIP_benchmark root or a brace pattern / glob "
+            "of .tar shards"
         )
     return shard_set(urls, dataset_name(spec))
 
@@ -127,11 +138,45 @@ def manifest_set(cfg: Config, out_dir: str | Path, name: str) -> EvalSet:
 
 
 def val_set(cfg: Config, spec: str) -> EvalSet:
-    from maskvlp.data.shards import shard_paths
+    """The training data's val split (data/trainset.py): the shard stage's, or in place data.shards.val_urls
+    or the held-out shards; the linear probe fits on its train split."""
+    from maskvlp.data.trainset import training_data
 
-    if not shard_paths(cfg.data.out_dir, "val"):
-        raise EvalSetError(f"no val split in {cfg.data.out_dir}: set data.val_fraction > 0 and re-run the shard stage")
+    data = training_data(cfg)
+    if not data.val:
+        hint = (
+            "set data.shards.val_urls or data.shards.val_shard_fraction > 0"
+            if data.in_place
+            else "set data.val_fraction > 0 and re-run the shard stage"
+        )
+        raise EvalSetError(f"no val split in {data.record.get('source')}: {hint}")
+    if data.in_place:
+        return shard_set(list(data.val), "val", train_urls=list(data.train))
     return manifest_set(cfg, cfg.data.out_dir, "val")
+
+
+# ------------------------------------------------------------------------------- CLIP_benchmark
+def clipbench_set(root: Path, split: str | None = None) -> EvalSet:
+    """A CLIP_benchmark webdataset root (data/clipbench.py), its test split or `split`. Unusable
+    samples are counted by reason (those of the probe's train split as `train/<reason>`)."""
+    from maskvlp.data import clipbench
+
+    try:
+        lay = clipbench.layout(root, split)
+    except clipbench.ClipBenchError as exc:
+        raise EvalSetError(str(exc)) from exc
+    skipped: Counter[str] = Counter()
+
+    def split_of(urls: list[str], prefix: str) -> Callable[[int, int], Batches]:
+        return _batches_of(lambda size: clipbench.read_samples(urls, lay, size, skipped, prefix))
+
+    where = f"{lay.name}: CLIP_benchmark {lay.kind} set {lay.root}, split {lay.split}/ ({len(lay.urls)} shards)"
+    if lay.kind == "retrieval":
+        return EvalSet(lay.name, split_of(lay.urls, ""), notes=[where], skipped=skipped, multi_caption=True)
+    said = f"{len(lay.templates)} templates from {clipbench.TEMPLATES}" if lay.templates else "the default templates"
+    notes = [f"{where}: {len(lay.classes)} classes from {clipbench.CLASSNAMES}, {said}"]
+    train = split_of(lay.train_urls, "train/") if lay.train_urls else None
+    return EvalSet(lay.name, split_of(lay.urls, ""), lay.classes, train, False, skipped, lay.templates, notes)
 
 
 # ------------------------------------------------------------------------------- objects
@@ -300,7 +345,9 @@ def check_section(ev: EvalConfig) -> None:
     """Refuse out-of-range `eval.*` values (params.validate asks this before any work starts)."""
     check(ev.batch_size >= 1, "eval.batch_size", "must be >= 1", ev.batch_size)
     ok = bool(ev.datasets) and all(d in DATASETS or "/" in d or Path(d).suffix for d in ev.datasets)
-    msg = f"must list registered sets ({', '.join(DATASETS)}) or paths of captions tables / shards"
+    msg = (
+        f"must list registered sets ({', '.join(DATASETS)}) or paths of captions tables / shards / CLIP_benchmark roots"
+    )
     check(ok, "eval.datasets", msg, ev.datasets)
     check(ev.objects_per_class >= 1, "eval.objects_per_class", "must be >= 1", ev.objects_per_class)
     check(ev.subset_samples >= 2, "eval.subset_samples", "must be >= 2", ev.subset_samples)

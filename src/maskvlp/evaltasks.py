@@ -87,11 +87,16 @@ def zero_shot(image_features: torch.Tensor, labels: torch.Tensor, class_weights:
     }
 
 
+def caption_lists(enc: Encoded) -> list[list[str]]:
+    """Per sample, every caption retrieval scores: its caption, then those its json lists ("captions")."""
+    return [[caption, *meta.get("captions", [])] for caption, meta in zip(enc.captions, enc.metas)]
+
+
 def retrieval(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.device) -> dict[str, float]:
     """Every sample's caption(s) against every image. Samples whose json lists more captions
     ("captions": [...]) contribute them all. A caption is a positive of every image that has the
     identical string among its own captions (metrics.text_positives)."""
-    own = [[caption, *meta.get("captions", [])] for caption, meta in zip(enc.captions, enc.metas)]
+    own = caption_lists(enc)
     texts = [text for captions in own for text in captions]
     text_features = encode_texts(model, texts, tokenizer, device)
     return retrieval_recall(enc.features @ text_features.T, text_positives(own, texts))

@@ -78,12 +78,21 @@ def evaluate_set(
     enc = encode_images(model, es.batches(size, batch), run_cfg, device, name, progress)
     metrics: dict[str, float] = {}
     plots: dict[str, list[dict[str, Any]]] = {"per_class": [], "retrieval": []}
-    notes: list[str] = []
+    notes: list[str] = list(es.notes)
     if es.retrieval and len(enc.captions) > 1:
         res = retrieval(model, enc, tokenizer, device)
         metrics.update({f"retrieval/{name}/{k}": v for k, v in res.items()})
         metrics[f"retrieval/{name}/chance_r1"] = 1.0 / len(enc.captions)
         metrics[f"retrieval/{name}/samples"] = len(enc.captions)
+        from maskvlp.evaltasks import caption_lists
+
+        texts = sum(map(len, caption_lists(enc)))
+        if es.multi_caption or texts != len(enc.captions):  # say that every caption (.txt line) was scored
+            metrics[f"retrieval/{name}/captions"] = texts
+            notes.append(
+                f"{name}: retrieval over {texts} captions of {len(enc.captions)} images: every caption of a sample"
+                " (each line of a CLIP_benchmark .txt) is its own text and a positive of its image"
+            )
         plots["retrieval"] = [
             {"dataset": name, "k": k, "i2t": res[f"i2t_r{k}"], "t2i": res[f"t2i_r{k}"]} for k in (1, 5, 10)
         ]
@@ -111,6 +120,12 @@ def evaluate_set(
     train = encode_images(model, train_batches, run_cfg, device, f"{name} train", progress)
     tr_y, te_y = labels_for(train.metas, es.classes), labels
     tr, te = tr_y >= 0, te_y >= 0
+    if len(set(tr_y[tr].tolist())) < len(set(te_y[te].tolist())):  # e.g. a train split sorted by class
+        notes.append(
+            f"{name}: the linear probe's {int(tr.sum())} train samples (the first eval.linear_probe_samples) hold "
+            f"{len(set(tr_y[tr].tolist()))} of the {len(set(te_y[te].tolist()))} classes scored: raise "
+            "eval.linear_probe_samples"
+        )
     if tr.sum() > 1 and te.any() and len(set(tr_y[tr].tolist())) > 1:
         probe = linear_probe(
             train.features[tr], tr_y[tr], enc.features[te], te_y[te], cfg.seed, f"linear probe {name}", progress
