@@ -138,20 +138,10 @@ def manifest_set(cfg: Config, out_dir: str | Path, name: str) -> EvalSet:
 
 
 def val_set(cfg: Config, spec: str) -> EvalSet:
-    """The training data's val split (data/trainset.py): the shard stage's, or in place data.shards.val_urls
-    or the held-out shards; the linear probe fits on its train split."""
-    from maskvlp.data.trainset import training_data
+    from maskvlp.data.shards import shard_paths
 
-    data = training_data(cfg)
-    if not data.val:
-        hint = (
-            "set data.shards.val_urls or data.shards.val_shard_fraction > 0"
-            if data.in_place
-            else "set data.val_fraction > 0 and re-run the shard stage"
-        )
-        raise EvalSetError(f"no val split in {data.record.get('source')}: {hint}")
-    if data.in_place:
-        return shard_set(list(data.val), "val", train_urls=list(data.train))
+    if not shard_paths(cfg.data.out_dir, "val"):
+        raise EvalSetError(f"no val split in {cfg.data.out_dir}: set data.val_fraction > 0 and re-run the shard stage")
     return manifest_set(cfg, cfg.data.out_dir, "val")
 
 
