@@ -15,14 +15,14 @@ the evaluation set on these.
 from __future__ import annotations
 
 import re
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskvlp.data.sources import IMAGE_EXTS, Skip
+from maskvlp.data.shardio import Skip, tar_samples
+from maskvlp.data.sources import IMAGE_EXTS
 
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
@@ -177,16 +177,15 @@ def _first_samples(urls: list[str], n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _samples(urls: list[str], skipped: Counter[str]) -> Iterator[dict[str, Any]]:
-    """Grouped tar members of each shard in order; a truncated or unreadable tar ends its shard and is
-    counted (`truncated_tar`, as the shard stage counts it)."""
-    from maskvlp.data.loader import slot_samples
-
+def _samples(urls: list[str], skipped: Counter[str], prefix: str = "") -> Iterator[dict[str, Any]]:
+    """The grouped tar members of each shard in order (data/shardio.py); a truncated or unreadable tar
+    ends its shard and is counted (`truncated_tar`, `unreadable_tar`)."""
     for url in urls:
-        try:
-            yield from slot_samples([url], 0, 1, epoch_seed=None)
-        except (tarfile.TarError, EOFError, OSError):
-            skipped["truncated_tar"] += 1
+        for sample in tar_samples(url):
+            if isinstance(sample, Skip):
+                skipped[prefix + sample.reason] += 1
+                continue
+            yield sample
 
 
 def caption_lines(raw: bytes | None) -> list[str] | Skip:
@@ -223,7 +222,7 @@ def read_samples(
     from maskvlp.data.clean import decode_image, resize_center_crop, to_rgb
     from maskvlp.data.transforms import to_uint8_tensor
 
-    for sample in _samples(urls, skipped):
+    for sample in _samples(urls, skipped, prefix):
         key = sample["__key__"]
         data = next((sample[k] for k in IMAGE_EXTS if k in sample), None)
         if lay.kind == "classification":
