@@ -138,6 +138,17 @@ def manifest_set(cfg: Config, out_dir: str | Path, name: str) -> EvalSet:
 
 
 def val_set(cfg: Config, spec: str) -> EvalSet:
+    """The training data's val split: the shard stage's (its train split fits the linear probe), or in
+    place (data/trainset.py) data.shards.val_urls or the held-out shards (the probe fits on the others)."""
+    if cfg.data.source == "shards" and cfg.data.shards.in_place:
+        from maskvlp.data.trainset import training_data
+
+        data = training_data(cfg)
+        if not data.val:
+            raise EvalSetError(
+                f"no val split in {cfg.data.shards.urls}: set data.shards.val_urls or data.shards.val_shard_fraction > 0"
+            )
+        return shard_set(list(data.val), "val", train_urls=list(data.train))
     from maskvlp.data.shards import shard_paths
 
     if not shard_paths(cfg.data.out_dir, "val"):
