@@ -101,12 +101,14 @@ def resolve(cfg: Config, spec: str) -> EvalSet:
 
 # ------------------------------------------------------------------------------- shard sets
 def shard_set(urls: list[str], name: str, classes: list[str] | None = None, train_urls: list[str] | None = None):
-    from maskvlp.data.loader import EvalStream, eval_collate, slot_samples
+    from maskvlp.data.loader import EvalStream, eval_collate, sample_meta, slot_samples
+    from maskvlp.data.shardio import tar_samples
 
     skipped: Counter[str] = Counter()
     if classes is None:  # labels named in the samples' json
-        metas = (s.get("json", b"{}") for s in slot_samples(urls, 0, 1, epoch_seed=None))
-        names = {m["label_name"] for m in map(_json, metas) if "label_name" in m}
+        samples = slot_samples(urls, 0, 1, epoch_seed=None, reader=tar_samples)
+        metas = (s.get("json", b"{}") for s in samples if isinstance(s, dict))
+        names = {m["label_name"] for m in map(sample_meta, metas) if "label_name" in m}
         classes = sorted(names) or None
 
     def stream(paths: list[str], size: int, batch: int, counter: Counter[str]) -> Batches:
@@ -116,16 +118,6 @@ def shard_set(urls: list[str], name: str, classes: list[str] | None = None, trai
 
     train = (lambda size, batch: stream(train_urls, size, batch, Counter())) if train_urls else None
     return EvalSet(name, lambda size, batch: stream(urls, size, batch, skipped), classes, train, skipped=skipped)
-
-
-def _json(raw: bytes) -> dict[str, Any]:
-    import json
-
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def manifest_set(cfg: Config, out_dir: str | Path, name: str) -> EvalSet:

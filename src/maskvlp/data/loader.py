@@ -285,19 +285,23 @@ class TrainStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """Each sample once: {"image": uint8 (3,S,S), "caption": str, "key": str, "meta": dict}. Samples
-    without a usable image or caption are skipped and counted in `skipped` (by the shard stage's
-    reasons; counted in the reading process, so read it with num_workers=0)."""
+    """Each sample once: {"image": uint8 (3,S,S), "caption": str, "key": str, "meta": dict}, read through
+    shardio (local files, pipe: commands, http(s) URLs). Samples without a usable image or caption, and
+    unreadable or truncated tars, are skipped and counted in `skipped` (by the shard stage's reasons;
+    counted in the reading process, so read it with num_workers=0)."""
 
     def __init__(self, urls: list[str], image_size: int, skipped: Counter | None = None):
         self.urls, self.image_size = list(urls), image_size
         self.skipped: Counter[str] = Counter() if skipped is None else skipped
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from maskvlp.data.clean import clean_caption, decode_image, resize_center_crop, to_rgb
+        from maskvlp.data.shardio import tar_samples
 
         worker, workers = _worker()  # the DataLoader workers split the samples (none: this process reads all)
-        for sample in slot_samples(self.urls, worker, workers, epoch_seed=None):
+        for sample in slot_samples(self.urls, worker, workers, epoch_seed=None, reader=tar_samples):
+            if isinstance(sample, Skip):
+                self.skipped[sample.reason] += 1
+                continue
             data = next((sample[k] for k in IMAGE_EXTS if k in sample), None)
             img = decode_image(data) if data is not None else None
             caption = clean_caption(sample.get("txt"))
@@ -311,8 +315,17 @@ class EvalStream(IterableDataset):
                 "image": to_uint8_tensor(resize_center_crop(to_rgb(img), self.image_size)),
                 "caption": caption,
                 "key": sample["__key__"],
-                "meta": json.loads(sample["json"]) if "json" in sample else {},
+                "meta": sample_meta(sample.get("json")),
             }
+
+
+def sample_meta(raw: bytes | None) -> dict[str, Any]:
+    """A sample's json as a dict ({} when absent or not a JSON object)."""
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
