@@ -1,4 +1,4 @@
-"""Data-path benchmark: sharding throughput, per-core decode+augment at 224 px, streaming loader.
+"""Data-path benchmark: sharding throughput, per-core decode+augment at 224 px, streaming loader, in place.
 
     .venv/bin/python benchmarks/bench_data.py            # full run (~1 min on 2 cores)
     .venv/bin/python benchmarks/bench_data.py --quick    # smoke run (small counts)
@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,8 @@ def bench_loader(tmp: Path, jpegs: list[bytes], batches: int, warmup: int = 2) -
     spec = StreamSpec(urls=urls, batch_size=64, image_size=SIZE, context_length=77, seed=0)
     rows: list[Row] = []
     for workers in (0, 2):
-        it = iter(train_loader(spec, num_workers=workers))
+        # the logical streams fix the batches; the workers must divide them (data.loader_workers)
+        it = iter(train_loader(replace(spec, streams=max(1, workers)), num_workers=workers))
         for _ in range(warmup):
             next(it)
         start = time.perf_counter()
@@ -157,6 +159,77 @@ def bench_loader(tmp: Path, jpegs: list[bytes], batches: int, warmup: int = 2) -
         case, note = f"train_loader 224px shards, num_workers={workers}", f"{batches} batches of 64, {len(urls)} shards"
         rows.append(("loader", case, batches * spec.batch_size / elapsed, max(1, workers), note))
     return rows
+
+
+# ---------------------------------------------------------------- 4. in place vs maskvlp's own shards
+def bench_in_place(tmp: Path, jpegs: list[bytes], batches: int, repeats: int, warmup: int = 2) -> list[Row]:
+    """The loader on one core (num_workers=0) over img2dataset-style tars of the original JPEGs read in
+    place (decode, centre crop to 224 as the shard stage does, training crop) beside the same images
+    sharded by `maskvlp shard` at 224 px; and the extra crop's own cost, per image, measured apart:
+    decode + centre crop of an original minus decoding the 224 px image the shard stage stored."""
+    import json
+    import tarfile
+
+    from maskvlp.data.clean import clean_sample, decode_image, resize_center_crop, to_rgb
+    from maskvlp.data.sources import RawSample
+
+    raw_dir = tmp / "img2dataset"
+    raw_dir.mkdir()
+    per = 128
+    for s in range(0, len(jpegs), per):
+        with tarfile.open(raw_dir / f"{s // per:05d}.tar", "w") as tar:
+            for i, data in enumerate(jpegs[s : s + per], start=s):
+                for ext, blob in (("jpg", data), ("txt", f"a synthetic test image number {i}".encode())):
+                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
+        (raw_dir / f"{s // per:05d}_stats.json").write_text(json.dumps({"successes": len(jpegs[s : s + per])}))
+    own_dir = tmp / "own-224"
+    own_dir.mkdir()
+    shard_urls = []
+    for s in range(0, len(jpegs), per):  # the shard stage's bytes for the same images (clean_sample at 224 px)
+        path = own_dir / f"train-{s // per:06d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i, data in enumerate(jpegs[s : s + per], start=s):
+                stored = clean_sample(RawSample(f"{i:09d}", data, "x"), SIZE, "jpg", 95)
+                for ext, blob in (("jpg", stored.image), ("txt", f"a synthetic test image number {i}".encode())):
+                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
+        shard_urls.append(str(path))
+    base = dict(batch_size=64, image_size=SIZE, context_length=77, seed=0, shuffle_buffer=256)
+    specs = {
+        "maskvlp shards (224 px stored)": StreamSpec(urls=tuple(shard_urls), **base),
+        "in place (originals)": StreamSpec(
+            urls=tuple(sorted(str(p) for p in raw_dir.glob("*.tar"))), in_place=True, data_size=SIZE, **base
+        ),
+    }
+    loader_rates = {}
+    for name, spec in specs.items():
+        it = iter(train_loader(spec, num_workers=0))
+        for _ in range(warmup):
+            next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        loader_rates[name] = batches * spec.batch_size / (time.perf_counter() - start)
+    stored = [clean_sample(RawSample("k", data, "x"), SIZE, "jpg", 95).image for data in jpegs]
+    crop_rate = rate(lambda i, data: resize_center_crop(to_rgb(decode_image(data, draft_to=SIZE)), SIZE), jpegs, repeats)
+    stored_rate = rate(lambda i, data: decode_image(stored[i]).convert("RGB"), stored, repeats)
+    extra_ms = 1000 * (1 / crop_rate - 1 / stored_rate)
+    own, in_place = loader_rates.values()
+    slower_ms = 1000 * (1 / in_place - 1 / own)
+    w, h = Image.open(io.BytesIO(jpegs[0])).size
+    verdict = "within" if slower_ms <= extra_ms * 1.1 else "beyond"
+    return [
+        ("in place", f"train_loader, {name}, {w}x{h} originals", r, 1, f"{batches} batches of 64, num_workers=0")
+        for name, r in loader_rates.items()
+    ] + [
+        ("in place", "extra crop alone: decode+centre-crop original vs decode stored", crop_rate, 1,
+         f"{extra_ms:.2f} ms/image extra"),
+        ("in place", "in place vs own shards, per image", in_place, 1,
+         f"{slower_ms:.2f} ms/image slower = {slower_ms / extra_ms:.2f}x the extra crop's cost: {verdict} it (+10%)"),
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -176,6 +249,7 @@ def main() -> None:
         rows += bench_sharding(Path(tmp), n_shard)
         rows += bench_per_core(jpegs, repeats)
         rows += bench_loader(Path(tmp), jpegs["small"], batches)
+        rows += bench_in_place(Path(tmp), jpegs["large"], batches, repeats)
 
     print(f"\ntorch {torch.__version__}, {os.cpu_count()} CPU(s), torch threads {torch.get_num_threads()}\n")
     print("| section | case | images/s | cores | images/s/core | note |")

@@ -70,14 +70,18 @@ def _pillow_message(exc: Exception, name: str) -> str:
     return _BYTES_IO.sub(repr(name) if name else "(the image's bytes)", str(exc))
 
 
-def decode_image(data: bytes, min_side: int = 1, name: str = "") -> Image.Image | Skip:
+def decode_image(data: bytes, min_side: int = 1, name: str = "", draft_to: int = 0) -> Image.Image | Skip:
     """The decoded image, or a Skip naming why not (empty, unreadable, truncated, too large, smaller
     than `min_side` pixels on its shorter side). `name` (a file name or key) names the image in the
-    Skip's detail."""
+    Skip's detail. `draft_to` > 0: a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides
+    stay >= draft_to (libjpeg's DCT scaling; the image is resized to that size next anyway), 2-4x
+    faster for photos several times larger; the size checks use the stored size."""
     if len(data) == 0:
         return Skip("empty_file")
     try:
         img = Image.open(io.BytesIO(data))
+        if draft_to and img.format == "JPEG" and min(img.size) >= max(min_side, 2 * draft_to):
+            img.draft("RGB", (draft_to, draft_to))
         img.load()
     except UnidentifiedImageError as exc:
         return Skip("unreadable_image", detail=_pillow_message(exc, name))
@@ -127,7 +131,7 @@ def clean_sample(
         return Skip(caption.reason, raw.key, caption.detail)
     # the path the folder source read it from (kept in the json of the shards it made), else the key
     name = str(raw.meta.get("source_path") or raw.key)
-    img = raw.image if isinstance(raw.image, Image.Image) else decode_image(raw.image, min_image_side, name)
+    img = raw.image if isinstance(raw.image, Image.Image) else decode_image(raw.image, min_image_side, name, image_size)
     if isinstance(img, Skip):
         return Skip(img.reason, raw.key, img.detail)
     try:

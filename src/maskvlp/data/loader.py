@@ -148,7 +148,7 @@ def _unusable(sample: dict[str, Any]) -> Skip | None:
 def in_place_image(data: bytes, spec: StreamSpec, rng: random.Random) -> torch.Tensor | Skip:
     """An existing shard's image as training sees it: decoded, made RGB and centre-cropped to
     data.image_size exactly as the shard stage stores it (clean.py), then the training crop (transforms.py)."""
-    img = decode_image(data, spec.min_side)
+    img = decode_image(data, spec.min_side, draft_to=spec.data_size)
     if isinstance(img, Skip):
         return img
     try:
