@@ -156,10 +156,16 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
-    from maskvlp.evaluate import EvalJob, evaluate_and_write, evaluate_datasets, load_run
+    from maskvlp.evaluate import EvalJob, evaluate_and_write, evaluate_datasets, evaluate_runs, load_run, run_folders
     from maskvlp.runs import RunPaths, run_paths
 
-    run_dir = Path(args.run) if args.run else run_paths(cfg).root
+    default = [str(run_paths(cfg).root)]
+    folders, several = run_folders(args.run or default, args.dataset, cfg.eval.datasets)
+    if several:  # a line per run as it ends, then the summary
+        out = evaluate_runs(cfg, folders, args.dataset, not args.quiet, args.cache_mb, lambda x: print(x, flush=True))
+        print(out.summary())
+        return 1 if out.failed or not out.evaluated else 0
+    run_dir = folders[0]
     if args.dataset:
         results = evaluate_datasets(cfg, run_dir, args.dataset, progress=not args.quiet)
         for name, r in results.items():
@@ -288,10 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         "classification (template ensemble; top-1, top-5, mean per-class recall), image<->text retrieval "
         "(R@1/5/10), a linear probe (C chosen on held-out train features) and composition (true caption vs "
         "swapped attribute / relation / replaced object). Writes eval.metrics_file, per-class and retrieval "
-        "plot data beside it, and an HParams session in <run>/eval for TensorBoard.",
+        "plot data beside it, and an HParams session in <run>/eval for TensorBoard. --dataset with several runs "
+        "(a sweep's trials): each set read once for all, a line per run, a summary (docs/own-data.md).",
     )
     _common(p, "no-wait", "quiet")
-    p.add_argument("--run", default="", metavar="DIR", help="run folder (default: runs/<train.run_name>)")
+    text = "run folder (default: runs/<train.run_name>), several, or a quoted glob: 'runs/STUDY/trial-*'"
+    p.add_argument("--run", nargs="+", action="extend", default=[], metavar="DIR", help=text)
     p.add_argument(
         "--dataset",
         action="append",
@@ -301,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(.csv/.tsv/.jsonl/.parquet with data.folder.* columns) or shards (folder, brace pattern or glob); "
         "results in <run>/eval-extra/<set>/metrics.json and the run's result.json (the stage's files stay untouched)",
     )
+    text = "several runs: decoded batches kept in memory, so that each set is read once (default: evaluate.CACHE_MB)"
+    p.add_argument("--cache-mb", type=float, default=None, metavar="MB", help=text)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -381,11 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
         "intermediate values, Pareto front for two objectives) as PNG. With a `compare:` section in the "
         "sweep file (sweeps/paper.yaml): comparison.md / .json / .png, the mean and 95% t-interval over "
         "seeds of every metric per strategy and budget, images/s and FLOPs, and one sentence per claim "
-        "saying whether its ordering holds, is reversed, or cannot be told apart (docs/paper-study.md).",
+        "saying whether its ordering holds, is reversed, or cannot be told apart (docs/paper-study.md). "
+        "--metric KEY: the trials ranked by it too (rankings.csv); a claim metric of compare: (docs/own-data.md).",
     )
     p.add_argument("name", metavar="NAME", help="the study name")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/sweeps/NAME)")
+    text = "rank the finished trials by this key of their result.json eval too, e.g. of a re-evaluation (repeatable)"
+    p.add_argument("--metric", action="append", default=[], metavar="KEY", help=text)
     p.set_defaults(func=_sweep_command("sweep_report"), raw=True)
 
     p = sub.add_parser(

@@ -1,4 +1,6 @@
 """The `evaluate` stage: zero-shot classification, retrieval, linear probe and composition.
+(Over 450 lines: the stage, `--dataset` on one run and the re-evaluation of several runs share the model
+loading, the per-set evaluation and the writing of results; apart, each would import the others.)
 
 Always on full (unmasked) images, on the sets of `eval.datasets` or `--dataset SPEC` (evalsets.py:
 `val`, `objects`, a captions table, shards). Per set: retrieval always; zero-shot where samples carry
@@ -7,12 +9,21 @@ the set has a train split; composition where samples carry negatives (json "nega
 {"attribute"|"relation"|"object": str}, so SugarCrepe-like data plugs in). What a set cannot support
 is skipped with a note. Metric keys: <task>/<set>/<metric>, e.g. zeroshot/objects/top1. The tasks
 themselves are evaltasks.py's and linearprobe.py's; this module runs them per set and writes the results.
+
+`maskvlp evaluate --run 'runs/<study>/trial-*' --dataset SPEC` evaluates several runs (`evaluate_runs`):
+each set resolved once, its decoded batches read once and replayed from memory for every run
+(`CachedBatches`, within `--cache-mb`), one model load per run, one tokenizer per context length.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import json
-from dataclasses import dataclass
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +31,8 @@ import torch
 
 from maskvlp.config import Config
 from maskvlp.cpushare import cpu_share_applied
-from maskvlp.data.tokenizer import Tokenizer
-from maskvlp.evalsets import EvalSet, EvalSetError, resolve
+from maskvlp.data.tokenizer import Tokenizer as BPETokenizer
+from maskvlp.evalsets import Batches, EvalSet, EvalSetError, resolve
 from maskvlp.evaltasks import (
     TEMPLATES,
     EvalError,
@@ -36,7 +47,37 @@ from maskvlp.evaltasks import (
 from maskvlp.linearprobe import PROBE_MAX_ITER, linear_probe
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict, load_config
-from maskvlp.runs import RunPaths, update_result, weights_complete, write_json_atomic, write_text_atomic
+from maskvlp.runs import RunPaths, read_result, update_result, weights_complete, write_json_atomic, write_text_atomic
+
+TOKEN_MEMO_BYTES = 64 << 20  # token rows kept per tokenizer; past this, texts are tokenised again
+
+
+class SharedTokenizer:
+    """CLIP's BPE tokenizer (data/tokenizer.py), built once per context length for the process and
+    remembering the token rows of the text lists it was given (up to TOKEN_MEMO_BYTES): runs evaluated
+    one after another on the same set tokenise its captions and class prompts once. Same rows as a new
+    tokenizer's."""
+
+    def __init__(self, context_length: int):
+        self.context_length = context_length
+        self._bpe = BPETokenizer(context_length)
+        self._rows: dict[tuple[str, ...], torch.Tensor] = {}
+        self._bytes = 0
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        key = tuple(texts)
+        rows = self._rows.get(key)
+        if rows is None:
+            rows = self._bpe(list(texts))
+            if self._bytes + rows.nbytes <= TOKEN_MEMO_BYTES:
+                self._rows[key], self._bytes = rows, self._bytes + rows.nbytes
+        return rows.clone()  # a caller may change its tensor; the memory keeps its own
+
+
+@functools.cache
+def Tokenizer(context_length: int) -> SharedTokenizer:  # the name evaluate_set calls
+    """The process's tokenizer for a context length (building one reads the BPE vocabulary: seconds)."""
+    return SharedTokenizer(context_length)
 
 
 def load_run(run_dir: str | Path) -> tuple[CLIP, Config]:
@@ -235,11 +276,247 @@ def evaluate_datasets(
     paths = RunPaths(Path(run_dir))
     with cpu_share_applied(cfg):
         results = evaluate(cfg, paths.root, specs, progress)
+    _write_extra(paths, results)
+    return results
+
+
+def _write_extra(paths: RunPaths, results: dict[str, SetResult]) -> None:
+    """Each set's eval-extra/<set>/metrics.json and notes.json; its metrics merged into result.json's
+    `eval` (keys of other sets, and of the run's own evaluation, kept)."""
+    merged: dict[str, float] = {}
     for name, r in results.items():
         write_json_atomic(paths.extra_eval_dir(name) / "metrics.json", _round(r.metrics))
         write_json_atomic(paths.extra_eval_dir(name) / "notes.json", {"skipped": r.skipped, "notes": r.notes})
-        update_result(paths, eval=_round(r.metrics))
-    return results
+        merged |= _round(r.metrics)
+    update_result(paths, eval=merged)
+
+
+# ------------------------------------------------------------------------ several runs (a finished sweep)
+CACHE_MB = 2048  # default of `maskvlp evaluate --cache-mb`: decoded batches kept in memory across runs
+_GLOB = re.compile(r"[*?\[]")
+
+
+def run_folders(patterns: list[str], datasets: list[str], eval_datasets: list[str]) -> tuple[list[Path], bool]:
+    """`--run` values as run folders, in order without repeats: a glob pattern (quoted on the command line,
+    so that maskvlp expands it) gives the folders it matches, sorted; a plain path is taken as it is. And
+    whether they are several runs to evaluate with `evaluate_runs` (a pattern, or more than one folder,
+    with --dataset). EvalError: a pattern that matches no folder; several runs without --dataset (the
+    stage's evaluation writes eval.metrics_file, one file per run)."""
+    out: dict[Path, None] = {}
+    for pattern in patterns:
+        if not _GLOB.search(pattern):
+            out[Path(pattern)] = None
+            continue
+        found = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+        if not found:
+            raise EvalError(f"--run {pattern!r} matches no folder (a sweep's trials: --run 'runs/<study>/trial-*')")
+        out |= dict.fromkeys(found)
+    if len(out) > 1 and not datasets:
+        raise EvalError(
+            f"{len(out)} runs need --dataset: the stage's evaluation writes eval.metrics_file, one file per run (a "
+            "sweep's trials were evaluated on eval.datasets by their own jobs). To evaluate them again on those "
+            "sets: " + " ".join(f"--dataset {d}" for d in eval_datasets)
+        )
+    return list(out), bool(datasets) and (len(out) > 1 or any(_GLOB.search(p) for p in patterns))
+
+
+def _nbytes(batch: dict[str, Any]) -> int:
+    """About what a decoded batch holds in memory: its uint8 images and the text of its captions, keys, metas."""
+    text = sum(len(str(v)) for k in ("captions", "keys", "metas") for v in batch.get(k, ()))
+    return batch["images"].nbytes + text
+
+
+@dataclass
+class CacheBudget:
+    """Bytes of decoded batches that the CachedBatches sharing it may keep (--cache-mb), and how many they keep."""
+
+    limit: int
+    used: int = 0
+
+
+@dataclass
+class _Memo:
+    source: Iterator[dict[str, Any]]  # the set's own stream, read once and kept open between passes
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False
+
+
+class CachedBatches:
+    """An EvalSet's batches function, (image size, batch size) -> batches, read from the set once: the
+    first pass keeps every batch it decodes (uint8 images, captions, metas, keys) and the next passes
+    replay them from memory, so runs evaluated one after another read, decode and crop the set once
+    (per image size). A pass stopped early (the linear probe's sample limit) leaves the stream open:
+    the next pass replays what was read and reads on. When the budget shared by all sets is spent, this
+    set's memory is dropped and every later pass streams it again (`streaming`). A stream that fails is
+    dropped too, so that the next pass starts it anew rather than replaying half a set."""
+
+    def __init__(self, make: Callable[[int, int], Batches], budget: CacheBudget):
+        self.make, self.budget = make, budget
+        self.memos: dict[tuple[int, int], _Memo] = {}
+        self.bytes = 0  # decoded batches held
+        self.reads = 0  # passes that read the set itself (a pass that replays memory is not one)
+        self.streaming = False  # over the limit: no memory, every pass reads the set
+
+    def __call__(self, size: int, batch_size: int) -> Batches:
+        key = (size, batch_size)
+        if self.streaming:
+            self.reads += 1
+            return self.make(size, batch_size)
+        if key not in self.memos:
+            self.reads += 1
+            self.memos[key] = _Memo(iter(self.make(size, batch_size)))
+        return self._replay(key, self.memos[key])
+
+    def _replay(self, key: tuple[int, int], memo: _Memo) -> Iterator[dict[str, Any]]:
+        i = 0
+        while True:
+            if i < len(memo.batches):
+                yield memo.batches[i]
+                i += 1
+                continue
+            if memo.complete:
+                return
+            try:
+                batch = next(memo.source)
+            except StopIteration:
+                memo.complete = True
+                return
+            except BaseException:
+                self.memos.pop(key, None)
+                self._free(sum(map(_nbytes, memo.batches)))
+                raise
+            n = _nbytes(batch)
+            self.bytes, self.budget.used = self.bytes + n, self.budget.used + n
+            if self.budget.used > self.budget.limit:  # too big to keep: drop it all and read the rest of this pass
+                self.streaming, self.memos = True, {}
+                self._free(self.bytes)
+                yield batch
+                yield from memo.source
+                return
+            memo.batches.append(batch)
+
+    def _free(self, n: int) -> None:
+        self.bytes, self.budget.used = self.bytes - n, self.budget.used - n
+
+    @property
+    def how(self) -> str:
+        """How the set was read, for the summary."""
+        if not self.reads:
+            return "not read"
+        times = "once" if self.reads == 1 else f"{self.reads} times"
+        if self.streaming:
+            return f"read {times}: it did not fit in --cache-mb beside the sets before it, so streamed again per run"
+        return f"read {times} ({self.bytes / 2**20:.1f} MB of decoded batches kept in memory)"
+
+
+def cache_set(es: EvalSet, budget: CacheBudget) -> EvalSet:
+    """`es` with its batches (and its train split's) read once for all runs, within `budget`."""
+    es.batches = CachedBatches(es.batches, budget)
+    if es.train_batches is not None:
+        es.train_batches = CachedBatches(es.train_batches, budget)
+    return es
+
+
+HEADLINE = re.compile(r"^(zeroshot/[^/]+/top1|retrieval/[^/]+/(i2t|t2i)_r1|linear_probe/[^/]+/top1|composition/.+)$")
+
+
+@dataclass
+class RunsOutcome:
+    """What `evaluate_runs` did: metrics per evaluated run, runs left out and failed (with why), how each
+    set was read, and the notes and skipped samples of each set (the same for every run)."""
+
+    evaluated: dict[Path, dict[str, float]] = field(default_factory=dict)
+    left_out: dict[Path, str] = field(default_factory=dict)
+    failed: dict[Path, str] = field(default_factory=dict)
+    reads: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """How each set was read, its skips and notes; runs evaluated, left out and failed, with why."""
+        lines = [f"{name}: {how}" for name, how in self.reads.items()]
+        lines += [
+            f"{name}: skipped {sum(n.values())}: " + ", ".join(f"{k}={v}" for k, v in n.items())
+            for name, n in self.skipped.items()
+        ]
+        lines += [f"note: {note}" for note in self.notes]
+        total = len(self.evaluated) + len(self.left_out) + len(self.failed)
+        line = f"evaluated {len(self.evaluated)} of {total} runs on {', '.join(self.reads)}"
+        if self.left_out:
+            why = Counter(self.left_out.values())
+            line += f"; left out {len(self.left_out)}: " + "; ".join(f"{n} {reason}" for reason, n in why.items())
+        if self.failed:
+            line += f"; failed {len(self.failed)}: " + ", ".join(map(str, self.failed))
+        if self.evaluated:
+            line += "\nwrote <run>/eval-extra/<set>/metrics.json and the metrics into each run's result.json (eval)"
+        return "\n".join([*lines, line])
+
+
+def why_left_out(paths: RunPaths) -> str | None:
+    """Why a run folder cannot be evaluated again (None: it can): not complete, or no whole weights."""
+    if not paths.config.is_file():
+        return "not a run (no config.yaml)"
+    status = read_result(paths).get("status", "no result.json")
+    if status != "complete":
+        return f"not complete (status {status})"
+    if not weights_complete(paths.model):
+        return "no weights (model.safetensors absent or incomplete)"
+    return None
+
+
+def evaluate_runs(
+    cfg: Config,
+    run_dirs: list[Path],
+    specs: list[str],
+    progress: bool = False,
+    cache_mb: float | None = None,
+    say: Callable[[str], None] = print,
+) -> RunsOutcome:
+    """`maskvlp evaluate --run PATTERN --dataset SPEC...`: every complete run with weights evaluated on
+    every set, one model load per run, each set resolved once and its batches read once for all runs
+    (cache_set). Each run's results are written as `--dataset` writes them for one run (eval-extra/<set>/,
+    result.json's `eval` merged). A run that fails is reported and the others go on. One line per run
+    through `say`: its headline metrics, or why it was left out or failed. `cache_mb`: None = CACHE_MB."""
+    budget = CacheBudget(int((CACHE_MB if cache_mb is None else cache_mb) * 2**20))
+    try:
+        sets = [cache_set(resolve(cfg, spec), budget) for spec in specs]
+    except EvalSetError as exc:
+        raise EvalError(str(exc)) from exc
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out, n = RunsOutcome(), len(run_dirs)
+    first_skips: dict[str, dict[str, int]] = {}  # per set: the skips of its first evaluation (each run reads the same)
+    with cpu_share_applied(cfg):
+        for i, run_dir in enumerate(run_dirs, 1):
+            paths, head = RunPaths(run_dir), f"[{i}/{n}] {run_dir}"
+            reason = why_left_out(paths)
+            if reason:
+                out.left_out[run_dir] = reason
+                say(f"{head}: left out: {reason}")
+                continue
+            try:
+                model, run_cfg = load_run(run_dir)
+                model.to(device)
+                results = {es.name: evaluate_set(model, es, cfg, run_cfg, device, progress) for es in sets}
+                for name, r in results.items():  # a set streamed again may add its skips up: its first count holds
+                    r.skipped = first_skips.setdefault(name, r.skipped)
+                _write_extra(paths, results)
+            except Exception as exc:  # one run's failure is reported; the others go on
+                out.failed[run_dir] = f"{type(exc).__name__}: {exc}"
+                say(f"{head}: failed: {out.failed[run_dir]}")
+                continue
+            metrics = _merge(results).metrics
+            out.evaluated[run_dir] = _round(metrics)
+            shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if HEADLINE.match(k))
+            say(f"{head}: {shown or 'evaluated (no headline metric)'}")
+            for r in results.values():
+                out.notes += [note for note in r.notes if note not in out.notes]
+            out.skipped |= {name: r.skipped for name, r in results.items() if r.skipped}
+    for es in sets:
+        how = es.batches.how
+        if es.train_batches is not None and es.train_batches.reads:
+            how += f"; its train split {es.train_batches.how}"
+        out.reads[es.name] = how
+    return out
 
 
 class EvalJob:

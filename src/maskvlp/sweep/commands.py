@@ -68,9 +68,10 @@ def sweep_status(args: argparse.Namespace) -> int:
 def sweep_report(args: argparse.Namespace) -> int:
     from maskvlp.sweep.report import report
 
-    text, out = report(args.name, args.out, args.runs_dir)
+    text, out = report(args.name, args.out, args.runs_dir, args.metric)
     print(text)
-    print(f"wrote {out}/ (trials.csv, trials.md, best_params.yaml, plots)")
+    ranked = ", rankings.csv" if args.metric else ""
+    print(f"wrote {out}/ (trials.csv, trials.md, best_params.yaml, plots{ranked})")
     return 0
 
 

@@ -302,12 +302,16 @@ def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
     return out
 
 
-def write_comparison(study_dir: Path, cs: CompareSpec, out: Path) -> tuple[str, dict[str, Any]]:
-    """comparison.json, comparison.md and comparison.png in `out`; returns (Markdown, result)."""
+def write_comparison(study_dir: Path, cs: CompareSpec, out: Path, note: str = "") -> tuple[str, dict[str, Any]]:
+    """comparison.json, comparison.md and comparison.png in `out`; returns (Markdown, result). `note`: a
+    line written under the table (the report says there which metrics come from a re-evaluation)."""
     rows, skipped = trial_records(study_dir, cs)
     result = compare(rows, cs)
     result["skipped"] = skipped
     text = markdown(result, cs)
+    if note:
+        text += f"\n{note}\n"
+        result["note"] = note
     if skipped:
         text += "\nLeft out: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) + ".\n"
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,10 @@ The report writes into its folder (default reports/sweeps/<name>/):
   summary.json             counts by state, best values and params (JSON: `dvc metrics show` reads it)
   comparison.md/.json/.png with a `compare:` section (sweep.spec.ANALYSES, sweep.compare): mean and 95% interval
                            over seeds per strategy and metric, each claim tested in one sentence
+  rankings.csv             with `--metric KEY` (repeatable): the finished trials ranked by each key of their
+                           result.json `eval` (e.g. after `maskvlp evaluate --run 'runs/<name>/trial-*' --dataset
+                           SET`), each value marked as the trial's own evaluation or a re-evaluation; the keys
+                           are added to the comparison's columns and claim metrics too
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from optuna.trial import TrialState
 
 from maskvlp.launch import pending_reasons
 from maskvlp.progress import format_duration
-from maskvlp.runs import atomic_path, write_text_atomic
+from maskvlp.runs import RunPaths, atomic_path, finished_trials, metric_value, write_text_atomic
 from maskvlp.sweep.liveness import driver_alive, driver_text
 from maskvlp.sweep.space import SweepSpec
 from maskvlp.sweep.spec import ANALYSES, open_study
@@ -223,9 +228,95 @@ def best_params_file(info: dict[str, Any], spec: SweepSpec, trial: optuna.trial.
     return path
 
 
-def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> tuple[str, Path]:
-    """Write the report folder; returns (console text, folder)."""
+LOWER_IS_BETTER = ("train_flops", "wall_s", "train_loss")  # run-record keys; every evaluation metric is a score
+
+
+def value_source(root: Path, metric: str, value: float) -> str:
+    """Where a trial's metric comes from: `re-evaluation` when eval-extra/<set>/metrics.json (written by
+    `maskvlp evaluate --dataset` after the trial) holds this value, else `trial` (its own job's evaluation
+    or run record: what Optuna was told)."""
+    parts = metric.split("/")
+    extra = RunPaths(root).extra_eval_dir(parts[1]) / "metrics.json" if len(parts) == 3 else None
+    if extra is not None and extra.is_file():
+        recorded = json.loads(extra.read_text()).get(metric)
+        if isinstance(recorded, int | float) and abs(recorded - value) <= 1e-9 * max(1.0, abs(value)):
+            return "re-evaluation"
+    return "trial"
+
+
+def rankings(study_dir: Path, metrics: list[str], study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
+    """Per metric: the finished trials (runs.finished_trials) ranked best first by their result.json
+    value, each with its sampled params, the value's source (value_source) and the objective values
+    Optuna holds for it (untouched by any re-evaluation); and the trials left out, by reason. A metric no
+    trial has is a ValueError naming the command that adds it."""
+    objectives = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "run_dir" in t.user_attrs:
+            objectives[Path(t.user_attrs["run_dir"]).name] = dict(zip((o.metric for o in spec.objectives), t.values))
+    out: dict[str, Any] = {}
+    for metric in metrics:
+        trials, skipped = finished_trials(study_dir, needs=metric)
+        if not trials:
+            everything, _ = finished_trials(study_dir)
+            keys = sorted({k for t in everything for k in t.result.get("eval", {})})
+            near = [k for k in keys if k.split("/")[-1] == metric.split("/")[-1]][:6]
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ValueError(
+                f"--metric {metric}: no finished trial of study {study_dir.name} has it{hint}; evaluate the trials "
+                f"on the set first: maskvlp evaluate --run '{study_dir}/trial-*' --dataset SET"
+            )
+        direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
+        sign = -1 if direction == "minimize" else 1
+        rows = []
+        for t in trials:
+            value = metric_value(t.result, metric)
+            rows.append(
+                {
+                    "trial": t.root.name,
+                    "value": value,
+                    "source": value_source(t.root, metric, value),
+                    **{f"{k} (Optuna)": v for k, v in objectives.get(t.root.name, {}).items()},
+                    **t.params,
+                }
+            )
+        rows.sort(key=lambda r: (-sign * r["value"], r["trial"]))
+        ranked = [{"rank": rank, **row} for rank, row in enumerate(rows, 1)]
+        out[metric] = {"direction": direction, "trials": ranked, "left_out": skipped}
+    return out
+
+
+def ranking_text(metric: str, ranking: dict[str, Any], table=markdown_table) -> str:
+    """One ranking as a table (markdown_table or console_table) under a line saying what it is."""
+    rows = ranking["trials"]
+    extra = [c for c in rows[0] if c not in ("rank", "trial", "value", "source")]
+    sources = sorted({r["source"] for r in rows})
+    better = "lower" if ranking["direction"] == "minimize" else "higher"
+    head = f"Trials ranked by {metric} ({better} is better; from {' and '.join(sources)}"
+    head += "; the (Optuna) columns are the objective values the study was told, unchanged)"
+    if ranking["left_out"]:
+        head += "; left out: " + ", ".join(f"{n} {why}" for why, n in sorted(ranking["left_out"].items()))
+    cols = ["rank", "trial", "value", "source", *extra]
+    return head + "\n\n" + table(rows, cols)
+
+
+def _write_rankings(ranked: dict[str, Any], path: Path) -> None:
+    rows = [{"metric": m, **r} for m, ranking in ranked.items() for r in ranking["trials"]]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def report(
+    name: str, out: str | Path | None = None, runs_dir: str = "runs", metrics: list[str] | tuple[str, ...] = ()
+) -> tuple[str, Path]:
+    """Write the report folder; returns (console text, folder). `metrics`: evaluation keys (e.g. of a
+    re-evaluation on a new set) to rank the trials by, and to add to the comparison."""
     info, spec, study = open_study_folder(name, runs_dir)
+    study_dir = Path(runs_dir) / name
+    metrics = list(dict.fromkeys(metrics))
+    ranked = rankings(study_dir, metrics, study, spec) if metrics else {}  # refused before anything is written
     out = Path(out or Path("reports") / "sweeps" / name)
     out.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study, spec)
@@ -260,9 +351,26 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
         md += ["", "## Pareto front", "", markdown_table(front_rows, ["number", *params, *objectives])]
     written, notes = plots(study, spec, out)
     compared = None
+    if ranked:
+        _write_rankings(ranked, out / "rankings.csv")
+        summary["rankings"] = ranked
+        md += ["", "## Trials ranked by the metrics asked for (rankings.csv)"]
+        md += ["", *(ranking_text(m, r) + "\n" for m, r in ranked.items())]
     if spec.compare:
         analysis = ANALYSES["compare"]
-        compared, result = analysis.write(Path(runs_dir) / name, analysis.check(spec), out)
+        cs = analysis.check(spec)
+        if metrics:  # the asked metrics become claim metrics and columns too
+            claim = (*cs.claim_metrics, *(m for m in metrics if m not in cs.claim_metrics))
+            shown = None if cs.metrics is None else (*cs.metrics, *(m for m in metrics if m not in cs.metrics))
+            cs = replace(cs, claim_metrics=claim, metrics=shown)
+        reevaluated = [m for m, r in ranked.items() if any(t["source"] == "re-evaluation" for t in r["trials"])]
+        note = (
+            f"From re-evaluation after the sweep (`maskvlp evaluate --dataset`; not the values Optuna was told): "
+            f"{', '.join(reevaluated)}."
+            if reevaluated
+            else ""
+        )
+        compared, result = analysis.write(study_dir, cs, out, note=note)
         summary["comparison"] = {
             "claims": [{k: c[k] for k in ("budget", "better", "worse", "metric", "verdict")} for c in result["claims"]]
         }
@@ -273,6 +381,8 @@ def report(name: str, out: str | Path | None = None, runs_dir: str = "runs") -> 
     write_text_atomic(out / "trials.md", "\n".join(md) + "\n")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     text = console_table(rows, columns)
+    for m, r in ranked.items():
+        text += "\n\n" + ranking_text(m, r, console_table)
     if compared is not None:
         text += "\n\n" + compared
     if best is not None:
