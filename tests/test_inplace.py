@@ -347,3 +347,22 @@ def test_a_run_over_nothing_usable_says_so(tmp_path):
     with pytest.raises(ValueError, match="no usable sample"):
         pretrain(inplace_cfg(f"{root}/*.tar", tmp_path / "runs", "train.samples=32"), progress=False)
     assert read_result(run_paths(inplace_cfg(f"{root}/*.tar", tmp_path / "runs")))["status"] == "failed"
+
+
+def test_masks_command_shows_and_calibrates_on_the_shards_in_place(data, tmp_path, capsys):
+    from maskvlp.cli import main
+
+    out = tmp_path / "masks.png"
+    args = [
+        "--set",
+        "data.source=shards",
+        "--set",
+        f"data.shards.urls={data}/*.tar",
+        "--set",
+        "data.shards.in_place=true",
+    ]
+    args += ["--set", "data.image_size=32", "--set", "model.image_size=32", "--set", "model.patch_size=8"]
+    args += ["--set", "masking.calibrate_coverage=0.3", "--set", "data.min_image_side=16"]
+    assert main(["masks", *args, "--count", "4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "threshold" in text, text

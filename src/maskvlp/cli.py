@@ -211,8 +211,15 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.masking import calibrate
     from maskvlp.viz import mask_figure, save_figure
 
-    m, k = cfg.model, cfg.masking
-    images, skipped = read_images(args.images or cfg.data.out_dir, args.count, m.image_size, cfg.data.min_image_side)
+    m, k, d = cfg.model, cfg.masking, cfg.data
+    in_place = d.source == "shards" and d.shards.in_place
+    if in_place and not args.images:  # the first train shard of the data read in place, cropped as training sees it
+        from maskvlp.data.trainset import training_data
+
+        first = training_data(cfg).train[0]
+        images, skipped = read_images(first, args.count, m.image_size, d.min_image_side, d.image_size, d.shards.retries)
+    else:
+        images, skipped = read_images(args.images or d.out_dir, args.count, m.image_size, d.min_image_side)
     if skipped:
         print(
             f"skipped {sum(skipped.values())} unusable image(s): " + ", ".join(f"{k}={n}" for k, n in skipped.items())
@@ -225,7 +232,7 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.data.shards import MANIFEST
     from maskvlp.session import calibration_images
 
-    shards = (Path(cfg.data.out_dir) / MANIFEST).is_file()
+    shards = in_place or (Path(cfg.data.out_dir) / MANIFEST).is_file()
     gen = torch.Generator().manual_seed(cfg.train.seed)
     k, calibrated = calibrate(k, (lambda: calibration_images(cfg)) if shards else (lambda: norm), m.patch_size, gen)
     if calibrated:

@@ -23,6 +23,7 @@ from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoin
 from maskvlp.config import Config, to_dict, to_yaml
 from maskvlp.cpushare import CpuShare, loader_hint
 from maskvlp.data.loader import StreamSpec, read_images, train_loader
+from maskvlp.data.shards import shard_paths
 from maskvlp.data.trainset import TrainData, training_data
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, init_distributed
@@ -84,13 +85,12 @@ def build_optimizer(model: CLIP, cfg: Config) -> torch.optim.AdamW:
 def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch.Tensor:
     """The normalised training images a strategy calibrates on: the first 256 of train shard 0 (in
     place: the first 256 usable ones, centre-cropped to data.image_size first, as training sees them)."""
-    data = training_data(cfg)
-    first = data.train[0]  # training images: what the masks will see
-    if data.in_place:
-        d = cfg.data
+    d = cfg.data
+    if d.source == "shards" and d.shards.in_place:
+        first = training_data(cfg).train[0]  # training images: what the masks will see
         images = read_images(first, 256, cfg.model.image_size, d.min_image_side, d.image_size, d.shards.retries)[0]
     else:
-        images = read_images(first, 256, cfg.model.image_size)[0]
+        images = read_images(shard_paths(d.out_dir, "train")[0], 256, cfg.model.image_size)[0]
     images = images.to(device)
     return normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
 
