@@ -214,7 +214,9 @@ def bench_in_place(tmp: Path, jpegs: list[bytes], batches: int, repeats: int, wa
             next(it)
         loader_rates[name] = batches * spec.batch_size / (time.perf_counter() - start)
     stored = [clean_sample(RawSample("k", data, "x"), SIZE, "jpg", 95).image for data in jpegs]
-    crop_rate = rate(lambda i, data: resize_center_crop(to_rgb(decode_image(data, draft_to=SIZE)), SIZE), jpegs, repeats)
+    crop_rate = rate(
+        lambda i, data: resize_center_crop(to_rgb(decode_image(data, draft_to=SIZE)), SIZE), jpegs, repeats
+    )
     stored_rate = rate(lambda i, data: decode_image(stored[i]).convert("RGB"), stored, repeats)
     extra_ms = 1000 * (1 / crop_rate - 1 / stored_rate)
     own, in_place = loader_rates.values()

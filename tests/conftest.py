@@ -96,3 +96,30 @@ def tiny_run(shards: Path, num_samples: int, runs: Path, *extra: str) -> list[st
 def as_set_args(overrides: list[str]) -> list[str]:
     """["k=v", ...] -> ["--set", "k=v", ...] for the command line."""
     return [arg for kv in overrides for arg in ("--set", kv)]
+
+
+class StopAfter:
+    """A stop request that fires after `n` step boundaries (as SIGTERM would)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls > self.n
+
+    def restore(self) -> None:
+        pass
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A tar of (member name, bytes), in order."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

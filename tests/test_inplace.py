@@ -31,6 +31,8 @@ from maskvlp.params import load_config
 from maskvlp.runs import read_result, run_paths
 from maskvlp.train import pretrain
 
+from .conftest import StopAfter
+
 SHARDS, PER_SHARD = 4, 40
 # planted in the middle of shard 1 (never first in a shard: the stream reads one sample ahead)
 BAD = {"unreadable_image": 1, "missing_caption": 1, "caption_not_utf8": 1, "empty_caption": 1, "image_too_small": 1}
@@ -124,19 +126,6 @@ def weights(cfg) -> dict[str, torch.Tensor]:
 
 def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-class StopAfter:
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    @property
-    def requested(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
-
-    def restore(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from maskvlp.params import load_config
 from maskvlp.runs import list_runs, read_result, run_paths
 from maskvlp.train import pretrain
 
-from .conftest import as_set_args, make_tiny_shards, tiny_run
+from .conftest import StopAfter, as_set_args, make_tiny_shards, tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -42,19 +42,6 @@ def cfg_for(shards: Path, runs: Path, *extra: str):
             *extra,
         ),
     )
-
-
-class StopAtStep:
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    @property
-    def requested(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
-
-    def restore(self) -> None:
-        pass
 
 
 def test_result_record_after_a_complete_run_and_after_evaluation(shards, tmp_path):
@@ -96,7 +83,7 @@ def test_result_record_after_a_complete_run_and_after_evaluation(shards, tmp_pat
 
 def test_result_record_after_a_stop_and_a_failure(shards, tmp_path, monkeypatch):
     cfg = cfg_for(shards, tmp_path)
-    stopped = pretrain(cfg, progress=False, stop=StopAtStep(5))
+    stopped = pretrain(cfg, progress=False, stop=StopAfter(5))
     assert stopped["status"] == "stopped" and read_result(run_paths(cfg))["status"] == "stopped"
     assert read_result(run_paths(cfg))["steps"] == 5 and not run_paths(cfg).model.exists()
     done = pretrain(cfg, resume=True, progress=False)

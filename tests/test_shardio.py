@@ -25,7 +25,7 @@ from maskvlp.data import shardio
 from maskvlp.data.shardio import ShardReadError, Skip, open_url, shard_counts, tar_samples
 from maskvlp.data.synthetic import generate_scene
 
-from .conftest import make_cfg
+from .conftest import make_cfg, write_tar
 
 
 def _jpeg(index: int) -> bytes:
@@ -33,14 +33,6 @@ def _jpeg(index: int) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=80)
     return buf.getvalue()
-
-
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def img2dataset_folder(root: Path, shards: int = 2, per_shard: int = 4, stats: bool = True) -> list[Path]:
@@ -56,7 +48,7 @@ def img2dataset_folder(root: Path, shards: int = 2, per_shard: int = 4, stats: b
             members += [(f"{key}.jpg", _jpeg(s * per_shard + i)), (f"{key}.txt", caption.encode())]
             members.append((f"{key}.json", json.dumps({"key": key, "caption": caption, "status": "success"}).encode()))
         path = root / f"{s:05d}.tar"
-        _write_tar(path, members)
+        write_tar(path, members)
         if stats:
             record = {"count": per_shard + 1, "successes": per_shard, "failed_to_download": 1, "failed_to_resize": 0}
             (root / f"{s:05d}_stats.json").write_text(json.dumps(record))

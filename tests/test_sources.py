@@ -14,7 +14,7 @@ from maskvlp.config import ConfigError
 from maskvlp.data.clean import to_rgb
 from maskvlp.data.shards import ShardError, shard
 
-from .conftest import make_cfg
+from .conftest import make_cfg, write_tar
 
 
 def _jpeg(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
@@ -148,14 +148,6 @@ def test_everything_skipped_fails_clearly_and_leaves_no_shards(tmp_path):
     assert not list(Path(cfg.data.out_dir).glob("*.tar"))
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_shard_source_validates_img2dataset_style_shards(tmp_path):
     good = [
         ("000001.jpg", _jpeg()),
@@ -170,9 +162,9 @@ def test_shard_source_validates_img2dataset_style_shards(tmp_path):
         ("000006.jpg", _jpeg()),
         ("000006.txt", b"\xff\xfe bad"),
     ]
-    _write_tar(tmp_path / "in-000000.tar", good)
+    write_tar(tmp_path / "in-000000.tar", good)
     # a truncated tar: the second shard is cut in the middle of a member
-    _write_tar(
+    write_tar(
         tmp_path / "full.tar",
         [m for i in range(10, 14) for m in ((f"{i:06d}.jpg", _jpeg()), (f"{i:06d}.txt", b"caption"))],
     )

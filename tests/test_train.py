@@ -19,7 +19,7 @@ from maskvlp.runs import run_paths
 from maskvlp.session import TrainError
 from maskvlp.train import pretrain
 
-from .conftest import as_set_args, make_tiny_shards, tiny_run
+from .conftest import StopAfter, as_set_args, make_tiny_shards, tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -56,21 +56,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class StopAfter:
-    """A stop request that fires after `n` step boundaries (as SIGTERM would)."""
-
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    @property
-    def requested(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
-
-    def restore(self) -> None:
-        pass
 
 
 def weights(cfg) -> dict[str, torch.Tensor]:
