@@ -204,15 +204,17 @@ def bench_in_place(tmp: Path, jpegs: list[bytes], batches: int, repeats: int, wa
             urls=tuple(sorted(str(p) for p in raw_dir.glob("*.tar"))), in_place=True, data_size=SIZE, **base
         ),
     }
-    loader_rates = {}
-    for name, spec in specs.items():
-        it = iter(train_loader(spec, num_workers=0))
-        for _ in range(warmup):
-            next(it)
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        loader_rates[name] = batches * spec.batch_size / (time.perf_counter() - start)
+    samples: dict[str, list[float]] = {name: [] for name in specs}
+    for _ in range(max(1, repeats)):  # alternated, median of the rounds: drift on a shared machine hits both
+        for name, spec in specs.items():
+            it = iter(train_loader(spec, num_workers=0))
+            for _ in range(warmup):
+                next(it)
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(it)
+            samples[name].append(batches * spec.batch_size / (time.perf_counter() - start))
+    loader_rates = {name: statistics.median(rates) for name, rates in samples.items()}
     stored = [clean_sample(RawSample("k", data, "x"), SIZE, "jpg", 95).image for data in jpegs]
     crop_rate = rate(
         lambda i, data: resize_center_crop(to_rgb(decode_image(data, draft_to=SIZE)), SIZE), jpegs, repeats
@@ -224,7 +226,8 @@ def bench_in_place(tmp: Path, jpegs: list[bytes], batches: int, repeats: int, wa
     w, h = Image.open(io.BytesIO(jpegs[0])).size
     verdict = "within" if slower_ms <= extra_ms * 1.1 else "beyond"
     return [
-        ("in place", f"train_loader, {name}, {w}x{h} originals", r, 1, f"{batches} batches of 64, num_workers=0")
+        ("in place", f"train_loader, {name}, {w}x{h} originals", r, 1,
+         f"{batches} batches of 64, num_workers=0, median of {len(samples[name])} alternated rounds")
         for name, r in loader_rates.items()
     ] + [
         ("in place", "extra crop alone: decode+centre-crop original vs decode stored", crop_rate, 1,
