@@ -108,3 +108,24 @@ def test_sweep_scale_benchmark_times_the_driver_pass_status_and_report(tmp_path)
         assert row[key] >= 0, key
     assert row["report_plots_s"] > 0 and "intermediate_values" in row["report_plot_parts_s"]
     assert "warm pass" in proc.stdout and "sweep-report" in proc.stdout
+
+
+def test_data_benchmark_in_place_section_measures_both_loaders(tmp_path):
+    """bench_data.py's in-place section on a few images: both loaders and the extra crop are timed, and the
+    verdict sentence is generated from the numbers printed beside it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_data
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    jpegs = [bench_data.make_jpeg(rng, 480, 360) for _ in range(70)]
+    rows = bench_data.bench_in_place(tmp_path, jpegs, batches=1, repeats=1, warmup=1)
+    cases = [case for _, case, _, _, _ in rows]
+    assert any("maskvlp shards" in c for c in cases) and any("in place (originals)" in c for c in cases)
+    own, in_place, crop, verdict = (r[2] for r in rows)
+    assert own > 0 and in_place > 0 and crop > 0
+    slower = 1000 * (1 / in_place - 1 / own)
+    assert f"{slower:.2f} ms/image slower" in rows[-1][4]
