@@ -139,3 +139,47 @@ def test_the_evaluations_chance_level_is_a_row_of_the_table():
     assert result["chance"] == {"zeroshot/val/top1": pytest.approx(1 / 113)}
     chance_row = next(line for line in markdown(result, cs).splitlines() if line.startswith("| chance |"))
     assert "0.009" in chance_row
+
+
+def test_every_claim_states_the_difference_it_could_detect_and_the_seeds_a_target_needs():
+    from maskvlp.stats import detectable_difference, seeds_needed
+
+    cs = compare_spec(spec_with({**GOOD, "target_effect": 0.02}))
+    noisy = _rows({("none", "samples"): [0.5, 0.7, 0.6, 0.55], ("random", "samples"): [0.6, 0.5, 0.65, 0.52]})
+    (claim,) = compare(noisy, cs)["claims"]
+    diffs = [-0.1, 0.2, -0.05, 0.03]
+    sd = (sum((d - sum(diffs) / 4) ** 2 for d in diffs) / 3) ** 0.5
+    assert claim["spread"] == pytest.approx(sd)
+    assert claim["detectable"] == pytest.approx(detectable_difference(sd, 4))
+    assert claim["target"] == pytest.approx(0.02 * (0.6 + 0.5 + 0.65 + 0.52) / 4)
+    assert claim["seeds_for_target"] == seeds_needed(claim["target"], sd) and claim["seeds_for_target"] > 4
+    text = claim["sentence"]
+    assert "The smallest difference these 4 seeds detect (80% power" in text and f"{claim['detectable']:.4f}" in text
+    assert f"which would need {claim['seeds_for_target']} seeds at this spread" in text
+    md = markdown(compare(noisy, cs), cs)
+    assert "| detectable (80% power) | target | seeds for target | verdict |" in md
+    assert f"| {claim['detectable']:.4f} | {claim['target']:.4f} | {claim['seeds_for_target']} | overlap |" in md
+    # a large, steady effect: within reach, and said so
+    steady = _rows({("none", "samples"): [0.5, 0.6, 0.7], ("random", "samples"): [0.3, 0.41, 0.49]})
+    wide = compare_spec(spec_with({**GOOD, "target_effect": 0.2}))  # 0.08: above the 0.033 these seeds detect
+    (strong,) = compare(steady, wide)["claims"]
+    assert strong["verdict"] == "holds" and "is within reach of this study" in strong["sentence"]
+
+
+def test_a_difference_the_same_on_every_seed_is_not_a_claim_that_holds():
+    cs = compare_spec(spec_with(GOOD))
+    rows = _rows({("none", "samples"): [0.5, 0.6, 0.7], ("random", "samples"): [0.48, 0.58, 0.68]})
+    for row in rows:  # exactly 0.02 apart on every seed (binary fractions: no rounding)
+        if row["group"] == "random":
+            row["values"]["zeroshot/val/top1"] = {"0": 0.5, "1": 0.625, "2": 0.75}[row["seed"]] - 0.03125
+        else:
+            row["values"]["zeroshot/val/top1"] = {"0": 0.5, "1": 0.625, "2": 0.75}[row["seed"]]
+    (claim,) = compare(rows, cs)["claims"]
+    assert claim["verdict"] == "no spread", claim
+    assert "zero spread" in claim["sentence"] and "holds" not in claim["sentence"]
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, "6%", True])
+def test_a_target_effect_outside_0_1_is_refused(bad):
+    with pytest.raises(SweepSpecError, match="compare.target_effect: must be a fraction"):
+        spec_with({**GOOD, "target_effect": bad})

@@ -238,7 +238,7 @@ def test_sweep_report_ranks_and_compares_the_trials_on_the_new_metric(sweep, ree
     # the compare: section gets a claim on the new metric, and says where its numbers come from
     comparison = json.loads((out_dir / "comparison.json").read_text())
     claims = [c for c in comparison["claims"] if c["metric"] == NEW]
-    assert len(claims) == 1 and claims[0]["verdict"] in ("holds", "reversed", "overlap")
+    assert len(claims) == 1 and claims[0]["verdict"] in ("holds", "reversed", "overlap", "no spread")
     assert NEW in comparison["columns"] and NEW in comparison["note"]
     md = (out_dir / "comparison.md").read_text()
     assert f"all trials, {NEW}: " in md and "From re-evaluation after the sweep" in md

@@ -58,3 +58,32 @@ def test_interval_contains_the_mean_and_shifts_with_the_data(xs, shift):
     moved = mean_ci([x + shift for x in xs])
     assert moved.mean == pytest.approx(ci.mean + shift, abs=1e-6)
     assert moved.half_width == pytest.approx(ci.half_width, rel=1e-6, abs=1e-6)
+
+
+def test_the_detectable_difference_is_found_with_80_percent_power_by_simulation():
+    import numpy as np
+    from scipy.stats import ttest_1samp
+
+    from maskvlp.stats import detectable_difference, power
+
+    sd, n = 0.03, 6
+    mde = detectable_difference(sd, n)
+    assert power(mde, sd, n) == pytest.approx(0.8, abs=1e-6)
+    rng = np.random.default_rng(0)
+    draws = rng.normal(mde, sd, (20000, n))
+    found = (ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05).mean()
+    assert found == pytest.approx(0.8, abs=0.012)
+    assert detectable_difference(sd, 2 * n) < mde  # more seeds see smaller effects
+
+
+def test_seeds_needed_matches_the_textbook_paired_t_sample_size():
+    from maskvlp.stats import seeds_needed
+
+    # Cohen's d = 0.5, two-sided 5%, 80% power: 34 pairs (G*Power's paired t-test answer); d = 0.8: 15
+    assert seeds_needed(0.5, 1.0) == 34
+    assert seeds_needed(0.8, 1.0) == 15
+    assert seeds_needed(1e-6, 1.0) is None  # beyond MAX_SEEDS
+
+
+def test_a_zero_width_interval_has_its_own_verdict():
+    assert verdict(paired_difference({0: 0.5, 1: 0.6}, {0: 0.25, 1: 0.35})) == "no spread"

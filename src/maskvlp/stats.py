@@ -2,7 +2,9 @@
 
 Used by the comparison report (maskvlp.sweep.compare): a metric's mean over seeds with a Student-t
 interval, and the paired difference of two strategies trained on the same seeds (same data order,
-initialisation and split), which removes the seed-to-seed variance the two share.
+initialisation and split), which removes the seed-to-seed variance the two share; and the power of that
+paired test: the smallest difference it detects with 80% power at the 5% level, given the observed
+spread of the per-seed differences, and the seeds an effect of a given size would need.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 from dataclasses import dataclass
 
 LEVEL = 0.95
+POWER = 0.8  # the detectable effect: what the paired t-test finds 80% of the time at the 5% level
+MAX_SEEDS = 10_000  # seeds_needed gives up above this
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,61 @@ def paired_difference(a: dict[object, float], b: dict[object, float], level: flo
 
 def verdict(diff: Interval) -> str:
     """`holds` (the interval of a - b lies above 0), `reversed` (below 0), `overlap` (it contains 0),
-    or `no interval` (a single replicate)."""
+    `no interval` (a single replicate), or `no spread` (the same difference on every seed: a zero-width
+    interval, which says nothing about how much the difference could vary; no t-test is possible)."""
     if not diff.has_interval:
         return "no interval"
+    if diff.high == diff.low:
+        return "no spread"
     if diff.low > 0:
         return "holds"
     if diff.high < 0:
         return "reversed"
     return "overlap"
+
+
+def power(effect: float, sd: float, n: int, level: float = LEVEL) -> float:
+    """The probability that a two-sided paired t-test at 1 - `level` over `n` seeds rejects "no
+    difference" when the true mean difference is `effect` and the per-seed differences spread with
+    standard deviation `sd` (the noncentral t distribution)."""
+    from scipy.stats import nct
+
+    if n < 2 or not sd > 0:
+        raise ValueError(f"power needs n >= 2 and sd > 0, got n={n}, sd={sd}")
+    q, nc = t_quantile(n - 1, level), abs(effect) * math.sqrt(n) / sd
+    value = float(nct.sf(q, n - 1, nc) + nct.cdf(-q, n - 1, nc))
+    if not math.isfinite(value):  # scipy's noncentral t gives up far in the tail: the test always rejects
+        return 1.0 if nc > q else 0.0
+    return value
+
+
+def detectable_difference(sd: float, n: int, level: float = LEVEL, target_power: float = POWER) -> float:
+    """The smallest |mean difference| the paired t-test over `n` seeds detects with `target_power`
+    (two-sided, at 1 - `level`), for per-seed differences of standard deviation `sd`."""
+    from scipy.optimize import brentq
+
+    if n < 2 or not sd > 0:
+        return math.nan
+    high = sd
+    while power(high, sd, n, level) < target_power:
+        high *= 2
+    return float(brentq(lambda e: power(e, sd, n, level) - target_power, 0.0, high, xtol=sd * 1e-9))
+
+
+def seeds_needed(effect: float, sd: float, level: float = LEVEL, target_power: float = POWER) -> int | None:
+    """The fewest seeds (>= 2) whose paired t-test detects a mean difference `effect` with `target_power`,
+    if the per-seed differences spread as `sd`; None when more than MAX_SEEDS would be needed."""
+    if not sd > 0:
+        return None
+    if not effect:
+        return None
+    n = 2
+    while power(effect, sd, n, level) < target_power:
+        n = n * 2 if n < 64 else n + 64
+        if n > MAX_SEEDS:
+            return None
+    low = max(2, n // 2 if n <= 128 else n - 64)
+    for m in range(low, n + 1):  # the first passing count (power grows with n)
+        if power(effect, sd, m, level) >= target_power:
+            return m
+    return n

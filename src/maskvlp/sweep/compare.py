@@ -8,12 +8,18 @@
       claim_metrics: [zeroshot/val/top1, retrieval/val/t2i_r1]    # what the sentences are about
       metrics: [...]                   # optional: table columns (default: every key of the families
                                        # below that some trial's evaluation wrote)
+      target_effect: 0.064             # optional: the effect the study is sized to detect, as a fraction
+                                       # of the worse arm's mean (the paper's cluster vs FLIP: 2.2 / 34.4)
 
 `maskvlp sweep-report NAME` writes comparison.md, comparison.json and comparison.png next to the
 trials table (one reporting path for every study). Metrics are "higher is better" scores; each claim
 "a > b" is tested per budget and claim metric on the per-seed differences a - b (same seed: same split,
 data order and initialisation), and gets one sentence: the ordering holds, is reversed, or the
-interval contains 0 (cannot be told apart here), with the size of the difference.
+interval contains 0 (cannot be told apart here), with the size of the difference. Each claim also
+states its power: the smallest difference the paired t-test over these seeds detects with 80% power
+at the 5% level, from the observed spread of the per-seed differences, and (with `target_effect`) how
+many seeds an effect of the target size would need at that spread. A difference that is the same on
+every seed (zero spread) gets its own verdict: no t-test can be made of it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from maskvlp.runs import atomic_path, finished_trials, value_at, write_text_atomic
-from maskvlp.stats import Interval, mean_ci, paired_difference, verdict
+from maskvlp.stats import (
+    MAX_SEEDS,
+    POWER,
+    Interval,
+    detectable_difference,
+    mean_ci,
+    paired_difference,
+    seeds_needed,
+    verdict,
+)
 from maskvlp.sweep.space import SweepSpecError, check_metric, objective_keys
 
 # metric families reported by default (regular expressions over evaluation keys)
@@ -55,13 +70,14 @@ class CompareSpec:
     claim_metrics: tuple[str, ...] = ()
     metrics: tuple[str, ...] | None = None
     group_values: tuple[str, ...] = field(default=(), compare=False)  # in the sweep file's order
+    target_effect: float | None = None  # the effect to detect, as a fraction of the worse arm's mean
 
 
 def compare_spec(spec) -> CompareSpec:
     """The `compare:` section checked against the space (structure only; `validate_compare` checks
     the metric names against the params). Raises SweepSpecError naming the key."""
     raw = spec.compare
-    unknown = set(raw) - {"group", "seeds", "budget", "claims", "claim_metrics", "metrics"}
+    unknown = set(raw) - {"group", "seeds", "budget", "claims", "claim_metrics", "metrics", "target_effect"}
     if unknown:
         raise SweepSpecError(f"compare: unknown key(s) {', '.join(sorted(unknown))}")
     by_key = {p.key: p for p in spec.space}
@@ -100,9 +116,15 @@ def compare_spec(spec) -> CompareSpec:
     if claims and not lists["claim_metrics"]:
         raise SweepSpecError("compare.claim_metrics: list the metrics the claims are tested on")
     claim_metrics = lists["claim_metrics"] or ()
+    target = raw.get("target_effect")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1):
+        raise SweepSpecError(
+            f"compare.target_effect: must be a fraction in (0, 1] of the worse arm's mean (e.g. 0.064), got {target!r}"
+        )
     return CompareSpec(
-        group.key, raw["seeds"], raw.get("budget"), tuple(claims), claim_metrics, lists["metrics"], values
-    )
+        group.key, raw["seeds"], raw.get("budget"), tuple(claims), claim_metrics, lists["metrics"], values,
+        None if target is None else float(target),
+    )  # fmt: skip
 
 
 def validate_compare(spec, cfg) -> CompareSpec:
@@ -182,9 +204,8 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
                 fa = per_seed.get((b, better, "train_flops"), {})
                 fz = per_seed.get((b, worse, "train_flops"), {})
                 flops_ratio = (sum(fa.values()) / len(fa)) / (sum(fz.values()) / len(fz)) if fa and fz else math.nan
-                claims.append(
-                    {**claim, "difference": diff.to_dict(), "verdict": verdict(diff), "flops_ratio": flops_ratio}
-                )
+                claim |= {"difference": diff.to_dict(), "verdict": verdict(diff), "flops_ratio": flops_ratio}
+                claims.append(claim | power_of(a, z, cs.target_effect))
     for c in claims:
         c["sentence"] = sentence(c, cs)
     chance = {}  # what a model that learned nothing scores, so that a reader can tell signal from noise
@@ -195,6 +216,43 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     seeds = sorted({r["seed"] for r in rows})
     head = {"group": cs.group, "budget_key": cs.budget, "seeds_key": cs.seeds, "budgets": budgets, "columns": columns}
     return {**head, "table": table, "claims": claims, "chance": chance, "seeds": seeds}
+
+
+def power_of(a: dict[str, float], z: dict[str, float], target_effect: float | None) -> dict[str, Any]:
+    """The power of one claim's paired test: `spread` (standard deviation of the per-seed differences),
+    `detectable` (the smallest difference detected with 80% power at the 5% level over these seeds; nan
+    without a spread), and with a target, `target` (target_effect x |mean of the worse arm|) and
+    `seeds_for_target` (the seeds that effect needs at this spread; None beyond stats.MAX_SEEDS)."""
+    common = sorted(set(a) & set(z), key=str)
+    diffs = [a[k] - z[k] for k in common]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else math.nan
+    out: dict[str, Any] = {"spread": spread, "detectable": detectable_difference(spread, n) if n > 1 else math.nan}
+    if target_effect is not None:
+        target = target_effect * abs(sum(z[k] for k in common) / n)
+        out |= {"target": target, "seeds_for_target": seeds_needed(target, spread) if n > 1 and spread > 0 else None}
+    return out
+
+
+def power_sentence(c: dict[str, Any], cs: CompareSpec) -> str:
+    """What the test could have seen: the detectable difference and, with a target, the seeds it needs."""
+    d = c.get("detectable", math.nan)
+    if not math.isfinite(d):
+        return ""
+    n = c["difference"]["n"]
+    text = (
+        f" The smallest difference these {n} seeds detect ({POWER:.0%} power, 5% level, from the spread of the "
+        f"per-seed differences, sd {c['spread']:.4f}) is {d:.4f}."
+    )
+    if cs.target_effect is None or "target" not in c:
+        return text
+    need, target = c["seeds_for_target"], c["target"]
+    size = f"the target effect ({cs.target_effect:.1%} of {c['worse']}'s mean, {target:.4f})"
+    if target >= d:
+        return text + f" {size[0].upper() + size[1:]} is within reach of this study."
+    more = f"would need {need} seeds at this spread" if need else f"would need more than {MAX_SEEDS} seeds"
+    return text + f" It could not see {size}, which {more}."
 
 
 def sentence(c: dict[str, Any], cs: CompareSpec) -> str:
@@ -208,12 +266,18 @@ def sentence(c: dict[str, Any], cs: CompareSpec) -> str:
     size = f"{c['better']} - {c['worse']} = {d.mean:+.4f}"
     if not d.has_interval:
         return head + f"{size}{cost} on a single seed: no interval, so no claim."
+    if c["verdict"] == "no spread":
+        return head + (
+            f"{size}{cost} on every one of the {d.n} seeds (zero spread): a t-interval cannot test a difference "
+            "that never varies, so no claim either way."
+        )
     ci = f"[{d.low:+.4f}, {d.high:+.4f}] (95% paired t-interval over {d.n} seeds)"
     if c["verdict"] == "holds":
-        return head + f"{c['better']} > {c['worse']} holds: {size} {ci}{cost}."
+        return head + f"{c['better']} > {c['worse']} holds: {size} {ci}{cost}." + power_sentence(c, cs)
     if c["verdict"] == "reversed":
-        return head + f"{c['better']} > {c['worse']} is reversed: {size} {ci}{cost}."
-    return head + f"{c['better']} and {c['worse']} cannot be told apart: {size} {ci} contains 0{cost}."
+        return head + f"{c['better']} > {c['worse']} is reversed: {size} {ci}{cost}." + power_sentence(c, cs)
+    told = f"{c['better']} and {c['worse']} cannot be told apart: {size} {ci} contains 0{cost}."
+    return head + told + power_sentence(c, cs)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -253,9 +317,32 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
         lines.append("")
     if result["claims"]:
         lines += ["### The paper's ordering, tested", ""]
+        lines += claims_table(result["claims"], cs)
         lines += [f"- {c['sentence']}" for c in result["claims"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def claims_table(claims: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
+    """One row per claim: the difference with its interval, the smallest difference the seeds detect
+    (80% power, 5% level) and, with a target effect, the seeds it needs; then a blank line."""
+
+    def num(v: Any, fmt: str = "{:+.4f}") -> str:
+        return fmt.format(v) if isinstance(v, int | float) and math.isfinite(v) else "-"
+
+    target = cs.target_effect is not None
+    head = "| budget | claim | metric | difference [95% CI] | detectable (80% power) |"
+    head += " target | seeds for target |" * target + " verdict |"
+    rows = [head, "|---|---|---|---|---:|" + "---:|---:|" * target + "---|"]
+    for c in claims:
+        d = c.get("difference")
+        diff = "-" if d is None else num(d["mean"]) + (f" [{num(d['low'])}, {num(d['high'])}]" if d["n"] > 1 else "")
+        row = f"| {c['budget']} | {c['better']} > {c['worse']} | {c['metric']} | {diff} | {num(c.get('detectable'), '{:.4f}')} |"
+        if target:
+            need = c.get("seeds_for_target")
+            row += f" {num(c.get('target'), '{:.4f}')} | {need if need else '-'} |"
+        rows.append(row + f" {c['verdict']} |")
+    return [*rows, ""]
 
 
 def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
