@@ -135,10 +135,15 @@ def test_the_evaluations_chance_level_is_a_row_of_the_table():
     rows = _rows({("none", "samples"): [0.5, 0.6, 0.7], ("random", "samples"): [0.4, 0.5, 0.6]})
     for r in rows:
         r["values"]["zeroshot/val/chance_top1"] = 1 / 113
+        r["values"]["zeroshot/val/majority_top1"] = 10 / 496  # the largest class: above 1/113
     result = compare(rows, cs)
     assert result["chance"] == {"zeroshot/val/top1": pytest.approx(1 / 113)}
-    chance_row = next(line for line in markdown(result, cs).splitlines() if line.startswith("| chance |"))
+    assert result["majority"] == {"zeroshot/val/top1": pytest.approx(10 / 496)}
+    lines = markdown(result, cs).splitlines()
+    chance_row = next(line for line in lines if line.startswith("| chance |"))
     assert "0.009" in chance_row
+    majority_row = next(line for line in lines if line.startswith("| majority class |"))
+    assert "0.020" in majority_row
 
 
 def test_every_claim_states_the_difference_it_could_detect_and_the_seeds_a_target_needs():

@@ -64,6 +64,9 @@ def test_evaluate_writes_metrics_far_above_chance(trained, capsys):
         assert key in metrics, key
     assert metrics["retrieval/val/i2t_r5"] > 10 * 5 * metrics["retrieval/val/chance_r1"]
     assert metrics["zeroshot/objects/top5"] > 2 * 5 * metrics["zeroshot/objects/chance_top1"]
+    # the majority-class baseline: the objects set is balanced (1/32); val's single-object scenes are not
+    assert metrics["zeroshot/objects/majority_top1"] == pytest.approx(metrics["zeroshot/objects/chance_top1"], abs=1e-6)
+    assert metrics["zeroshot/val/majority_top1"] > metrics["zeroshot/val/chance_top1"]
     # val zero-shot scores the single-object scenes only: a label the image determines
     assert 0 < metrics["zeroshot/val/samples"] < 0.6 * metrics["retrieval/val/samples"]
     per_class = json.loads((tmp / "metrics" / "eval_per_class.json").read_text())

@@ -82,3 +82,14 @@ def test_pairwise_choice():
     assert pairwise_choice_accuracy(torch.tensor([1.0, 0.5, 0.2]), torch.tensor([0.0, 0.5, 0.3])) == pytest.approx(
         1 / 3
     )
+
+
+def test_the_majority_baseline_is_the_largest_class_share():
+    import torch
+
+    from maskvlp.metrics import majority_key, majority_share
+
+    assert majority_share(torch.tensor([0, 2, 2, 1, 2])) == pytest.approx(3 / 5)
+    assert majority_key("zeroshot/val/top1") == "zeroshot/val/majority_top1"
+    assert majority_key("linear_probe/x/top1") == "linear_probe/x/majority_top1"
+    assert majority_key("retrieval/val/t2i_r1") is None

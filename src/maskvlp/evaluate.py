@@ -45,6 +45,7 @@ from maskvlp.evaltasks import (
     zero_shot,
 )
 from maskvlp.linearprobe import PROBE_MAX_ITER, linear_probe
+from maskvlp.metrics import majority_share
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict, load_config
 from maskvlp.runs import RunPaths, read_result, update_result, weights_complete, write_json_atomic, write_text_atomic
@@ -148,6 +149,7 @@ def evaluate_set(
     for k in ("top1", "top5", "mean_per_class_recall"):
         metrics[f"zeroshot/{name}/{k}"] = res[k]
     metrics[f"zeroshot/{name}/chance_top1"] = 1.0 / len(es.classes)
+    metrics[f"zeroshot/{name}/majority_top1"] = majority_share(labels[keep])  # always guessing the largest class
     metrics[f"zeroshot/{name}/samples"] = int(keep.sum())  # samples with a label (synthetic: single-object scenes)
     plots["per_class"] = [
         {"dataset": name, "class": c, "recall": r} for c, r in zip(es.classes, res["per_class_recall"]) if r == r
@@ -174,6 +176,7 @@ def evaluate_set(
         metrics[f"linear_probe/{name}/top1"] = probe["top1"]
         metrics[f"linear_probe/{name}/C"] = probe["C"]
         metrics[f"linear_probe/{name}/chance_top1"] = 1.0 / len(es.classes)
+        metrics[f"linear_probe/{name}/majority_top1"] = majority_share(te_y[te])
         # non-convergence is a result, not a warning: 1 = the final fit reached the gradient tolerance
         metrics[f"linear_probe/{name}/converged"] = float(probe["converged"])
         metrics[f"linear_probe/{name}/unconverged_fits"] = len(probe["unconverged"]) + (not probe["converged"])

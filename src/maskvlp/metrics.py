@@ -28,6 +28,21 @@ def chance_key(metric: str) -> str | None:
     return None
 
 
+def majority_key(metric: str) -> str | None:
+    """The key of the majority-class baseline evaluation records beside a top-1 accuracy: what always
+    guessing the most frequent class of the scored samples gets (`zeroshot/val/top1` ->
+    `zeroshot/val/majority_top1`; with unbalanced classes it is above 1/classes)."""
+    parts = metric.split("/")
+    if len(parts) == 3 and parts[0] in ("zeroshot", "linear_probe") and parts[2] == "top1":
+        return f"{parts[0]}/{parts[1]}/majority_top1"
+    return None
+
+
+def majority_share(labels: torch.Tensor) -> float:
+    """The share of the most frequent label among `labels` (N,) of class indices >= 0."""
+    return float(torch.bincount(labels).max()) / len(labels) if len(labels) else float("nan")
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """logits: (N, C), labels: (N,) -> fraction whose label is among the k highest scores.
     Ties are broken pessimistically: a wrong class scoring equal to the label counts as above it."""

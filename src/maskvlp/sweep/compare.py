@@ -172,7 +172,7 @@ def metric_columns(rows: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
 def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     """Means with intervals per (budget, group, column), and every claim tested per budget and claim
     metric (pure: rows in, plain data out)."""
-    from maskvlp.metrics import chance_key  # (it imports torch: not at this module's top)
+    from maskvlp.metrics import chance_key, majority_key  # (it imports torch: not at this module's top)
 
     metrics = metric_columns(rows, cs)
     columns = [*metrics, *(k for k in RECORD_COLUMNS if k not in metrics)]
@@ -213,9 +213,14 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
         level = next((r["values"][k] for r in rows if (k := chance_key(key)) and k in r["values"]), None)
         if level is not None:
             chance[key] = level
+    majority = {}  # always guessing the largest class: above 1/classes when the classes are unbalanced
+    for key in columns:
+        shares = [r["values"][k] for r in rows if (k := majority_key(key)) and k in r["values"]]
+        if shares:
+            majority[key] = max(shares)
     seeds = sorted({r["seed"] for r in rows})
     head = {"group": cs.group, "budget_key": cs.budget, "seeds_key": cs.seeds, "budgets": budgets, "columns": columns}
-    return {**head, "table": table, "claims": claims, "chance": chance, "seeds": seeds}
+    return {**head, "table": table, "claims": claims, "chance": chance, "majority": majority, "seeds": seeds}
 
 
 def power_of(a: dict[str, float], z: dict[str, float], target_effect: float | None) -> dict[str, Any]:
@@ -314,6 +319,11 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
             lines.append(
                 "| chance | - | " + " | ".join(f"{chance[k]:.3f}" if k in chance else "-" for k in cols) + " |"
             )
+        if result.get("majority"):
+            major = result["majority"]
+            lines.append(
+                "| majority class | - | " + " | ".join(f"{major[k]:.3f}" if k in major else "-" for k in cols) + " |"
+            )
         lines.append("")
     if result["claims"]:
         lines += ["### The paper's ordering, tested", ""]
@@ -374,6 +384,8 @@ def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
                 ax.errorbar(x["mean"], y["mean"], yerr=err(y), xerr=err(x), **style)
         if metric in result.get("chance", {}):
             ax.axhline(result["chance"][metric], color="0.4", linestyle="--", linewidth=1, label="chance")
+        if metric in result.get("majority", {}):
+            ax.axhline(result["majority"][metric], color="0.4", linestyle=":", linewidth=1, label="majority class")
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs (masking-aware)")
         ax.set_ylabel(metric)
