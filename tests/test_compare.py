@@ -188,3 +188,14 @@ def test_a_difference_the_same_on_every_seed_is_not_a_claim_that_holds():
 def test_a_target_effect_outside_0_1_is_refused(bad):
     with pytest.raises(SweepSpecError, match="compare.target_effect: must be a fraction"):
         spec_with({**GOOD, "target_effect": bad})
+
+
+def test_composition_columns_have_their_text_only_floor_as_a_row():
+    cs = compare_spec(spec_with({**GOOD, "metrics": ["zeroshot/val/top1", "composition/emoji/relation"]}))
+    rows = _rows({("none", "samples"): [0.5, 0.6], ("random", "samples"): [0.4, 0.5]})
+    for i, r in enumerate(rows):
+        r["values"] |= {"composition/emoji/relation": 0.8, "composition/emoji/relation_text_floor": 0.7 + 0.1 * (i % 2)}
+    result = compare(rows, cs)
+    assert result["text_floor"] == {"composition/emoji/relation": pytest.approx(0.75)}
+    row = next(line for line in markdown(result, cs).splitlines() if line.startswith("| text-only floor"))
+    assert row.endswith("| - | 0.750 |")

@@ -36,7 +36,9 @@ def test_rendered_emoji_is_colourful_and_varies_by_variant():
 def test_two_emoji_scene_has_relation_caption_and_negative():
     _, cap, meta = emoji.render_sample(EMOJI_FONT, (0x1F304, 0x1F680), 0, 3, 64)
     assert meta["relation"] in cap and cap.startswith("sunrise over mountains")
-    assert meta["negatives"]["relation"] != cap
+    negative = meta["negatives"]["relation"]
+    assert negative != cap and sorted(negative.split()) == sorted(cap.split())  # the same words: objects swapped
+    assert negative == f"rocket {meta['relation']} sunrise over mountains"
 
 
 @requires_emoji_font

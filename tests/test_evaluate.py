@@ -167,3 +167,25 @@ def test_fashion_mnist_zero_shot_and_linear_probe_from_idx_files(trained, tmp_pa
     assert not any(k.startswith("retrieval/fashion-mnist") for k in metrics)  # labels only, no captions to retrieve
     missing = [*overrides, f"eval.fashion_mnist_dir={tmp_path / 'absent'}"]
     assert main(["evaluate", "--quiet", "--dataset", "fashion-mnist", *_args(missing)]) != 0
+
+
+def test_the_text_only_floor_is_the_choice_made_against_a_blank_image(tmp_path):
+    """Images whose features are the blank image's score exactly their floor; a floor is in [0, 1]."""
+    import torch
+
+    from maskvlp.data.tokenizer import Tokenizer
+    from maskvlp.evaltasks import Encoded, blank_features, composition
+    from maskvlp.model import CLIP
+
+    cfg = load_config(None, ["model.image_size=32", "model.patch_size=8", "model.embed_dim=32"])
+    torch.manual_seed(0)
+    model = CLIP.from_config(cfg.model).eval()
+    blank = blank_features(model, 32, cfg, torch.device("cpu"))
+    captions = ["a red circle left of a blue square", "a cat above a dog", "a sun left of a moon"]
+    negatives = ["a blue square left of a red circle", "a dog above a cat", "a moon left of a sun"]
+    metas = [{"negatives": {"relation": n}} for n in negatives]
+    enc = Encoded(blank.repeat(3, 1), captions, metas)
+    scores = composition(model, enc, Tokenizer(cfg.model.context_length), torch.device("cpu"), blank)
+    assert scores["relation"] == scores["relation_text_floor"]
+    assert 0.0 <= scores["relation_text_floor"] <= 1.0
+    assert "attribute" not in scores  # no negatives of that kind

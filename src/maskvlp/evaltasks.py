@@ -102,8 +102,13 @@ def retrieval(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.dev
     return retrieval_recall(enc.features @ text_features.T, text_positives(own, texts))
 
 
-def composition(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.device) -> dict[str, float]:
-    """Accuracy of preferring the true caption over each kind of hard negative."""
+def composition(
+    model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.device, blank: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Accuracy of preferring the true caption over each kind of hard negative. With `blank` (the image
+    features (1, D) of a blank image), also `<kind>_text_floor`: the same choice made against the blank
+    image's features, what the text tower's preferences alone score. A composition score near its floor
+    says nothing about the image; negatives that share the caption's words keep the floor near 0.5."""
     out = {}
     for kind in ("attribute", "relation", "object"):
         rows = [(i, m["negatives"][kind]) for i, m in enumerate(enc.metas) if (m.get("negatives") or {}).get(kind)]
@@ -114,7 +119,17 @@ def composition(model: CLIP, enc: Encoded, tokenizer: Tokenizer, device: torch.d
         neg = encode_texts(model, [text for _, text in rows], tokenizer, device)
         feats = enc.features[idx]
         out[kind] = pairwise_choice_accuracy((feats * pos).sum(1), (feats * neg).sum(1))
+        if blank is not None:
+            out[f"{kind}_text_floor"] = pairwise_choice_accuracy((blank * pos).sum(1), (blank * neg).sum(1))
     return out
+
+
+@torch.no_grad()
+def blank_features(model: CLIP, size: int, cfg: Config, device: torch.device) -> torch.Tensor:
+    """The image features (1, D) of a uniform mid-grey image: the text-only floor's image."""
+    blank = torch.full((1, 3, size, size), 128, dtype=torch.uint8, device=device)
+    images = normalize(blank, cfg.data.augment.mean, cfg.data.augment.std)
+    return model.encode_image(images).float().cpu()
 
 
 def labels_for(metas: list[dict[str, Any]], classes: list[str]) -> torch.Tensor:

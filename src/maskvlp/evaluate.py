@@ -36,6 +36,7 @@ from maskvlp.evalsets import Batches, EvalSet, EvalSetError, resolve
 from maskvlp.evaltasks import (
     TEMPLATES,
     EvalError,
+    blank_features,
     classifier_weights,
     composition,
     encode_images,
@@ -138,7 +139,9 @@ def evaluate_set(
         plots["retrieval"] = [
             {"dataset": name, "k": k, "i2t": res[f"i2t_r{k}"], "t2i": res[f"t2i_r{k}"]} for k in (1, 5, 10)
         ]
-    metrics.update({f"composition/{name}/{k}": v for k, v in composition(model, enc, tokenizer, device).items()})
+    blank = blank_features(model, size, run_cfg, device)  # the text-only floor of each composition score
+    scores = composition(model, enc, tokenizer, device, blank)
+    metrics.update({f"composition/{name}/{k}": v for k, v in scores.items()})
     labels = labels_for(enc.metas, es.classes) if es.classes else None
     if labels is None or not (labels >= 0).any():
         notes.append(f"{name}: no labels, so no zero-shot classification or linear probe")

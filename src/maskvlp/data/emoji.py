@@ -118,7 +118,8 @@ def render_sample(
     _paste(canvas, render_emoji(font_path, codepoints[0]), side, *first)
     _paste(canvas, render_emoji(font_path, codepoints[1]), side, *second)
     relation = "left of" if horizontal else "above"
-    opposite = "right of" if horizontal else "below"
-    negatives = {"relation": f"{names[0]} {opposite} {names[1]}", "attribute": None, "object": None}
+    # the negative swaps the objects, not the relation word: the same words in another order, so text alone
+    # cannot pass it (a negative saying "right of" / "below" was told from the caption's words by models at chance)
+    negatives = {"relation": f"{names[1]} {relation} {names[0]}", "attribute": None, "object": None}
     meta = dict(codepoints=list(codepoints), label_name=names[0], relation=relation, background=bg, negatives=negatives)
     return canvas, f"{names[0]} {relation} {names[1]}", meta

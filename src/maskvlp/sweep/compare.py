@@ -213,6 +213,12 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
         level = next((r["values"][k] for r in rows if (k := chance_key(key)) and k in r["values"]), None)
         if level is not None:
             chance[key] = level
+    floor = {}  # composition: the same choice against a blank image, what the text alone scores
+    for key in columns:
+        if re.fullmatch(r"composition/[^/]+/(attribute|relation|object)", key):
+            scores = [r["values"][f"{key}_text_floor"] for r in rows if f"{key}_text_floor" in r["values"]]
+            if scores:
+                floor[key] = sum(scores) / len(scores)
     majority = {}  # always guessing the largest class: above 1/classes when the classes are unbalanced
     for key in columns:
         shares = [r["values"][k] for r in rows if (k := majority_key(key)) and k in r["values"]]
@@ -220,7 +226,8 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
             majority[key] = max(shares)
     seeds = sorted({r["seed"] for r in rows})
     head = {"group": cs.group, "budget_key": cs.budget, "seeds_key": cs.seeds, "budgets": budgets, "columns": columns}
-    return {**head, "table": table, "claims": claims, "chance": chance, "majority": majority, "seeds": seeds}
+    head |= {"chance": chance, "majority": majority, "text_floor": floor}
+    return {**head, "table": table, "claims": claims, "seeds": seeds}
 
 
 def power_of(a: dict[str, float], z: dict[str, float], target_effect: float | None) -> dict[str, Any]:
@@ -319,11 +326,12 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
             lines.append(
                 "| chance | - | " + " | ".join(f"{chance[k]:.3f}" if k in chance else "-" for k in cols) + " |"
             )
-        if result.get("majority"):
-            major = result["majority"]
-            lines.append(
-                "| majority class | - | " + " | ".join(f"{major[k]:.3f}" if k in major else "-" for k in cols) + " |"
-            )
+        for label, key in (("majority class", "majority"), ("text-only floor (mean over trials)", "text_floor")):
+            if result.get(key):
+                level = result[key]
+                lines.append(
+                    f"| {label} | - | " + " | ".join(f"{level[k]:.3f}" if k in level else "-" for k in cols) + " |"
+                )
         lines.append("")
     if result["claims"]:
         lines += ["### The paper's ordering, tested", ""]
