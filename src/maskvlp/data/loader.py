@@ -69,6 +69,11 @@ class StreamSpec:
     retries: int = 3  # in place: pipe:/http(s) streams reopened this many times
 
 
+def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """Grouped tar members {"__key__", "jpg", "txt", ...} as bytes, shard by shard, in order."""
+    return wds.tarfile_samples({"url": u} for u in urls)
+
+
 def epoch_shards(urls: list[str], weights: tuple[float, ...], rng: np.random.Generator) -> list[str]:
     """The shards of one epoch with upsampling `weights`: each url int(w) times, once more with
     probability w - int(w) (one seeded draw per url), in listing order (the epoch's permutation follows)."""
@@ -104,10 +109,8 @@ def slot_samples(
             one = (reader(u) if not cap else itertools.islice(reader(u), cap[u]) for u in selected)
             return itertools.chain.from_iterable(one)
         if not cap:
-            return wds.tarfile_samples({"url": u} for u in selected)
-        return itertools.chain.from_iterable(
-            itertools.islice(wds.tarfile_samples([{"url": u}]), cap[u]) for u in selected
-        )
+            return _raw_samples(selected)
+        return itertools.chain.from_iterable(itertools.islice(_raw_samples([u]), cap[u]) for u in selected)
 
     if len(shards) >= num_slots:
         yield from read(shards[slot::num_slots])
