@@ -213,7 +213,7 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
     from maskvlp.viz import mask_figure, save_figure
 
     m, k, d = cfg.model, cfg.masking, cfg.data
-    in_place = d.source == "shards" and d.shards.in_place
+    in_place = d.shards.in_place  # (params refuse in_place without data.source: shards)
     if in_place and not args.images:  # the first train shard of the data read in place, cropped as training sees it
         from maskvlp.data.trainset import training_data
 

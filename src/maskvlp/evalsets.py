@@ -132,7 +132,7 @@ def manifest_set(cfg: Config, out_dir: str | Path, name: str) -> EvalSet:
 def val_set(cfg: Config, spec: str) -> EvalSet:
     """The training data's val split: the shard stage's (its train split fits the linear probe), or in
     place (data/trainset.py) data.shards.val_urls or the held-out shards (the probe fits on the others)."""
-    if cfg.data.source == "shards" and cfg.data.shards.in_place:
+    if cfg.data.shards.in_place:  # (params refuse it without data.source: shards)
         from maskvlp.data.trainset import training_data
 
         data = training_data(cfg)

@@ -86,7 +86,7 @@ def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch
     """The normalised training images a strategy calibrates on: the first 256 of train shard 0 (in
     place: the first 256 usable ones, centre-cropped to data.image_size first, as training sees them)."""
     d = cfg.data
-    if d.source == "shards" and d.shards.in_place:
+    if d.shards.in_place:  # (params refuse it without data.source: shards)
         first = training_data(cfg).train[0]  # training images: what the masks will see
         images = read_images(first, 256, cfg.model.image_size, d.min_image_side, d.image_size, d.shards.retries)[0]
     else:

@@ -122,7 +122,7 @@ def clear_outputs(out_dir: Path) -> None:
 def shard(cfg: Config, progress: bool = True) -> dict[str, Any]:
     """Run the shard stage for `cfg.data`; returns the manifest (also written to out_dir)."""
     d = cfg.data
-    if d.source == "shards" and d.shards.in_place:
+    if d.shards.in_place:  # (params refuse it without data.source: shards)
         raise ShardError(
             "data.shards.in_place=true: `maskvlp pretrain` reads the shards where they are; the shard stage would "
             "copy them. Set data.shards.in_place=false to re-shard them into data.out_dir"

@@ -132,7 +132,7 @@ def training_data(cfg: Config) -> TrainData:
     """The training data `cfg` names, checked: maskvlp's shards (the manifest must match the params) or
     existing shards in place (every local file must exist). Raises FileNotFoundError / ShardError /
     ConfigError with what to do."""
-    if cfg.data.source == "shards" and cfg.data.shards.in_place:
+    if cfg.data.shards.in_place:  # (params refuse it without data.source: shards)
         return _in_place(cfg)
     return _own_shards(cfg)
 
