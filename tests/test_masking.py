@@ -320,3 +320,66 @@ def test_calibrated_threshold_hits_the_target_coverage(target):
     assert abs(achieved - target) < 0.02
     res = cluster_mask(images, 4, 0.5, 0.05, threshold, gen(5))  # same anchors: same coverage
     assert res.cluster_coverage.mean().item() == pytest.approx(achieved, abs=1e-6)
+
+
+# ----------------------------------------------------------- official mode calibrated to a final ratio
+def smooth_images(n: int, seed: int) -> torch.Tensor:
+    """Low-frequency noise, upsampled: neighbouring 4x4 patches correlate, how much varies by image."""
+    coarse = torch.randn(n, 3, 4, 4, generator=gen(seed))
+    fine = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+    return fine + 0.3 * torch.randn(n, 3, 32, 32, generator=gen(seed + 1))
+
+
+@pytest.mark.parametrize("target", [0.4, 0.5, 0.6])
+def test_official_calibration_hits_the_target_final_mask_ratio_when_training_masks_the_same_batch(target):
+    images = smooth_images(32, 3)
+    threshold, achieved = masking.calibrate_official_threshold(images, 4, 0.05, 0.3, target, 32, gen(7))
+    assert abs(achieved - target) < 0.01  # the official tolerance
+    # training's official mask on this batch, with the same anchors (same seed): that very ratio
+    res = official_cluster_mask(images, 4, 0.05, threshold, min_mask_ratio=0.3, generator=gen(7))
+    assert res.mask_ratio == pytest.approx(achieved)
+
+
+def test_official_calibration_averages_over_training_sized_batches():
+    images = smooth_images(64, 5)
+    sim, _ = masking.cluster.anchor_rows(images, 4, 0.05, gen(1))
+    best = sim.max(dim=1).values
+    whole = masking.cluster.official_mask_ratio(best, 0.5, 0.3, 64)
+    batches = masking.cluster.official_mask_ratio(best, 0.5, 0.3, 16)
+    # the minimum over 16 images is at least the minimum over 64: smaller batches mask less
+    assert batches <= whole
+    per_batch = [masking.cluster.official_mask_ratio(b, 0.5, 0.3, 16) for b in best.split(16)]
+    assert batches == pytest.approx(sum(per_batch) / 4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.floats(-1, 1), st.floats(-1, 1))
+def test_official_final_ratio_never_rises_with_the_threshold(seed, t1, t2):
+    best = torch.rand(8, 16, generator=gen(seed)) * 2 - 1
+    lo, hi = sorted((t1, t2))
+    ratio = masking.cluster.official_mask_ratio
+    assert ratio(best, lo, 0.3, 4) >= ratio(best, hi, 0.3, 4) >= 0.3 - 1e-9
+
+
+def test_official_calibration_that_cannot_reach_its_target_returns_the_closest_ratio():
+    images = torch.randn(4, 3, 16, 16, generator=gen(2))  # 16 patches: ratios move in steps of 1/16
+    _, achieved = masking.calibrate_official_threshold(images, 4, 0.1, 0.3, 0.47, 4, gen(3), tolerance=1e-6)
+    sim, _ = masking.cluster.anchor_rows(images, 4, 0.1, gen(3))  # the anchors the calibration drew
+    best = sim.max(dim=1).values
+    cuts = sorted({-1.0, *best.flatten().tolist()})  # the ratio only changes at these thresholds
+    reachable = {masking.cluster.official_mask_ratio(best, t, 0.3, 4) for t in cuts}
+    assert achieved == min(reachable, key=lambda r: abs(r - 0.47))
+
+
+def test_official_calibration_through_the_registry_and_its_refusals():
+    k = mc("cluster", mode="official", calibrate_mask_ratio=0.5, min_mask_ratio=0.3)
+    calibrated, line = masking.calibrate(k, lambda: smooth_images(32, 3), 4, gen(7), 16)
+    assert calibrated.threshold != k.threshold and "official mean final mask ratio" in line and "batches of 16" in line
+    assert masking.describe(calibrated).endswith("official final=0.5")
+    for bad, key in [
+        ({"mode": "exact"}, "use masking.calibrate_coverage there"),
+        ({"calibrate_mask_ratio": 0.2}, r"in \[masking.min_mask_ratio=0.3, 1\)"),
+        ({"calibrate_coverage": 0.3}, "both set masking.threshold"),
+    ]:
+        with pytest.raises(ValueError, match=key):
+            masking.check_config(mc("cluster", **{"mode": "official", "calibrate_mask_ratio": 0.5, **bad}), 64)

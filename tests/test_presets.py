@@ -68,12 +68,33 @@ def test_compute_matched_samples_survive_a_reload_of_the_run_config(tmp_path):
 
 
 def test_compute_budget_refuses_a_varying_token_count():
-    with pytest.raises(ConfigError, match="train.compute_samples needs a fixed token count"):
+    with pytest.raises(ConfigError, match="train.compute_samples needs a token count to plan with"):
         load_config("params.yaml", ["train.compute_samples=4000", "masking.mode=official"])
-    with pytest.raises(ConfigError, match="unmasked_tuning_samples"):
-        load_config("params.yaml", ["train.compute_samples=4000", "train.unmasked_tuning_samples=100"])
+    with pytest.raises(ConfigError, match="train.unmasked_tuning_samples is paid from the compute budget"):
+        load_config("params.yaml", ["train.compute_samples=4000", "train.unmasked_tuning_samples=4000"])
     with pytest.raises(ConfigError, match="train.compute_samples"):
         load_config("params.yaml", ["train.compute_samples=-5"])
+
+
+def test_compute_budget_pays_for_flip_s_unmasked_tuning_at_the_unmasked_cost():
+    base = ["train.compute_samples=4000", "masking.strategy=random", "masking.ratio=0.5"]
+    untuned = load_config("params.yaml", base).train.samples
+    tuned = load_config("params.yaml", [*base, "train.unmasked_tuning_samples=1000"])
+    # the masked phase gets the FLOPs of 3,000 unmasked samples, the tuning 1,000 samples at full cost
+    masked_3000 = load_config("params.yaml", ["train.compute_samples=3000", *base[1:]]).train.samples
+    assert tuned.train.samples == masked_3000 + 1000
+    assert 1000 + 3000 < tuned.train.samples < untuned  # more than unmasked, fewer than without tuning
+    none = load_config(
+        "params.yaml", ["train.compute_samples=4000", "train.unmasked_tuning_samples=1000", "masking.strategy=none"]
+    )
+    assert none.train.samples == 4000  # unmasked throughout: the budget is the samples
+
+
+def test_official_mode_calibrated_to_a_mean_ratio_plans_its_compute_budget_at_that_ratio():
+    official = ["masking.strategy=cluster", "masking.mode=official", "masking.calibrate_mask_ratio=0.5"]
+    planned = load_config("params.yaml", ["train.compute_samples=4000", *official]).train.samples
+    exact = load_config("params.yaml", ["train.compute_samples=4000", "masking.strategy=cluster", "masking.ratio=0.5"])
+    assert planned == exact.train.samples  # the same kept tokens and mask cost as exact mode at 0.5
 
 
 def test_meta_device_flops_equal_a_real_model_s():

@@ -174,6 +174,17 @@ def test_unmasked_tuning_phase_logs_mask_ratio_zero(shards, tmp_path):
     assert ratios[0][1] == pytest.approx(0.5) and ratios[-1][1] == 0.0
 
 
+def test_official_mode_calibrated_to_a_final_mask_ratio_trains_near_it(shards, tmp_path, capsys):
+    official = ("masking.strategy=cluster", "masking.mode=official", "masking.calibrate_mask_ratio=0.5")
+    cfg = cfg_for(shards, tmp_path, *official, "masking.anchor_ratio=0.2", "train.compute_samples=160")
+    record = pretrain(cfg, progress=False)  # what result.json holds
+    assert "official mean final mask ratio" in capsys.readouterr().out
+    # calibrated on the first 256 training images, trained on others: near the target, not on it
+    assert abs(record["masking"]["mean_mask_ratio"] - 0.5) < 0.1
+    assert record["masking"]["threshold"] != 0.5  # the calibrated threshold is what the run recorded
+    assert cfg.train.samples > 160  # the compute budget planned at the calibrated ratio
+
+
 def test_existing_run_is_not_silently_restarted(shards, tmp_path):
     cfg = cfg_for(shards, tmp_path)
     pretrain(cfg, progress=False, stop=StopAfter(3))

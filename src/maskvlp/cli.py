@@ -235,7 +235,8 @@ def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
 
     shards = in_place or (Path(cfg.data.out_dir) / MANIFEST).is_file()
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    k, calibrated = calibrate(k, (lambda: calibration_images(cfg)) if shards else (lambda: norm), m.patch_size, gen)
+    looked_at = (lambda: calibration_images(cfg)) if shards else (lambda: norm)
+    k, calibrated = calibrate(k, looked_at, m.patch_size, gen, cfg.train.batch_size)
     if calibrated:
         print(calibrated)
     fig = mask_figure(images, norm, m.patch_size, k, cfg.seed)

@@ -33,10 +33,10 @@ def sample_flops(model: CLIP, k: Any, kept: int, samples_seen: int | None = None
 
 
 def matched_samples(model: CLIP, k: Any, unmasked_samples: int) -> int:
-    """The samples whose training FLOPs under masking config `k` (a fixed token count) equal those of
-    `unmasked_samples` trained unmasked on the same model: train.compute_samples' budget."""
+    """The samples whose training FLOPs under masking config `k` (at its planned token count) equal
+    those of `unmasked_samples` trained unmasked on the same model: train.compute_samples' budget."""
     grid = model.visual.num_patches
-    masked = sample_flops(model, k, masking.kept_tokens(k, grid))
+    masked = sample_flops(model, k, masking.planned_tokens(k, grid))
     return max(1, round(unmasked_samples * model.train_flops_per_sample(grid) / masked))
 
 

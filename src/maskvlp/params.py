@@ -119,11 +119,13 @@ def compute_matched_samples(cfg: Config) -> int:
     """train.samples for `train.compute_samples = N`: the samples whose masking-aware training FLOPs
     (docs/records.md: kept tokens, both towers, forward and backward, plus the mask's own cost)
     equal those of N samples trained unmasked on the same model, so masked runs see more samples for
-    the same compute. Needs a strategy whose token count is fixed (masking.kept_tokens)."""
+    the same compute. FLIP's unmasked tuning (train.unmasked_tuning_samples = T) is paid from the same
+    budget at the unmasked cost: the masked phase gets the FLOPs of N - T unmasked samples. Needs a
+    token count the budget can plan with (masking.planned_tokens)."""
     import torch
 
     from maskvlp.flops import matched_samples
-    from maskvlp.masking import describe, kept_tokens
+    from maskvlp.masking import describe, planned_tokens
     from maskvlp.model import CLIP
 
     k, m, t = cfg.masking, cfg.model, cfg.train
@@ -132,24 +134,27 @@ def compute_matched_samples(cfg: Config) -> int:
     )
     grid = (m.image_size // m.patch_size) ** 2
     check(
-        kept_tokens(k, grid) is not None,
+        planned_tokens(k, grid) is not None,
         "train.compute_samples",
-        f"needs a fixed token count per step, and masking.strategy={k.strategy} ({describe(k)}) changes it "
-        "from batch to batch (cluster: use masking.mode exact)",
+        f"needs a token count to plan with, and masking.strategy={k.strategy} ({describe(k)}) changes it "
+        "from batch to batch (cluster: use masking.mode exact, or calibrate official mode to a mean with "
+        "masking.calibrate_mask_ratio)",
         t.compute_samples,
     )
+    tuning = t.unmasked_tuning_samples
     check(
-        t.unmasked_tuning_samples == 0,
-        "train.compute_samples",
-        "cannot be combined with train.unmasked_tuning_samples (two token counts in one run); set one of them to 0",
-        t.compute_samples,
+        0 <= tuning < t.compute_samples,
+        "train.unmasked_tuning_samples",
+        f"is paid from the compute budget (train.compute_samples={t.compute_samples}) and must leave some of it to "
+        "the masked phase; lower it",
+        tuning,
     )
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = CLIP.from_config(m)
     except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"train.compute_samples: cannot size the model to count its FLOPs ({exc})") from exc
-    return matched_samples(model, k, t.compute_samples)
+    return matched_samples(model, k, t.compute_samples - tuning) + tuning
 
 
 def config_from_dict(cfg_dict: dict[str, Any]) -> Config:

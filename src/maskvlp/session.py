@@ -223,7 +223,8 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     )
     if state is None:  # the masking trained with: its strategy's calibration applied, seeded by train.seed
         gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-        s.masking, note = calibrate(cfg.masking, lambda: calibration_images(cfg, device), cfg.model.patch_size, gen)
+        images, size = (lambda: calibration_images(cfg, device)), cfg.train.batch_size  # loaded only if needed
+        s.masking, note = calibrate(cfg.masking, images, cfg.model.patch_size, gen, size)
         if note and env.is_main:  # what was calibrated
             print(note)
     else:

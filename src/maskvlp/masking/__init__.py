@@ -21,11 +21,13 @@ from maskvlp.masking.base import (  # noqa: F401 (the package's face)
     mask_flops,
     masking_schema,
     num_keep,
+    planned_tokens,
     random_mask,
     register_strategy,
     strategy_config,
 )
 from maskvlp.masking.cluster import (  # noqa: F401
+    calibrate_official_threshold,
     calibrate_threshold,
     cluster_mask,
     find_clusters,

@@ -123,15 +123,19 @@ class Strategy:
     describe: Callable[[Any], str] | None = None  # a short label of the config for reports
     # tokens kept per image at L patches, or None where it changes from batch to batch
     kept_tokens: Callable[[Any, int], int | None] = _fixed_ratio
+    # tokens a compute-matched budget plans with where kept_tokens is None: the mean a calibration aims
+    # at (None: kept_tokens, and no plan where that is None)
+    planned_tokens: Callable[[Any, int], int | None] | None = None
     # FLOPs of choosing one image's mask: (config, L, patch size, embedding width, samples seen or None
     # for the whole run) -> FLOPs (docs/records.md)
     mask_flops: Callable[[Any, int, int, int, int | None], float] = lambda k, n, p, width, seen: 0.0
     # weight of the layer-0 patch tokens the mask function wants at `samples seen` (0: none wanted)
     embed_weight: Callable[[Any, int], float] = lambda k, seen: 0.0
-    # (config, a loader of normalised training images, patch size, generator) -> (keys to set, a line
-    # saying so), or None when it calibrates nothing (it loads the images only when it needs them)
+    # (config, a loader of normalised training images, patch size, generator, the batch size one mask
+    # call sees in training) -> (keys to set, a line saying so), or None when it calibrates nothing (it
+    # loads the images only when it needs them)
     calibrate: (
-        Callable[[Any, Callable[[], torch.Tensor], int, torch.Generator | None], tuple[dict, str] | None] | None
+        Callable[[Any, Callable[[], torch.Tensor], int, torch.Generator | None, int], tuple[dict, str] | None] | None
     ) = None
     derive: Callable[[Any, int], None] | None = None  # fill keys left at null from train.samples
     pictures: Callable[[Any], list[Any]] | None = None  # the configs `maskvlp masks` draws for this strategy
@@ -220,19 +224,28 @@ def kept_tokens(k: Any, num_patches: int) -> int | None:
     return get_strategy(k.strategy).kept_tokens(k, num_patches)
 
 
+def planned_tokens(k: Any, num_patches: int) -> int | None:
+    """Tokens per image a compute-matched budget plans with: kept_tokens, or where that changes from
+    batch to batch the mean the strategy's calibration aims at (None: no plan can be made)."""
+    strategy = get_strategy(k.strategy)
+    fixed = strategy.kept_tokens(k, num_patches)
+    return fixed if fixed is not None or strategy.planned_tokens is None else strategy.planned_tokens(k, num_patches)
+
+
 def mask_flops(k: Any, num_patches: int, patch_size: int, embed_width: int, samples_seen: int | None = None) -> float:
     """FLOPs of choosing one image's mask under `k` (at `samples_seen`; None: as over the whole run)."""
     return get_strategy(k.strategy).mask_flops(k, num_patches, patch_size, embed_width, samples_seen)
 
 
 def calibrate(
-    k: Any, images: Callable[[], torch.Tensor], patch_size: int, generator: torch.Generator | None
+    k: Any, images: Callable[[], torch.Tensor], patch_size: int, generator: torch.Generator | None, batch_size: int
 ) -> tuple[Any, str]:
     """`k` with the keys its strategy calibrates set, and a line saying what was set ("" when the
     strategy calibrates nothing or its calibration is off). `images()` loads the normalised training
-    images the calibration looks at, called only when needed."""
+    images the calibration looks at, called only when needed; `batch_size`: the images one mask call
+    sees in training (train.batch_size), for strategies whose mask depends on the batch."""
     strategy = get_strategy(k.strategy)
-    found = strategy.calibrate(k, images, patch_size, generator) if strategy.calibrate else None
+    found = strategy.calibrate(k, images, patch_size, generator, batch_size) if strategy.calibrate else None
     return (dataclasses.replace(k, **found[0]), found[1]) if found else (k, "")
 
 

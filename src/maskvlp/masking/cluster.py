@@ -15,7 +15,8 @@ code computes 0/0 = NaN and never clusters them). So a flat-grey patch joins a c
 `threshold < 0` or it is itself an anchor.
 
 This module registers the strategy `cluster` with its own keys (anchor_ratio, threshold, features,
-fusion_samples, mode, min_mask_ratio, calibrate_coverage), FLOPs, calibration and pictures.
+fusion_samples, mode, min_mask_ratio, calibrate_coverage, calibrate_mask_ratio), FLOPs, calibrations
+and pictures.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class ClusterParams:
     mode: str = "exact"  # exact (fixed ratio) | official (batch-minimum token count)
     min_mask_ratio: float = 0.3  # official mode only
     calibrate_coverage: float = 0.0  # >0: pick the threshold so mean cluster coverage hits this
+    # official mode, >0: pick the threshold so the mean final mask ratio hits this (the official bisection)
+    calibrate_mask_ratio: float = 0.0
 
 
 def num_anchors(num_patches: int, anchor_ratio: float) -> int:
@@ -240,6 +243,54 @@ def calibrate_threshold(
     return threshold, achieved
 
 
+def official_mask_ratio(best: torch.Tensor, threshold: float, min_mask_ratio: float, batch_size: int) -> float:
+    """The mean final mask ratio of official mode at `threshold`: `best` (N, L) holds each patch's best
+    anchor similarity (anchors 2); the images are cut into batches of `batch_size` (the last, partial
+    one dropped unless it is the only one), each batch masks 1 - n_keep / L of every image."""
+    num_patches = best.shape[1]
+    cap = int(num_patches * (1 - min_mask_ratio))
+    full = best.shape[0] // batch_size * batch_size
+    batches = best[:full].split(batch_size) if full else (best,)
+    keeps = [max(1, min(cap, int((b <= threshold).sum(1).min()))) for b in batches]
+    return sum(1.0 - keep / num_patches for keep in keeps) / len(keeps)
+
+
+def calibrate_official_threshold(
+    images: torch.Tensor,
+    patch_size: int,
+    anchor_ratio: float,
+    min_mask_ratio: float,
+    target: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    tolerance: float = 0.01,
+    steps: int = 40,
+) -> tuple[float, float]:
+    """The threshold at which official mode's mean final mask ratio over `images`, cut into training
+    batches, is within `tolerance` of `target`: the official repository's bisection (its search.py:
+    halve the interval toward the target until the ratio is within 0.01). The final ratio falls as the
+    threshold rises (fewer patches clustered, a larger batch minimum of unclustered ones), so bisection
+    finds it; the interval is [-1, 1] (the official search starts from [0, 1], whose midpoint is the
+    paper's 0.5) and stops after `steps` halvings where counts are too coarse to come within the
+    tolerance (the official loop would not end). Returns (threshold, achieved mean final ratio): the
+    first within tolerance, else the closest seen."""
+    if not min_mask_ratio <= target < 1.0:
+        raise ValueError(f"target final mask ratio must be in [min_mask_ratio={min_mask_ratio}, 1), got {target}")
+    sim, _ = anchor_rows(images, patch_size, anchor_ratio, generator)
+    best = sim.max(dim=1).values
+    lo, hi = -1.0, 1.0
+    found = (0.0, official_mask_ratio(best, 0.0, min_mask_ratio, batch_size))
+    for _ in range(steps):
+        mid = (lo + hi) / 2.0
+        ratio = official_mask_ratio(best, mid, min_mask_ratio, batch_size)
+        if abs(ratio - target) < abs(found[1] - target):
+            found = (mid, ratio)
+        if abs(ratio - target) < tolerance:
+            return mid, ratio
+        lo, hi = (mid, hi) if ratio > target else (lo, mid)
+    return found
+
+
 # ------------------------------------------------------------------------ the registration
 def _cluster(images: torch.Tensor, k: Any, ctx: MaskContext) -> MaskResult:
     clusters = (images, ctx.patch_size)
@@ -273,11 +324,28 @@ def _check_cluster(k: Any, num_patches: int) -> None:
         )
     if not 0 <= k.calibrate_coverage < 1:
         raise ValueError(f"masking.calibrate_coverage must be in [0, 1) (0 = off), got {k.calibrate_coverage!r}")
+    if k.calibrate_mask_ratio:
+        if k.mode != "official":
+            raise ValueError(
+                "masking.calibrate_mask_ratio calibrates official mode's batch-dependent ratio; with masking.mode "
+                f"exact the ratio is masking.ratio (use masking.calibrate_coverage there), got {k.calibrate_mask_ratio!r}"
+            )
+        if not k.min_mask_ratio <= k.calibrate_mask_ratio < 1:
+            raise ValueError(
+                f"masking.calibrate_mask_ratio must be in [masking.min_mask_ratio={k.min_mask_ratio}, 1) (0 = off): "
+                f"official mode never masks less than min_mask_ratio, got {k.calibrate_mask_ratio!r}"
+            )
+        if k.calibrate_coverage:
+            raise ValueError(
+                "masking.calibrate_mask_ratio and masking.calibrate_coverage both set masking.threshold; "
+                f"set one of them to 0, got {k.calibrate_mask_ratio!r} and {k.calibrate_coverage!r}"
+            )
 
 
 def _describe_cluster(k: Any) -> str:
     label = f"cluster a={k.anchor_ratio} t={k.threshold}"
-    label += " official" if k.mode == "official" else f" r={k.ratio}"
+    label += f" r={k.ratio}" if k.mode != "official" else " official"
+    label += f" final={k.calibrate_mask_ratio}" if k.mode == "official" and k.calibrate_mask_ratio else ""
     return label + (" +embed" if k.features == "rgb+embed" else "")
 
 
@@ -291,7 +359,16 @@ def _embed_weight(k: Any, samples_seen: int) -> float:
     return fusion_weight(samples_seen, k.fusion_samples) if k.features == "rgb+embed" else 0.0
 
 
-def _calibrate(k: Any, images: Callable[[], torch.Tensor], patch_size: int, generator: torch.Generator | None):
+def _calibrate(
+    k: Any, images: Callable[[], torch.Tensor], patch_size: int, generator: torch.Generator | None, batch_size: int
+):
+    if k.mode == "official" and k.calibrate_mask_ratio > 0:
+        args = (k.anchor_ratio, k.min_mask_ratio, k.calibrate_mask_ratio, batch_size)
+        threshold, achieved = calibrate_official_threshold(images(), patch_size, *args, generator)
+        return {"threshold": threshold}, (
+            f"calibrated threshold masking.threshold={threshold:.4f}: official mean final mask ratio "
+            f"{achieved:.3f} in batches of {batch_size} (target {k.calibrate_mask_ratio})"
+        )
     if k.calibrate_coverage <= 0:
         return None
     threshold, achieved = calibrate_threshold(images(), patch_size, k.anchor_ratio, k.calibrate_coverage, generator)
@@ -313,6 +390,9 @@ register_strategy(
     check=_check_cluster,
     describe=_describe_cluster,
     kept_tokens=lambda k, n: None if k.mode == "official" else num_keep(n, k.ratio),
+    # official mode calibrated to a mean final ratio plans its compute budget at that ratio (training
+    # records the FLOPs it spent: train_flops)
+    planned_tokens=lambda k, n: num_keep(n, k.calibrate_mask_ratio) if k.calibrate_mask_ratio else None,
     mask_flops=_mask_flops,
     embed_weight=_embed_weight,
     calibrate=_calibrate,
