@@ -365,9 +365,10 @@ def _calibrate(
     if k.mode == "official" and k.calibrate_mask_ratio > 0:
         args = (k.anchor_ratio, k.min_mask_ratio, k.calibrate_mask_ratio, batch_size)
         threshold, achieved = calibrate_official_threshold(images(), patch_size, *args, generator)
+        missed = "" if abs(achieved - k.calibrate_mask_ratio) < 0.01 else ", the closest reachable on these images"
         return {"threshold": threshold}, (
             f"calibrated threshold masking.threshold={threshold:.4f}: official mean final mask ratio "
-            f"{achieved:.3f} in batches of {batch_size} (target {k.calibrate_mask_ratio})"
+            f"{achieved:.3f} in batches of {batch_size} (target {k.calibrate_mask_ratio}{missed})"
         )
     if k.calibrate_coverage <= 0:
         return None
