@@ -103,3 +103,27 @@ def test_four_points_fit_but_get_no_interval_and_no_claimed_separation():
     sentence = sf.compare("a", fa, "b", fb, (1e11, 1e13), 1e13)
     assert sentence.startswith("a lies below b") and "cannot be told apart" in sentence
     assert sf.held_out(c, good).flagged
+
+
+def test_a_prediction_past_the_measured_runs_says_it_is_an_extrapolation():
+    c, good = _points(0.20, 0.2, 0.45, seed=2)
+    _, bad = _points(0.30, 0.2, 0.45, seed=3)
+    fa, fb = sf.fit("compute", good, c, bootstrap=200), sf.fit("compute", bad, c, bootstrap=200)
+    inside = sf.compare("cluster", fa, "random", fb, (c.min(), c.max()), c.max())
+    beyond = sf.compare("cluster", fa, "random", fb, (c.min(), c.max()), 1.5 * c.max())
+    assert "extrapolated" not in inside
+    assert "at compute 1.5e+14 (extrapolated 1.5x past the compared range) the predicted errors" in beyond
+
+
+def test_the_scaling_summary_labels_a_target_past_a_group_s_dearest_run():
+    from maskvlp.sweep.fit import FitSpec, Point, fit_study, summary_markdown
+
+    c, y = _points(0.20, 0.2, 0.45, n=8, noise=0.0, seed=2)
+    pts = [
+        Point(f"r{i}", "random", {}, float(ci), 0, 0, int(ci), 1 - float(yi), float(yi), 1.0, 100.0)
+        for i, (ci, yi) in enumerate(zip(c, y))
+    ]
+    for target, label in ((None, False), (float(c.max()) * 1.5, True)):
+        fs = FitSpec("m", "one_minus", "strategy", ("compute",), target, bootstrap=50)
+        text = summary_markdown("s", fit_study(pts, fs), pts, {}, fs)
+        assert ("(extrapolated 1.5x past the group's dearest run)" in text) is label, text

@@ -148,7 +148,8 @@ def _fit_group(pts: list[Point], fs: FitSpec, target: float) -> dict[str, Any]:
     f = fit("compute", e[front], c[front], bootstrap=fs.bootstrap, seed=fs.seed)
     out |= {"compute": f.to_dict(), "_fit": f}
     if f.converged:
-        out["at_target"] = {"compute": target, "error": float(f.predict(target))}
+        # how far past the group's dearest run the prediction reaches (> 1: an extrapolation)
+        out["at_target"] = {"compute": target, "error": float(f.predict(target)), "beyond": target / float(c.max())}
         if f.has_intervals:
             lo, hi = band(f, target)
             out["at_target"] |= {"lo": float(lo), "hi": float(hi)}
@@ -226,7 +227,9 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
         if "at_target" in r:
             t = r["at_target"]
             within = f" [{t['lo']:.4f}, {t['hi']:.4f}]" if "lo" in t else " (no interval)"
-            lines.append(f"  predicted error at {t['compute']:.3g} FLOPs: {t['error']:.4f}{within}")
+            beyond = t.get("beyond", 1.0)
+            where = f" (extrapolated {beyond:.2g}x past the group's dearest run)" if beyond > 1.0 + 1e-9 else ""
+            lines.append(f"  predicted error at {t['compute']:.3g} FLOPs{where}: {t['error']:.4f}{within}")
         flag = "FLAGGED: " if r["held_out"]["flagged"] else "ok: "
         lines.append(f"  held-out check: {flag}{r['held_out']['message']}")
         for name in fs.forms:

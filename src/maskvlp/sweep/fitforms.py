@@ -285,17 +285,20 @@ def compare(name_a: str, fa: Fit, name_b: str, fb: Fit, c_range: tuple[float, fl
     where = f"{side} {name_b} over the whole" if side else f"is below {name_b} over {below:.0%} of the"
     where += " measured compute range" + ("" if side else " (the curves cross)")
     pa, pb = float(fa.predict(target)), float(fb.predict(target))
+    at = f"at compute {target:.3g}"
+    if target > c_range[1] * (1 + 1e-9):  # a prediction past the measured runs: say how far
+        at += f" (extrapolated {target / c_range[1]:.2g}x past the compared range)"
     if not (fa.has_intervals and fb.has_intervals):
         missing = [n for n, f in ((name_a, fa), (name_b, fb)) if not f.has_intervals]
         return (
-            f"{name_a} {where}; at compute {target:.3g} the predicted errors are {pa:.4f} vs {pb:.4f}, but the "
+            f"{name_a} {where}; {at} the predicted errors are {pa:.4f} vs {pb:.4f}, but the "
             f"fit of {' and '.join(missing)} has no interval (too few distinct points to bootstrap), so the two "
             "cannot be told apart with any stated confidence."
         )
     (la, ha), (lb, hb) = (tuple(float(v) for v in band(f, target)) for f in (fa, fb))
     separate = ha < lb or hb < la
     return (
-        f"{name_a} {where}; at compute {target:.3g} the predicted errors are {pa:.4f} "
+        f"{name_a} {where}; {at} the predicted errors are {pa:.4f} "
         f"[{la:.4f}, {ha:.4f}] vs {pb:.4f} [{lb:.4f}, {hb:.4f}]: the intervals "
         + ("separate." if separate else "overlap, so the two cannot be told apart there.")
     )
