@@ -104,3 +104,17 @@ def test_meta_device_flops_equal_a_real_model_s():
     with torch.device("meta"):
         meta = CLIP.from_config(cfg.model)
     assert meta.train_flops_per_sample(32) == CLIP.from_config(cfg.model).train_flops_per_sample(32)
+
+
+def test_time_matched_budget_scales_samples_by_the_measured_speedup_and_pays_tuning_at_unmasked_speed():
+    time = ["train.compute_samples=4000", "train.compute_basis=time", "masking.strategy=random"]
+    assert load_config("params.yaml", [*time, "train.compute_speedup=1.36"]).train.samples == 5440
+    tuned = load_config("params.yaml", [*time, "train.compute_speedup=1.36", "train.unmasked_tuning_samples=1000"])
+    assert tuned.train.samples == round(3000 * 1.36) + 1000
+    with pytest.raises(ConfigError, match="train.compute_speedup must be > 0 with train.compute_basis time"):
+        load_config("params.yaml", time)
+    with pytest.raises(ConfigError, match="train.compute_basis"):
+        load_config("params.yaml", ["train.compute_basis=wall"])
+    # official mode has no fixed token count, but a measured speed: time matching needs no plan
+    official = ["masking.strategy=cluster", "masking.mode=official", "train.compute_speedup=1.2"]
+    assert load_config("params.yaml", [*time[:2], *official]).train.samples == 4800

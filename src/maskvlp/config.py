@@ -143,6 +143,10 @@ class TrainConfig:
     runs_dir: str = "runs"
     samples: int = 30000  # training budget in samples seen (derived when compute_samples > 0)
     compute_samples: int = 0  # > 0: train for the FLOPs of this many unmasked samples (train.samples derived)
+    # what compute_samples matches: flops (the FLOPs formula) | time (the measured wall time: samples scaled
+    # by compute_speedup, this configuration's images/s over the unmasked run's, measured on the same setup)
+    compute_basis: str = "flops"
+    compute_speedup: float = 0.0  # with compute_basis time: measured images/s ratio to unmasked (0 = not given)
     seed: int | None = None  # model init, data order, masks; null = the top-level seed (which also splits the data)
     unique_pairs: int = 0  # train on the first N pairs of the train shards only (data size); 0 = all
     batch_size: int = 64  # per process

@@ -106,7 +106,9 @@ def resolve_derived(cfg: Config) -> None:
             if getattr(node, leaf) is None:
                 setattr(node, leaf, list(value) if isinstance(value, list) else value)
     if cfg.train.compute_samples:
-        cfg.train.samples = compute_matched_samples(cfg)
+        cfg.train.samples = (
+            time_matched_samples(cfg) if cfg.train.compute_basis == "time" else compute_matched_samples(cfg)
+        )
         check(cfg.train.samples >= 1, "train.compute_samples", "must be >= 1 (0 = off)", cfg.train.compute_samples)
     for strategy in STRATEGIES.values():  # each owner fills its own keys of the section, used or not
         if strategy.derive is not None:
@@ -155,6 +157,29 @@ def compute_matched_samples(cfg: Config) -> int:
     except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"train.compute_samples: cannot size the model to count its FLOPs ({exc})") from exc
     return matched_samples(model, k, t.compute_samples - tuning) + tuning
+
+
+def time_matched_samples(cfg: Config) -> int:
+    """train.samples for `train.compute_samples = N` with `train.compute_basis: time`: the samples this
+    configuration trains in the wall time of N unmasked samples, from its measured speed relative to the
+    unmasked run (`train.compute_speedup`, images/s over images/s on the same model, data and machine:
+    `maskvlp sweep-report` prints it per arm from a samples-budget study). FLIP's unmasked tuning runs
+    at the unmasked speed: the masked phase gets the time of N - T unmasked samples."""
+    t = cfg.train
+    check(
+        t.compute_speedup > 0,
+        "train.compute_speedup",
+        "must be > 0 with train.compute_basis time: the measured images/s of this configuration over the "
+        "unmasked run's (maskvlp sweep-report prints it per arm)",
+        t.compute_speedup,
+    )
+    check(
+        0 <= t.unmasked_tuning_samples < t.compute_samples,
+        "train.unmasked_tuning_samples",
+        f"is paid from the time budget (train.compute_samples={t.compute_samples}); lower it",
+        t.unmasked_tuning_samples,
+    )
+    return round((t.compute_samples - t.unmasked_tuning_samples) * t.compute_speedup) + t.unmasked_tuning_samples
 
 
 def config_from_dict(cfg_dict: dict[str, Any]) -> Config:
@@ -216,6 +241,8 @@ def _check_train(cfg: Config) -> None:
     check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)", t.grad_clip)
     check(t.accum_steps >= 1, "train.accum_steps", "must be >= 1", t.accum_steps)
     choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
+    choice("train.compute_basis", t.compute_basis, ("flops", "time"))
+    check(t.compute_speedup >= 0, "train.compute_speedup", "must be >= 0 (0 = not given)", t.compute_speedup)
     check(
         0 <= t.unmasked_tuning_samples < t.samples,
         "train.unmasked_tuning_samples",
