@@ -127,3 +127,9 @@ def test_the_scaling_summary_labels_a_target_past_a_group_s_dearest_run():
         fs = FitSpec("m", "one_minus", "strategy", ("compute",), target, bootstrap=50)
         text = summary_markdown("s", fit_study(pts, fs), pts, {}, fs)
         assert ("(extrapolated 1.5x past the group's dearest run)" in text) is label, text
+    assert "frontier is picked from single-seed values" in text  # one run per configuration
+    assert text.count("| - |") == len(pts)  # no cluster arm: no coverage
+    clustered = [Point(**{**q.to_dict(), "group": "cluster", "coverage": 0.25}) for q in pts]
+    twice = pts + [Point(**{**pts[0].to_dict(), "run": "again"})]
+    text = summary_markdown("s", fit_study(clustered + twice, fs), clustered + twice, {}, fs)
+    assert "| 0.250 |" in text and "1 of 16 configurations ran more than once" in text

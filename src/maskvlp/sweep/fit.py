@@ -115,6 +115,7 @@ class Point:
     error: float
     wall_s: float
     images_per_s: float
+    coverage: float | None = None  # cluster masking: the run's mean fraction of patches in a cluster
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -129,9 +130,12 @@ def points(study_dir: Path, fs: FitSpec) -> tuple[list[Point], dict[str, int]]:
         group = str(t.params.get(fs.group, r.get("masking", {}).get("label", "?"))) if fs.group else "all"
         compute, n, d = float(r["train_flops"]), int(sum(r["params_nonembedding"].values())), int(r["unique_pairs"])
         wall_s, speed = float(r.get("wall_s", math.nan)), float(r.get("images_per_s", math.nan))
-        samples = int(r["samples_seen"])
+        samples, masking = int(r["samples_seen"]), r.get("masking", {})
+        coverage = masking.get("mean_cluster_coverage") if masking.get("strategy") == "cluster" else None
         out.append(
-            Point(str(t.root), group, t.params, compute, n, d, samples, value, fs.error_of(value), wall_s, speed)
+            Point(
+                str(t.root), group, t.params, compute, n, d, samples, value, fs.error_of(value), wall_s, speed, coverage
+            )
         )
     return out, skipped
 
@@ -196,6 +200,21 @@ def _fmt_fit(f: dict[str, Any]) -> str:
     return ", ".join(parts) + f"; rmse {f['rmse']:.4f}, {f['n_points']} points"
 
 
+def _frontier_note(pts: list[Point]) -> str:
+    """Whether the frontier stands on single runs: one seed per point lets noise pick it."""
+    seeds = {}
+    for p in pts:
+        key = (p.group, p.data_size, p.model_size, p.samples)
+        seeds[key] = seeds.get(key, 0) + 1
+    repeated = sum(n > 1 for n in seeds.values())
+    if repeated == 0:
+        return (
+            "Every point is a single run (one seed): the frontier is picked from single-seed values, so a lucky "
+            "or unlucky seed can put a point on it or off it; fits and intervals do not include that choice."
+        )
+    return f"{repeated} of {len(seeds)} configurations ran more than once; each run is its own point."
+
+
 def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skipped: dict[str, int], fs: FitSpec) -> str:
     err = f"1 - {fs.metric}" if fs.error == "one_minus" else fs.metric
     lines = [
@@ -206,8 +225,8 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
         + ". Compute = masking-aware training FLOPs from the run records (kept tokens, both towers, the mask "
         "computation included); model size = non-embedding parameters of both towers; data size = unique training pairs.",
         "",
-        "| group | model | data | samples | compute (FLOPs) | N (non-emb.) | metric | error | img/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| group | model | data | samples | compute (FLOPs) | N (non-emb.) | metric | error | img/s | coverage |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     front = {r for g in result["groups"].values() for r in g["frontier"]}
     for p in sorted(pts, key=lambda p: (p.group, p.compute, p.data_size)):
@@ -215,9 +234,13 @@ def summary_markdown(name: str, result: dict[str, Any], pts: list[Point], skippe
         star = " *" if p.run in front else ""
         lines.append(
             f"| {p.group} | {model} | {p.data_size} | {p.samples} | {p.compute:.3g}{star} | {p.model_size:,} | "
-            f"{p.value:.4f} | {p.error:.4f} | {p.images_per_s:.0f} |"
+            f"{p.value:.4f} | {p.error:.4f} | {p.images_per_s:.0f} | "
+            + ("-" if p.coverage is None else f"{p.coverage:.3f}")
+            + " |"
         )
-    lines += ["", "`*`: on the group's compute frontier (no cheaper point of the group has lower error).", ""]
+    lines += ["", "`*`: on the group's compute frontier (no cheaper point of the group has lower error)."]
+    lines += ["Coverage: the mean fraction of patches in a cluster during training (cluster masking only)."]
+    lines += [_frontier_note(pts), ""]
     fits = f"Compute form `err = {FORMS['compute'].formula}` on each group's frontier; 95% bootstrap intervals."
     lines += ["## Fits", "", fits, ""]
     for g, r in result["groups"].items():
