@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maskvlp.stats import mean_ci
 from maskvlp.sweep.compare import compare, compare_spec, markdown, validate_compare
@@ -199,3 +201,131 @@ def test_composition_columns_have_their_text_only_floor_as_a_row():
     assert result["text_floor"] == {"composition/emoji/relation": pytest.approx(0.75)}
     row = next(line for line in markdown(result, cs).splitlines() if line.startswith("| text-only floor"))
     assert row.startswith("| text-only floor (mean over trials) | - | - | 0.750 |")  # seeds, zero-shot, composition
+
+
+def test_every_table_shows_time_beside_flops_and_the_achieved_mask_ratio_beside_coverage():
+    from maskvlp.sweep.compare import RECORD_COLUMNS
+
+    assert RECORD_COLUMNS["wall_s"] == ("wall_s",) and RECORD_COLUMNS["mask_ratio"] == ("masking", "mean_mask_ratio")
+    cs = compare_spec(spec_with(GOOD))
+    rows = _rows({("none", "samples"): [0.5, 0.6], ("random", "samples"): [0.4, 0.5]})
+    for r in rows:
+        r["values"] |= {"wall_s": 85.6 if r["group"] == "none" else 110.6, "samples_seen": 12032.0}
+        r["values"] |= {"mask_ratio": 0.0 if r["group"] == "none" else 0.5}
+        if r["group"] == "random":
+            r["values"]["cluster_coverage"] = 0.3
+    result = compare(rows, cs)
+    cols = result["columns"]
+    assert cols.index("wall_s") == cols.index("train_flops") + 1
+    assert cols.index("cluster_coverage") == cols.index("mask_ratio") + 1
+    lines = markdown(result, cs).splitlines()
+    header = next(line for line in lines if line.startswith("| strategy |"))
+    assert header == (
+        "| strategy | seeds | zeroshot/val/top1 | images/s | samples seen | TFLOPs | train time (s) | mask ratio | "
+        "coverage |"
+    )
+    random_row = next(line for line in lines if line.startswith("| random |"))  # TFLOPs, s, ratio, coverage
+    assert random_row.endswith("| 0.60 ± 0.00 | 111 ± 0 | 0.500 ± 0.000 | 0.300 ± 0.000 |")
+    none_row = next(line for line in lines if line.startswith("| none |"))
+    assert none_row.endswith("| 1.00 ± 0.00 | 86 ± 0 | 0.000 ± 0.000 | - |")  # unmasked: ratio 0, no clusters
+    assert "TFLOPs: training FLOPs" in lines[0] and "train time (s): measured in each run" in lines[0]
+
+
+def test_two_budgets_give_each_masked_group_a_counted_sentence_not_an_assertion():
+    from maskvlp.sweep.comparetext import budget_sentence
+
+    cs = compare_spec(
+        spec_with({**GOOD, "metrics": ["zeroshot/val/top1", "linear_probe/val/top1", "retrieval/val/t2i_r1"]})
+    )
+    rows = _rows(
+        {
+            ("none", "samples"): [0.50, 0.60],
+            ("random", "samples"): [0.40, 0.50],
+            ("none", "compute"): [0.50, 0.60],
+            ("random", "compute"): [0.45, 0.55],
+        }
+    )
+    probe = {"samples": [0.064, 0.064], "compute": [0.059, 0.059]}  # lower at compute
+    t2i = {"samples": [0.0105, 0.0105], "compute": [0.0105, 0.0105]}  # the same
+    for r in rows:
+        r["values"]["mask_ratio"] = 0.0 if r["group"] == "none" else 0.5
+        r["values"]["linear_probe/val/top1"] = probe[r["budget"]][int(r["seed"])]
+        r["values"]["retrieval/val/t2i_r1"] = t2i[r["budget"]][int(r["seed"])]
+    result = compare(rows, cs)
+    (change,) = result["budget_changes"]  # `none` is unmasked: the same samples at both budgets
+    assert change["group"] == "random" and (change["from"], change["to"]) == ("samples", "compute")
+    assert [m["metric"] for m in change["higher"]] == ["zeroshot/val/top1"]
+    assert change["lower"] == [
+        {"metric": "linear_probe/val/top1", "from": pytest.approx(0.064), "to": pytest.approx(0.059)}
+    ]
+    text = budget_sentence(change)
+    assert text == (
+        "random: 1 of 3 metrics higher at compute than at samples; lower: linear_probe/val/top1 (0.064 -> 0.059); "
+        "equal: retrieval/val/t2i_r1 (0.011)."
+    )
+    md = markdown(result, cs)
+    assert "### From one budget to the next" in md and f"- {text}" in md and "- none:" not in md
+    # means that differ only past the third decimal are shown with the decimals that tell them apart
+    close = {**change, "higher": [], "equal": [], "lower": [{"metric": "m", "from": 0.06412, "to": 0.06408}]}
+    assert budget_sentence(close).endswith("lower: m (0.06412 -> 0.06408).")
+    # one budget: no such sentence
+    assert compare([r for r in rows if r["budget"] == "samples"], cs)["budget_changes"] == []
+
+
+_KEYS = ("zeroshot/val/top1", "retrieval/val/t2i_r1", "train_flops", "mask_ratio", "zeroshot/val/chance_top1")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["none", "random"]),
+            st.sampled_from(["samples", "compute"]),
+            st.integers(0, 5),
+            st.dictionaries(st.sampled_from(_KEYS), st.floats(allow_nan=False, width=64), max_size=len(_KEYS)),
+            st.lists(st.sampled_from(_KEYS[:2]), unique=True),
+        ),
+        max_size=8,
+    ),
+    st.dictionaries(st.sampled_from(["pruned", "not finished"]), st.integers(1, 3)),
+)
+def test_trial_metrics_csv_reads_back_the_rows_it_was_written_from(tmp_path_factory, trials, skipped):
+    """Every float to the last bit (infinities too), missing values missing, row order kept, and the
+    trials left out counted by reason: the rows compare() gets are the ones it got from the study."""
+    from maskvlp.sweep.trialmetrics import read_trial_metrics, write_trial_metrics
+
+    rows = [
+        {
+            "group": g,
+            "budget": b,
+            "seed": str(s),
+            "run": f"runs/x/trial-{i:04d}",
+            "values": v,
+            "reevaluated": sorted(re),
+        }
+        for i, (g, b, s, v, re) in enumerate(trials)
+    ]
+    path = write_trial_metrics(tmp_path_factory.mktemp("csv") / "trial-metrics.csv", rows, skipped)
+    back, left_out = read_trial_metrics(path, compare_spec(spec_with(GOOD)))
+    assert back == rows and left_out == skipped
+    assert all(repr(r["values"][k]) == repr(q["values"][k]) for r, q in zip(rows, back) for k in r["values"])  # -0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("strategy,budget,seed,run\n", "not a trial-metrics table"),
+        ("group,budget,seed,run,left_out,reevaluated,zeroshot/val/top1\nnone,all,0,r,,,0.5,7\n", "line 2: 8 cells"),
+        ("group,budget,seed,run,left_out,reevaluated,zeroshot/val/top1\nnone,all,0,r,,,high\n", "is not a number"),
+        (
+            "group,budget,seed,run,left_out,reevaluated,zeroshot/val/top1\ncluster,all,0,r,,,0.5\n",
+            "the study's own sweep",
+        ),
+    ],
+)
+def test_a_table_that_is_not_a_studys_trial_metrics_is_refused_saying_why(tmp_path, text, message):
+    from maskvlp.sweep.trialmetrics import read_trial_metrics
+
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_trial_metrics(tmp_path / "t.csv", compare_spec(spec_with(GOOD)))

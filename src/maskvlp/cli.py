@@ -401,13 +401,24 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep file (sweeps/paper.yaml): comparison.md / .json / .png, the mean and 95% t-interval over "
         "seeds of every metric per strategy and budget, images/s and FLOPs, and one sentence per claim "
         "saying whether its ordering holds, is reversed, or cannot be told apart (docs/paper-study.md). "
-        "--metric KEY: the trials ranked by it too (rankings.csv); a claim metric of compare: (docs/own-data.md).",
+        "--metric KEY: the trials ranked by it too (rankings.csv); a claim metric of compare: (docs/own-data.md). "
+        "The comparison's per-trial values go to trial-metrics.csv, from which --from-metrics writes it again "
+        "without runs/; --into puts it into a report's generated block (docs/sweeps.md).",
+        epilog="example: maskvlp sweep-report paper --from-metrics reports/sweeps/paper/trial-metrics.csv "
+        "--sweep-file sweeps/paper.yaml --into reports/paper-study.md",
     )
     p.add_argument("name", metavar="NAME", help="the study name")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
-    p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/sweeps/NAME)")
+    text = "report folder (default: reports/sweeps/NAME; with --from-metrics: the table's folder)"
+    p.add_argument("--out", default=None, metavar="DIR", help=text)
     text = "rank the finished trials by this key of their result.json eval too, e.g. of a re-evaluation (repeatable)"
     p.add_argument("--metric", action="append", default=[], metavar="KEY", help=text)
+    text = "write only comparison.md/.json/.png (and the table) again from this committed trial-metrics.csv: no runs/ or storage needed"
+    p.add_argument("--from-metrics", default=None, metavar="CSV", help=text)
+    text = "the study's sweep file: its compare: section is used (default: the study folder's sweep.json)"
+    p.add_argument("--sweep-file", default=None, metavar="FILE", help=text)
+    text = "replace the block between a report's generated-block markers with the comparison (needs --sweep-file)"
+    p.add_argument("--into", default=None, metavar="REPORT", help=text)
     p.set_defaults(func=_sweep_command("sweep_report"), raw=True)
 
     p = sub.add_parser(

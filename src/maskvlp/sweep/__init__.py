@@ -5,7 +5,9 @@
     spec.py      parse, load (once, with the command line's changes), validate against params.yaml;
                  ANALYSES: the `fit:` and `compare:` sections behind one interface (check, validate, write)
     fit.py, fitforms.py   scaling studies: `maskvlp scaling-fit` and its registry of fit forms
-    compare.py   strategies over seeds: comparison.md / .json / .png
+    compare.py   strategies over seeds: comparison.md / .json / .png (comparetext.py: its sentences
+                 and tables; trialmetrics.py: trial-metrics.csv; comparemasks.py: the cluster arms' masks)
+    regenerate.py  a comparison written again from trial-metrics.csv; a report's generated block
     study.py     the Optuna side: storage, sampler, pruner, sampling a trial, counting logical trials
     prepare.py   `maskvlp sweep FILE` made ready: everything checked before anything is submitted
     liveness.py  whether a trial's job or a study's driver is alive; the driver lock
@@ -15,6 +17,6 @@
     report.py    `maskvlp sweep-status` and `maskvlp sweep-report`
     commands.py  the bodies of the sweep commands of maskvlp.cli
 
-space, rules, spec, fit, fitforms and compare work without optuna (the analyses read a study's
+space, rules, spec, fit, fitforms, compare and regenerate work without optuna (the analyses read a study's
 finished trials through runs.finished_trials); docs/sweeps.md describes the design and a trial's states.
 """

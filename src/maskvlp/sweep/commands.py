@@ -66,12 +66,31 @@ def sweep_status(args: argparse.Namespace) -> int:
 
 
 def sweep_report(args: argparse.Namespace) -> int:
-    from maskvlp.sweep.report import report
+    from maskvlp.sweep import regenerate as regen
 
-    text, out = report(args.name, args.out, args.runs_dir, args.metric)
-    print(text)
-    ranked = ", rankings.csv" if args.metric else ""
-    print(f"wrote {out}/ (trials.csv, trials.md, best_params.yaml, plots{ranked})")
+    if args.into:  # refused before anything is written
+        regen.check_into(args.into, args.sweep_file)
+    if args.from_metrics:  # the comparison again from the committed table: no runs/, no storage
+        text, out = regen.regenerate(
+            args.name, args.from_metrics, args.out, args.sweep_file, args.runs_dir, args.metric
+        )  # fmt: skip
+        print(text)
+        print(
+            f"wrote {out}/ (comparison.md, comparison.json, comparison.png, trial-metrics.csv) from {args.from_metrics}"
+        )
+    else:
+        from maskvlp.sweep.report import report
+
+        text, out = report(args.name, args.out, args.runs_dir, args.metric, args.sweep_file)
+        print(text)
+        ranked = ", rankings.csv" if args.metric else ""
+        print(f"wrote {out}/ (trials.csv, trials.md, best_params.yaml, plots{ranked})")
+    if args.into:
+        table = Path(out) / regen.METRICS_FILE
+        if not table.is_file():
+            raise ValueError(f"--into {args.into}: no comparison was written (the study has no compare: section)")
+        regen.write_block(args.name, table, args.sweep_file, args.metric, args.into)
+        print(f"wrote the generated block of {args.into} (from {table} and {args.sweep_file})")
     return 0
 
 

@@ -19,7 +19,15 @@ interval contains 0 (cannot be told apart here), with the size of the difference
 states its power: the smallest difference the paired t-test over these seeds detects with 80% power
 at the 5% level, from the observed spread of the per-seed differences, and (with `target_effect`) how
 many seeds an effect of the target size would need at that spread. A difference that is the same on
-every seed (zero spread) gets its own verdict: no t-test can be made of it.
+every seed (zero spread) gets its own verdict: no t-test can be made of it. With two budgets or more,
+each masked group gets a sentence counting its metrics that are higher at one budget than at the one
+before (sweep.comparetext writes every sentence and table; this module computes their numbers).
+
+Beside them, trial-metrics.csv: one row per trial used (group, budget, seed, run, then every value
+column at full precision), and one per trial left out with its reason. It is the committed table
+(runs/ is not committed) from which anyone recomputes an interval, and from which `maskvlp sweep-report
+NAME --from-metrics trial-metrics.csv` writes comparison.md again, byte for byte (sweep.regenerate):
+`trial_records` reads either a study folder or that table, into the same rows.
 """
 
 from __future__ import annotations
@@ -27,22 +35,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from maskvlp.runs import atomic_path, finished_trials, value_at, write_text_atomic
-from maskvlp.stats import (
-    MAX_SEEDS,
-    POWER,
-    Interval,
-    detectable_difference,
-    mean_ci,
-    paired_difference,
-    seeds_needed,
-    verdict,
-)
+from maskvlp.runs import RunPaths, atomic_path, finished_trials, value_at, write_text_atomic
+from maskvlp.stats import detectable_difference, mean_ci, paired_difference, seeds_needed, verdict
+from maskvlp.sweep.comparetext import body, markdown, sentence  # noqa: F401 (markdown: part of this module's face)
 from maskvlp.sweep.space import SweepSpecError, check_metric, objective_keys
+from maskvlp.sweep.trialmetrics import METRICS_FILE, read_trial_metrics, write_trial_metrics
 
 # metric families reported by default (regular expressions over evaluation keys)
 DEFAULT_FAMILIES = (
@@ -52,10 +53,13 @@ DEFAULT_FAMILIES = (
     r"composition/[^/]+/(attribute|relation|object)",
 )
 # run-record columns beside the metrics: key -> how to read it from result.json
+# (measured time beside FLOPs; the achieved mask ratio beside cluster coverage)
 RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
     "images_per_s": ("images_per_s",),
-    "train_flops": ("train_flops",),
     "samples_seen": ("samples_seen",),
+    "train_flops": ("train_flops",),
+    "wall_s": ("wall_s",),
+    "mask_ratio": ("masking", "mean_mask_ratio"),
     "cluster_coverage": ("masking", "mean_cluster_coverage"),
 }
 CLAIM = re.compile(r"^\s*([A-Za-z0-9_.+-]+)\s*>\s*([A-Za-z0-9_.+-]+)\s*$")
@@ -138,11 +142,16 @@ def validate_compare(spec, cfg) -> CompareSpec:
 
 
 # ------------------------------------------------------------------------------ reading trials
-def trial_records(study_dir: Path, cs: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One row per complete, evaluated trial: group, budget, seed, metrics (evaluation + record
-    columns); and counts of the trials left out, by reason. A point run twice keeps its last run."""
+def trial_records(source: Path, cs: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One row per complete, evaluated trial: group, budget, seed, run, values (evaluation + record
+    columns) and `reevaluated` (the value keys that come from a re-evaluation, `maskvlp evaluate
+    --dataset`); and counts of the trials left out, by reason. A point run twice keeps its last run.
+    `source`: a study folder, or a trial-metrics.csv written from one (the same rows, read back)."""
+    source = Path(source)
+    if source.is_file():
+        return read_trial_metrics(source, cs)
     found: dict[tuple[str, str, str], dict[str, Any]] = {}
-    trials, skipped = finished_trials(study_dir)
+    trials, skipped = finished_trials(source)
     for t in trials:
         r, params = t.result, t.params
         values = {k: float(v) for k, v in r["eval"].items() if isinstance(v, int | float)}
@@ -153,9 +162,36 @@ def trial_records(study_dir: Path, cs: CompareSpec) -> tuple[list[dict[str, Any]
             "seed": str(params.get(cs.seeds)),
             "run": str(t.root),
             "values": values,
+            "reevaluated": reevaluated_keys(t.root, values),
         }
         found[(row["group"], row["budget"], row["seed"])] = row
     return list(found.values()), skipped
+
+
+def reevaluated_keys(root: Path, values: dict[str, float]) -> list[str]:
+    """The keys of `values` whose value is the one a re-evaluation wrote to the run's
+    eval-extra/<set>/metrics.json (`maskvlp evaluate --dataset` after the trial), sorted."""
+    extra: dict[str, dict[str, Any]] = {}
+    out = []
+    for key, value in values.items():
+        parts = key.split("/")
+        if len(parts) != 3:
+            continue
+        if parts[1] not in extra:
+            path = RunPaths(Path(root)).extra_eval_dir(parts[1]) / "metrics.json"
+            extra[parts[1]] = json.loads(path.read_text()) if path.is_file() else {}
+        recorded = extra[parts[1]].get(key)
+        if isinstance(recorded, int | float) and abs(recorded - value) <= 1e-9 * max(1.0, abs(value)):
+            out.append(key)
+    return sorted(out)
+
+
+def with_metrics(cs: CompareSpec, metrics: list[str] | tuple[str, ...]) -> CompareSpec:
+    """The section with `metrics` (`sweep-report --metric KEY`) added to its claim metrics and, where it
+    lists its columns, to those."""
+    claim = (*cs.claim_metrics, *(m for m in metrics if m not in cs.claim_metrics))
+    shown = None if cs.metrics is None else (*cs.metrics, *(m for m in metrics if m not in cs.metrics))
+    return replace(cs, claim_metrics=claim, metrics=shown)
 
 
 def metric_columns(rows: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
@@ -227,7 +263,29 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     seeds = sorted({r["seed"] for r in rows})
     head = {"group": cs.group, "budget_key": cs.budget, "seeds_key": cs.seeds, "budgets": budgets, "columns": columns}
     head |= {"chance": chance, "majority": majority, "text_floor": floor}
-    return {**head, "table": table, "claims": claims, "seeds": seeds}
+    changes = budget_changes(table, budgets, [k for k in metrics if k not in RECORD_COLUMNS])
+    return {**head, "table": table, "claims": claims, "budget_changes": changes, "seeds": seeds}
+
+
+def budget_changes(table: dict[str, dict[str, dict[str, Any]]], budgets: list[str], metrics: list[str]) -> list:
+    """Per pair of consecutive budgets and masked group (a measured mask ratio above 0 at either budget;
+    every group where no ratio was recorded): its metrics with a mean at both, split into higher, lower
+    and equal at the second budget, each with both means (a count of means, not a test)."""
+    out = []
+    for first, second in zip(budgets, budgets[1:]):
+        for g in [g for g in table[first] if g in table[second]]:
+            a, b = table[first][g], table[second][g]
+            ratios = [c["mask_ratio"]["mean"] for c in (a, b) if "mask_ratio" in c]
+            if ratios and max(ratios) <= 0:
+                continue  # unmasked: the budgets are the same samples for it
+            change: dict[str, Any] = {"group": g, "from": first, "to": second, "higher": [], "lower": [], "equal": []}
+            for m in [m for m in metrics if m in a and m in b]:
+                x, y = a[m]["mean"], b[m]["mean"]
+                kind = "higher" if y > x else "lower" if y < x else "equal"
+                change[kind].append({"metric": m, "from": x, "to": y})
+            if change["higher"] or change["lower"] or change["equal"]:
+                out.append(change)
+    return out
 
 
 def power_of(a: dict[str, float], z: dict[str, float], target_effect: float | None) -> dict[str, Any]:
@@ -247,122 +305,6 @@ def power_of(a: dict[str, float], z: dict[str, float], target_effect: float | No
     return out
 
 
-def power_sentence(c: dict[str, Any], cs: CompareSpec) -> str:
-    """What the test could have seen: the detectable difference and, with a target, the seeds it needs."""
-    d = c.get("detectable", math.nan)
-    if not math.isfinite(d):
-        return ""
-    n = c["difference"]["n"]
-    text = (
-        f" The smallest difference these {n} seeds detect ({POWER:.0%} power, 5% level, from the spread of the "
-        f"per-seed differences, sd {c['spread']:.4f}) is {d:.4f}."
-    )
-    if cs.target_effect is None or "target" not in c:
-        return text
-    need, target = c["seeds_for_target"], c["target"]
-    size = f"the target effect ({cs.target_effect:.1%} of {c['worse']}'s mean, {target:.4f})"
-    if target >= d:
-        return text + f" {size[0].upper() + size[1:]} is within reach of this study."
-    more = f"would need {need} seeds at this spread" if need else f"would need more than {MAX_SEEDS} seeds"
-    return text + f" It could not see {size}, which {more}."
-
-
-def sentence(c: dict[str, Any], cs: CompareSpec) -> str:
-    """One sentence per claim: whether `better > worse` holds on the metric, by how much."""
-    where = f"{cs.budget} = {c['budget']}" if cs.budget else "all trials"
-    head = f"{where}, {c['metric']}: "
-    if c["verdict"] == "no data":
-        return head + f"no seed has both {c['better']} and {c['worse']} finished, so nothing can be said."
-    d = Interval(**c["difference"])
-    cost = f" at {c['flops_ratio']:.2f}x its training FLOPs" if math.isfinite(c.get("flops_ratio", math.nan)) else ""
-    size = f"{c['better']} - {c['worse']} = {d.mean:+.4f}"
-    if not d.has_interval:
-        return head + f"{size}{cost} on a single seed: no interval, so no claim."
-    if c["verdict"] == "no spread":
-        return head + (
-            f"{size}{cost} on every one of the {d.n} seeds (zero spread): a t-interval cannot test a difference "
-            "that never varies, so no claim either way."
-        )
-    ci = f"[{d.low:+.4f}, {d.high:+.4f}] (95% paired t-interval over {d.n} seeds)"
-    if c["verdict"] == "holds":
-        return head + f"{c['better']} > {c['worse']} holds: {size} {ci}{cost}." + power_sentence(c, cs)
-    if c["verdict"] == "reversed":
-        return head + f"{c['better']} > {c['worse']} is reversed: {size} {ci}{cost}." + power_sentence(c, cs)
-    told = f"{c['better']} and {c['worse']} cannot be told apart: {size} {ci} contains 0{cost}."
-    return head + told + power_sentence(c, cs)
-
-
-# ------------------------------------------------------------------------------ outputs
-def _cell(cell: dict[str, Any] | None, key: str) -> str:
-    if not cell:
-        return "-"
-    scale, fmt = (1e12, "{:.2f}") if key == "train_flops" else (1.0, "{:.3f}")
-    if key in ("images_per_s", "samples_seen"):
-        fmt = "{:.0f}"
-    mean = fmt.format(cell["mean"] / scale)
-    if not math.isfinite(cell["low"]):
-        return mean
-    return f"{mean} ± {fmt.format((cell['high'] - cell['low']) / 2 / scale)}"
-
-
-def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
-    n = len(result["seeds"])
-    lines = [
-        f"Mean ± half-width of the 95% t-interval over seeds ({n} seeds: {', '.join(result['seeds'])}); "
-        "train_flops in TFLOPs (masking-aware, docs/records.md); images_per_s measured in each run.",
-        "",
-    ]
-    for b in result["budgets"]:
-        if cs.budget:
-            lines += [f"### {cs.budget} = {b}", ""]
-        cols = result["columns"]
-        lines.append(f"| {cs.group} | seeds | " + " | ".join(cols) + " |")
-        lines.append("|---|---:|" + "---:|" * len(cols))
-        for g, cells in result["table"][b].items():
-            seeds = max((c["n"] for c in cells.values()), default=0)
-            lines.append(f"| {g} | {seeds} | " + " | ".join(_cell(cells.get(k), k) for k in cols) + " |")
-        if result.get("chance"):
-            chance = result["chance"]
-            lines.append(
-                "| chance | - | " + " | ".join(f"{chance[k]:.3f}" if k in chance else "-" for k in cols) + " |"
-            )
-        for label, key in (("majority class", "majority"), ("text-only floor (mean over trials)", "text_floor")):
-            if result.get(key):
-                level = result[key]
-                lines.append(
-                    f"| {label} | - | " + " | ".join(f"{level[k]:.3f}" if k in level else "-" for k in cols) + " |"
-                )
-        lines.append("")
-    if result["claims"]:
-        lines += ["### The paper's ordering, tested", ""]
-        lines += claims_table(result["claims"], cs)
-        lines += [f"- {c['sentence']}" for c in result["claims"]]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def claims_table(claims: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
-    """One row per claim: the difference with its interval, the smallest difference the seeds detect
-    (80% power, 5% level) and, with a target effect, the seeds it needs; then a blank line."""
-
-    def num(v: Any, fmt: str = "{:+.4f}") -> str:
-        return fmt.format(v) if isinstance(v, int | float) and math.isfinite(v) else "-"
-
-    target = cs.target_effect is not None
-    head = "| budget | claim | metric | difference [95% CI] | detectable (80% power) |"
-    head += " target | seeds for target |" * target + " verdict |"
-    rows = [head, "|---|---|---|---|---:|" + "---:|---:|" * target + "---|"]
-    for c in claims:
-        d = c.get("difference")
-        diff = "-" if d is None else num(d["mean"]) + (f" [{num(d['low'])}, {num(d['high'])}]" if d["n"] > 1 else "")
-        row = f"| {c['budget']} | {c['better']} > {c['worse']} | {c['metric']} | {diff} | {num(c.get('detectable'), '{:.4f}')} |"
-        if target:
-            need = c.get("seeds_for_target")
-            row += f" {num(c.get('target'), '{:.4f}')} | {need if need else '-'} |"
-        rows.append(row + f" {c['verdict']} |")
-    return [*rows, ""]
-
-
 def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
     """Claim metric (or the first column) vs training FLOPs: one colour per group, one marker per
     budget, 95% intervals as error bars (both axes: FLOPs vary little over seeds, images do not)."""
@@ -371,8 +313,8 @@ def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = list(cs.claim_metrics) or result["columns"][:1]
-    if not metrics or not result["budgets"]:
+    metrics = figure_metrics(result, cs)
+    if not metrics:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     colours = {g: f"C{i}" for i, g in enumerate(cs.group_values)}
@@ -409,22 +351,61 @@ def figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | None:
     return out
 
 
-def write_comparison(study_dir: Path, cs: CompareSpec, out: Path, note: str = "") -> tuple[str, dict[str, Any]]:
-    """comparison.json, comparison.md and comparison.png in `out`; returns (Markdown, result). `note`: a
-    line written under the table (the report says there which metrics come from a re-evaluation)."""
-    rows, skipped = trial_records(study_dir, cs)
+def comparison(source: Path, cs: CompareSpec) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any]]:
+    """The rows (`trial_records` of a study folder or a trial-metrics.csv), the trials left out and the
+    result: compare() with the left-out counts and, when some column's values come from a
+    re-evaluation, the note that says so (pure: no file written)."""
+    rows, skipped = trial_records(source, cs)
     result = compare(rows, cs)
     result["skipped"] = skipped
-    text = markdown(result, cs)
-    if note:
-        text += f"\n{note}\n"
-        result["note"] = note
-    if skipped:
-        text += "\nLeft out: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) + ".\n"
+    again = [k for k in result["columns"] if any(k in r.get("reevaluated", ()) for r in rows)]
+    if again:
+        result["note"] = (
+            "From re-evaluation after the sweep (`maskvlp evaluate --dataset`; not the values Optuna was told): "
+            f"{', '.join(again)}."
+        )
+    return rows, skipped, result
+
+
+def figure_metrics(result: dict[str, Any], cs: CompareSpec) -> list[str]:
+    """The metrics comparison.png plots (none: no figure): the claim metrics, else the first column."""
+    return (list(cs.claim_metrics) or result["columns"][:1]) if result["budgets"] else []
+
+
+def mask_pictures(folder: Path, result: dict[str, Any], cs: CompareSpec) -> dict[str, str]:
+    """{group: masks-<group>.png} for the compared groups whose picture is in `folder`."""
+    from maskvlp.sweep.comparemasks import picture_name
+
+    shown = {g for b in result["budgets"] for g in result["table"][b]}
+    names = {g: picture_name(g) for g in cs.group_values if g in shown}
+    return {g: name for g, name in names.items() if (folder / name).is_file()}
+
+
+def comparison_text(result: dict[str, Any], cs: CompareSpec, folder: Path, links: str = "") -> str:
+    """comparison.md's text without its title, for the comparison written to `folder` (its figure and
+    the mask pictures there); `links`: the path from the Markdown file showing it to `folder`."""
+    png = "comparison.png" if figure_metrics(result, cs) else None
+    return body(result, cs, png, mask_pictures(folder, result, cs), links)
+
+
+def write_comparison(source: Path, cs: CompareSpec, out: Path, name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """comparison.json, comparison.md, comparison.png and trial-metrics.csv in `out`, and, from a study
+    folder, masks-<group>.png per cluster arm; returns (Markdown, result). `source`: a study folder or a
+    trial-metrics.csv (then `name`, the study's name, heads comparison.md; a study folder's name does)."""
+    source = Path(source)
+    rows, skipped, result = comparison(source, cs)
     out.mkdir(parents=True, exist_ok=True)
-    png = figure(result, cs, out / "comparison.png")
-    if png is not None:
-        text += f"\n![metric vs compute]({png.name})\n"
+    write_trial_metrics(out / METRICS_FILE, rows, skipped)
+    figure(result, cs, out / "comparison.png")
+    if source.is_dir():  # the trials' run folders: their mask pictures
+        from maskvlp.sweep.comparemasks import draw_masks
+
+        shown = [g for g in cs.group_values if any(g in result["table"][b] for b in result["budgets"])]
+        failed = draw_masks(rows, shown, out)
+        if failed:
+            result["masks_not_drawn"] = failed
+    text = comparison_text(result, cs, out)
+    result["masks"] = mask_pictures(out, result, cs)
     write_text_atomic(out / "comparison.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_text_atomic(out / "comparison.md", f"# Comparison: study `{study_dir.name}`\n\n" + text)
+    write_text_atomic(out / "comparison.md", f"# Comparison: study `{name or source.name}`\n\n" + text)
     return text, result

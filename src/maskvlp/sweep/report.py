@@ -10,6 +10,9 @@ The report writes into its folder (default reports/sweeps/<name>/):
   summary.json             counts by state, best values and params (JSON: `dvc metrics show` reads it)
   comparison.md/.json/.png with a `compare:` section (sweep.spec.ANALYSES, sweep.compare): mean and 95% interval
                            over seeds per strategy and metric, each claim tested in one sentence
+  trial-metrics.csv        with it: the per-trial values behind the comparison (sweep.trialmetrics), from which
+                           `--from-metrics` writes the comparison again without runs/ (sweep.regenerate)
+  masks-<group>.png        with it: the masks of each cluster arm, as `maskvlp masks` draws them
   rankings.csv             with `--metric KEY` (repeatable): the finished trials ranked by each key of their
                            result.json `eval` (e.g. after `maskvlp evaluate --run 'runs/<name>/trial-*' --dataset
                            SET`), each value marked as the trial's own evaluation or a re-evaluation; the keys
@@ -21,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,10 @@ from optuna.trial import TrialState
 
 from maskvlp.launch import pending_reasons
 from maskvlp.progress import format_duration
-from maskvlp.runs import RunPaths, atomic_path, finished_trials, metric_value, write_text_atomic
+from maskvlp.runs import atomic_path, finished_trials, metric_value, write_text_atomic
+from maskvlp.sweep.compare import reevaluated_keys
 from maskvlp.sweep.liveness import driver_alive, driver_text
+from maskvlp.sweep.regenerate import compare_section
 from maskvlp.sweep.space import SweepSpec
 from maskvlp.sweep.spec import ANALYSES, open_study
 from maskvlp.sweep.study import Logical, is_finished, load_study, logical_trials, quiet_optuna
@@ -235,13 +239,7 @@ def value_source(root: Path, metric: str, value: float) -> str:
     """Where a trial's metric comes from: `re-evaluation` when eval-extra/<set>/metrics.json (written by
     `maskvlp evaluate --dataset` after the trial) holds this value, else `trial` (its own job's evaluation
     or run record: what Optuna was told)."""
-    parts = metric.split("/")
-    extra = RunPaths(root).extra_eval_dir(parts[1]) / "metrics.json" if len(parts) == 3 else None
-    if extra is not None and extra.is_file():
-        recorded = json.loads(extra.read_text()).get(metric)
-        if isinstance(recorded, int | float) and abs(recorded - value) <= 1e-9 * max(1.0, abs(value)):
-            return "re-evaluation"
-    return "trial"
+    return "re-evaluation" if reevaluated_keys(root, {metric: value}) else "trial"
 
 
 def rankings(study_dir: Path, metrics: list[str], study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
@@ -309,10 +307,15 @@ def _write_rankings(ranked: dict[str, Any], path: Path) -> None:
 
 
 def report(
-    name: str, out: str | Path | None = None, runs_dir: str = "runs", metrics: list[str] | tuple[str, ...] = ()
+    name: str,
+    out: str | Path | None = None,
+    runs_dir: str = "runs",
+    metrics: list[str] | tuple[str, ...] = (),
+    sweep_file: str | Path | None = None,
 ) -> tuple[str, Path]:
     """Write the report folder; returns (console text, folder). `metrics`: evaluation keys (e.g. of a
-    re-evaluation on a new set) to rank the trials by, and to add to the comparison."""
+    re-evaluation on a new set) to rank the trials by, and to add to the comparison. `sweep_file`: the
+    study's sweep file, whose compare: section the comparison then follows (else the study folder's)."""
     info, spec, study = open_study_folder(name, runs_dir)
     study_dir = Path(runs_dir) / name
     metrics = list(dict.fromkeys(metrics))
@@ -356,21 +359,12 @@ def report(
         summary["rankings"] = ranked
         md += ["", "## Trials ranked by the metrics asked for (rankings.csv)"]
         md += ["", *(ranking_text(m, r) + "\n" for m, r in ranked.items())]
-    if spec.compare:
-        analysis = ANALYSES["compare"]
-        cs = analysis.check(spec)
-        if metrics:  # the asked metrics become claim metrics and columns too
-            claim = (*cs.claim_metrics, *(m for m in metrics if m not in cs.claim_metrics))
-            shown = None if cs.metrics is None else (*cs.metrics, *(m for m in metrics if m not in cs.metrics))
-            cs = replace(cs, claim_metrics=claim, metrics=shown)
-        reevaluated = [m for m, r in ranked.items() if any(t["source"] == "re-evaluation" for t in r["trials"])]
-        note = (
-            f"From re-evaluation after the sweep (`maskvlp evaluate --dataset`; not the values Optuna was told): "
-            f"{', '.join(reevaluated)}."
-            if reevaluated
-            else ""
-        )
-        compared, result = analysis.write(study_dir, cs, out, note=note)
+    if spec.compare or sweep_file is not None:
+        # the asked metrics become claim metrics and columns too; the section from the sweep file if named
+        cs = compare_section(name, sweep_file, runs_dir, metrics)
+        compared, result = ANALYSES["compare"].write(study_dir, cs, out)
+        for group, why in result.get("masks_not_drawn", {}).items():
+            notes.append(f"masks-{group}.png: not drawn ({why})")
         summary["comparison"] = {
             "claims": [{k: c[k] for k in ("budget", "better", "worse", "metric", "verdict")} for c in result["claims"]]
         }
@@ -385,6 +379,7 @@ def report(
         text += "\n\n" + ranking_text(m, r, console_table)
     if compared is not None:
         text += "\n\n" + compared
+        text += "".join(f"\n{n}" for n in notes if n.startswith("masks-"))
     if best is not None:
         text += f"\nbest: trial {best.number} " + " ".join(f"{k}={v:.4f}" for k, v in zip(objectives, best.values))
     return text, out

@@ -1,0 +1,201 @@
+"""The words and tables of a comparison (sweep.compare computes the numbers; this module only writes
+them): one sentence per claim with its power, one per masked group on the change between budgets,
+the Markdown tables, and the body of comparison.md with its links. Split out of sweep.compare so that
+each stays under ~450 lines: every sentence with a result number in it is generated here, from the
+numbers, never written by hand (docs/sweeps.md, "Reports regenerated from the numbers").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from maskvlp.stats import MAX_SEEDS, POWER, Interval
+
+if TYPE_CHECKING:
+    from maskvlp.sweep.compare import CompareSpec
+
+# how the tables head the run-record columns (sweep.compare.RECORD_COLUMNS), and what they measure
+RECORD_LABELS = {
+    "images_per_s": "images/s",
+    "samples_seen": "samples seen",
+    "train_flops": "TFLOPs",
+    "wall_s": "train time (s)",
+    "mask_ratio": "mask ratio",
+    "cluster_coverage": "coverage",
+}
+RECORD_CAPTION = (
+    "TFLOPs: training FLOPs, masking-aware (docs/records.md); images/s and train time (s): measured in each run "
+    "(training only, wall clock); mask ratio: the mean fraction of image patches removed (achieved); coverage: "
+    "the mean fraction of patches in a cluster."
+)
+
+
+def power_sentence(c: dict[str, Any], cs: CompareSpec) -> str:
+    """What the test could have seen: the detectable difference and, with a target, the seeds it needs."""
+    d = c.get("detectable", math.nan)
+    if not math.isfinite(d):
+        return ""
+    n = c["difference"]["n"]
+    text = (
+        f" The smallest difference these {n} seeds detect ({POWER:.0%} power, 5% level, from the spread of the "
+        f"per-seed differences, sd {c['spread']:.4f}) is {d:.4f}."
+    )
+    if cs.target_effect is None or "target" not in c:
+        return text
+    need, target = c["seeds_for_target"], c["target"]
+    size = f"the target effect ({cs.target_effect:.1%} of {c['worse']}'s mean, {target:.4f})"
+    if target >= d:
+        return text + f" {size[0].upper() + size[1:]} is within reach of this study."
+    more = f"would need {need} seeds at this spread" if need else f"would need more than {MAX_SEEDS} seeds"
+    return text + f" It could not see {size}, which {more}."
+
+
+def sentence(c: dict[str, Any], cs: CompareSpec) -> str:
+    """One sentence per claim: whether `better > worse` holds on the metric, by how much."""
+    where = f"{cs.budget} = {c['budget']}" if cs.budget else "all trials"
+    head = f"{where}, {c['metric']}: "
+    if c["verdict"] == "no data":
+        return head + f"no seed has both {c['better']} and {c['worse']} finished, so nothing can be said."
+    d = Interval(**c["difference"])
+    cost = f" at {c['flops_ratio']:.2f}x its training FLOPs" if math.isfinite(c.get("flops_ratio", math.nan)) else ""
+    size = f"{c['better']} - {c['worse']} = {d.mean:+.4f}"
+    if not d.has_interval:
+        return head + f"{size}{cost} on a single seed: no interval, so no claim."
+    if c["verdict"] == "no spread":
+        return head + (
+            f"{size}{cost} on every one of the {d.n} seeds (zero spread): a t-interval cannot test a difference "
+            "that never varies, so no claim either way."
+        )
+    ci = f"[{d.low:+.4f}, {d.high:+.4f}] (95% paired t-interval over {d.n} seeds)"
+    if c["verdict"] == "holds":
+        return head + f"{c['better']} > {c['worse']} holds: {size} {ci}{cost}." + power_sentence(c, cs)
+    if c["verdict"] == "reversed":
+        return head + f"{c['better']} > {c['worse']} is reversed: {size} {ci}{cost}." + power_sentence(c, cs)
+    told = f"{c['better']} and {c['worse']} cannot be told apart: {size} {ci} contains 0{cost}."
+    return head + told + power_sentence(c, cs)
+
+
+def _pair(a: float, b: float) -> str:
+    """`a -> b` with the fewest decimals (3 to 6) that show them apart; one number when they are equal."""
+    if a == b:
+        return f"{a:.3f}"
+    for places in range(3, 7):
+        left, right = f"{a:.{places}f}", f"{b:.{places}f}"
+        if left != right:
+            break
+    return f"{left} -> {right}"
+
+
+def budget_sentence(change: dict[str, Any]) -> str:
+    """One masked group between two budgets: how many of its metrics have a higher mean at the second,
+    and every metric that does not, with both means (e.g. "cluster: 5 of 7 metrics higher at compute than
+    at samples; lower: linear_probe/val/top1 (0.064 -> 0.059)")."""
+    n = len(change["higher"]) + len(change["lower"]) + len(change["equal"])
+    text = (
+        f"{change['group']}: {len(change['higher'])} of {n} metrics higher at {change['to']} than at {change['from']}"
+    )
+    for kind in ("lower", "equal"):
+        if change[kind]:
+            text += f"; {kind}: " + ", ".join(f"{m['metric']} ({_pair(m['from'], m['to'])})" for m in change[kind])
+    return text + "."
+
+
+# ------------------------------------------------------------------------------ tables
+def _cell(cell: dict[str, Any] | None, key: str) -> str:
+    if not cell:
+        return "-"
+    scale, fmt = (1e12, "{:.2f}") if key == "train_flops" else (1.0, "{:.3f}")
+    if key in ("images_per_s", "samples_seen", "wall_s"):
+        fmt = "{:.0f}"
+    mean = fmt.format(cell["mean"] / scale)
+    if not math.isfinite(cell["low"]):
+        return mean
+    return f"{mean} ± {fmt.format((cell['high'] - cell['low']) / 2 / scale)}"
+
+
+def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
+    """The tables (one per budget, with the chance, majority-class and text-only floor rows), the change
+    between budgets per masked group, and the claims: a table, then one sentence each."""
+    n = len(result["seeds"])
+    lines = [
+        f"Mean ± half-width of the 95% t-interval over seeds ({n} seeds: {', '.join(result['seeds'])}). "
+        + RECORD_CAPTION,
+        "",
+    ]
+    for b in result["budgets"]:
+        if cs.budget:
+            lines += [f"### {cs.budget} = {b}", ""]
+        cols = result["columns"]
+        lines.append(f"| {cs.group} | seeds | " + " | ".join(RECORD_LABELS.get(c, c) for c in cols) + " |")
+        lines.append("|---|---:|" + "---:|" * len(cols))
+        for g, cells in result["table"][b].items():
+            seeds = max((c["n"] for c in cells.values()), default=0)
+            lines.append(f"| {g} | {seeds} | " + " | ".join(_cell(cells.get(k), k) for k in cols) + " |")
+        for label, key in (
+            ("chance", "chance"),
+            ("majority class", "majority"),
+            ("text-only floor (mean over trials)", "text_floor"),
+        ):
+            if result.get(key):
+                level = result[key]
+                lines.append(
+                    f"| {label} | - | " + " | ".join(f"{level[k]:.3f}" if k in level else "-" for k in cols) + " |"
+                )
+        lines.append("")
+    if result.get("budget_changes"):
+        lines += [f"### From one {cs.budget} to the next", ""]
+        lines.append(
+            "Per masked group, its metrics' means over seeds at one budget against the next (a count of means, "
+            "not a test: the claims below are the tests)."
+        )
+        lines += ["", *(f"- {budget_sentence(c)}" for c in result["budget_changes"]), ""]
+    if result["claims"]:
+        lines += ["### The paper's ordering, tested", ""]
+        lines += claims_table(result["claims"], cs)
+        lines += [f"- {c['sentence']}" for c in result["claims"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def claims_table(claims: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
+    """One row per claim: the difference with its interval, the smallest difference the seeds detect
+    (80% power, 5% level) and, with a target effect, the seeds it needs; then a blank line."""
+
+    def num(v: Any, fmt: str = "{:+.4f}") -> str:
+        return fmt.format(v) if isinstance(v, int | float) and math.isfinite(v) else "-"
+
+    target = cs.target_effect is not None
+    head = "| budget | claim | metric | difference [95% CI] | detectable (80% power) |"
+    head += " target | seeds for target |" * target + " verdict |"
+    rows = [head, "|---|---|---|---|---:|" + "---:|---:|" * target + "---|"]
+    for c in claims:
+        d = c.get("difference")
+        diff = "-" if d is None else num(d["mean"]) + (f" [{num(d['low'])}, {num(d['high'])}]" if d["n"] > 1 else "")
+        row = f"| {c['budget']} | {c['better']} > {c['worse']} | {c['metric']} | {diff} | {num(c.get('detectable'), '{:.4f}')} |"
+        if target:
+            need = c.get("seeds_for_target")
+            row += f" {num(c.get('target'), '{:.4f}')} | {need if need else '-'} |"
+        rows.append(row + f" {c['verdict']} |")
+    return [*rows, ""]
+
+
+def body(result: dict[str, Any], cs: CompareSpec, figure: str | None, masks: dict[str, str], links: str = "") -> str:
+    """comparison.md without its title: the tables and sentences, the re-evaluation note, the trials left
+    out, the figure and the mask pictures (file names in the comparison's folder; `links`: the path from
+    the Markdown file that shows this text to that folder, "" beside it)."""
+    text = markdown(result, cs)
+    if result.get("note"):
+        text += f"\n{result['note']}\n"
+    if result.get("skipped"):
+        text += "\nLeft out: " + ", ".join(f"{n} {why}" for why, n in sorted(result["skipped"].items())) + ".\n"
+    if figure is not None:
+        text += f"\n![metric vs compute]({links}{figure})\n"
+    if masks:
+        text += (
+            "\nMasks of each cluster arm, as `maskvlp masks` draws them with the settings of the arm's first "
+            "trial (calibrated as that run calibrated, on its training images): images, clusters, and the "
+            "patches each strategy keeps.\n\n"
+        )
+        text += "\n".join(f"![masks: {g}]({links}{name})" for g, name in masks.items()) + "\n"
+    return text
