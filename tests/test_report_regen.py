@@ -6,8 +6,8 @@ and every committed report under reports/ that has a generated block checked the
 
 from __future__ import annotations
 
+import csv
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -126,9 +126,12 @@ def test_into_fills_a_reports_generated_block_and_the_check_sees_any_edit(study,
     # the table changed under the block (another trial's value): the check fails too
     doc.write_text(text)
     changed = tmp_path / "out" / "trial-metrics.csv"
-    lines = changed.read_text().splitlines()
-    lines[1] = lines[1].replace(",0.", ",0.9", 1)
-    changed.write_text("\n".join(lines) + "\n")
+    rows = list(csv.DictReader(changed.open()))
+    rows[0]["zeroshot/objects/top1"] = repr(float(rows[0]["zeroshot/objects/top1"]) + 0.25)
+    with changed.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     found, expected = check_report(doc)
     assert found != expected
 
@@ -178,4 +181,3 @@ def test_a_report_without_a_sweep_file_on_record_is_not_silently_passed(tmp_path
     doc.write_text(f"{START}\nhand-written numbers\n{END}\n")
     with pytest.raises(ValueError, match="does not start with the command that writes it"):
         check_report(doc)
-    shutil.rmtree(tmp_path)

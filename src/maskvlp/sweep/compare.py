@@ -27,7 +27,8 @@ Beside them, trial-metrics.csv: one row per trial used (group, budget, seed, run
 column at full precision), and one per trial left out with its reason. It is the committed table
 (runs/ is not committed) from which anyone recomputes an interval, and from which `maskvlp sweep-report
 NAME --from-metrics trial-metrics.csv` writes comparison.md again, byte for byte (sweep.regenerate):
-`trial_records` reads either a study folder or that table, into the same rows.
+`trial_records` reads either a study folder or that table, into the same rows. From a study folder,
+each cluster arm also gets its mask picture, masks-<group>.png (sweep.comparemasks).
 """
 
 from __future__ import annotations
