@@ -329,3 +329,26 @@ def test_a_table_that_is_not_a_studys_trial_metrics_is_refused_saying_why(tmp_pa
     (tmp_path / "t.csv").write_text(text)
     with pytest.raises(ValueError, match=message):
         read_trial_metrics(tmp_path / "t.csv", compare_spec(spec_with(GOOD)))
+
+
+def test_measured_speed_and_time_against_the_unmasked_arm_paired_by_seed():
+    cs = compare_spec(spec_with(GOOD))
+    rows = _rows({("none", "compute"): [0.5, 0.6], ("random", "compute"): [0.4, 0.5]})
+    speed = {("none", "0"): 140.0, ("none", "1"): 100.0, ("random", "0"): 196.0, ("random", "1"): 130.0}
+    wall = {("none", "0"): 85.6, ("none", "1"): 90.0, ("random", "0"): 110.6, ("random", "1"): 117.0}
+    for r in rows:
+        key = (r["group"], r["seed"])
+        r["values"] |= {"images_per_s": speed[key], "wall_s": wall[key]}
+        r["values"]["mask_ratio"] = 0.0 if r["group"] == "none" else 0.5
+    result = compare(rows, cs)
+    r = result["speedups"]["compute"]["random"]
+    assert r["against"] == "none"
+    # paired by seed (1.40 and 1.30), not the ratio of the means (163 / 120 = 1.358)
+    assert r["speedup"]["mean"] == pytest.approx(1.35) and r["speedup"]["n"] == 2
+    assert r["time_ratio"]["mean"] == pytest.approx((110.6 / 85.6 + 117.0 / 90.0) / 2)
+    text = markdown(result, cs)
+    assert "- budget = compute, random against none: images/s x 1.35 [" in text
+    assert "time x 1.30 [" in text and "`train.compute_speedup`" in text
+    for row in rows:  # no unmasked arm: nothing to measure against, no section
+        row["values"]["mask_ratio"] = 0.5
+    assert compare(rows, cs)["speedups"] == {} and "Measured speed" not in markdown(compare(rows, cs), cs)

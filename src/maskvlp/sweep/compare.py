@@ -265,7 +265,32 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     head = {"group": cs.group, "budget_key": cs.budget, "seeds_key": cs.seeds, "budgets": budgets, "columns": columns}
     head |= {"chance": chance, "majority": majority, "text_floor": floor}
     changes = budget_changes(table, budgets, [k for k in metrics if k not in RECORD_COLUMNS])
-    return {**head, "table": table, "claims": claims, "budget_changes": changes, "seeds": seeds}
+    speed = speedups(per_seed, table, budgets)
+    return {**head, "table": table, "claims": claims, "budget_changes": changes, "speedups": speed, "seeds": seeds}
+
+
+def speedups(per_seed: dict[tuple[str, str, str], dict[str, float]], table: dict, budgets: list[str]) -> dict:
+    """Per budget, each group's measured speed and time against the unmasked group's (the one whose
+    recorded mask ratio is 0), paired by seed: images/s ratio (what `train.compute_speedup` takes for a
+    time-matched budget) and training wall-time ratio (equal FLOPs are not equal time)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for b in budgets:
+        unmasked = [g for g, cells in table[b].items() if cells.get("mask_ratio", {}).get("mean") == 0]
+        if not unmasked:
+            continue
+        base = unmasked[0]
+        for g in table[b]:
+            if g == base:
+                continue
+            ratios = {}
+            for key, name in (("images_per_s", "speedup"), ("wall_s", "time_ratio")):
+                mine, theirs = per_seed.get((b, g, key), {}), per_seed.get((b, base, key), {})
+                paired = [mine[s] / theirs[s] for s in sorted(set(mine) & set(theirs)) if theirs[s]]
+                if paired:
+                    ratios[name] = mean_ci(paired).to_dict()
+            if ratios:
+                out.setdefault(b, {})[g] = {"against": base, **ratios}
+    return out
 
 
 def budget_changes(table: dict[str, dict[str, dict[str, Any]]], budgets: list[str], metrics: list[str]) -> list:

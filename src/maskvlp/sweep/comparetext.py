@@ -102,6 +102,12 @@ def budget_sentence(change: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ tables
+def _ratio(ci: dict[str, Any]) -> str:
+    if ci["n"] < 2:
+        return f"{ci['mean']:.2f} (one seed)"
+    return f"{ci['mean']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
 def _cell(cell: dict[str, Any] | None, key: str) -> str:
     if not cell:
         return "-"
@@ -150,6 +156,20 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
             "not a test: the claims below are the tests)."
         )
         lines += ["", *(f"- {budget_sentence(c)}" for c in result["budget_changes"]), ""]
+    if result.get("speedups"):
+        lines += ["### Measured speed and time against the unmasked arm", ""]
+        lines.append(
+            "Paired by seed, mean ratio [95% interval]: images/s over the unmasked arm's (the value for "
+            "`train.compute_speedup` in a time-matched budget, `train.compute_basis: time`, on this machine) and "
+            "training wall time over its (above 1: slower for the same budget)."
+        )
+        lines.append("")
+        for b, groups in result["speedups"].items():
+            for g, r in groups.items():
+                pairs = (("speedup", "images/s x"), ("time_ratio", "time x"))
+                parts = [f"{label} {_ratio(r[k])}" for k, label in pairs if k in r]
+                lines.append(f"- {cs.budget or 'all'} = {b}, {g} against {r['against']}: " + "; ".join(parts))
+        lines.append("")
     if result["claims"]:
         lines += ["### The paper's ordering, tested", ""]
         lines += claims_table(result["claims"], cs)
