@@ -329,3 +329,46 @@ def test_a_failed_attempt_gets_exactly_one_retry_until_its_retries_are_used(shar
     (group,) = st.logical_trials(study)
     assert group.failures == 2 and st.is_finished(group, sw.spec.retries)
     assert not [t for t in study.trials if t.state == TrialState.WAITING]
+
+
+def test_editing_params_yaml_while_a_sweep_runs_changes_none_of_its_trials(shards, tmp_path):
+    """The fault: a driver re-read params.yaml for every trial, so a key added to the file (by a newer
+    checkout) while a 50-trial study ran made its other 48 trials fail as 'unknown key', and an edited
+    value would have mixed two configurations in one study. The driver keeps the file as it was."""
+    from maskvlp.sweep.prepare import trial_config
+
+    params = tmp_path / "params.yaml"
+    params.write_text(Path("params.yaml").read_text())
+    base = tiny_base(shards, tmp_path / "runs")
+    sw = prepare(write_sweep(tmp_path / "a.yaml", base), params=str(params))
+    values = {"masking.ratio": 0.5, "masking.threshold": 0.5}
+    before = trial_config(sw, values, tmp_path / "runs" / "trial-0000")
+    text = params.read_text().replace("  lr: ", "  lr: 0.5 #", 1)
+    params.write_text(text + "\ntrain_new_section: {a: 1}\n")  # a changed value and a key this code lacks
+    after = trial_config(sw, values, tmp_path / "runs" / "trial-0001")
+    assert after.train.lr == before.train.lr != 0.5
+
+
+def test_resuming_a_study_after_its_params_file_changed_is_refused_naming_the_key(shards, tmp_path):
+    from maskvlp.sweep.driver import run_sweep
+    from maskvlp.sweep.prepare import params_changes
+
+    params = tmp_path / "params.yaml"
+    params.write_text(Path("params.yaml").read_text())
+    base = tiny_base(shards, tmp_path / "runs")
+    path = write_sweep(tmp_path / "a.yaml", base, n_trials=1)
+    sw = prepare(path, params=str(params))
+    run_sweep(sw, progress=False)  # one trial: the study records the params it ran with
+    recorded = json.loads(sw.paths.info.read_text())["params_data"]
+    assert params_changes(prepare(path, params=str(params)), recorded) == []  # unchanged: resumes
+    params.write_text(params.read_text().replace("  lr: ", "  lr: 0.5 #", 1))
+    changed = prepare(path, params=str(params))
+    assert params_changes(changed, recorded) == ["train.lr: 0.0005 -> 0.5"]  # resolved: the recipe's value
+    with pytest.raises(
+        SweepSpecError, match=r"changed since study 'tiny' started \(train\.lr: 0\.0005 -> 0\.5\).*--force-new"
+    ):
+        run_sweep(changed, progress=False)
+    # a key the file gained since, at its default, is no change (a newer checkout's params.yaml)
+    params.write_text(params.read_text().replace("  lr: 0.5 #", "  lr: ", 1))
+    older = {**recorded, "train": {k: v for k, v in recorded["train"].items() if k != "compute_basis"}}
+    assert params_changes(prepare(path, params=str(params)), older) == []

@@ -9,6 +9,7 @@ importing this module (as the CLI does) loads no torch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +40,52 @@ def schema() -> DictConfig:
     return node
 
 
-def load_config(params: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Read params.yaml (or only defaults when params is None), apply `key=value` overrides, validate."""
+def load_config(params: str | Path | ParamsFile | None = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read params.yaml (or only defaults when params is None; a ParamsFile: the file as it was read),
+    apply `key=value` overrides, validate."""
+    return config_from(params if isinstance(params, ParamsFile) else read_params(params), overrides)
+
+
+@dataclass(frozen=True)
+class ParamsFile:
+    """A params file as read at one moment: where from, and its contents as plain data. A sweep keeps
+    this snapshot for all its trials, so editing the file while the sweep runs changes none of them."""
+
+    source: str
+    data: dict[str, Any]
+
+
+def read_params(params: str | Path | None) -> ParamsFile | None:
+    """The params file as it is now (None: defaults only), refused as load_config refuses it."""
+    if params is None:
+        return None
+    path = Path(params)
+    if not path.is_file():
+        raise ConfigError(f"params file '{path}' not found (pass --params FILE)")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml syntax errors
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if any("${" in line.split("#", 1)[0] for line in path.read_text().splitlines()):
+        raise ConfigError(
+            f"{path}: holds ${{...}} interpolations; 'dvc exp run -S' would rewrite them into "
+            "literal values. Write the values out, or derive them in code."
+        )
+    data = OmegaConf.to_container(loaded)
+    assert isinstance(data, dict)
+    return ParamsFile(str(path), data)
+
+
+def config_from(read: ParamsFile | None, overrides: list[str] | None = None) -> Config:
+    """A validated Config from a params file as `read_params` read it, with `key=value` overrides."""
     merged: DictConfig = schema()
-    if params is not None:
-        path = Path(params)
-        if not path.is_file():
-            raise ConfigError(f"params file '{path}' not found (pass --params FILE)")
+    if read is not None:
         try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # yaml syntax errors
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        if any("${" in line.split("#", 1)[0] for line in path.read_text().splitlines()):
-            raise ConfigError(
-                f"{path}: holds ${{...}} interpolations; 'dvc exp run -S' would rewrite them into "
-                "literal values. Write the values out, or derive them in code."
-            )
-        try:
-            merged = OmegaConf.merge(merged, loaded)
+            merged = OmegaConf.merge(merged, OmegaConf.create(read.data))
         except OmegaConfBaseException as exc:
-            raise _omegaconf_error(exc, str(path)) from exc
+            raise _omegaconf_error(exc, read.source) from exc
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. masking.ratio=0.75")

@@ -59,7 +59,7 @@ from maskvlp.sweep.liveness import (
     refuse_second_driver,
     slurm_states_of,
 )
-from maskvlp.sweep.prepare import Sweep, trial_config
+from maskvlp.sweep.prepare import Sweep, params_changes, trial_config
 from maskvlp.sweep.space import SweepSpecError
 from maskvlp.sweep.study import (
     INSTANCE_ATTR,
@@ -370,6 +370,14 @@ def run_sweep(sw: Sweep, force_new: bool = False, progress: bool = True, poll_s:
             moved = set_aside(sw.study_dir)  # its journal too, when it lives there (an RDB study is deleted below)
             if moved:
                 print(f"sweep {sw.spec.name}: the old study's folder is now {moved}", file=sys.stderr)
+        elif sw.paths.info.is_file():  # resuming: the same params as the trials already run, or none
+            changed = params_changes(sw, json.loads(sw.paths.info.read_text()).get("params_data"))
+            if changed:
+                raise SweepSpecError(
+                    f"{sw.params} changed since study '{sw.spec.name}' started ({'; '.join(changed)}): its new "
+                    "trials would not be comparable with those already run. Restore the file, or pass --force-new "
+                    "to set the old study aside and start again with it"
+                )
         study = create_or_resume(sw.spec, sw.storage, sw.spec.parallel, force_new)
         sw.study_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(sw.paths.info, sw.info, sort_keys=False)  # the space's order is the spec's

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from maskvlp.config import Config
-from maskvlp.params import load_config
+from maskvlp.params import ParamsFile, load_config, read_params
 from maskvlp.runs import RunPaths, StudyPaths
 from maskvlp.sweep.space import SweepSpec, SweepSpecError, grid_points, grid_size
 from maskvlp.sweep.spec import load, validate, validate_analyses
@@ -31,6 +31,9 @@ class Sweep:
     storage: str
     executor: str
     cpu_sets: list[frozenset[int]]  # local trials: the CPUs of each of the `parallel` slots (empty for Slurm)
+    # the params file as read when the sweep was prepared: every trial of this driver is configured from
+    # it, whatever happens to the file meanwhile
+    params_file: ParamsFile | None = None
 
     @property
     def paths(self) -> StudyPaths:
@@ -40,7 +43,8 @@ class Sweep:
     def info(self) -> dict[str, Any]:
         spec = self.spec
         info = {"name": spec.name, "spec": spec.raw, "fingerprint": spec.fingerprint(), "storage": self.storage}
-        return info | {"params": self.params, "executor": self.executor}
+        data = self.params_file.data if self.params_file else None
+        return info | {"params": self.params, "params_data": data, "executor": self.executor}
 
 
 def prepare(path: str | Path, overrides: list[str] | None = None, params: str | None = "params.yaml",
@@ -48,7 +52,8 @@ def prepare(path: str | Path, overrides: list[str] | None = None, params: str | 
     """Load and validate everything before anything is submitted: the sweep file, the params with the
     sweep's base and `--set` overrides (merged into the base: they define the study), the shards."""
     spec = load(path, overrides, n_trials, parallel)
-    cfg = validate(spec, params)
+    snapshot = read_params(params)  # read once: the trials never see a later edit of the file
+    cfg = validate(spec, snapshot)
     if spec.sampler == "grid" and spec.n_trials > grid_size(spec):
         raise SweepSpecError(f"n_trials: {spec.n_trials} exceeds the grid's {int(grid_size(spec))} points")
     validate_analyses(spec, cfg)
@@ -59,15 +64,33 @@ def prepare(path: str | Path, overrides: list[str] | None = None, params: str | 
     except FileNotFoundError as exc:
         raise SweepSpecError(f"data: {exc}") from exc  # load_manifest says how to make the shards
     if spec.sampler == "grid":
-        check_grid(spec, params)
+        check_grid(spec, snapshot)
     study_dir = Path(cfg.train.runs_dir) / spec.name
     url = take_password(storage_url(study_dir, storage))  # a password moves to the environment
     executor = cfg.launcher.executor
     cpu_sets = cpu_slots(sorted(os.sched_getaffinity(0)), spec.parallel) if executor == "local" else []
-    return Sweep(spec, params, cfg, study_dir, url, executor, cpu_sets)
+    return Sweep(spec, params, cfg, study_dir, url, executor, cpu_sets, snapshot)
 
 
-def check_grid(spec: SweepSpec, params: str | None) -> None:
+def params_changes(sw: Sweep, recorded: dict[str, Any] | None) -> list[str]:
+    """What differs between the params file a study started with (`recorded`: sweep.json's params_data)
+    and the one read now, both with the sweep's base and as a run compares them on resume (launcher
+    keys may differ); a key this code added since compares at its default. [] when nothing differs or
+    the study recorded no params (it began before studies kept them)."""
+    if recorded is None:
+        return []
+    from maskvlp.config import ConfigError
+    from maskvlp.session import resume_signature
+
+    try:
+        then = load_config(ParamsFile("the study's params (sweep.json)", recorded), sw.spec.overrides({}))
+    except ConfigError as exc:
+        return [f"the params this study started with no longer load: {exc}"]
+    old, new = resume_signature(then), resume_signature(sw.base_cfg)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def check_grid(spec: SweepSpec, params: str | ParamsFile | None) -> None:
     """Every point of a grid (up to GRID_CHECK_LIMIT) through the params validation, and its data size
     against the shards: a combination the config refuses, or more unique pairs than the train split
     holds, is refused here, naming the point, instead of failing as a trial later."""
@@ -107,4 +130,4 @@ def trial_config(sw: Sweep, values: dict[str, Any], run_dir: Path) -> Config:
     extra = [f"train.runs_dir={run_dir.parent}", f"train.run_name={run_dir.name}"]
     extra += [f"eval.metrics_file={RunPaths(run_dir).eval_dir() / 'summary.json'}"]
     extra += [f"launcher.job_name={sw.spec.name}-{run_dir.name}"]
-    return load_config(sw.params, sw.spec.overrides(values) + extra)
+    return load_config(sw.params_file, sw.spec.overrides(values) + extra)

@@ -219,9 +219,12 @@ def plots(study: optuna.Study, spec: SweepSpec, out: Path) -> tuple[list[Path], 
 def best_params_file(info: dict[str, Any], spec: SweepSpec, trial: optuna.trial.FrozenTrial, path: Path) -> Path:
     """The best trial's params as a complete params file (params.yaml + base + its values)."""
     from maskvlp.config import to_yaml
-    from maskvlp.params import load_config
+    from maskvlp.params import ParamsFile, load_config
 
-    cfg = load_config(info.get("params"), trial.user_attrs.get("overrides") or spec.overrides(trial.params))
+    params = info.get("params")  # the file as the sweep read it, where sweep.json holds it
+    if info.get("params_data") is not None:
+        params = ParamsFile(f"{params} (as the sweep read it)", info["params_data"])
+    cfg = load_config(params, trial.user_attrs.get("overrides") or spec.overrides(trial.params))
     header = (
         f"# Best trial {trial.number} of sweep '{spec.name}' "
         f"({', '.join(f'{o.metric}={v:.4f}' for o, v in zip(spec.objectives, trial.values))}).\n"

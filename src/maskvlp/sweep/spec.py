@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from maskvlp.config import Config, ConfigError
-from maskvlp.params import load_config
+from maskvlp.params import ParamsFile, load_config
 from maskvlp.runs import StudyPaths
 from maskvlp.sweep import compare, fit
 from maskvlp.sweep.rules import check_rules
@@ -233,7 +233,9 @@ def _label(key: str, kind: str, raw: dict[str, Any], when: dict[str, Any]) -> Pa
     return Param(key, kind, choices=tuple(choices), when=when, sets=tuple(sets))
 
 
-def validate(spec: SweepSpec, params: str | Path | None = "params.yaml", extra: list[str] | None = None) -> Config:
+def validate(
+    spec: SweepSpec, params: str | Path | ParamsFile | None = "params.yaml", extra: list[str] | None = None
+) -> Config:
     """Check the spec against params.yaml: base and every space key are params keys whose extreme values
     the config accepts (with the parameter's `when` values set, which checks those keys too), and every
     objective is a key evaluation produces. Returns the base config. (The `fit:` and `compare:`
