@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from maskvlp.config import Config, ConfigError, to_dict, to_yaml
 from maskvlp.params import load_config
@@ -207,40 +206,16 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_masks(cfg: Config, args: argparse.Namespace) -> int:
-    from maskvlp.data.loader import read_images
-    from maskvlp.data.transforms import normalize
-    from maskvlp.masking import calibrate
-    from maskvlp.viz import mask_figure, save_figure
+    from maskvlp.maskpicture import mask_picture
 
-    m, k, d = cfg.model, cfg.masking, cfg.data
-    in_place = d.shards.in_place  # (params refuse in_place without data.source: shards)
-    if in_place and not args.images:  # the first train shard of the data read in place, cropped as training sees it
-        from maskvlp.data.trainset import training_data
-
-        first = training_data(cfg).train[0]
-        images, skipped = read_images(first, args.count, m.image_size, d.min_image_side, d.image_size, d.shards.retries)
-    else:
-        images, skipped = read_images(args.images or d.out_dir, args.count, m.image_size, d.min_image_side)
+    written, skipped, calibrated = mask_picture(cfg, args.out, args.count, args.images)
     if skipped:
         print(
             f"skipped {sum(skipped.values())} unusable image(s): " + ", ".join(f"{k}={n}" for k, n in skipped.items())
         )
-    norm = normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
-    import torch
-
-    # calibrated as the run calibrates (seeded by train.seed, on its training images where the shards
-    # exist, else on the images shown)
-    from maskvlp.data.shards import MANIFEST
-    from maskvlp.session import calibration_images
-
-    shards = in_place or (Path(cfg.data.out_dir) / MANIFEST).is_file()
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    looked_at = (lambda: calibration_images(cfg)) if shards else (lambda: norm)
-    k, calibrated = calibrate(k, looked_at, m.patch_size, gen, cfg.train.batch_size)
     if calibrated:
         print(calibrated)
-    fig = mask_figure(images, norm, m.patch_size, k, cfg.seed)
-    print(f"wrote {save_figure(fig, args.out)}")
+    print(f"wrote {written}")
     return 0
 
 

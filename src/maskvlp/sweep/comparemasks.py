@@ -24,36 +24,16 @@ def draw(run: Path, out: Path, count: int = PICTURE_IMAGES) -> Path | None:
     trains with cluster masking, else None: its images as `maskvlp masks` reads them (the first
     training shard in place, else the shard folder's val split), its masking calibrated as the run
     calibrated it (seeded by train.seed, on its training images)."""
-    import torch
-
-    from maskvlp.data.loader import read_images
-    from maskvlp.data.transforms import normalize
-    from maskvlp.masking import calibrate
+    from maskvlp.maskpicture import mask_picture
     from maskvlp.params import config_from_dict
     from maskvlp.runs import load_run_record
-    from maskvlp.session import calibration_images
-    from maskvlp.viz import mask_figure, save_figure
 
     record = load_run_record(run)
     if record is None:
         raise FileNotFoundError(f"{run}: no config.yaml (not a run folder)")
     if (record.config.get("masking") or {}).get("strategy") != CLUSTER:
         return None
-    cfg = config_from_dict(record.config)
-    m, d = cfg.model, cfg.data
-    if d.shards.in_place:  # (params refuse in_place without data.source: shards)
-        from maskvlp.data.trainset import training_data
-
-        first = training_data(cfg).train[0]
-        images, _ = read_images(first, count, m.image_size, d.min_image_side, d.image_size, d.shards.retries)
-    else:
-        images, _ = read_images(d.out_dir, count, m.image_size, d.min_image_side)
-    if not len(images):
-        raise FileNotFoundError(f"no usable image in {d.out_dir}")
-    norm = normalize(images, d.augment.mean, d.augment.std)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    k, _ = calibrate(cfg.masking, lambda: calibration_images(cfg), m.patch_size, gen, cfg.train.batch_size)
-    return save_figure(mask_figure(images, norm, m.patch_size, k, cfg.seed), out)
+    return mask_picture(config_from_dict(record.config), out, count)[0]
 
 
 def draw_masks(rows: list[dict[str, Any]], groups: list[str], out: Path) -> dict[str, str]:
