@@ -241,13 +241,22 @@ SHARD_PARAMS = tuple(
 )
 
 
+def _with_defaults(written: Any, default: Any) -> Any:
+    """A recorded params value with the keys it lacks (added to the schema since) at their defaults."""
+    if isinstance(written, dict) and isinstance(default, dict):
+        return {**default, **{k: _with_defaults(v, default.get(k)) for k, v in written.items()}}
+    return written
+
+
 def check_manifest(cfg: Config, manifest: dict[str, Any]) -> None:
     """Refuse shards written with other data params than `cfg` (stale shards), naming the keys."""
     written = manifest.get("params", {})
     current = {"seed": cfg.seed, "data": to_dict(cfg)["data"]}
     diffs = [] if written.get("seed") == current["seed"] else [f"seed: {written.get('seed')} -> {cfg.seed}"]
+    defaults = to_dict(Config())["data"]  # a key added since the shards were written compares at its default
     for key in SHARD_PARAMS:
-        old, new = written.get("data", {}).get(key), current["data"][key]
+        old = _with_defaults(written.get("data", {}).get(key, defaults[key]), defaults[key])
+        new = current["data"][key]
         if old != new:
             diffs.append(f"data.{key}: {old} -> {new}")
     if diffs:
