@@ -372,3 +372,22 @@ def test_resuming_a_study_after_its_params_file_changed_is_refused_naming_the_ke
     params.write_text(params.read_text().replace("  lr: 0.5 #", "  lr: ", 1))
     older = {**recorded, "train": {k: v for k, v in recorded["train"].items() if k != "compute_basis"}}
     assert params_changes(prepare(path, params=str(params)), older) == []
+
+
+def test_trials_failing_for_good_in_a_row_stop_the_sweep_instead_of_failing_all_of_it(shards, tmp_path):
+    """The fault behind the 48 failed trials (twice) of the paper study: every trial failed the same way at
+    its start, and the driver went on until the whole study was spent. After GIVE_UP_AFTER trials fail
+    for good in a row it stops, saying why and how to go on."""
+    import shutil
+
+    from maskvlp.sweep.driver import GIVE_UP_AFTER, SweepStopped, run_sweep
+
+    data = tmp_path / "shards"
+    shutil.copytree(shards, data)
+    path = write_sweep(tmp_path / "a.yaml", tiny_base(data, tmp_path / "runs"), n_trials=8, parallel=1, retries=0)
+    sw = prepare(path, params="params.yaml")
+    (data / "manifest.json").unlink()  # every trial's job now fails the same way
+    with pytest.raises(SweepStopped, match=rf"{GIVE_UP_AFTER} trials in a row failed for good.*raise `retries:`"):
+        run_sweep(sw, progress=False, poll_s=0.2)
+    states = [t.state for t in st.load_study(sw.spec, sw.storage, 1).trials]
+    assert states == [optuna.trial.TrialState.FAIL] * GIVE_UP_AFTER  # not all 8

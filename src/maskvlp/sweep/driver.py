@@ -73,14 +73,35 @@ from maskvlp.sweep.study import (
     values_from_record,
 )
 
-
 # ------------------------------------------------------------------------------------- driver
+GIVE_UP_AFTER = 3  # logical trials failing for good in a row, none completing between: a systematic fault
+
+
+class SweepStopped(RuntimeError):
+    """The driver stopped launching: trial after trial failed the same way."""
+
+
 class Driver:
     def __init__(self, sw: Sweep, study: optuna.Study, progress: bool = True, poll_s: float = 2.0):
         self.sw, self.study, self.poll_s = sw, study, poll_s
         self.active: dict[int, Handle] = {}
         self.progress = progress
         self.instance = str(study.user_attrs.get(INSTANCE_ATTR, ""))
+        self.settled: set[int] = set()  # logical trials seen finished (those finished before this run too)
+        self.failed_in_a_row, self.last_failure = 0, ""
+
+    def note_settled(self, groups: list[Logical], count: bool = True) -> None:
+        """Count the logical trials that failed for good in a row, in the order they settle (a COMPLETE or
+        PRUNED one resets the count); `count` False: only remember those already settled."""
+        for g in groups:
+            if g.number in self.settled or not is_finished(g, self.sw.spec.retries):
+                continue
+            self.settled.add(g.number)
+            if not count:
+                continue
+            failed = g.last.state == TrialState.FAIL
+            self.failed_in_a_row = self.failed_in_a_row + 1 if failed else 0
+            self.last_failure = str(g.last.user_attrs.get("failure", "")) if failed else self.last_failure
 
     # -- launching
     def launch(self) -> Handle | None:
@@ -284,7 +305,8 @@ class Driver:
         spec = self.sw.spec
         self.adopt_orphans()
         self.ensure_retries()
-        finished, _, _ = self.counts()
+        finished, _, groups = self.counts()
+        self.note_settled(groups, count=False)
         bar = Progress(spec.n_trials, f"sweep {spec.name}", unit="trial", enabled=self.progress, initial=finished)
         try:
             while True:
@@ -293,14 +315,25 @@ class Driver:
                 finished, waiting, groups = self.counts()
                 bar.update(finished - bar.n)
                 bar.set_postfix(running=len(self.active), best=self._best())
-                while len(self.active) < spec.parallel and (
-                    waiting > 0 or finished + len(self.active) + waiting < spec.n_trials
+                self.note_settled(groups)
+                broken = self.failed_in_a_row >= GIVE_UP_AFTER
+                while (
+                    not broken
+                    and len(self.active) < spec.parallel
+                    and (waiting > 0 or finished + len(self.active) + waiting < spec.n_trials)
                 ):
                     h = self.launch()
                     if h is not None:
                         self._say(f"trial {h.number} started ({h.job}) in {h.run_dir}")
                     self.ensure_retries()
                     finished, waiting, groups = self.counts()
+                if broken and not self.active:
+                    raise SweepStopped(
+                        f"sweep {spec.name}: {self.failed_in_a_row} trials in a row failed for good (the last: "
+                        f"{self.last_failure}); it stops instead of failing the rest alike. Fix the cause (their "
+                        "logs are in their run folders), raise `retries:` in the sweep file by one (not part of the "
+                        "study's identity) and run the same command again: the failed trials resume from their folders"
+                    )
                 if not self.active:
                     break  # finished >= n_trials: nothing left to start
                 time.sleep(self.poll_s)
