@@ -30,6 +30,7 @@ class SyntheticConfig:
     max_objects: int = 3
     textured_fraction: float = 0.8  # fraction of scenes without a place whose background is textured, not plain
     context: float = 0.7  # fraction of scenes in a place: background, objects and arrangement co-occur
+    objects: str = "flat"  # flat | parts: 2-4 textured parts per object, so a cluster is a part (docs/testbed.md)
 
 
 @dataclass

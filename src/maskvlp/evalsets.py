@@ -180,20 +180,24 @@ def objects_set(cfg: Config, spec: str) -> EvalSet:
     from maskvlp.data.synthetic import CLASS_NAMES
 
     def split(offset: int):
-        per_class, context = cfg.eval.objects_per_class, cfg.data.synthetic.context
-        return lambda size, batch_size: _objects(cfg.seed + offset, per_class, context, size, batch_size)
+        per_class, syn = cfg.eval.objects_per_class, cfg.data.synthetic
+        return lambda size, batch_size: _objects(
+            cfg.seed + offset, per_class, syn.context, size, batch_size, syn.objects
+        )
 
     return EvalSet("objects", split(7_000_003), list(CLASS_NAMES), split(9_000_011), retrieval=False)
 
 
-def _objects(seed: int, per_class: int, context: float, size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+def _objects(
+    seed: int, per_class: int, context: float, size: int, batch_size: int, objects: str = "flat"
+) -> Iterator[dict[str, Any]]:
     from maskvlp.data import synthetic
     from maskvlp.data.transforms import to_uint8_tensor
 
     items, index = [], 0
     counts = dict.fromkeys(range(len(synthetic.CLASS_NAMES)), 0)
     while min(counts.values()) < per_class:
-        image, caption, meta = synthetic.generate_scene(seed, index, size, 1, 1, context=context)
+        image, caption, meta = synthetic.generate_scene(seed, index, size, 1, 1, context=context, objects=objects)
         index += 1
         if counts[meta["label"]] >= per_class:
             continue

@@ -59,7 +59,7 @@ class SyntheticSource:
     def load(self, index: int) -> RawSample:
         s = self.s
         image, caption, meta = synthetic.generate_scene(
-            self.seed, index, self.size, s.min_objects, s.max_objects, s.textured_fraction, s.context
+            self.seed, index, self.size, s.min_objects, s.max_objects, s.textured_fraction, s.context, s.objects
         )
         return RawSample(f"syn{index:07d}", image, caption, meta)
 
@@ -532,6 +532,7 @@ def check_section(d: DataConfig) -> None:
     check(s.min_objects <= s.max_objects <= 4, "data.synthetic.max_objects", msg, s.max_objects)
     check(0 <= s.context <= 1, "data.synthetic.context", "must be in [0, 1]", s.context)
     check(0 <= s.textured_fraction <= 1, "data.synthetic.textured_fraction", "must be in [0, 1]", s.textured_fraction)
+    choice("data.synthetic.objects", s.objects, synthetic.OBJECT_STYLES)
     oc = d.openclipart
     choice("data.openclipart.level", oc.level, ("leaf", "top"))
     check(oc.min_per_class >= 1, "data.openclipart.min_per_class", "must be >= 1", oc.min_per_class)
