@@ -100,3 +100,21 @@ def test_grid_size_counts_steps_and_choices():
         }
     )
     assert grid_size(sweepspec.parse(raw)) == 3 * 2 * 4
+
+
+STUDY_FILES = sorted(p for p in __import__("pathlib").Path("sweeps").glob("*.yaml") if p.name != "dvc.yaml")
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.name)
+def test_every_committed_study_file_is_valid_at_every_grid_point(path):
+    """The study files users run (and the GPU one no test can run here): the params accept the base,
+    the analyses and every point of a grid, before any shards exist."""
+    from maskvlp.params import load_config
+    from maskvlp.sweep.space import grid_points
+
+    spec = sweepspec.load(path)
+    cfg = sweepspec.validate(spec)
+    sweepspec.validate_analyses(spec, cfg)
+    if spec.sampler == "grid" and grid_size(spec) <= 200:
+        for values in grid_points(spec):
+            load_config("params.yaml", spec.overrides(values))
