@@ -383,3 +383,13 @@ def test_official_calibration_through_the_registry_and_its_refusals():
     ]:
         with pytest.raises(ValueError, match=key):
             masking.check_config(mc("cluster", **{"mode": "official", "calibrate_mask_ratio": 0.5, **bad}), 64)
+
+
+def test_the_pictures_of_an_official_arm_calibrated_to_a_final_ratio_are_valid_configs():
+    """`maskvlp masks` and the comparison's picture of the paper's arm failed: its exact-mode companion
+    picture kept calibrate_mask_ratio, which exact mode refuses."""
+    k = mc("cluster", mode="official", calibrate_mask_ratio=0.5, threshold=0.97)
+    shown = masking.get_strategy("cluster").pictures(k)
+    assert [p.mode for p in shown] == ["official", "exact"] and all(p.threshold == 0.97 for p in shown)
+    for p in shown:
+        masking.check_config(p, 64)

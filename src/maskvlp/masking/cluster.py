@@ -398,7 +398,11 @@ register_strategy(
     embed_weight=_embed_weight,
     calibrate=_calibrate,
     derive=_derive,
-    # both modes, drawn with the same seed: the same anchors
-    pictures=lambda k: [replace(k, mode=m) for m in dict.fromkeys((k.mode, "exact", "official"))],
+    # both modes, drawn with the same seed: the same anchors (and the threshold as calibrated: exact
+    # mode takes no final-ratio calibration)
+    pictures=lambda k: [
+        replace(k, mode=m, calibrate_mask_ratio=k.calibrate_mask_ratio if m == "official" else 0.0)
+        for m in dict.fromkeys((k.mode, "exact", "official"))
+    ],
     record=lambda k: {"threshold": k.threshold},
 )
