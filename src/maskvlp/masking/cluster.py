@@ -343,7 +343,7 @@ def _check_cluster(k: Any, num_patches: int) -> None:
 
 
 def _describe_cluster(k: Any) -> str:
-    label = f"cluster a={k.anchor_ratio} t={k.threshold}"
+    label = f"cluster a={k.anchor_ratio} t={k.threshold:.6g}"  # a calibrated threshold: 6 digits
     label += f" r={k.ratio}" if k.mode != "official" else " official"
     label += f" final={k.calibrate_mask_ratio}" if k.mode == "official" and k.calibrate_mask_ratio else ""
     return label + (" +embed" if k.features == "rgb+embed" else "")
