@@ -77,8 +77,8 @@ def params_changes(sw: Sweep, recorded: dict[str, Any] | None) -> list[str]:
     and the one read now, both with the sweep's base and as a run compares them on resume (launcher
     keys may differ); a key this code added since compares at its default. [] when nothing differs or
     the study recorded no params (it began before studies kept them)."""
-    if recorded is None:
-        return []
+    if recorded is None or (sw.params_file is not None and recorded == sw.params_file.data):
+        return []  # the same file: nothing to resolve (and no torch to import on a driver's start)
     from maskvlp.config import ConfigError
     from maskvlp.session import resume_signature
 
