@@ -36,12 +36,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from maskvlp.runs import RunPaths, atomic_path, finished_trials, value_at, write_text_atomic
 from maskvlp.stats import detectable_difference, mean_ci, paired_difference, seeds_needed, verdict
+from maskvlp.sweep.comparespec import CompareSpec  # noqa: F401 (part of this module's face)
 from maskvlp.sweep.comparetext import body, markdown, sentence  # noqa: F401 (markdown: part of this module's face)
 from maskvlp.sweep.space import SweepSpecError, check_metric, objective_keys
 from maskvlp.sweep.trialmetrics import METRICS_FILE, read_trial_metrics, write_trial_metrics
@@ -64,18 +65,6 @@ RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
     "cluster_coverage": ("masking", "mean_cluster_coverage"),
 }
 CLAIM = re.compile(r"^\s*([A-Za-z0-9_.+-]+)\s*>\s*([A-Za-z0-9_.+-]+)\s*$")
-
-
-@dataclass(frozen=True)
-class CompareSpec:
-    group: str
-    seeds: str
-    budget: str | None = None
-    claims: tuple[tuple[str, str], ...] = ()
-    claim_metrics: tuple[str, ...] = ()
-    metrics: tuple[str, ...] | None = None
-    group_values: tuple[str, ...] = field(default=(), compare=False)  # in the sweep file's order
-    target_effect: float | None = None  # the effect to detect, as a fraction of the worse arm's mean
 
 
 def compare_spec(spec) -> CompareSpec:

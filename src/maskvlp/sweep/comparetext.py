@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from maskvlp.stats import MAX_SEEDS, POWER, Interval
 
 if TYPE_CHECKING:
-    from maskvlp.sweep.compare import CompareSpec
+    from maskvlp.sweep.comparespec import CompareSpec
 
 # how the tables head the run-record columns (sweep.compare.RECORD_COLUMNS), and what they measure
 RECORD_LABELS = {

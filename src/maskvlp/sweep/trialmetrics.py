@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from maskvlp.runs import write_text_atomic
 
 if TYPE_CHECKING:
-    from maskvlp.sweep.compare import CompareSpec
+    from maskvlp.sweep.comparespec import CompareSpec
 
 METRICS_FILE = "trial-metrics.csv"  # beside comparison.md
 KEY_COLUMNS = ("group", "budget", "seed", "run", "left_out", "reevaluated")  # then one column per value
