@@ -22,8 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from maskvlp.config import Config, to_dict, to_yaml
 from maskvlp.cpushare import CpuShare, loader_hint
-from maskvlp.data.loader import StreamSpec, read_images, train_loader
-from maskvlp.data.shards import shard_paths
+from maskvlp.data.loader import StreamSpec, train_loader
 from maskvlp.data.trainset import TrainData, training_data
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import DistEnv, init_distributed
@@ -82,16 +81,53 @@ def build_optimizer(model: CLIP, cfg: Config) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused or None)
 
 
-def calibration_images(cfg: Config, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The normalised training images a strategy calibrates on: the first 256 of train shard 0 (in
-    place: the first 256 usable ones, centre-cropped to data.image_size first, as training sees them)."""
-    d = cfg.data
-    if d.shards.in_place:  # (params refuse it without data.source: shards)
-        first = training_data(cfg).train[0]  # training images: what the masks will see
-        images = read_images(first, 256, cfg.model.image_size, d.min_image_side, d.image_size, d.shards.retries)[0]
-    else:
-        images = read_images(shard_paths(d.out_dir, "train")[0], 256, cfg.model.image_size)[0]
-    images = images.to(device)
+CALIBRATION_IMAGES = 1024  # images a strategy calibrates on (at least CALIBRATION_BATCHES training batches)
+CALIBRATION_BATCHES = 4
+
+
+def stream_spec(cfg: Config, data: TrainData, rank: int, world_size: int, limits: tuple[int, ...]) -> StreamSpec:
+    """The training stream of `rank` of `world_size` processes (`limits`: pair_limits)."""
+    t, m, a, d = cfg.train, cfg.model, cfg.data.augment, cfg.data
+    return StreamSpec(
+        data.train,
+        t.batch_size,
+        m.image_size,
+        m.context_length,
+        t.seed,
+        rank,
+        world_size,
+        d.shuffle_buffer,
+        (a.crop_scale_min, a.crop_scale_max),
+        (a.crop_ratio_min, a.crop_ratio_max),
+        streams=max(1, d.loader_workers),
+        hflip=bool(a.hflip),
+        limits=limits,
+        in_place=data.in_place,
+        data_size=d.image_size if data.in_place else 0,
+        min_side=d.min_image_side if data.in_place else 1,
+        weights=data.weights,
+        retries=data.retries,
+    )
+
+
+def calibration_images(cfg: Config, device: torch.device | str = "cpu", spec: StreamSpec | None = None) -> torch.Tensor:
+    """The normalised images a strategy calibrates on: the first batches of the training stream, augmented
+    as training sees them (CALIBRATION_IMAGES images, at least CALIBRATION_BATCHES whole batches), of
+    one process whatever the world size, so every rank and every world size calibrates alike. Centre
+    crops would not do: on clip art, random resized crops break the exact repeats a threshold near 1
+    clusters (the official ratio calibrated to 0.523 on centre crops trained at 0.339, docs/paper-study.md).
+    `spec`: the run's stream (else built from `cfg`)."""
+    if spec is None:
+        data = training_data(cfg)
+        spec = stream_spec(cfg, data, 0, 1, pair_limits(data, cfg, run_paths(cfg)))
+    spec = replace(spec, rank=0, world_size=1)
+    wanted = max(CALIBRATION_BATCHES, -(-CALIBRATION_IMAGES // spec.batch_size))
+    batches = []
+    for batch in train_loader(spec, 0):
+        batches.append(batch["images"])
+        if len(batches) == wanted:
+            break
+    images = torch.cat(batches).to(device)
     return normalize(images, cfg.data.augment.mean, cfg.data.augment.std)
 
 
@@ -221,9 +257,10 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         loader_workers=share.loader_workers,
         data=data,
     )
+    s.spec = stream_spec(cfg, data, env.rank, env.world_size, pair_limits(data, cfg, paths))
     if state is None:  # the masking trained with: its strategy's calibration applied, seeded by train.seed
         gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-        images, size = (lambda: calibration_images(cfg, device)), cfg.train.batch_size  # loaded only if needed
+        images, size = (lambda: calibration_images(cfg, device, s.spec)), cfg.train.batch_size  # only if needed
         s.masking, note = calibrate(cfg.masking, images, cfg.model.patch_size, gen, size)
         if note and env.is_main:  # what was calibrated
             print(note)
@@ -232,27 +269,6 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     if env.is_main:
         _record_start(s, share, fresh=state is None)
     _distribute(s)
-    t, m, a, d = cfg.train, cfg.model, cfg.data.augment, cfg.data
-    s.spec = StreamSpec(
-        data.train,
-        t.batch_size,
-        m.image_size,
-        m.context_length,
-        t.seed,
-        env.rank,
-        env.world_size,
-        cfg.data.shuffle_buffer,
-        (a.crop_scale_min, a.crop_scale_max),
-        (a.crop_ratio_min, a.crop_ratio_max),
-        streams=max(1, cfg.data.loader_workers),
-        hflip=bool(a.hflip),
-        limits=pair_limits(data, cfg, paths),
-        in_place=data.in_place,
-        data_size=d.image_size if data.in_place else 0,
-        min_side=d.min_image_side if data.in_place else 1,
-        weights=data.weights,
-        retries=data.retries,
-    )
     if env.is_main:
         s.probe = ObjectProbe.from_shards(cfg, device)
         # GPU training only: on the CPU the workers share the cores with the step itself, and fewer is better
@@ -263,7 +279,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         enter_tuning(s)
     if s.batches is None:  # the masked phase's stream (which a tuning phase of the same batch size continues)
         s.batches = iter(
-            train_loader(s.spec, s.loader_workers, s.step * t.accum_steps, device.type == "cuda", s.positions)
+            train_loader(s.spec, s.loader_workers, s.step * cfg.train.accum_steps, device.type == "cuda", s.positions)
         )
     return s
 
