@@ -191,8 +191,8 @@ def test_calibration_sees_the_first_training_batches_augmented_alike_on_every_ra
     from dataclasses import replace
 
     from maskvlp.data.loader import train_loader
-    from maskvlp.data.transforms import normalize
     from maskvlp.data.trainset import training_data
+    from maskvlp.data.transforms import normalize
     from maskvlp.session import CALIBRATION_BATCHES, calibration_images, pair_limits, stream_spec
 
     cfg = cfg_for(shards, tmp_path, "train.batch_size=16", "data.augment.crop_scale_min=0.3")
