@@ -352,3 +352,24 @@ def test_measured_speed_and_time_against_the_unmasked_arm_paired_by_seed():
     for row in rows:  # no unmasked arm: nothing to measure against, no section
         row["values"]["mask_ratio"] = 0.5
     assert compare(rows, cs)["speedups"] == {} and "Measured speed" not in markdown(compare(rows, cs), cs)
+
+
+def test_arms_whose_flops_miss_the_unmasked_arms_are_named_at_each_budget():
+    # the paper's arm planned its compute budget at a 50% final ratio it could not reach on clip art
+    # (it masked 34%) and spent 1.16x the unmasked arm's FLOPs: the report must not call that equal compute
+    cs = compare_spec(spec_with(GOOD))
+    rows = _rows({("none", "compute"): [0.5, 0.6], ("random", "compute"): [0.4, 0.5]})
+    for r in rows:
+        r["values"] |= {"train_flops": 30.1e12 if r["group"] == "none" else 35.0e12}
+        r["values"]["mask_ratio"] = 0.0 if r["group"] == "none" else 0.34
+    result = compare(rows, cs)
+    assert result["speedups"]["compute"]["random"]["flops_ratio"]["mean"] == pytest.approx(35.0 / 30.1)
+    text = markdown(result, cs)
+    assert "TFLOPs x 1.16 [" in text
+    assert (
+        "- budget = compute: training FLOPs within 2% of none's: no arm; not: random (1.16x) "
+        "(compared with none at this budget, not at equal compute)." in text
+    )
+    for r in rows:
+        r["values"]["train_flops"] = 30.1e12 * (1.0 if r["group"] == "none" else 1.019)
+    assert "- budget = compute: training FLOPs within 2% of none's: random." in markdown(compare(rows, cs), cs)

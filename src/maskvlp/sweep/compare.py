@@ -261,7 +261,8 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
 def speedups(per_seed: dict[tuple[str, str, str], dict[str, float]], table: dict, budgets: list[str]) -> dict:
     """Per budget, each group's measured speed and time against the unmasked group's (the one whose
     recorded mask ratio is 0), paired by seed: images/s ratio (what `train.compute_speedup` takes for a
-    time-matched budget) and training wall-time ratio (equal FLOPs are not equal time)."""
+    time-matched budget), training wall-time ratio (equal FLOPs are not equal time) and training FLOPs
+    ratio (a compute-matched arm whose masking missed the ratio its budget planned with is not at 1)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for b in budgets:
         unmasked = [g for g, cells in table[b].items() if cells.get("mask_ratio", {}).get("mean") == 0]
@@ -272,7 +273,7 @@ def speedups(per_seed: dict[tuple[str, str, str], dict[str, float]], table: dict
             if g == base:
                 continue
             ratios = {}
-            for key, name in (("images_per_s", "speedup"), ("wall_s", "time_ratio")):
+            for key, name in (("images_per_s", "speedup"), ("wall_s", "time_ratio"), ("train_flops", "flops_ratio")):
                 mine, theirs = per_seed.get((b, g, key), {}), per_seed.get((b, base, key), {})
                 paired = [mine[s] / theirs[s] for s in sorted(set(mine) & set(theirs)) if theirs[s]]
                 if paired:

@@ -102,6 +102,22 @@ def budget_sentence(change: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ tables
+EQUAL_FLOPS = 0.02  # a FLOPs ratio within 2% of 1 counts as equal compute
+
+
+def equal_compute_sentence(budget: str, groups: dict[str, dict[str, Any]], cs: CompareSpec) -> str:
+    """Which groups trained for the unmasked arm's FLOPs at `budget` (mean ratio within EQUAL_FLOPS)."""
+    ratios = {g: r["flops_ratio"]["mean"] for g, r in groups.items() if "flops_ratio" in r}
+    base = next(iter(groups.values()))["against"]
+    equal = [g for g, x in ratios.items() if abs(x - 1) <= EQUAL_FLOPS]
+    other = [f"{g} ({x:.2f}x)" for g, x in ratios.items() if abs(x - 1) > EQUAL_FLOPS]
+    said = f"{cs.budget or 'all'} = {budget}: training FLOPs within {EQUAL_FLOPS:.0%} of {base}'s: "
+    said += ", ".join(equal) or "no arm"
+    if other:
+        said += "; not: " + ", ".join(other) + f" (compared with {base} at this budget, not at equal compute)"
+    return said + "."
+
+
 def _ratio(ci: dict[str, Any]) -> str:
     if ci["n"] < 2:
         return f"{ci['mean']:.2f} (one seed)"
@@ -166,9 +182,10 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
         lines.append("")
         for b, groups in result["speedups"].items():
             for g, r in groups.items():
-                pairs = (("speedup", "images/s x"), ("time_ratio", "time x"))
+                pairs = (("speedup", "images/s x"), ("time_ratio", "time x"), ("flops_ratio", "TFLOPs x"))
                 parts = [f"{label} {_ratio(r[k])}" for k, label in pairs if k in r]
                 lines.append(f"- {cs.budget or 'all'} = {b}, {g} against {r['against']}: " + "; ".join(parts))
+        lines += ["", *(f"- {equal_compute_sentence(b, groups, cs)}" for b, groups in result["speedups"].items())]
         lines.append("")
     if result["claims"]:
         lines += ["### The paper's ordering, tested", ""]
