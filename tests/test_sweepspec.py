@@ -118,3 +118,60 @@ def test_every_committed_study_file_is_valid_at_every_grid_point(path):
     if spec.sampler == "grid" and grid_size(spec) <= 200:
         for values in grid_points(spec):
             load_config("params.yaml", spec.overrides(values))
+
+
+GRID_STUDY = {
+    "name": "order",
+    "space": {
+        "strategy": {"choices": {"none": {"masking.strategy": "none"}, "random": {"masking.strategy": "random"}}},
+        "budget": {"choices": {"samples": {"train.compute_samples": 0}, "compute": {"train.compute_samples": 96}}},
+        "train.seed": {"type": "categorical", "choices": [0, 1, 2]},
+    },
+    "objectives": [{"metric": "zeroshot/val/top1", "direction": "maximize"}],
+    "sampler": {"name": "grid", "seed": 0},
+}
+
+
+def _ask_all(study, n):
+    points = []
+    for _ in range(n):
+        trial = study.ask()
+        values = {p: trial.suggest_categorical(p, c) for p, c in study.sampler._search_space.items()}
+        study.tell(trial, 0.5)
+        points.append((values["train.seed"], values["strategy"], values["budget"]))
+    return points
+
+
+def test_a_comparisons_grid_runs_seed_by_seed_and_no_point_twice_when_resumed_with_another_seed():
+    import optuna
+
+    from maskvlp.sweep.study import make_sampler
+
+    raw = {**GRID_STUDY, "compare": {"group": "strategy", "seeds": "train.seed", "budget": "budget"}}
+    spec = sweepspec.parse(raw)
+    study = optuna.create_study(sampler=make_sampler(spec))
+    first = _ask_all(study, 5)
+    assert [seed for seed, *_ in first] == [0, 0, 0, 0, 1]  # every arm at seed 0 before seed 1
+    # resumed with another sampler seed (its shuffle differs): the rest of the grid, each point once
+    study.sampler = make_sampler(sweepspec.parse({**raw, "sampler": {"name": "grid", "seed": 7}}), offset=5)
+    rest = _ask_all(study, 7)
+    assert sorted(first + rest) == sorted(
+        {(s, g, b) for s in (0, 1, 2) for g in ("none", "random") for b in ("samples", "compute")}
+    )
+    assert [seed for seed, *_ in rest] == [1, 1, 1, 2, 2, 2, 2]
+    # without a comparison: optuna's shuffle, still each point once
+    plain = optuna.create_study(sampler=make_sampler(sweepspec.parse(GRID_STUDY)))
+    points = _ask_all(plain, 12)
+    assert len(set(points)) == 12 and [s for s, *_ in points] != sorted(s for s, *_ in points)
+
+
+def test_a_grid_point_asked_and_never_launched_is_run_later():
+    import optuna
+    from optuna.trial import TrialState
+
+    from maskvlp.sweep.study import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler(sweepspec.parse(GRID_STUDY)))
+    lost = study.ask()  # the driver killed between ask and launch: told FAIL later, with no params
+    study.tell(lost, state=TrialState.FAIL)
+    assert len(set(_ask_all(study, 12))) == 12  # the whole grid still runs, the lost point included

@@ -120,14 +120,44 @@ def make_sampler(spec: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSample
             return optuna.samplers.QMCSampler(seed=spec.seed, **opts)  # the sequence is resumed by count
         if spec.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, **opts)
-        return _GridSampler(grid_values(spec), seed=spec.seed, **opts)
+        return _GridSampler(grid_values(spec), seed=spec.seed, first=(spec.compare or {}).get("seeds"), **opts)
     except TypeError as exc:
         raise SweepSpecError(f"sampler: {exc}") from exc
 
 
 class _GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler without its `study.stop()` after the last point: that only works inside
-    `study.optimize` and raised in the trial job's tell; the driver stops at n_trials itself."""
+    """Optuna's grid sampler, with three changes. The points run in one order: optuna's shuffle (by the
+    sampler's seed), and with a comparison's seed key (`compare.seeds`) seed by seed, so that a study
+    stopped part way has every arm at its first seeds (its claims pair by seed). A new trial takes the
+    first point in that order that no trial holds (finished, failed or running), known by its params
+    (a trial that ended without any, asked and never launched, holds none):
+    optuna gives trial n the n-th point unchecked, so a grid study resumed with another sampler seed ran
+    some points twice and others never. And no `study.stop()` after the last point: that only works
+    inside `study.optimize` and raised in the trial job's tell; the driver stops at n_trials itself."""
+
+    def __init__(self, search_space, seed: int | None = None, first: str | None = None) -> None:
+        super().__init__(search_space, seed)
+        if first in self._param_names:  # stable: optuna's shuffled order within each seed
+            at, values = self._param_names.index(first), self._search_space[first]
+            self._all_grids.sort(key=lambda point: values.index(point[at]))
+
+    def before_trial(self, study, trial) -> None:
+        if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return  # a retry (enqueued with its params) or a trial that already has its point
+        taken = set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if t.number == trial.number or not (t.state.is_finished() or t.state == TrialState.RUNNING):
+                continue
+            params = t.params or t.system_attrs.get("fixed_params") or {}
+            if all(name in params for name in self._param_names):
+                taken.add(tuple(params[name] for name in self._param_names))
+            elif "grid_id" in t.system_attrs and t.state == TrialState.RUNNING:  # asked, not yet sampled
+                taken.add(tuple(self._all_grids[t.system_attrs["grid_id"]]))
+            # (finished without params: asked and never launched, the driver killed in that instant: its
+            # point is free again)
+        free = [i for i, point in enumerate(self._all_grids) if tuple(point) not in taken]
+        study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", free[0] if free else 0)
 
     def after_trial(self, study, trial, state, values) -> None:
         pass
