@@ -393,3 +393,26 @@ def test_the_pictures_of_an_official_arm_calibrated_to_a_final_ratio_are_valid_c
     assert [p.mode for p in shown] == ["official", "exact"] and all(p.threshold == 0.97 for p in shown)
     for p in shown:
         masking.check_config(p, 64)
+
+
+def test_official_calibration_over_training_batches_states_the_interval_of_its_mean():
+    # one batch's minimum varies (sd 0.16 on the testbed): 16 batches calibrated to 0.508 where training
+    # masked 0.606, so the calibration looks at many batches, one by one, and says how precise it is
+    import math
+    import re
+    import statistics
+
+    batches = [smooth_images(16, seed) for seed in range(0, 24, 3)]
+    k = mc("cluster", mode="official", calibrate_mask_ratio=0.5, min_mask_ratio=0.3, anchor_ratio=0.05)
+    calibrated, line = masking.calibrate(k, lambda: iter(batches), 4, gen(7), 16)
+    best = masking.cluster.best_similarities(iter(batches), 4, 0.05, gen(7))  # the same anchors, batch by batch
+    assert best.shape == (8 * 16, 64)
+    ratios = masking.cluster.official_batch_ratios(best, calibrated.threshold, 0.3, 16)
+    sd = statistics.stdev(ratios)
+    said = re.search(
+        r"ratio ([\d.]+) ± ([\d.]+) \(95%, over 8 batches of 16; one batch's ratio varies by sd ([\d.]+)\)", line
+    )
+    assert said, line
+    assert float(said[1]) == pytest.approx(statistics.mean(ratios), abs=5e-4)
+    assert float(said[2]) == pytest.approx(1.96 * sd / math.sqrt(8), abs=5e-4)
+    assert float(said[3]) == pytest.approx(sd, abs=5e-4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,12 +238,17 @@ def mask_flops(k: Any, num_patches: int, patch_size: int, embed_width: int, samp
 
 
 def calibrate(
-    k: Any, images: Callable[[], torch.Tensor], patch_size: int, generator: torch.Generator | None, batch_size: int
+    k: Any,
+    images: Callable[[], torch.Tensor | Iterable[torch.Tensor]],
+    patch_size: int,
+    generator: torch.Generator | None,
+    batch_size: int,
 ) -> tuple[Any, str]:
     """`k` with the keys its strategy calibrates set, and a line saying what was set ("" when the
-    strategy calibrates nothing or its calibration is off). `images()` loads the normalised training
-    images the calibration looks at, called only when needed; `batch_size`: the images one mask call
-    sees in training (train.batch_size), for strategies whose mask depends on the batch."""
+    strategy calibrates nothing or its calibration is off). `images()` gives the normalised images the
+    calibration looks at, called only when needed: one tensor, or training batches one by one (so that
+    many can be looked at without holding them); `batch_size`: the images one mask call sees in
+    training (train.batch_size), for strategies whose mask depends on the batch."""
     strategy = get_strategy(k.strategy)
     found = strategy.calibrate(k, images, patch_size, generator, batch_size) if strategy.calibrate else None
     return (dataclasses.replace(k, **found[0]), found[1]) if found else (k, "")

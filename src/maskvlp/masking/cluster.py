@@ -21,7 +21,9 @@ and pictures.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -221,8 +223,20 @@ def fusion_weight(samples_seen: int, fusion_samples: int) -> float:
     return min(1.0, samples_seen / fusion_samples)
 
 
+Images = torch.Tensor | Iterable[torch.Tensor]  # one tensor of images, or training batches one by one
+
+
+def best_similarities(
+    images: Images, patch_size: int, anchor_ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(N, L): each patch's best anchor similarity (anchors 2), batch by batch when `images` is an
+    iterable of batches (only these are kept, not the images: a calibration may look at many)."""
+    batches = [images] if isinstance(images, torch.Tensor) else images
+    return torch.cat([anchor_rows(b, patch_size, anchor_ratio, generator)[0].max(dim=1).values for b in batches])
+
+
 def calibrate_threshold(
-    images: torch.Tensor,
+    images: Images,
     patch_size: int,
     anchor_ratio: float,
     target_coverage: float,
@@ -236,27 +250,31 @@ def calibrate_threshold(
     """
     if not 0.0 < target_coverage < 1.0:
         raise ValueError(f"target coverage must be in (0, 1), got {target_coverage}")
-    sim, _ = anchor_rows(images, patch_size, anchor_ratio, generator)
-    best = sim.max(dim=1).values.flatten()
+    best = best_similarities(images, patch_size, anchor_ratio, generator).flatten()
     threshold = float(torch.quantile(best.double(), 1.0 - target_coverage).clamp(-1.0, 1.0))
     achieved = float((best > threshold).double().mean())
     return threshold, achieved
 
 
-def official_mask_ratio(best: torch.Tensor, threshold: float, min_mask_ratio: float, batch_size: int) -> float:
-    """The mean final mask ratio of official mode at `threshold`: `best` (N, L) holds each patch's best
+def official_batch_ratios(best: torch.Tensor, threshold: float, min_mask_ratio: float, batch_size: int) -> list[float]:
+    """Official mode's final mask ratio at `threshold` per batch: `best` (N, L) holds each patch's best
     anchor similarity (anchors 2); the images are cut into batches of `batch_size` (the last, partial
     one dropped unless it is the only one), each batch masks 1 - n_keep / L of every image."""
     num_patches = best.shape[1]
     cap = int(num_patches * (1 - min_mask_ratio))
     full = best.shape[0] // batch_size * batch_size
     batches = best[:full].split(batch_size) if full else (best,)
-    keeps = [max(1, min(cap, int((b <= threshold).sum(1).min()))) for b in batches]
-    return sum(1.0 - keep / num_patches for keep in keeps) / len(keeps)
+    return [1.0 - max(1, min(cap, int((b <= threshold).sum(1).min()))) / num_patches for b in batches]
+
+
+def official_mask_ratio(best: torch.Tensor, threshold: float, min_mask_ratio: float, batch_size: int) -> float:
+    """The mean over batches of official mode's final mask ratio at `threshold` (official_batch_ratios)."""
+    ratios = official_batch_ratios(best, threshold, min_mask_ratio, batch_size)
+    return sum(ratios) / len(ratios)
 
 
 def calibrate_official_threshold(
-    images: torch.Tensor,
+    images: Images,
     patch_size: int,
     anchor_ratio: float,
     min_mask_ratio: float,
@@ -274,10 +292,16 @@ def calibrate_official_threshold(
     paper's 0.5) and stops after `steps` halvings where counts are too coarse to come within the
     tolerance (the official loop would not end). Returns (threshold, achieved mean final ratio): the
     first within tolerance, else the closest seen."""
+    best = best_similarities(images, patch_size, anchor_ratio, generator)
+    return bisect_official_threshold(best, min_mask_ratio, target, batch_size, tolerance, steps)
+
+
+def bisect_official_threshold(
+    best: torch.Tensor, min_mask_ratio: float, target: float, batch_size: int, tolerance: float = 0.01, steps: int = 40
+) -> tuple[float, float]:
+    """calibrate_official_threshold's bisection on the best similarities `best` (N, L) it computed."""
     if not min_mask_ratio <= target < 1.0:
         raise ValueError(f"target final mask ratio must be in [min_mask_ratio={min_mask_ratio}, 1), got {target}")
-    sim, _ = anchor_rows(images, patch_size, anchor_ratio, generator)
-    best = sim.max(dim=1).values
     lo, hi = -1.0, 1.0
     found = (0.0, official_mask_ratio(best, 0.0, min_mask_ratio, batch_size))
     for _ in range(steps):
@@ -360,21 +384,24 @@ def _embed_weight(k: Any, samples_seen: int) -> float:
 
 
 def _calibrate(
-    k: Any, images: Callable[[], torch.Tensor], patch_size: int, generator: torch.Generator | None, batch_size: int
+    k: Any, images: Callable[[], Images], patch_size: int, generator: torch.Generator | None, batch_size: int
 ):
     if k.mode == "official" and k.calibrate_mask_ratio > 0:
-        args = (k.anchor_ratio, k.min_mask_ratio, k.calibrate_mask_ratio, batch_size)
-        threshold, achieved = calibrate_official_threshold(images(), patch_size, *args, generator)
+        best = best_similarities(images(), patch_size, k.anchor_ratio, generator)
+        threshold, achieved = bisect_official_threshold(best, k.min_mask_ratio, k.calibrate_mask_ratio, batch_size)
+        ratios = official_batch_ratios(best, threshold, k.min_mask_ratio, batch_size)
+        sd = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
         missed = "" if abs(achieved - k.calibrate_mask_ratio) < 0.01 else ", the closest reachable on these images"
         return {"threshold": threshold}, (
-            f"calibrated threshold masking.threshold={threshold:.4f}: official mean final mask ratio "
-            f"{achieved:.3f} in batches of {batch_size} (target {k.calibrate_mask_ratio}{missed})"
+            f"calibrated threshold masking.threshold={threshold:.8g}: official mean final mask ratio "
+            f"{achieved:.3f} ± {1.96 * sd / math.sqrt(len(ratios)):.3f} (95%, over {len(ratios)} batches of "
+            f"{batch_size}; one batch's ratio varies by sd {sd:.3f}) (target {k.calibrate_mask_ratio}{missed})"
         )
     if k.calibrate_coverage <= 0:
         return None
     threshold, achieved = calibrate_threshold(images(), patch_size, k.anchor_ratio, k.calibrate_coverage, generator)
     return {"threshold": threshold}, (
-        f"calibrated threshold masking.threshold={threshold:.4f}: coverage {achieved:.1%} "
+        f"calibrated threshold masking.threshold={threshold:.8g}: coverage {achieved:.1%} "
         f"(target {k.calibrate_coverage:.1%})"
     )
 
