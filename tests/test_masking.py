@@ -416,3 +416,17 @@ def test_official_calibration_over_training_batches_states_the_interval_of_its_m
     assert float(said[1]) == pytest.approx(statistics.mean(ratios), abs=5e-4)
     assert float(said[2]) == pytest.approx(1.96 * sd / math.sqrt(8), abs=5e-4)
     assert float(said[3]) == pytest.approx(sd, abs=5e-4)
+
+
+def test_an_official_calibration_at_the_edge_of_float_rounding_says_so():
+    # the testbed's and clip art's 50% final ratio lies at threshold 1 - 2^-24 / 1 - 2^-23: the clusters
+    # shrink to exact repeats whose similarity rounds to 1, and the index-order drop fills the count
+    stripes = torch.zeros(2, 3, 16, 16)
+    stripes[..., ::2] = 1.0  # every 4x4 patch the same pattern: similarity 1 to any anchor
+    smooth = smooth_images(2, 9)
+    k = mc("cluster", mode="official", calibrate_mask_ratio=0.3, min_mask_ratio=0.3, anchor_ratio=0.1)
+    calibrated, line = masking.calibrate(k, lambda: iter([torch.cat([stripes, smooth[:, :, :16, :16]])]), 4, gen(1), 4)
+    assert calibrated.threshold > masking.cluster.ROUNDING_EDGE
+    assert "within float rounding of 1" in line
+    _, plain = masking.calibrate(k, lambda: smooth_images(32, 3), 4, gen(7), 16)
+    assert "rounding" not in plain

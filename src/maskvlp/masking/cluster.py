@@ -41,6 +41,7 @@ from maskvlp.masking.base import (
     register_strategy,
 )
 
+ROUNDING_EDGE = 1.0 - 1e-6  # similarities above this are 1 up to float32 rounding (its epsilon: 1.2e-7)
 FLAT_STD = 1e-4  # patches varying less than this (normalised units; one 8-bit level is ~0.015) are flat
 
 
@@ -392,6 +393,12 @@ def _calibrate(
         ratios = official_batch_ratios(best, threshold, k.min_mask_ratio, batch_size)
         sd = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
         missed = "" if abs(achieved - k.calibrate_mask_ratio) < 0.01 else ", the closest reachable on these images"
+        if threshold > ROUNDING_EDGE:
+            missed += (
+                "; the threshold is within float rounding of 1: only exact repeats of a pattern cluster, and which"
+                " do is decided by rounding (it may differ on another device), the rest of the count is official"
+                " mode's index-order drop"
+            )
         return {"threshold": threshold}, (
             f"calibrated threshold masking.threshold={threshold:.8g}: official mean final mask ratio "
             f"{achieved:.3f} ± {1.96 * sd / math.sqrt(len(ratios)):.3f} (95%, over {len(ratios)} batches of "
