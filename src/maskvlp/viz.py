@@ -67,10 +67,15 @@ def mask_figure(images_uint8: torch.Tensor, images_norm: torch.Tensor, patch_siz
             own = replace(k, strategy=name)
             variants += strategy.pictures(own) if strategy.pictures else [own]
     # the same generator state gives the same anchors to every cluster variant
-    results = {
-        describe(v): compute_mask(images_norm, v, patch_size, torch.Generator(images_norm.device).manual_seed(seed))
-        for v in variants
-    }
+    results = {}
+    for v in variants:
+        try:
+            results[describe(v)] = compute_mask(
+                images_norm, v, patch_size, torch.Generator(images_norm.device).manual_seed(seed)
+            )
+        except ValueError:  # another strategy that this grid refuses at its defaults (grid's window): left out
+            if v.strategy == k.strategy:
+                raise
     clusters = next((r for r in results.values() if r.clustered is not None), None)
     n = images_uint8.shape[0]
     cols = 1 + (clusters is not None) + len(results)

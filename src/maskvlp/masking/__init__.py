@@ -1,4 +1,5 @@
-"""Which patch tokens a masked CLIP step keeps: none, random (FLIP) or cluster (Wei et al. 2024).
+"""Which patch tokens a masked CLIP step keeps: none, random (FLIP), cluster (Wei et al. 2024), grid or
+block (CLIPA, Li et al. 2023).
 
 base.py holds the registry and what every strategy shares (none and random among them); every other
 module here is one strategy that registers itself when imported (docs/algorithms.md describes the
@@ -37,3 +38,8 @@ from maskvlp.masking.cluster import (  # noqa: F401
     official_cluster_mask,
     standardised_patches,
 )
+
+# isort: split
+# CLIPA's strategies after the two papers' (registration order is the order of `maskvlp masks` columns)
+from maskvlp.masking.block import block_mask, block_shape  # noqa: F401
+from maskvlp.masking.grid import grid_mask  # noqa: F401
