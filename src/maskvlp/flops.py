@@ -2,7 +2,7 @@
 budget (train.compute_samples), the MFU scalar and the throughput benchmark's rows.
 
 A training sample costs its kept image tokens and its caption through both towers, forward and backward
-(`CLIP.train_flops_per_sample`), times 4/3 when gradient accumulation's feature cache runs a second
+(`CLIP.train_flops_per_sample`; the patch embedding over the patches it embeds: all L, resize fewer), times 4/3 when gradient accumulation's feature cache runs a second
 forward pass, plus the mask's own cost (its strategy's `mask_flops`, once per image however often the
 image is forwarded). MFU counts the towers alone: what the accelerator's peak is measured against.
 """
@@ -29,7 +29,9 @@ def mask_flops(model: CLIP, k: Any, samples_seen: int | None = None) -> float:
 def sample_flops(model: CLIP, k: Any, kept: int, samples_seen: int | None = None, cached: bool = False) -> float:
     """Training FLOPs of one sample with `kept` image tokens under masking config `k`; `cached`: the
     feature cache's second forward pass (accum_mode cache with accum_steps > 1; accumulate.py)."""
-    return model.train_flops_per_sample(kept) * (4 / 3 if cached else 1) + mask_flops(model, k, samples_seen)
+    embedded = masking.embedded_patches(k, model.visual.num_patches)
+    towers = model.train_flops_per_sample(kept, embedded if embedded != model.visual.num_patches else None)
+    return towers * (4 / 3 if cached else 1) + mask_flops(model, k, samples_seen)
 
 
 def matched_samples(model: CLIP, k: Any, unmasked_samples: int) -> int:

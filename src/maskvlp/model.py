@@ -61,13 +61,17 @@ POS_EMBEDS = ("learned", "sincos")  # image positions: learned (CLIP) | fixed 2-
 POOLS = ("cls", "avg")  # image feature: the class token (CLIP) | the mean of the kept tokens (FLIP)
 
 
-def sincos_positions(grid: int, width: int) -> torch.Tensor:
+def sincos_positions(grid: int, width: int, extent: int | None = None) -> torch.Tensor:
     """(grid*grid, width) fixed 2-D sin-cos positions (as MAE / FLIP): half the channels encode the
-    row, half the column, each as sin and cos at geometrically spaced frequencies."""
+    row, half the column, each as sin and cos at geometrically spaced frequencies. `extent`: the grid
+    the positions are measured in when the image is a resized one (resize), each patch at its centre
+    in that grid's coordinates; None: the grid itself (positions 0 .. grid-1)."""
     if width % 4:
         raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")
     freqs = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
     steps = torch.arange(grid, dtype=torch.float64)
+    if extent is not None and extent != grid:
+        steps = (steps + 0.5) * (extent / grid) - 0.5
     ys, xs = torch.meshgrid(steps, steps, indexing="ij")
     parts = []
     for coord in (ys.flatten(), xs.flatten()):
@@ -134,6 +138,7 @@ class VisionTower(nn.Module):
         self.grid = image_size // patch_size
         self.num_patches = self.grid**2
         self.pool = pool
+        self.pos_embed = pos_embed
         self.has_cls = pool == "cls"
         w = shape.width
         scale = w**-0.5
@@ -151,10 +156,27 @@ class VisionTower(nn.Module):
         self.ln_post = nn.LayerNorm(w)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
 
+    def positions(self, grid: int) -> torch.Tensor:
+        """(grid*grid, width) patch positions for an image of `grid` x `grid` patches: the table itself
+        at the built grid; for a smaller image (resize) the positions at its patches' centres, learned
+        ones interpolated bicubically (as timm and open_clip resize them; gradients reach the table),
+        sin-cos ones computed there."""
+        table = self.positional_embedding[int(self.has_cls) :]
+        if grid == self.grid:
+            return table
+        if self.pos_embed == "sincos":
+            return sincos_positions(grid, table.shape[1], self.grid).to(table)
+        square = table.T.reshape(1, -1, self.grid, self.grid)
+        small = F.interpolate(square, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+        return small.reshape(table.shape[1], -1).T
+
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (B, 3, H, W) normalised -> layer-0 tokens (B, L, width): patch embedding + position."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        return x + self.positional_embedding[int(self.has_cls) :].to(x.dtype)
+        """images: (B, 3, H, W) normalised -> layer-0 tokens (B, L, width): patch embedding + position.
+        Square images of any multiple of the patch size (resize trains on smaller ones)."""
+        x = self.patch_embed(images)
+        grid = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)
+        return x + self.positions(grid).to(x.dtype)
 
     def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         """images: (B, 3, H, W) normalised; keep_idx: (B, n_keep) long or None (all patches).
@@ -243,11 +265,12 @@ class CLIP(nn.Module):
         return self.encode_image(images, keep_idx), self.encode_text(tokens), self.logit_scale.exp()
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one entry per token count; the model lives as long as a run)
-    def train_flops_per_sample(self, kept_tokens: int) -> float:
+    def train_flops_per_sample(self, kept_tokens: int, embedded: int | None = None) -> float:
         """Training FLOPs per image-text pair with `kept_tokens` image tokens (docs/records.md):
-        3 x forward (backward costs two forwards); forward = patch embedding of all L patches
-        + per transformer block 2 x tokens x (block weights) + 4 x tokens^2 x width (the two attention
-        matmuls), for the image tower at kept_tokens (+ 1 with a class token) and the text tower at its context."""
+        3 x forward (backward costs two forwards); forward = patch embedding of the `embedded` patches
+        (None: all L; resize embeds a smaller image's) + per transformer block 2 x tokens x (block
+        weights) + 4 x tokens^2 x width (the two attention matmuls), for the image tower at kept_tokens
+        (+ 1 with a class token) and the text tower at its context."""
 
         def tower(transformer: Transformer, n: int) -> float:
             total = 0.0
@@ -257,7 +280,7 @@ class CLIP(nn.Module):
             return total
 
         vis = self.visual
-        patch = 2 * vis.num_patches * vis.patch_embed.weight.numel()
+        patch = 2 * (vis.num_patches if embedded is None else embedded) * vis.patch_embed.weight.numel()
         context = self.text.positional_embedding.shape[0]
         return 3 * (
             patch + tower(vis.transformer, kept_tokens + int(vis.has_cls)) + tower(self.text.transformer, context)

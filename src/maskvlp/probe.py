@@ -43,7 +43,10 @@ def object_patches(metas: list[dict[str, Any]], stored_size: float, grid: int) -
 def split_stats(mask: MaskResult, objects: torch.Tensor) -> dict[str, float]:
     """Fractions of object / background patches that are clustered and that are removed."""
     objects = objects.to(mask.keep_idx.device)
-    kept = torch.zeros_like(objects).scatter_(1, mask.keep_idx, True)
+    if mask.images is None:
+        kept = torch.zeros_like(objects).scatter_(1, mask.keep_idx, True)
+    else:  # resize removes no region: every patch stays in view, at less detail
+        kept = torch.ones_like(objects)
     clustered = mask.clustered if mask.clustered is not None else torch.zeros_like(objects)
 
     def frac(values: torch.Tensor, where: torch.Tensor) -> float:

@@ -104,8 +104,10 @@ def train_step(s: Session) -> tuple[MaskResult, torch.Tensor]:
         images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
         mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, k, s.samples_seen)
         kept = mask.keep_idx.shape[1]
-        # every patch kept (no masking, unmasked tuning): no gather, and no scatter in backward
-        micros.append((images, tokens, None if kept == s.model.visual.num_patches else mask.keep_idx))
+        tower_images = images if mask.images is None else mask.images  # resize: the smaller images, all kept
+        # every patch kept (no masking, unmasked tuning, resize): no gather, and no scatter in backward
+        every = mask.images is not None or kept == s.model.visual.num_patches
+        micros.append((tower_images, tokens, None if every else mask.keep_idx))
         ratio_sum += mask.mask_ratio
         coverage_sum += mask.cluster_coverage.mean()
         s.totals["train_flops"] += flops.sample_flops(s.model, k, kept, s.samples_seen, cached) * images.shape[0]
@@ -125,9 +127,10 @@ def train_step(s: Session) -> tuple[MaskResult, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------- the log line
-def log_line(s: Session, log: TrainLog, kept: int) -> None:
+def log_line(s: Session, log: TrainLog, kept: int, embedded: int | None = None) -> None:
     """The window's mean loss (the one host sync of the interval), its coverage added to the run's
-    totals, the probe measured where TensorBoard is written, all handed to the log; then a new window."""
+    totals, the probe measured where TensorBoard is written, all handed to the log; then a new window.
+    `kept`, `embedded`: the last step's tokens through the tower and patches embedded (None: all)."""
     w = s.window
     loss = s.last_loss = window_loss(s)
     s.totals["coverage_sum"] += float(w.coverage)
@@ -144,7 +147,9 @@ def log_line(s: Session, log: TrainLog, kept: int) -> None:
     if s.data.in_place and log.writing:
         scalars["data/skipped"] = sum(s.data_skipped.values())
     skipped = sum(s.data_skipped.values()) if s.data.in_place else None
-    log.line(s.samples_seen, loss, scalars, s.model.train_flops_per_sample(kept), skipped)  # MFU: the towers alone
+    log.line(
+        s.samples_seen, loss, scalars, s.model.train_flops_per_sample(kept, embedded), skipped
+    )  # MFU: the towers alone
     s.window = Window()
 
 
@@ -234,7 +239,7 @@ def pretrain(
                 mask, images_uint8 = train_step(s)
                 log.step_done()
                 if s.step % t.log_every_steps == 0 or s.step == s.budget.total_steps:
-                    log_line(s, log, mask.keep_idx.shape[1])
+                    log_line(s, log, mask.keep_idx.shape[1], None if mask.images is None else mask.keep_idx.shape[1])
                 if log.writing and t.mask_image_every_steps and (s.step - 1) % t.mask_image_every_steps == 0:
                     log.mask_image(mask, images_uint8, s.samples_seen)
                 if eval_every and s.step % eval_every == 0 and s.step < s.budget.total_steps:

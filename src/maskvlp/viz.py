@@ -42,7 +42,14 @@ def clusters_picture(image: np.ndarray, result: MaskResult, index: int, patch_si
 
 
 def kept_picture(image: np.ndarray, result: MaskResult, index: int, patch_size: int) -> np.ndarray:
-    """The image with removed patches greyed out."""
+    """The image with removed patches greyed out; for a strategy that shrinks the image (resize), the
+    image at the resolution the tower sees, shown at full size."""
+    if result.images is not None:
+        small = result.images.shape[-1]
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        shrunk = torch.nn.functional.interpolate(pixels, size=(small, small), mode="bilinear", antialias=True)
+        back = torch.nn.functional.interpolate(shrunk, size=image.shape[:2], mode="nearest")
+        return back[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     grid = (image.shape[0] // patch_size, image.shape[1] // patch_size)
     kept = torch.zeros(result.num_patches, dtype=torch.bool)
     kept[result.keep_idx[index].cpu()] = True

@@ -1,5 +1,5 @@
-"""Which patch tokens a masked CLIP step keeps: none, random (FLIP), cluster (Wei et al. 2024), grid or
-block (CLIPA, Li et al. 2023).
+"""Which patch tokens a masked CLIP step keeps: none, random (FLIP), cluster (Wei et al. 2024), grid,
+block or resize (CLIPA, Li et al. 2023).
 
 base.py holds the registry and what every strategy shares (none and random among them); every other
 module here is one strategy that registers itself when imported (docs/algorithms.md describes the
@@ -16,6 +16,7 @@ from maskvlp.masking.base import (  # noqa: F401 (the package's face)
     check_config,
     compute_mask,
     describe,
+    embedded_patches,
     get_strategy,
     kept_tokens,
     make_mask,
@@ -43,3 +44,4 @@ from maskvlp.masking.cluster import (  # noqa: F401
 # CLIPA's strategies after the two papers' (registration order is the order of `maskvlp masks` columns)
 from maskvlp.masking.block import block_mask, block_shape  # noqa: F401
 from maskvlp.masking.grid import grid_mask  # noqa: F401
+from maskvlp.masking.resize import resize_images, resized_side  # noqa: F401

@@ -30,6 +30,9 @@ class MaskResult:
     clustered: torch.Tensor | None = None  # (B, L) bool
     anchor_idx: torch.Tensor | None = None  # (B, A) long
     cluster_id: torch.Tensor | None = None  # (B, L) long: most similar anchor's slot, -1 if unclustered
+    # the images the tower sees instead of the input, where the strategy changes them (resize: smaller);
+    # keep_idx then indexes their patches, and num_patches stays the input's L (the ratio is against it)
+    images: torch.Tensor | None = None
 
     @property
     def mask_ratio(self) -> float:
@@ -126,6 +129,8 @@ class Strategy:
     # tokens a compute-matched budget plans with where kept_tokens is None: the mean a calibration aims
     # at (None: kept_tokens, and no plan where that is None)
     planned_tokens: Callable[[Any, int], int | None] | None = None
+    # patches the tower's patch embedding sees per image at L patches (None: all L; resize: fewer)
+    embedded_patches: Callable[[Any, int], int] | None = None
     # FLOPs of choosing one image's mask: (config, L, patch size, embedding width, samples seen or None
     # for the whole run) -> FLOPs (docs/records.md)
     mask_flops: Callable[[Any, int, int, int, int | None], float] = lambda k, n, p, width, seen: 0.0
@@ -230,6 +235,13 @@ def planned_tokens(k: Any, num_patches: int) -> int | None:
     strategy = get_strategy(k.strategy)
     fixed = strategy.kept_tokens(k, num_patches)
     return fixed if fixed is not None or strategy.planned_tokens is None else strategy.planned_tokens(k, num_patches)
+
+
+def embedded_patches(k: Any, num_patches: int) -> int:
+    """Patches the patch embedding sees per image under `k`: all L but where the strategy shrinks the
+    image (resize)."""
+    strategy = get_strategy(k.strategy)
+    return num_patches if strategy.embedded_patches is None else strategy.embedded_patches(k, num_patches)
 
 
 def mask_flops(k: Any, num_patches: int, patch_size: int, embed_width: int, samples_seen: int | None = None) -> float:
