@@ -137,6 +137,15 @@ class MaskingConfig:
     ratio: float = 0.5  # fraction of patch tokens removed, fixed per run
 
 
+@dataclass
+class TextMaskingConfig:
+    """Text-side token reduction in training (the textmask package); evaluation sees whole captions."""
+
+    strategy: str = "none"  # none | truncate | random | block | frequency (textmask.TEXT_STRATEGIES)
+    length: int = 0  # tokens the text tower sees in training, start and end included; 0 = model.context_length
+    frequency_t: float = 1e-4  # frequency (CLIPF): a token is masked with probability 1 - sqrt(t / its frequency)
+
+
 # ---------------------------------------------------------------------------------------- train
 @dataclass
 class TrainConfig:
@@ -219,6 +228,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    text_masking: TextMaskingConfig = field(default_factory=TextMaskingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)

@@ -26,19 +26,29 @@ def mask_flops(model: CLIP, k: Any, samples_seen: int | None = None) -> float:
     return masking.mask_flops(k, vis.num_patches, vis.patch_size, vis.patch_embed.weight.shape[0], samples_seen)
 
 
-def sample_flops(model: CLIP, k: Any, kept: int, samples_seen: int | None = None, cached: bool = False) -> float:
-    """Training FLOPs of one sample with `kept` image tokens under masking config `k`; `cached`: the
-    feature cache's second forward pass (accum_mode cache with accum_steps > 1; accumulate.py)."""
+def sample_flops(
+    model: CLIP,
+    k: Any,
+    kept: int,
+    samples_seen: int | None = None,
+    cached: bool = False,
+    text_tokens: int | None = None,
+) -> float:
+    """Training FLOPs of one sample with `kept` image tokens under masking config `k` and `text_tokens`
+    caption tokens (None: the model's context; text_masking shortens it); `cached`: the feature cache's
+    second forward pass (accum_mode cache with accum_steps > 1; accumulate.py)."""
     embedded = masking.embedded_patches(k, model.visual.num_patches)
-    towers = model.train_flops_per_sample(kept, embedded if embedded != model.visual.num_patches else None)
+    embedded = embedded if embedded != model.visual.num_patches else None
+    towers = model.train_flops_per_sample(kept, embedded, text_tokens)
     return towers * (4 / 3 if cached else 1) + mask_flops(model, k, samples_seen)
 
 
-def matched_samples(model: CLIP, k: Any, unmasked_samples: int) -> int:
-    """The samples whose training FLOPs under masking config `k` (at its planned token count) equal
-    those of `unmasked_samples` trained unmasked on the same model: train.compute_samples' budget."""
+def matched_samples(model: CLIP, k: Any, unmasked_samples: int, text_tokens: int | None = None) -> int:
+    """The samples whose training FLOPs under masking config `k` (at its planned token count) and
+    `text_tokens` caption tokens (None: the whole context) equal those of `unmasked_samples` trained
+    unmasked on the same model: train.compute_samples' budget."""
     grid = model.visual.num_patches
-    masked = sample_flops(model, k, masking.planned_tokens(k, grid))
+    masked = sample_flops(model, k, masking.planned_tokens(k, grid), text_tokens=text_tokens)
     return max(1, round(unmasked_samples * model.train_flops_per_sample(grid) / masked))
 
 

@@ -265,12 +265,12 @@ class CLIP(nn.Module):
         return self.encode_image(images, keep_idx), self.encode_text(tokens), self.logit_scale.exp()
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one entry per token count; the model lives as long as a run)
-    def train_flops_per_sample(self, kept_tokens: int, embedded: int | None = None) -> float:
+    def train_flops_per_sample(self, kept_tokens: int, embedded: int | None = None, text: int | None = None) -> float:
         """Training FLOPs per image-text pair with `kept_tokens` image tokens (docs/records.md):
         3 x forward (backward costs two forwards); forward = patch embedding of the `embedded` patches
         (None: all L; resize embeds a smaller image's) + per transformer block 2 x tokens x (block
         weights) + 4 x tokens^2 x width (the two attention matmuls), for the image tower at kept_tokens
-        (+ 1 with a class token) and the text tower at its context."""
+        (+ 1 with a class token) and the text tower at `text` tokens (None: its context)."""
 
         def tower(transformer: Transformer, n: int) -> float:
             total = 0.0
@@ -281,7 +281,7 @@ class CLIP(nn.Module):
 
         vis = self.visual
         patch = 2 * (vis.num_patches if embedded is None else embedded) * vis.patch_embed.weight.numel()
-        context = self.text.positional_embedding.shape[0]
+        context = self.text.positional_embedding.shape[0] if text is None else text
         return 3 * (
             patch + tower(vis.transformer, kept_tokens + int(vis.has_cls)) + tower(self.text.transformer, context)
         )

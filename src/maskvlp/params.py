@@ -154,6 +154,7 @@ def compute_matched_samples(cfg: Config) -> int:
     from maskvlp.flops import matched_samples
     from maskvlp.masking import describe, planned_tokens
     from maskvlp.model import CLIP
+    from maskvlp.textmask import text_tokens
 
     k, m, t = cfg.masking, cfg.model, cfg.train
     check(
@@ -181,7 +182,8 @@ def compute_matched_samples(cfg: Config) -> int:
             model = CLIP.from_config(m)
     except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"train.compute_samples: cannot size the model to count its FLOPs ({exc})") from exc
-    return matched_samples(model, k, t.compute_samples - tuning) + tuning
+    text = text_tokens(cfg.text_masking, m.context_length)
+    return matched_samples(model, k, t.compute_samples - tuning, text) + tuning
 
 
 def time_matched_samples(cfg: Config) -> int:
@@ -224,6 +226,7 @@ def validate(cfg: Config) -> None:
     from maskvlp.evalsets import check_section as check_eval
     from maskvlp.launch import check_section as check_launcher
     from maskvlp.model import check_section as check_model
+    from maskvlp.textmask import check_section as check_text
 
     check_data(cfg.data)
     check_encoding(cfg.data)
@@ -233,6 +236,7 @@ def validate(cfg: Config) -> None:
         masking.check_config(k, (m.image_size // m.patch_size) ** 2)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    check_text(cfg.text_masking, cfg.model.context_length)
     _check_train(cfg)
     check_eval(cfg.eval)
     check_launcher(cfg.launcher)

@@ -33,6 +33,7 @@ from maskvlp.probe import STATS as PROBE_STATS
 from maskvlp.probe import ObjectProbe
 from maskvlp.runs import RunPaths, run_paths, update_result, weights_complete, write_json_atomic, write_text_atomic
 from maskvlp.schedule import Budget, make_budget
+from maskvlp.textmask import prepare as prepare_text
 
 # Params that may change between a run and its resume: they do not change what is computed.
 RESUME_FREE = tuple(
@@ -212,6 +213,7 @@ class Session:
     masking: Any  # the masking config trained with: cfg.masking with its strategy's calibration applied
     loader_workers: int
     forward: Any = None  # the model, wrapped by DDP and/or torch.compile
+    text_state: Any = None  # the text strategy's state from the training captions (frequency: token weights)
     ddp: DistributedDataParallel | None = None
     autocast: Any = None  # the steps' precision (bf16 autocast, or a disabled one)
     spec: StreamSpec | None = None  # the masked phase's data stream
@@ -267,6 +269,7 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
     if env.is_main:
         _record_start(s, share, fresh=state is None)
     _distribute(s)
+    s.text_state = prepare_text(cfg.text_masking, cfg)  # every rank, from the same captions: the same state
     if env.is_main:
         s.probe = ObjectProbe.from_shards(cfg, device)
         # GPU training only: on the CPU the workers share the cores with the step itself, and fewer is better

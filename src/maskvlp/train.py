@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from maskvlp import flops
+from maskvlp import flops, textmask
 from maskvlp.accumulate import ACCUMULATORS
 from maskvlp.checkpoint import save_weights
 from maskvlp.config import Config
@@ -64,6 +64,9 @@ class StopRequest:
 
 
 # ------------------------------------------------------------------------------------ one step
+TEXT_SEED = 0x7E47  # the text generator's seed: the image mask's, xor this (another stream, as reproducible)
+
+
 def mask_seed(seed: int, rank: int, step: int, micro: int) -> int:
     digest = hashlib.blake2b(f"mask/{seed}/{rank}/{step}/{micro}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & ((1 << 63) - 1)
@@ -80,6 +83,16 @@ def choose_mask(
         weight = get_strategy(k.strategy).embed_weight(k, samples_seen)
         embed_tokens = model.visual.patch_tokens(images) if weight > 0 else None
         return make_mask(images, k, MaskContext(cfg.model.patch_size, gen, embed_tokens, weight))
+
+
+def choose_text(cfg: Config, s: Session, tokens: torch.Tensor, micro: int) -> torch.Tensor:
+    """The caption tokens one micro-batch trains on under text_masking (the input where it reduces
+    nothing), drawn from a generator of its own, seeded as the image mask's."""
+    if not textmask.reduces(cfg.text_masking, tokens.shape[1]):
+        return tokens
+    seed = mask_seed(cfg.train.seed, s.env.rank, s.step, micro) ^ TEXT_SEED
+    gen = torch.Generator(device=tokens.device).manual_seed(seed)
+    return textmask.reduce_text(tokens, cfg.text_masking, textmask.TextContext(gen, s.text_state))
 
 
 def train_step(s: Session) -> tuple[MaskResult, torch.Tensor]:
@@ -101,6 +114,8 @@ def train_step(s: Session) -> tuple[MaskResult, torch.Tensor]:
         note_batch(s, batch)
         images_uint8 = batch["images"].to(s.device, non_blocking=True)
         tokens = batch["tokens"].to(s.device, non_blocking=True)
+        if masked:  # the phase's text reduction (the unmasked tuning phase sees whole captions, as whole images)
+            tokens = choose_text(cfg, s, tokens, micro)
         images = normalize(images_uint8, cfg.data.augment.mean, cfg.data.augment.std)
         mask = choose_mask(cfg, s.model, images, s.step, micro, s.env.rank, k, s.samples_seen)
         kept = mask.keep_idx.shape[1]
@@ -110,7 +125,8 @@ def train_step(s: Session) -> tuple[MaskResult, torch.Tensor]:
         micros.append((tower_images, tokens, None if every else mask.keep_idx))
         ratio_sum += mask.mask_ratio
         coverage_sum += mask.cluster_coverage.mean()
-        s.totals["train_flops"] += flops.sample_flops(s.model, k, kept, s.samples_seen, cached) * images.shape[0]
+        text = tokens.shape[1]
+        s.totals["train_flops"] += flops.sample_flops(s.model, k, kept, s.samples_seen, cached, text) * images.shape[0]
     no_sync = s.ddp.no_sync if s.ddp is not None else None
     loss = ACCUMULATORS[t.accum_mode](s.forward, micros, t.local_loss, s.autocast, no_sync)
     if t.grad_clip > 0:
@@ -147,9 +163,9 @@ def log_line(s: Session, log: TrainLog, kept: int, embedded: int | None = None) 
     if s.data.in_place and log.writing:
         scalars["data/skipped"] = sum(s.data_skipped.values())
     skipped = sum(s.data_skipped.values()) if s.data.in_place else None
-    log.line(
-        s.samples_seen, loss, scalars, s.model.train_flops_per_sample(kept, embedded), skipped
-    )  # MFU: the towers alone
+    text = None if s.tuning else textmask.text_tokens(s.cfg.text_masking, s.model.text.positional_embedding.shape[0])
+    towers = s.model.train_flops_per_sample(kept, embedded, text)  # MFU: the towers alone
+    log.line(s.samples_seen, loss, scalars, towers, skipped)
     s.window = Window()
 
 
