@@ -174,6 +174,11 @@ def test_a_run_trains_on_short_captions_and_evaluates_on_whole_ones(shards, tmp_
     cfg = load_config(None, overrides)
     record = pretrain(cfg, progress=False)
     assert record["status"] == "complete"
+    assert record["text_masking"] == {
+        "label": f"{strategy} 6" + (" t=0.0001" if strategy == "frequency" else ""),
+        "tokens": 6,
+        "context_length": 24,
+    }
     model = CLIP.from_config(cfg.model)
     assert record["train_flops"] == pytest.approx(64 * flops.sample_flops(model, cfg.masking, 8, text_tokens=6))
     assert main(["evaluate", "--quiet", *as_set_args(overrides)]) == 0  # whole captions, the model's context

@@ -321,6 +321,11 @@ def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_s
             # object vs background patches of the probe scenes (probe.py)
             **({key: s.totals[f"probe_{key}"] / probes for key in PROBE_STATS} if probes else {}),
         },
+        "text_masking": {  # the masked phase's captions: tokens the text tower saw of the model's context
+            "label": textmask.describe(s.cfg.text_masking),
+            "tokens": textmask.text_tokens(s.cfg.text_masking, s.cfg.model.context_length),
+            "context_length": s.cfg.model.context_length,
+        },
         "threads": share.threads,
         # in place: the samples left out as unusable, by reason, over every rank
         **({"data_skipped": dict(sorted(skipped.items()))} if s.data.in_place or skipped else {}),
