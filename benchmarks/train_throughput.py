@@ -47,7 +47,7 @@ from maskvlp.config import CLIP_MEAN, CLIP_STD  # noqa: E402
 from maskvlp.data.transforms import normalize  # noqa: E402
 from maskvlp.flops import mask_flops, sample_flops  # noqa: E402
 from maskvlp.loss import clip_loss  # noqa: E402
-from maskvlp.masking import compute_mask, num_keep, strategy_config  # noqa: E402
+from maskvlp.masking import compute_mask, kept_tokens, strategy_config  # noqa: E402
 from maskvlp.model import CLIP, VOCAB_SIZE  # noqa: E402
 
 EOT = VOCAB_SIZE - 1
@@ -141,7 +141,9 @@ def maskvlp_row(cfg: dict, strategy: str, ratio: float, mode: str, tower: str, d
         keep = None
         if strategy != "none":
             with torch.no_grad():
-                keep = compute_mask(images, k, cfg["patch"], gen).keep_idx
+                mask = compute_mask(images, k, cfg["patch"], gen)
+            keep = mask.keep_idx if mask.images is None else None  # resize: the smaller images, every patch
+            images = images if mask.images is None else mask.images
         with autocast():
             if tower == "image":
                 feats = torch.nn.functional.normalize(run(images, keep), dim=-1)
@@ -159,8 +161,8 @@ def maskvlp_row(cfg: dict, strategy: str, ratio: float, mode: str, tower: str, d
 def step_flops(model: CLIP, cfg: dict, strategy: str, ratio: float, tower: str, batch: int) -> float:
     """Training FLOPs of one step (docs/records.md): kept tokens through the tower(s), plus the mask's cost."""
     grid = model.visual.num_patches
-    kept = grid if strategy == "none" else num_keep(grid, ratio)
     k = strategy_config(strategy=strategy, ratio=ratio, anchor_ratio=ANCHOR_RATIO, threshold=THRESHOLD)
+    kept = kept_tokens(k, grid)
     if tower == "both":
         return batch * sample_flops(model, k, kept)
     return batch * (vision_flops(model, kept) + mask_flops(model, k))

@@ -129,3 +129,20 @@ def test_data_benchmark_in_place_section_measures_both_loaders(tmp_path):
     assert own > 0 and in_place > 0 and crop > 0
     slower = 1000 * (1 / in_place - 1 / own)
     assert f"{slower:.2f} ms/image slower" in rows[-1][4]
+
+
+def test_bench_strategies_measures_every_strategy_beside_random(tmp_path):
+    out = tmp_path / "strategies.json"
+    cmd = [sys.executable, "benchmarks/bench_strategies.py", "--steps", "1", "--warmup", "1", "--threads", "1"]
+    proc = subprocess.run([*cmd, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    image = ["none", "random", "grid", "block", "resize", "cluster"]
+    text = [f"random+text {t} 8" for t in ("truncate", "random", "block", "frequency")]
+    assert list(rows) == image + text
+    assert rows["random"]["vs_random"] == 1.0 and all(r["images_per_s"] > 0 for r in rows.values())
+    flops = {name: r["flops_per_step"] for name, r in rows.items()}
+    # the same 16 kept tokens cost the same, but resize embeds 16 patches, not 64; short captions cost less
+    assert flops["grid"] == flops["block"] == flops["random"] < flops["none"]
+    assert flops["resize"] < flops["random"] and all(flops[t] < flops["random"] for t in text)
+    assert rows["resize"]["mask_ms"] > 0 and rows["none"]["mask_ms"] is None
