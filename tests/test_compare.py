@@ -373,3 +373,69 @@ def test_arms_whose_flops_miss_the_unmasked_arms_are_named_at_each_budget():
     for r in rows:
         r["values"]["train_flops"] = 30.1e12 * (1.0 if r["group"] == "none" else 1.019)
     assert "- budget = compute: training FLOPs within 2% of none's: random." in markdown(compare(rows, cs), cs)
+
+
+# --------------------------------------------------------------- a difference along the budget axis
+WIDTHS = {
+    "strategy": SPACE["strategy"],
+    "model": {"choices": ["w64", "w128", "w256"], "set": ["model.vision", "model.text"]},
+    "train.seed": {"type": "categorical", "choices": [0, 1, 2, 3]},
+}
+
+
+def trend_spec(**section):
+    raw = {
+        "name": "inverse",
+        "space": WIDTHS,
+        "objectives": [{"metric": "zeroshot/val/top1"}],
+        "sampler": {"name": "grid"},
+        "pruner": {"name": "none"},
+        "compare": {**GOOD, "budget": "model", "trend": "falls", **section},
+    }
+    return compare_spec(parse(raw))
+
+
+def _width_rows(gaps: dict[str, list[float]]) -> list[dict]:
+    """none scores 0.5 + seed/10 at every width; random is lower by gaps[width][seed]."""
+    rows = []
+    for width, gap in gaps.items():
+        for seed, g in enumerate(gap):
+            for strategy, x in (("none", 0.5 + seed / 10), ("random", 0.5 + seed / 10 - g)):
+                values = {"zeroshot/val/top1": x, "train_flops": 1e12}
+                rows.append({"group": strategy, "budget": width, "seed": str(seed), "run": "r", "values": values})
+    return rows
+
+
+def test_a_trend_falls_rises_or_cannot_be_told_along_the_budget_values_in_file_order(tmp_path):
+    cs = trend_spec()
+    assert cs.budget_values == ("w64", "w128", "w256") and cs.trend == "falls"
+    # the loss from masking shrinks as the width grows (CLIPA's inverse scaling), seeds in rows' order shuffled
+    rows = _width_rows({"w256": [0.01, 0.02, 0.015, 0.01], "w64": [0.10, 0.12, 0.09, 0.11], "w128": [0.05] * 4})
+    (t,) = compare(rows, cs)["trends"]
+    assert (t["first"], t["last"]) == ("w64", "w256") and list(t["per_budget"]) == ["w64", "w128", "w256"]
+    assert t["change"]["mean"] == pytest.approx(0.01375 - 0.105) and t["direction"] == "falls"
+    md = markdown(compare(rows, cs), cs)
+    assert "### How each difference changes along model" in md
+    assert "the difference falls, as the study expects" in md and "w64: +0.1050; w128: +0.0500" in md
+    grows = _width_rows({"w64": [0.01, 0.02, 0.015, 0.01], "w256": [0.10, 0.12, 0.09, 0.11]})
+    (g,) = compare(grows, cs)["trends"]
+    assert g["direction"] == "rises"
+    assert "the difference rises, against the study's expectation (falls)" in markdown(compare(grows, cs), cs)
+    noisy = _width_rows({"w64": [0.05, 0.10, 0.02, 0.08], "w256": [0.09, 0.01, 0.07, 0.04]})
+    (n,) = compare(noisy, cs)["trends"]
+    assert n["direction"] == "overlap" and n["detectable"] > 0
+    assert "no change can be told apart" in markdown(compare(noisy, cs), cs)
+
+    from maskvlp.sweep.comparetrend import trend_figure
+
+    result = compare(rows, cs)
+    assert trend_figure(result, cs, tmp_path / "trend.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [({"trend": "shrinks"}, "compare.trend: must be one of rises, falls"), ({"claims": []}, "claims set")],
+)
+def test_a_trend_needs_a_known_direction_a_budget_and_claims(section, message):
+    with pytest.raises(SweepSpecError, match=message):
+        trend_spec(**section)

@@ -44,6 +44,7 @@ from maskvlp.runs import RunPaths, atomic_path, finished_trials, value_at, write
 from maskvlp.stats import detectable_difference, mean_ci, paired_difference, seeds_needed, verdict
 from maskvlp.sweep.comparespec import CompareSpec  # noqa: F401 (part of this module's face)
 from maskvlp.sweep.comparetext import body, markdown, sentence  # noqa: F401 (markdown: part of this module's face)
+from maskvlp.sweep.comparetrend import TREND_FIGURE, TRENDS, trend_figure, trends
 from maskvlp.sweep.space import SweepSpecError, check_metric, objective_keys
 from maskvlp.sweep.trialmetrics import METRICS_FILE, read_trial_metrics, write_trial_metrics
 
@@ -71,7 +72,7 @@ def compare_spec(spec) -> CompareSpec:
     """The `compare:` section checked against the space (structure only; `validate_compare` checks
     the metric names against the params). Raises SweepSpecError naming the key."""
     raw = spec.compare
-    unknown = set(raw) - {"group", "seeds", "budget", "claims", "claim_metrics", "metrics", "target_effect"}
+    unknown = set(raw) - {"group", "seeds", "budget", "claims", "claim_metrics", "metrics", "target_effect", "trend"}
     if unknown:
         raise SweepSpecError(f"compare: unknown key(s) {', '.join(sorted(unknown))}")
     by_key = {p.key: p for p in spec.space}
@@ -115,9 +116,16 @@ def compare_spec(spec) -> CompareSpec:
         raise SweepSpecError(
             f"compare.target_effect: must be a fraction in (0, 1] of the worse arm's mean (e.g. 0.064), got {target!r}"
         )
+    trend = raw.get("trend")
+    if trend is not None and (trend not in TRENDS or raw.get("budget") is None or not claims):
+        raise SweepSpecError(
+            f"compare.trend: must be one of {', '.join(TRENDS)} (how each claim's difference is expected to change "
+            f"from the budget's first value to its last), with compare.budget and claims set, got {trend!r}"
+        )
+    budget_values = tuple(str(v) for v in by_key[raw["budget"]].choices) if raw.get("budget") else ()
     return CompareSpec(
         group.key, raw["seeds"], raw.get("budget"), tuple(claims), claim_metrics, lists["metrics"], values,
-        None if target is None else float(target),
+        None if target is None else float(target), trend, budget_values,
     )  # fmt: skip
 
 
@@ -255,7 +263,8 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     head |= {"chance": chance, "majority": majority, "text_floor": floor}
     changes = budget_changes(table, budgets, [k for k in metrics if k not in RECORD_COLUMNS])
     speed = speedups(per_seed, table, budgets)
-    return {**head, "table": table, "claims": claims, "budget_changes": changes, "speedups": speed, "seeds": seeds}
+    out = {**head, "table": table, "claims": claims, "budget_changes": changes, "speedups": speed, "seeds": seeds}
+    return out | ({"trends": trends(per_seed, cs, budgets)} if cs.trend else {})
 
 
 def speedups(per_seed: dict[tuple[str, str, str], dict[str, float]], table: dict, budgets: list[str]) -> dict:
@@ -401,7 +410,8 @@ def comparison_text(result: dict[str, Any], cs: CompareSpec, folder: Path, links
     """comparison.md's text without its title, for the comparison written to `folder` (its figure and
     the mask pictures there); `links`: the path from the Markdown file showing it to `folder`."""
     png = "comparison.png" if figure_metrics(result, cs) else None
-    return body(result, cs, png, mask_pictures(folder, result, cs), links)
+    trend_png = TREND_FIGURE if result.get("trends") and (folder / TREND_FIGURE).is_file() else None
+    return body(result, cs, png, mask_pictures(folder, result, cs), links, trend_png)
 
 
 def write_comparison(source: Path, cs: CompareSpec, out: Path, name: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -413,6 +423,8 @@ def write_comparison(source: Path, cs: CompareSpec, out: Path, name: str | None 
     out.mkdir(parents=True, exist_ok=True)
     write_trial_metrics(out / METRICS_FILE, rows, skipped)
     figure(result, cs, out / "comparison.png")
+    if result.get("trends"):
+        trend_figure(result, cs, out / TREND_FIGURE)
     if source.is_dir():  # the trials' run folders: their mask pictures
         from maskvlp.sweep.comparemasks import draw_masks
 

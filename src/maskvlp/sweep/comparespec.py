@@ -17,3 +17,7 @@ class CompareSpec:
     metrics: tuple[str, ...] | None = None
     group_values: tuple[str, ...] = field(default=(), compare=False)  # in the sweep file's order
     target_effect: float | None = None  # the effect to detect, as a fraction of the worse arm's mean
+    # the claims' difference is expected to "rise" or "fall" from the budget's first value to its last
+    # (sweep.comparetrend; e.g. CLIPA's inverse scaling: the loss from fewer tokens falls as width grows)
+    trend: str | None = None
+    budget_values: tuple[str, ...] = field(default=(), compare=False)  # in the sweep file's order

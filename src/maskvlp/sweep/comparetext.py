@@ -192,7 +192,44 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
         lines += claims_table(result["claims"], cs)
         lines += [f"- {c['sentence']}" for c in result["claims"]]
         lines.append("")
+    if result.get("trends"):
+        lines += [f"### How each difference changes along {cs.budget}", ""]
+        lines.append(
+            f"Paired by seed: each claim's difference at every {cs.budget} (in the sweep file's order), and its "
+            f"change from the first to the last, against the direction the study expects ({cs.trend})."
+        )
+        lines += ["", *(f"- {trend_sentence(t, cs)}" for t in result["trends"]), ""]
     return "\n".join(lines)
+
+
+def trend_sentence(t: dict[str, Any], cs: CompareSpec) -> str:
+    """One sentence per claim and metric on how its difference changes along the budget axis."""
+    pair, key = f"{t['better']} - {t['worse']}", cs.budget
+    head = f"{t['metric']}, {pair} from {key} = {t['first']} to {t['last']}: "
+    if t["direction"] == "no data":
+        return head + "no seed has all four trials finished, so nothing can be said."
+    per = t["per_budget"]
+    at = "; ".join(f"{b}: {per[b]['mean']:+.4f}" for b in per)
+    d = Interval(**t["change"])
+    size = f"it changes by {d.mean:+.4f}"
+    if not d.has_interval:
+        return head + f"{at}; {size} on a single seed: no interval, so no claim."
+    if t["direction"] == "no spread":
+        return head + f"{at}; {size} on every one of the {d.n} seeds (zero spread): no claim either way."
+    ci = f"[{d.low:+.4f}, {d.high:+.4f}] (95% paired t-interval over {d.n} seeds)"
+    expected = t["expected"]
+    if t["direction"] in ("rises", "falls"):
+        agrees = (
+            "as the study expects" if t["direction"] == expected else f"against the study's expectation ({expected})"
+        )
+        return head + f"{at}; {size} {ci}: the difference {t['direction']}, {agrees}."
+    detect = t.get("detectable", math.nan)
+    seen = (
+        f" (the smallest change these seeds detect with {POWER:.0%} power: {detect:.4f})"
+        if math.isfinite(detect)
+        else ""
+    )
+    return head + f"{at}; {size} {ci} contains 0: no change can be told apart{seen}, so '{expected}' is not shown."
 
 
 def claims_table(claims: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
@@ -217,7 +254,14 @@ def claims_table(claims: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
     return [*rows, ""]
 
 
-def body(result: dict[str, Any], cs: CompareSpec, figure: str | None, masks: dict[str, str], links: str = "") -> str:
+def body(
+    result: dict[str, Any],
+    cs: CompareSpec,
+    figure: str | None,
+    masks: dict[str, str],
+    links: str = "",
+    trend: str | None = None,
+) -> str:
     """comparison.md without its title: the tables and sentences, the re-evaluation note, the trials left
     out, the figure and the mask pictures (file names in the comparison's folder; `links`: the path from
     the Markdown file that shows this text to that folder, "" beside it)."""
@@ -228,6 +272,8 @@ def body(result: dict[str, Any], cs: CompareSpec, figure: str | None, masks: dic
         text += "\nLeft out: " + ", ".join(f"{n} {why}" for why, n in sorted(result["skipped"].items())) + ".\n"
     if figure is not None:
         text += f"\n![metric vs compute]({links}{figure})\n"
+    if trend is not None:
+        text += f"\n![each claim's difference along {cs.budget}]({links}{trend})\n"
     if masks:
         text += (
             "\nMasks of each cluster arm, as `maskvlp masks` draws them with the settings of the arm's first "
