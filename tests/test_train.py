@@ -224,6 +224,27 @@ def test_resume_with_changed_params_is_refused_naming_them(shards, tmp_path):
         pretrain(cfg_for(shards, tmp_path, "model.vision=S"), resume=True, progress=False)
 
 
+def test_a_checkpoint_from_before_a_key_existed_resumes_with_the_key_at_its_default(shards, tmp_path):
+    """Fault: a key added to params since a run's checkpoint (masking.grid_window, text_masking.*,
+    data.synthetic.objects) made every older checkpoint unresumable ("params changed: None -> 2"), so the
+    papers' study lost two stopped trials. A key the checkpoint lacks compares at its default: resuming
+    is allowed at the default and refused, naming the key, at another value."""
+    from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+    from maskvlp.runs import run_paths
+
+    cfg = cfg_for(shards, tmp_path)
+    pretrain(cfg, progress=False, stop=StopAfter(3))
+    for _, path in list_checkpoints(run_paths(cfg).checkpoints):  # as a checkpoint from before these keys
+        state = load_checkpoint(path)
+        for key in ("masking.grid_window", "text_masking.strategy", "text_masking.length", "data.synthetic.objects"):
+            del state["signature"][key]
+        path.unlink()
+        save_checkpoint(state, path.parent, state["step"], keep=100)
+    with pytest.raises(TrainError, match=r"text_masking\.length: 0 -> 6"):
+        pretrain(cfg_for(shards, tmp_path, "text_masking.strategy=random", "text_masking.length=6"), resume=True)
+    assert pretrain(cfg, resume=True, progress=False)["status"] == "complete"
+
+
 def test_resume_without_checkpoint_is_an_error(shards, tmp_path):
     with pytest.raises(TrainError, match="no checkpoint"):
         pretrain(cfg_for(shards, tmp_path), resume=True, progress=False)

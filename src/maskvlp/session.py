@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from maskvlp.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -60,6 +61,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def resume_signature(cfg: Config) -> dict[str, Any]:
     """The params a checkpoint must share with the run that resumes it."""
     return {k: v for k, v in _flat(to_dict(cfg)).items() if not k.startswith(RESUME_FREE)}
+
+
+def with_default_keys(signature: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's signature with the keys it lacks (added to params since it was written) at their
+    defaults: a key is added with the default that keeps what runs computed before, so a run resumes
+    when the key is left there and is refused, naming it, when it is not."""
+    from maskvlp.params import schema
+
+    defaults = resume_signature(OmegaConf.to_object(schema()))
+    return {**{k: v for k, v in defaults.items() if k not in signature}, **signature}
 
 
 def _git_commit() -> str:
@@ -143,7 +154,7 @@ def _prepare_run_dir(cfg: Config, paths: RunPaths, resume: bool, env: DistEnv) -
     if not found:
         raise TrainError(f"--resume: no checkpoint in {paths.checkpoints}; start without --resume")
     state = load_checkpoint(found[-1][1])
-    old, new = state["signature"], resume_signature(cfg)
+    old, new = with_default_keys(state["signature"]), resume_signature(cfg)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
