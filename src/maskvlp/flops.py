@@ -38,7 +38,6 @@ def sample_flops(
     caption tokens (None: the model's context; text_masking shortens it); `cached`: the feature cache's
     second forward pass (accum_mode cache with accum_steps > 1; accumulate.py)."""
     embedded = masking.embedded_patches(k, model.visual.num_patches)
-    embedded = embedded if embedded != model.visual.num_patches else None
     towers = model.train_flops_per_sample(kept, embedded, text_tokens)
     return towers * (4 / 3 if cached else 1) + mask_flops(model, k, samples_seen)
 

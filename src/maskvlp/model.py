@@ -139,6 +139,7 @@ class VisionTower(nn.Module):
         self.num_patches = self.grid**2
         self.pool = pool
         self.pos_embed = pos_embed
+        self._resized_sincos: dict[tuple[int, torch.device], torch.Tensor] = {}  # resize's fixed positions
         self.has_cls = pool == "cls"
         w = shape.width
         scale = w**-0.5
@@ -164,8 +165,11 @@ class VisionTower(nn.Module):
         table = self.positional_embedding[int(self.has_cls) :]
         if grid == self.grid:
             return table
-        if self.pos_embed == "sincos":
-            return sincos_positions(grid, table.shape[1], self.grid).to(table)
+        if self.pos_embed == "sincos":  # fixed: computed once per grid and device, not every step
+            key = (grid, table.device)
+            if key not in self._resized_sincos:
+                self._resized_sincos[key] = sincos_positions(grid, table.shape[1], self.grid).to(table)
+            return self._resized_sincos[key]
         square = table.T.reshape(1, -1, self.grid, self.grid)
         small = F.interpolate(square, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
         return small.reshape(table.shape[1], -1).T

@@ -281,6 +281,8 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
         _record_start(s, share, fresh=state is None)
     _distribute(s)
     s.text_state = prepare_text(cfg.text_masking, cfg)  # every rank, from the same captions: the same state
+    if isinstance(s.text_state, torch.Tensor):  # on the device once, not copied there every step
+        s.text_state = s.text_state.to(device)
     if env.is_main:
         s.probe = ObjectProbe.from_shards(cfg, device)
         # GPU training only: on the CPU the workers share the cores with the step itself, and fewer is better

@@ -70,7 +70,7 @@ def _prepare(t: Any, cfg: Any) -> torch.Tensor:
 
 def _score(tokens: torch.Tensor, content: torch.Tensor, t: Any, ctx: TextContext) -> torch.Tensor:
     """Gumbel top-k: the lowest scores are a sample without replacement with probability ∝ weight."""
-    weights = ctx.state.to(tokens.device)[tokens]
+    weights = ctx.state.to(tokens.device)[tokens]  # (training keeps the weights on the device: no copy)
     u = torch.rand(tokens.shape, generator=ctx.generator, device=tokens.device).clamp(1e-12, 1 - 1e-12)
     gumbel = -torch.log(-torch.log(u))
     return -(weights.log() + gumbel)
