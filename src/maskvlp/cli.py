@@ -368,6 +368,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sweep_command("sweep_status"), raw=True)
 
     p = sub.add_parser(
+        "sweep-pack",
+        help="copy a study's state into a folder to commit or carry to another machine (docs/sweeps.md)",
+        description="Copy the study of runs/<NAME> into DIR: its journal, sweep.json, every finished trial's run "
+        "folder without checkpoints (and without weights unless --weights), and each unfinished trial's records "
+        "with a clean-stop marker. DIR is replaced whole. On the next machine `maskvlp sweep-unpack DIR` puts "
+        "it back and the same `maskvlp sweep FILE` continues: finished trials are kept, unfinished ones train "
+        "again from their first step without counting a failure. The study may be running while it is packed.",
+        epilog="example: maskvlp sweep-pack paper studies/paper && git add studies/paper\n"
+        "then, on a fresh clone: maskvlp sweep-unpack studies/paper && maskvlp sweep sweeps/paper.yaml",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("name", metavar="NAME", help="the study name (the sweep file's name:)")
+    p.add_argument("dest", metavar="DIR", help="the pack folder to write (replaced)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the study folder is (default: %(default)s)")
+    p.add_argument("--weights", action="store_true", help="also pack finished trials' model.safetensors")
+    p.set_defaults(func=_sweep_command("sweep_pack"), raw=True)
+
+    p = sub.add_parser(
+        "sweep-unpack",
+        help="put a packed study back where it ran, to continue it with `maskvlp sweep FILE`",
+        description="Copy the pack DIR (written by `maskvlp sweep-pack`) to the study folder it was packed from "
+        "(runs/<NAME> for a study in runs/). Refused when that folder is not empty: two studies' trials are never "
+        "mixed.",
+        epilog="example: maskvlp sweep-unpack studies/paper && maskvlp sweep sweeps/paper.yaml",
+    )
+    p.add_argument("source", metavar="DIR", help="the pack folder")
+    p.set_defaults(func=_sweep_command("sweep_unpack"), raw=True)
+
+    p = sub.add_parser(
         "sweep-report",
         help="a sweep's report: table, CSV, Markdown, best params file, plots; comparison over seeds",
         description="One row per trial (number, state, params, objectives, duration, job) to the console, "

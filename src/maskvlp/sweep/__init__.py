@@ -15,6 +15,7 @@
                  `--detach` runs the driver itself as a Slurm job
     job.py       one trial as a job: pretrain with the pruning hook, evaluate, tell the study
     report.py    `maskvlp sweep-status` and `maskvlp sweep-report`
+    carry.py     `maskvlp sweep-pack` / `sweep-unpack`: a study's state carried to another machine
     commands.py  the bodies of the sweep commands of maskvlp.cli
 
 space, rules, spec, fit, fitforms, compare and regenerate work without optuna (the analyses read a study's

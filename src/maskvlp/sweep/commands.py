@@ -1,4 +1,4 @@
-"""The bodies of `maskvlp sweep`, `sweep-status`, `sweep-report` and `scaling-fit` (maskvlp.cli keeps
+"""The bodies of `maskvlp sweep`, `sweep-status`, `sweep-pack`, `sweep-unpack`, `sweep-report` and `scaling-fit` (maskvlp.cli keeps
 their arguments and imports this module only when one of them runs)."""
 
 from __future__ import annotations
@@ -62,6 +62,27 @@ def sweep_status(args: argparse.Namespace) -> int:
     from maskvlp.sweep.report import status
 
     print(status(args.name, args.runs_dir))
+    return 0
+
+
+def sweep_pack(args: argparse.Namespace) -> int:
+    from maskvlp.sweep.carry import pack
+
+    record = pack(args.name, args.dest, args.runs_dir, args.weights)
+    print(
+        f"packed study {args.name} into {args.dest}/: {len(record['finished'])} finished trial(s) kept whole, "
+        f"{len(record['unfinished'])} unfinished (they train again from their first step), "
+        f"{record['bytes'] / 1e6:.1f} MB{'' if record['weights'] else ', weights left out'}. "
+        f"Continue elsewhere: maskvlp sweep-unpack {args.dest} && maskvlp sweep FILE"
+    )
+    return 0
+
+
+def sweep_unpack(args: argparse.Namespace) -> int:
+    from maskvlp.sweep.carry import unpack
+
+    target = unpack(args.source)
+    print(f"unpacked {args.source} into {target}/; continue it with `maskvlp sweep FILE` (its sweep file)")
     return 0
 
 
