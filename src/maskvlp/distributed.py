@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -43,6 +45,17 @@ def init_distributed(env: DistEnv | None = None) -> tuple[DistEnv, torch.device]
             raise RuntimeError("world size > 1 but MASTER_ADDR/MASTER_PORT are not set: launch with torchrun or Slurm")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world_size)
     return env, device
+
+
+def placement(env: DistEnv) -> dict[str, Any]:
+    """Which host ran each rank (gathered from every rank: call it on all of them) and the rendezvous
+    address, for the run's record: {"ranks": [{"rank", "local_rank", "host"}, ...], "master": "addr:port"}."""
+    me = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname()}
+    if env.world_size == 1 or not dist.is_initialized():
+        return {"ranks": [me]}
+    ranks: list[Any] = [None] * env.world_size
+    dist.all_gather_object(ranks, me)
+    return {"ranks": ranks, "master": f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"}
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -27,7 +27,7 @@ from maskvlp.cpushare import CpuShare, loader_hint
 from maskvlp.data.loader import StreamSpec, train_loader
 from maskvlp.data.trainset import TrainData, training_data
 from maskvlp.data.transforms import normalize
-from maskvlp.distributed import DistEnv, init_distributed
+from maskvlp.distributed import DistEnv, init_distributed, placement
 from maskvlp.masking import calibrate, get_strategy
 from maskvlp.model import CLIP
 from maskvlp.probe import STATS as PROBE_STATS
@@ -277,8 +277,9 @@ def start_or_resume(cfg: Config, share: CpuShare, resume: bool) -> Session:
             print(note)
     else:
         _restore(s, state)
+    where = placement(env)  # every rank takes part
     if env.is_main:
-        _record_start(s, share, fresh=state is None)
+        _record_start(s, share, fresh=state is None, where=where)
     _distribute(s)
     s.text_state = prepare_text(cfg.text_masking, cfg)  # every rank, from the same captions: the same state
     if isinstance(s.text_state, torch.Tensor):  # on the device once, not copied there every step
@@ -314,8 +315,9 @@ def _restore(s: Session, state: dict[str, Any]) -> None:
     s.window = Window(**state.get("window", {}))  # checkpoints before the window was kept: an empty one
 
 
-def _record_start(s: Session, share: CpuShare, fresh: bool) -> None:
-    """config.yaml, run.json and result.json's "running" (rank 0)."""
+def _record_start(s: Session, share: CpuShare, fresh: bool, where: dict[str, Any]) -> None:
+    """config.yaml, run.json and result.json's "running" (rank 0). run.json says this attempt's hosts
+    and ranks (`where`); the log line says it for every attempt."""
     cfg, paths = s.cfg, s.paths
     paths.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(paths.config, to_yaml(cfg))
@@ -328,8 +330,12 @@ def _record_start(s: Session, share: CpuShare, fresh: bool) -> None:
         "total_steps": s.budget.total_steps,
         "resumed_at_step": s.step,
         "cpu_share": dataclasses.asdict(share),
+        **where,
     }
     write_json_atomic(paths.info, info, sort_keys=False)
+    if s.env.world_size > 1:
+        ranks = ", ".join(f"{r['rank']}@{r['host']}" for r in where["ranks"])
+        print(f"ranks {ranks}; rendezvous {where['master']}; from step {s.step}", flush=True)
     start = {"status": "running", "git_commit": info["git_commit"], "steps": s.step, "total_steps": info["total_steps"]}
     if fresh:  # nothing of an earlier run in this folder (e.g. its eval) may survive
         write_json_atomic(paths.result, start)
