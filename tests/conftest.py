@@ -93,6 +93,35 @@ def tiny_run(shards: Path, num_samples: int, runs: Path, *extra: str) -> list[st
     ]
 
 
+def slurm_run(shards: Path, runs: Path, *extra: str) -> list[str]:
+    """A tiny 320-sample run on 400-sample `shards` as a 1-CPU, 2 GB Slurm job (the partition is the caller's)."""
+    return tiny_run(
+        shards,
+        400,
+        runs,
+        "train.samples=320",
+        "train.batch_size=16",
+        "train.warmup_samples=32",
+        "train.checkpoint_every_samples=100000",
+        "train.log_every_steps=1",
+        "launcher.cpus_per_task=1",
+        "launcher.mem_gb=2",
+        "launcher.timeout_min=10",
+        *extra,
+    )
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    """The training steps a run logged to TensorBoard, in order (none before its first event)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not (run_dir / "tb").is_dir():
+        return []
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [int(e.value) for e in acc.Scalars("train/step")] if "train/step" in acc.Tags()["scalars"] else []
+
+
 def as_set_args(overrides: list[str]) -> list[str]:
     """["k=v", ...] -> ["--set", "k=v", ...] for the command line."""
     return [arg for kv in overrides for arg in ("--set", kv)]

@@ -14,7 +14,6 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,8 @@ from maskvlp.params import load_config
 from maskvlp.runs import run_paths
 from maskvlp.train import TrainJob
 
-from .conftest import ROOT, as_set_args, make_tiny_shards, require_slurm, tiny_run
-from .sweeping import check_invariants, study_of, tiny_base, write_sweep
+from .conftest import ROOT, as_set_args, logged_steps, make_tiny_shards, require_slurm, slurm_run
+from .sweeping import check_invariants, study_of, tiny_base, wait_for, write_sweep
 
 require_slurm()
 
@@ -53,21 +52,7 @@ def shards(tmp_path_factory) -> Path:
     return make_tiny_shards(tmp_path_factory.mktemp("multinode"), 400)
 
 
-def overrides(shards: Path, runs: Path, *extra: str) -> list[str]:
-    return tiny_run(
-        shards,
-        400,
-        runs,
-        "train.samples=320",
-        "train.batch_size=16",
-        "train.warmup_samples=32",
-        "train.checkpoint_every_samples=100000",
-        "train.log_every_steps=1",
-        "launcher.cpus_per_task=1",
-        "launcher.mem_gb=2",
-        "launcher.timeout_min=10",
-        *extra,
-    )
+overrides = slurm_run  # the tiny 1-CPU run of the Slurm tests; the partition is each test's
 
 
 TWO_NODES = ("launcher.executor=slurm", "launcher.partition=multi", "launcher.nodes=2", "launcher.tasks_per_node=1")
@@ -80,16 +65,6 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def _same(a: Path, b: Path) -> bool:
     wa, wb = _weights(a), _weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _hosts(run_dir: Path) -> list[str]:
@@ -146,12 +121,12 @@ def test_a_two_node_job_preempted_resumes_on_the_nodes_it_gets_and_ends_bitwise_
     run_dir = run_paths(cfg).root
     submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
     info = run_dir / "run.json"
-    _wait_for(lambda: len(_logged_steps(run_dir)) >= 5, 300, "training")
+    wait_for(lambda: len(logged_steps(run_dir)) >= 5, 300, "training")
     submitted.job._interrupt()  # USR2 to every task on both nodes, as Slurm's preemption warning does
-    _wait_for(lambda: json.loads(info.read_text())["resumed_at_step"] > 0, 600, "requeue + resume")
+    wait_for(lambda: json.loads(info.read_text())["resumed_at_step"] > 0, 600, "requeue + resume")
     result = wait(submitted)
     assert result["status"] == "complete" and result["steps"] == 100  # 3,200 samples at a global batch of 32
-    assert _logged_steps(run_dir) == list(range(1, 101))  # continuous: no step lost, none logged twice
+    assert logged_steps(run_dir) == list(range(1, 101))  # continuous: no step lost, none logged twice
     assert _same(tmp_path / "whole" / "default", run_dir)
     assert sorted(_hosts(run_dir)) == ["node1", "node2"]
     states = subprocess.run(
@@ -160,31 +135,21 @@ def test_a_two_node_job_preempted_resumes_on_the_nodes_it_gets_and_ends_bitwise_
     assert "REQUEUED" in states or len(states) >= 2, states
 
 
-def _logged_steps(run_dir: Path) -> list[int]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not (run_dir / "tb").is_dir():
-        return []
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    return [int(e.value) for e in acc.Scalars("train/step")] if "train/step" in acc.Tags()["scalars"] else []
-
-
 def test_a_two_node_job_whose_second_node_dies_is_resumed_from_its_checkpoint_with_equal_weights(shards, tmp_path):
     extra = ("train.samples=1600", "train.checkpoint_every_samples=320")
     assert main(["pretrain", "--quiet", *as_set_args(overrides(shards, tmp_path / "whole", *TWO_NODES, *extra))]) == 0
     cfg = load_config(None, overrides(shards, tmp_path / "dies", *TWO_NODES, *extra))
     run_dir = run_paths(cfg).root
     submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
-    _wait_for(lambda: list((run_dir / "checkpoints").glob("step-*.pt")), 300, "the first checkpoint")
+    wait_for(lambda: list((run_dir / "checkpoints").glob("step-*.pt")), 300, "the first checkpoint")
     try:
         subprocess.run(["bash", str(SCRIPT), "kill-node", "node2"], check=True, capture_output=True)
         # the job ends: its own error (rank 0 loses its peer) or NODE_FAIL once node2 is silent for SlurmdTimeout
-        _wait_for(lambda: _job_over(submitted.job.job_id), 240, "the job to end after its node died")
+        wait_for(lambda: _job_over(submitted.job.job_id), 240, "the job to end after its node died")
     finally:
         subprocess.run(["bash", str(SCRIPT), "revive-node", "node2"], check=True, capture_output=True)
         subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], capture_output=True)
-    _wait_for(lambda: _node_states().get("node2") in ("idle", "mixed", "allocated"), 120, "node2 back")
+    wait_for(lambda: _node_states().get("node2") in ("idle", "mixed", "allocated"), 120, "node2 back")
     jobs = list_jobs(run_dir)
     assert jobs[-1]["state"] in ("FAILED", "NODE_FAIL", "REQUEUED", "PENDING", "RUNNING", "COMPLETED"), jobs
     if not str(jobs[-1]["state"]).startswith(("PENDING", "RUNNING", "COMPLETED", "REQUEUED")):

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maskvlp.cli import main
 from maskvlp.config import to_dict
@@ -22,7 +21,7 @@ from maskvlp.params import load_config
 from maskvlp.runs import run_paths
 from maskvlp.train import TrainJob, pretrain
 
-from .conftest import as_set_args, make_tiny_shards, require_slurm, tiny_run
+from .conftest import as_set_args, logged_steps, make_tiny_shards, require_slurm, slurm_run
 
 require_slurm()
 
@@ -35,21 +34,7 @@ def shards(tmp_path_factory) -> Path:
 
 
 def overrides(shards: Path, runs: Path, *extra: str) -> list[str]:
-    return tiny_run(
-        shards,
-        400,
-        runs,
-        "train.samples=320",
-        "train.batch_size=16",
-        "train.warmup_samples=32",
-        "train.checkpoint_every_samples=100000",
-        "train.log_every_steps=1",
-        "launcher.partition=debug",
-        "launcher.cpus_per_task=1",
-        "launcher.mem_gb=2",
-        "launcher.timeout_min=10",
-        *extra,
-    )
+    return slurm_run(shards, runs, "launcher.partition=debug", *extra)
 
 
 _set = as_set_args
@@ -147,14 +132,6 @@ def _wait_for(predicate, timeout: float = 180.0, what: str = "") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _logged_steps(run_dir: Path) -> list[int]:
-    if not (run_dir / "tb").is_dir():
-        return []
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    return [int(e.value) for e in acc.Scalars("train/step")] if "train/step" in acc.Tags()["scalars"] else []
-
-
 def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shards, tmp_path):
     extra = ("train.samples=1600",)
     whole = load_config(None, overrides(shards, tmp_path / "whole", "launcher.threads=1", *extra))  # as the job
@@ -166,7 +143,7 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
     job = submitted.job
     info = run_dir / "run.json"
     for attempt in range(2):
-        _wait_for(lambda n=3 + 10 * attempt: len(_logged_steps(run_dir)) >= n, what=f"progress of attempt {attempt}")
+        _wait_for(lambda n=3 + 10 * attempt: len(logged_steps(run_dir)) >= n, what=f"progress of attempt {attempt}")
         before = json.loads(info.read_text())["resumed_at_step"]
         job._interrupt()  # SIGTERM + SIGUSR2, as Slurm does on preemption
         # a requeue waits for Slurm to end the old allocation and schedule again: minutes on a loaded 2-core node
@@ -177,7 +154,7 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
 
     a, b = _weights(run_paths(whole).root), _weights(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = _logged_steps(run_dir)
+    steps = logged_steps(run_dir)
     assert steps == list(range(1, 101))  # continuous: no step lost, none logged twice
     sacct = subprocess.run(
         ["sacct", "-j", str(job.job_id), "-n", "-X", "-D", "-o", "State"], capture_output=True, text=True
