@@ -41,7 +41,9 @@ def _files(folder: Path) -> dict[str, int]:
 
 
 def _node() -> str:
-    return subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()[0]
+    return subprocess.run(
+        ["sinfo", "-h", "-p", "debug", "-o", "%N"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
 
 
 def test_a_node_going_down_under_two_trials_never_lets_two_attempts_write_one_folder(shards, tmp_path, tool_env):
@@ -99,7 +101,7 @@ def test_a_trial_pending_for_a_reason_that_never_clears_is_failed_with_it(shards
     runs = tmp_path / "runs"
     base = tiny_base(shards, runs, **{"launcher.timeout_min": 10})
     path = write_sweep(tmp_path / "pend.yaml", base, name="pend", n_trials=1, parallel=1, retries=2)
-    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+    cpus = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
     blocker = subprocess.run(
         ["sbatch", "--parsable", "-p", "debug", "-c", cpus, "-o", str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
         capture_output=True,
