@@ -46,6 +46,10 @@ install_packages() {
     apt-get update -qq
     apt-get install -y -qq slurm-wlm munge slurmdbd mariadb-server >/dev/null
   fi
+  if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then  # --nodes: namespaces and links
+    echo "slurm-local: installing iproute2, util-linux"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux >/dev/null
+  fi
 }
 
 wait_for() {  # wait_for "description" command...
