@@ -67,6 +67,8 @@ def _copy_tree(src: Path, dst: Path, weights: bool) -> int:
 def pack(name: str, dest: str | Path, runs_dir: str | Path = "runs", weights: bool = False) -> dict[str, Any]:
     """Copy study `name` of `runs_dir` into `dest` (replaced whole, atomically: a reader sees the old pack
     or the new one). Returns the pack's record (pack.json)."""
+    from optuna.trial import TrialState
+
     from maskvlp.sweep.spec import open_study
     from maskvlp.sweep.study import is_finished, is_rdb, load_study, logical_trials
 
@@ -104,7 +106,7 @@ def pack(name: str, dest: str | Path, runs_dir: str | Path = "runs", weights: bo
             for record in RESUME_RECORDS:
                 if (src / record).is_file():
                     shutil.copy2(src / record, out / record)
-            if g.last.state.name == "RUNNING":  # moved, not crashed: the next driver does not count it
+            if g.last.state == TrialState.RUNNING:  # moved, not crashed: the next driver does not count it
                 write_json_atomic(RunPaths(out).stopped, {"attempt": g.last.number})
             moved.append(g.number)
         record = {
