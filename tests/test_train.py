@@ -303,6 +303,18 @@ def test_sigterm_checkpoints_and_exits_then_resume_matches(shards, tmp_path, too
 
 
 def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
+    # each rank runs the CLI, then says whether the process group outlived the run: a group left alive
+    # makes gloo's threads outlive the interpreter, and a rank that finished could abort at exit (SIGABRT,
+    # "terminate called without an active exception"; seen in CI, 2026-12-07)
+    rank = tmp_path / "rank.py"
+    rank.write_text(
+        "import sys\n"
+        "import torch.distributed as dist\n"
+        "from maskvlp.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print(f'process group alive after the run: {dist.is_initialized()}', flush=True)\n"
+        "sys.exit(rc)\n"
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -311,8 +323,7 @@ def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
         "2",
         "--master_port",
         str(_free_port()),
-        "-m",
-        "maskvlp.cli",
+        str(rank),
         "pretrain",
         "--quiet",
         "--metrics",
@@ -322,6 +333,8 @@ def test_two_process_cpu_run_with_torchrun(shards, tmp_path, tool_env):
     proc = subprocess.run(cmd, env=tool_env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("finished 20 steps (320 samples)") == 1  # reported once, by rank 0
+    assert proc.stdout.count("process group alive after the run: False") == 2, proc.stdout
+    assert "terminate called" not in proc.stderr, proc.stderr
     import json
 
     info = json.loads((tmp_path / "default" / "run.json").read_text())

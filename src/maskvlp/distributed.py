@@ -44,7 +44,23 @@ def init_distributed(env: DistEnv | None = None) -> tuple[DistEnv, torch.device]
         if "MASTER_ADDR" not in os.environ:
             raise RuntimeError("world size > 1 but MASTER_ADDR/MASTER_PORT are not set: launch with torchrun or Slurm")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world_size)
+        global _GROUP_MADE_HERE
+        _GROUP_MADE_HERE = True
     return env, device
+
+
+_GROUP_MADE_HERE = False  # whether init_distributed made the process group (close_distributed ends only that one)
+
+
+def close_distributed() -> None:
+    """Destroy the process group init_distributed made, once no rank has a collective left (every rank
+    calls it). Left alive, gloo's threads outlive the interpreter and a rank that finished can abort at exit
+    (SIGABRT, "terminate called without an active exception"). Not called when one rank failed alone:
+    its peers may still wait in a collective."""
+    global _GROUP_MADE_HERE
+    if _GROUP_MADE_HERE and dist.is_initialized():
+        dist.destroy_process_group()
+    _GROUP_MADE_HERE = False
 
 
 def placement(env: DistEnv) -> dict[str, Any]:

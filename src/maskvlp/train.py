@@ -27,7 +27,7 @@ from maskvlp.checkpoint import save_weights
 from maskvlp.config import Config
 from maskvlp.cpushare import CpuShare, cpu_share_applied
 from maskvlp.data.transforms import normalize
-from maskvlp.distributed import any_rank
+from maskvlp.distributed import any_rank, close_distributed
 from maskvlp.evaltasks import SubsetEvaluator
 from maskvlp.launch import CooperativeStop, PreemptibleJob
 from maskvlp.masking import MaskContext, MaskResult, describe, get_strategy, make_mask
@@ -274,6 +274,8 @@ def pretrain(
                 extra = {"failure": "non_finite_loss", "loss": str(exc.loss)} if isinstance(exc, NonFiniteLoss) else {}
                 update_result(s.paths, status="failed", error=f"{type(exc).__name__}: {exc}", steps=s.step, **extra)
             log.close()
+            if isinstance(exc, (Abandoned, NonFiniteLoss)):  # agreed on by every rank (any_rank): all end here
+                close_distributed()
             raise
         finally:
             if own_stop:
@@ -281,7 +283,9 @@ def pretrain(
         attempt_s = time.perf_counter() - started
         s.totals["wall_s"] += attempt_s
         log.close()
-        return finish(s, status, share, attempt_s, s.budget.global_batch * (s.step - first_step))
+        record = finish(s, status, share, attempt_s, s.budget.global_batch * (s.step - first_step))
+        close_distributed()  # finish() held the last collective; nothing after a run needs the group
+        return record
 
 
 def finish(s: Session, status: str, share: CpuShare, attempt_s: float, attempt_samples: int) -> dict[str, Any]:
