@@ -109,6 +109,9 @@ def test_claims_hold_reverse_or_overlap_with_their_size_in_one_sentence():
     assert by_budget["compute"]["verdict"] == "reversed" and "is reversed" in by_budget["compute"]["sentence"]
     md = markdown(result, cs)
     assert "### budget = samples" in md and "| random | 3 |" in md and "0.550 ± " in md
+    # both survive Holm's correction over the 2 tests; the reversed one is named the way it came out
+    assert f"compute, zeroshot/val/top1: none < random (the claim reversed, p = {by_budget['compute']['p']:.2g})" in md
+    assert f"samples, zeroshot/val/top1: none > random (the claim, p = {by_budget['samples']['p']:.2g})" in md
 
     noisy = _rows({("none", "samples"): [0.5, 0.7, 0.6], ("random", "samples"): [0.6, 0.5, 0.65]})
     (claim,) = compare(noisy, cs)["claims"]
@@ -164,13 +167,59 @@ def test_every_claim_states_the_difference_it_could_detect_and_the_seeds_a_targe
     assert "The smallest difference these 4 seeds detect (80% power" in text and f"{claim['detectable']:.4f}" in text
     assert f"which would need {claim['seeds_for_target']} seeds at this spread" in text
     md = markdown(compare(noisy, cs), cs)
-    assert "| detectable (80% power) | target | seeds for target | verdict |" in md
-    assert f"| {claim['detectable']:.4f} | {claim['target']:.4f} | {claim['seeds_for_target']} | overlap |" in md
+    assert "| detectable (80% power) | target | seeds for target | p | after Holm | verdict |" in md
+    row = f"| {claim['detectable']:.4f} | {claim['target']:.4f} | {claim['seeds_for_target']} | {claim['p']:.3f} |"
+    assert row + " does not | overlap |" in md
     # a large, steady effect: within reach, and said so
     steady = _rows({("none", "samples"): [0.5, 0.6, 0.7], ("random", "samples"): [0.3, 0.41, 0.49]})
     wide = compare_spec(spec_with({**GOOD, "target_effect": 0.2}))  # 0.08: above the 0.033 these seeds detect
     (strong,) = compare(steady, wide)["claims"]
     assert strong["verdict"] == "holds" and "is within reach of this study" in strong["sentence"]
+
+
+def test_the_claims_are_one_family_with_the_verdicts_chance_would_give_and_holms_survivors():
+    """Two metrics at two budgets: 3 tests (one has no spread). A steady difference (p ~ 0.003) survives
+    Holm's correction; one that holds only at the 5% level (p ~ 0.039 > 0.05 / 2) does not; noise
+    (p ~ 0.53) does not. The report says how many verdicts chance alone would give, and which survive."""
+    from scipy.stats import ttest_1samp
+
+    cs = compare_spec(spec_with({**GOOD, "claim_metrics": ["zeroshot/val/top1", "images_per_s"]}))
+    rows = _rows(
+        {
+            ("none", "samples"): [0.50, 0.60, 0.70],
+            ("random", "samples"): [0.40, 0.51, 0.59],  # 0.10, 0.09, 0.11: steady
+            ("none", "compute"): [0.50, 0.60, 0.70],
+            ("random", "compute"): [0.47, 0.54, 0.66],  # 0.03, 0.06, 0.04: holds at 5%, p ~ 0.039
+        }
+    )
+    for row in rows:  # images/s: the same on every seed at samples (no test); noise at compute
+        if row["group"] == "random" and row["budget"] == "compute":
+            row["values"]["images_per_s"] -= (2, -1, 1)[int(row["seed"])]
+    result = compare(rows, cs)
+    by = {(c["budget"], c["metric"]): c for c in result["claims"]}
+    steady, weak = by["samples", "zeroshot/val/top1"], by["compute", "zeroshot/val/top1"]
+    noise, flat = by["compute", "images_per_s"], by["samples", "images_per_s"]
+    assert steady["p"] == pytest.approx(ttest_1samp([0.10, 0.09, 0.11], 0).pvalue)
+    assert weak["p"] == pytest.approx(ttest_1samp([0.03, 0.06, 0.04], 0).pvalue)
+    assert noise["p"] == pytest.approx(ttest_1samp([2, -1, 1], 0).pvalue) and noise["verdict"] == "overlap"
+    assert steady["verdict"] == weak["verdict"] == "holds" and 0.025 < weak["p"] < 0.05 and steady["p"] < 0.05 / 3
+    assert steady["holm"] and not weak["holm"] and not noise["holm"]
+    assert flat["verdict"] == "no spread" and "p" not in flat and "holm" not in flat
+    assert result["family"] == {"tests": 3, "level": 0.95, "by_chance": pytest.approx(0.15), "holds": 2, "reversed": 0}
+    md = markdown(result, cs)
+    assert (
+        "The 3 tested rows are one family of paired t-tests at the 5% level: if no arm differed from another, "
+        'about 0.15 of them would read "holds" or "reversed" by chance alone; here 2 hold and 0 are reversed.'
+    ) in md
+    assert (
+        "Under Holm's correction over the 3 tests (a 5% chance of any false verdict in the family), 1 rejects "
+        f'"no difference": samples, zeroshot/val/top1: none > random (the claim, p = {steady["p"]:.2g}).'
+    ) in md
+    assert f"| {weak['p']:.3f} | does not | holds |" in md and f"| {steady['p']:.3f} | rejects 0 | holds |" in md
+    # without the steady claim nothing survives, and the report says so
+    alone = compare([r for r in rows if r["budget"] == "compute"], cs)
+    assert not any(c.get("holm") for c in alone["claims"])
+    assert 'none rejects "no difference"' in markdown(alone, cs)
 
 
 def test_a_difference_the_same_on_every_seed_is_not_a_claim_that_holds():

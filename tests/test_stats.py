@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maskvlp.stats import mean_ci, paired_difference, t_quantile, verdict
+from maskvlp.stats import holm, mean_ci, paired_difference, paired_p_value, t_quantile, verdict
 
 
 def test_t_interval_matches_known_values():
@@ -87,3 +87,32 @@ def test_seeds_needed_matches_the_textbook_paired_t_sample_size():
 
 def test_a_zero_width_interval_has_its_own_verdict():
     assert verdict(paired_difference({0: 0.5, 1: 0.6}, {0: 0.25, 1: 0.35})) == "no spread"
+
+
+def test_paired_p_value_is_scipys_one_sample_t_test_and_agrees_with_the_interval():
+    from scipy.stats import ttest_1samp
+
+    diffs = [0.02, 0.11, 0.04]
+    ci = mean_ci(diffs)
+    sd = (sum((d - ci.mean) ** 2 for d in diffs) / 2) ** 0.5
+    assert paired_p_value(ci.mean, sd, 3) == pytest.approx(ttest_1samp(diffs, 0).pvalue)
+    assert (paired_p_value(ci.mean, sd, 3) < 0.05) == (verdict(ci) == "holds")
+    assert math.isnan(paired_p_value(0.1, 0.0, 3)) and math.isnan(paired_p_value(0.1, 0.2, 1))
+
+
+def test_holm_steps_down_from_the_smallest_p_and_stops_at_the_first_that_fails():
+    # sorted: 0.005 <= 0.05/4, 0.01 <= 0.05/3, 0.03 > 0.05/2: stop (0.04 is not tried)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    assert holm([0.01, math.nan, 0.02]) == [True, False, True]  # nan: not in the family of 2
+    assert holm([0.049]) == [True] and holm([0.051]) == [False] and holm([]) == []
+
+
+@given(st.lists(st.floats(0, 1), max_size=30))
+def test_holm_lies_between_bonferroni_and_the_uncorrected_tests(ps):
+    rejects = holm(ps)
+    m = len(ps)
+    for p, r in zip(ps, rejects, strict=True):
+        if p <= 0.05 / m:
+            assert r  # Bonferroni's rejections are Holm's
+        if r:
+            assert p <= 0.05  # and Holm rejects nothing an uncorrected test keeps

@@ -4,7 +4,9 @@ Used by the comparison report (maskvlp.sweep.compare): a metric's mean over seed
 interval, and the paired difference of two strategies trained on the same seeds (same data order,
 initialisation and split), which removes the seed-to-seed variance the two share; and the power of that
 paired test: the smallest difference it detects with 80% power at the 5% level, given the observed
-spread of the per-seed differences, and the seeds an effect of a given size would need.
+spread of the per-seed differences, and the seeds an effect of a given size would need; and, for a
+family of such tests, each one's p-value and Holm's step-down correction (which tests survive when the
+chance of any false "holds" over the whole family is held at 5%).
 """
 
 from __future__ import annotations
@@ -130,3 +132,27 @@ def seeds_needed(effect: float, sd: float, level: float = LEVEL, target_power: f
         if power(effect, sd, m, level) >= target_power:
             return m
     return n
+
+
+def paired_p_value(mean: float, sd: float, n: int) -> float:
+    """The two-sided p-value of the paired t-test of "no difference" for per-seed differences with this
+    mean and standard deviation over `n` seeds; nan when it cannot be made (n < 2, or zero spread)."""
+    from scipy.stats import t
+
+    if n < 2 or not sd > 0:
+        return math.nan
+    return float(2 * t.sf(abs(mean) * math.sqrt(n) / sd, n - 1))
+
+
+def holm(p_values: list[float], level: float = LEVEL) -> list[bool]:
+    """Holm's step-down correction: which tests of a family reject at a family-wise error of 1 - `level`.
+    The k-th smallest of the m p-values is compared with (1 - level) / (m - k + 1), smallest first, and the
+    first that fails stops the rest. Tests without a p-value (nan) are not in the family and never reject."""
+    alpha = 1 - level
+    tested = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
+    rejects = [False] * len(p_values)
+    for k, (p, i) in enumerate(tested):
+        if p > alpha / (len(tested) - k):
+            break
+        rejects[i] = True
+    return rejects

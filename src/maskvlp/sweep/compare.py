@@ -19,7 +19,9 @@ interval contains 0 (cannot be told apart here), with the size of the difference
 states its power: the smallest difference the paired t-test over these seeds detects with 80% power
 at the 5% level, from the observed spread of the per-seed differences, and (with `target_effect`) how
 many seeds an effect of the target size would need at that spread. A difference that is the same on
-every seed (zero spread) gets its own verdict: no t-test can be made of it. With two budgets or more,
+every seed (zero spread) gets its own verdict: no t-test can be made of it. The claims are one family
+of tests: each gets its p-value and whether it survives Holm's correction over the family, and the
+report says how many "holds" or "reversed" the family would show by chance alone. With two budgets or more,
 each masked group gets a sentence counting its metrics that are higher at one budget than at the one
 before (sweep.comparetext writes every sentence and table; this module computes their numbers).
 
@@ -41,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from maskvlp.runs import RunPaths, atomic_path, finished_trials, value_at, write_text_atomic
-from maskvlp.stats import detectable_difference, mean_ci, paired_difference, seeds_needed, verdict
+from maskvlp.stats import (
+    LEVEL,
+    detectable_difference,
+    holm,
+    mean_ci,
+    paired_difference,
+    paired_p_value,
+    seeds_needed,
+    verdict,
+)
 from maskvlp.sweep.comparespec import CompareSpec  # noqa: F401 (part of this module's face)
 from maskvlp.sweep.comparetext import body, markdown, sentence  # noqa: F401 (markdown: part of this module's face)
 from maskvlp.sweep.comparetrend import TREND_FIGURE, TRENDS, trend_figure, trends
@@ -240,6 +251,7 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
                 flops_ratio = (sum(fa.values()) / len(fa)) / (sum(fz.values()) / len(fz)) if fa and fz else math.nan
                 claim |= {"difference": diff.to_dict(), "verdict": verdict(diff), "flops_ratio": flops_ratio}
                 claims.append(claim | power_of(a, z, cs.target_effect))
+    family = family_of(claims)
     for c in claims:
         c["sentence"] = sentence(c, cs)
     chance = {}  # what a model that learned nothing scores, so that a reader can tell signal from noise
@@ -263,7 +275,8 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     head |= {"chance": chance, "majority": majority, "text_floor": floor}
     changes = budget_changes(table, budgets, [k for k in metrics if k not in RECORD_COLUMNS])
     speed = speedups(per_seed, table, budgets)
-    out = {**head, "table": table, "claims": claims, "budget_changes": changes, "speedups": speed, "seeds": seeds}
+    out = {**head, "table": table, "claims": claims, "family": family, "budget_changes": changes, "speedups": speed}
+    out["seeds"] = seeds
     return out | ({"trends": trends(per_seed, cs, budgets)} if cs.trend else {})
 
 
@@ -311,6 +324,23 @@ def budget_changes(table: dict[str, dict[str, dict[str, Any]]], budgets: list[st
             if change["higher"] or change["lower"] or change["equal"]:
                 out.append(change)
     return out
+
+
+TESTED = ("holds", "reversed", "overlap")  # the verdicts of a t-test that was made
+
+
+def family_of(claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """The claims as one family of tests: each tested claim gets `p` (its paired t-test's two-sided
+    p-value) and `holm` (whether it rejects under Holm's correction over the family, at a family-wise
+    error of 5%); returned: the family's size, the count of "holds" and "reversed" verdicts, and how many
+    of those the family would show by chance alone if no arm differed from another (size x 5%)."""
+    tested = [c for c in claims if c["verdict"] in TESTED]
+    for c in tested:
+        c["p"] = paired_p_value(c["difference"]["mean"], c["spread"], c["difference"]["n"])
+    for c, rejects in zip(tested, holm([c["p"] for c in tested]), strict=True):
+        c["holm"] = rejects
+    found = {v: sum(c["verdict"] == v for c in tested) for v in ("holds", "reversed")}
+    return {"tests": len(tested), "level": LEVEL, "by_chance": len(tested) * (1 - LEVEL), **found}
 
 
 def power_of(a: dict[str, float], z: dict[str, float], target_effect: float | None) -> dict[str, Any]:

@@ -190,6 +190,8 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
     if result["claims"]:
         lines += ["### The paper's ordering, tested", ""]
         lines += claims_table(result["claims"], cs)
+        if result.get("family", {}).get("tests"):
+            lines += [family_sentence(result["family"], result["claims"]), ""]
         lines += [f"- {c['sentence']}" for c in result["claims"]]
         lines.append("")
     if result.get("trends"):
@@ -241,8 +243,8 @@ def claims_table(claims: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
 
     target = cs.target_effect is not None
     head = "| budget | claim | metric | difference [95% CI] | detectable (80% power) |"
-    head += " target | seeds for target |" * target + " verdict |"
-    rows = [head, "|---|---|---|---|---:|" + "---:|---:|" * target + "---|"]
+    head += " target | seeds for target |" * target + " p | after Holm | verdict |"
+    rows = [head, "|---|---|---|---|---:|" + "---:|---:|" * target + "---:|---|---|"]
     for c in claims:
         d = c.get("difference")
         diff = "-" if d is None else num(d["mean"]) + (f" [{num(d['low'])}, {num(d['high'])}]" if d["n"] > 1 else "")
@@ -250,8 +252,31 @@ def claims_table(claims: list[dict[str, Any]], cs: CompareSpec) -> list[str]:
         if target:
             need = c.get("seeds_for_target")
             row += f" {num(c.get('target'), '{:.4f}')} | {need if need else '-'} |"
-        rows.append(row + f" {c['verdict']} |")
+        holm = {True: "rejects 0", False: "does not"}.get(c.get("holm"), "-")
+        rows.append(row + f" {num(c.get('p'), '{:.3f}')} | {holm} | {c['verdict']} |")
     return [*rows, ""]
+
+
+def family_sentence(family: dict[str, Any], claims: list[dict[str, Any]]) -> str:
+    """What the claims say as one family of tests: the verdicts found against those chance alone would
+    give, and which claims survive Holm's correction (computed by sweep.compare.family_of)."""
+    m, alpha = family["tests"], 1 - family["level"]
+    said = (
+        f"The {m} tested rows are one family of paired t-tests at the {alpha:.0%} level: if no arm differed from "
+        f'another, about {family["by_chance"]:.2f} of them would read "holds" or "reversed" by chance alone; '
+        f"here {family['holds']} {'holds' if family['holds'] == 1 else 'hold'} and {family['reversed']} "
+        f"{'is' if family['reversed'] == 1 else 'are'} reversed. "
+    )
+    kept = [c for c in claims if c.get("holm")]
+    holm = f"Under Holm's correction over the {m} tests (a {alpha:.0%} chance of any false verdict in the family), "
+    if not kept:
+        return said + holm + 'none rejects "no difference".'
+    named = "; ".join(
+        f"{c['budget']}, {c['metric']}: {c['better']} {'>' if c['verdict'] == 'holds' else '<'} {c['worse']}"
+        f" ({'the claim' if c['verdict'] == 'holds' else 'the claim reversed'}, p = {c['p']:.2g})"
+        for c in kept
+    )
+    return said + holm + f'{len(kept)} {"rejects" if len(kept) == 1 else "reject"} "no difference": {named}.'
 
 
 def body(
