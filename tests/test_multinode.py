@@ -56,6 +56,15 @@ overrides = slurm_run  # the tiny 1-CPU run of the Slurm tests; the partition is
 
 
 TWO_NODES = ("launcher.executor=slurm", "launcher.partition=multi", "launcher.nodes=2", "launcher.tasks_per_node=1")
+FAULT_RUN = ("train.samples=1600", "train.checkpoint_every_samples=320")  # 50 steps, a checkpoint every 10
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory) -> Path:
+    """The 2-node run that both fault tests must end bitwise equal to, trained once for both."""
+    runs = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["pretrain", "--quiet", *as_set_args(overrides(shards, runs, *TWO_NODES, *FAULT_RUN))]) == 0
+    return runs / "default"
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -114,10 +123,8 @@ def test_two_node_training_is_bitwise_equal_to_two_tasks_on_one_node_and_to_torc
     assert _hosts(dirs["tasks"]) == [os.uname().nodename] * 2
 
 
-def test_a_two_node_job_preempted_resumes_on_the_nodes_it_gets_and_ends_bitwise_equal(shards, tmp_path):
-    extra = ("train.samples=3200",)
-    assert main(["pretrain", "--quiet", *as_set_args(overrides(shards, tmp_path / "whole", *TWO_NODES, *extra))]) == 0
-    cfg = load_config(None, overrides(shards, tmp_path / "pre", *TWO_NODES, *extra))
+def test_a_two_node_job_preempted_resumes_on_the_nodes_it_gets_and_ends_bitwise_equal(shards, tmp_path, uninterrupted):
+    cfg = load_config(None, overrides(shards, tmp_path / "pre", *TWO_NODES, *FAULT_RUN))
     run_dir = run_paths(cfg).root
     submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
     info = run_dir / "run.json"
@@ -125,9 +132,9 @@ def test_a_two_node_job_preempted_resumes_on_the_nodes_it_gets_and_ends_bitwise_
     submitted.job._interrupt()  # USR2 to every task on both nodes, as Slurm's preemption warning does
     wait_for(lambda: json.loads(info.read_text())["resumed_at_step"] > 0, 600, "requeue + resume")
     result = wait(submitted)
-    assert result["status"] == "complete" and result["steps"] == 100  # 3,200 samples at a global batch of 32
-    assert logged_steps(run_dir) == list(range(1, 101))  # continuous: no step lost, none logged twice
-    assert _same(tmp_path / "whole" / "default", run_dir)
+    assert result["status"] == "complete" and result["steps"] == 50  # 1,600 samples at a global batch of 32
+    assert logged_steps(run_dir) == list(range(1, 51))  # continuous: no step lost, none logged twice
+    assert _same(uninterrupted, run_dir)
     assert sorted(_hosts(run_dir)) == ["node1", "node2"]
     states = subprocess.run(
         ["sacct", "-j", str(submitted.job.job_id), "-n", "-X", "-D", "-o", "State"], capture_output=True, text=True
@@ -135,10 +142,10 @@ def test_a_two_node_job_preempted_resumes_on_the_nodes_it_gets_and_ends_bitwise_
     assert "REQUEUED" in states or len(states) >= 2, states
 
 
-def test_a_two_node_job_whose_second_node_dies_is_resumed_from_its_checkpoint_with_equal_weights(shards, tmp_path):
-    extra = ("train.samples=1600", "train.checkpoint_every_samples=320")
-    assert main(["pretrain", "--quiet", *as_set_args(overrides(shards, tmp_path / "whole", *TWO_NODES, *extra))]) == 0
-    cfg = load_config(None, overrides(shards, tmp_path / "dies", *TWO_NODES, *extra))
+def test_a_two_node_job_whose_second_node_dies_is_resumed_from_its_checkpoint_with_equal_weights(
+    shards, tmp_path, uninterrupted
+):
+    cfg = load_config(None, overrides(shards, tmp_path / "dies", *TWO_NODES, *FAULT_RUN))
     run_dir = run_paths(cfg).root
     submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
     wait_for(lambda: list((run_dir / "checkpoints").glob("step-*.pt")), 300, "the first checkpoint")
@@ -155,13 +162,18 @@ def test_a_two_node_job_whose_second_node_dies_is_resumed_from_its_checkpoint_wi
     if not str(jobs[-1]["state"]).startswith(("PENDING", "RUNNING", "COMPLETED", "REQUEUED")):
         # the job failed: resume by hand from the checkpoint, as `maskvlp jobs` says
         code = main(
-            ["pretrain", "--quiet", "--resume", *as_set_args(overrides(shards, tmp_path / "dies", *TWO_NODES, *extra))]
+            [
+                "pretrain",
+                "--quiet",
+                "--resume",
+                *as_set_args(overrides(shards, tmp_path / "dies", *TWO_NODES, *FAULT_RUN)),
+            ]
         )
         assert code == 0
     else:  # Slurm requeued it (NODE_FAIL): it runs again once node2 is back
         assert wait(submitted)["status"] == "complete"
     assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] > 0
-    assert _same(tmp_path / "whole" / "default", run_dir)
+    assert _same(uninterrupted, run_dir)
 
 
 def _job_over(job_id: str) -> bool:

@@ -162,6 +162,31 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
     assert sacct.count("REQUEUED") + sacct.count("PREEMPTED") >= 2 or len(sacct) >= 3, sacct
 
 
+def test_a_job_slurm_starts_again_by_itself_resumes_its_checkpoint(shards, tmp_path):
+    """Slurm requeues a job by itself when its node fails (NODE_FAIL with JobRequeue=1), or on `scontrol
+    requeue`: no USR2 comes, so no checkpoint is saved at a signal and submitit does not resubmit; Slurm
+    runs the job's first submission again. That attempt must resume the run's last checkpoint, not refuse
+    the folder as "already holds a run" (found by test_multinode's node-death test)."""
+    cfg = load_config(
+        None,
+        overrides(
+            shards, tmp_path, "launcher.executor=slurm", "train.samples=100000", "train.checkpoint_every_samples=160"
+        ),
+    )
+    run_dir = run_paths(cfg).root
+    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
+    try:
+        _wait_for(lambda: any((run_dir / "checkpoints").glob("step-*.pt")), what="a checkpoint")
+        subprocess.run(["scontrol", "requeue", str(submitted.job.job_id)], check=True, capture_output=True)
+        info = run_dir / "run.json"
+        _wait_for(lambda: json.loads(info.read_text()).get("resumed_at_step", 0) > 0, 300, "the restart to resume")
+        restart = int(json.loads(info.read_text())["resumed_at_step"])
+        _wait_for(lambda: max(logged_steps(run_dir), default=0) > restart + 2, 120, "training after the restart")
+        assert restart % 10 == 0  # a checkpoint's step (one every 160 samples = 10 steps at batch 16)
+    finally:
+        submitted.job.cancel()
+
+
 def test_failing_job_surfaces_its_traceback_and_log_path(shards, tmp_path):
     cfg = load_config(None, overrides(shards, tmp_path, "launcher.executor=slurm"))
     submitted = submit(cfg, EvalJob(to_dict(cfg), str(tmp_path / "no-such-run")), tmp_path / "x", "evaluate")

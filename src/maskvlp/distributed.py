@@ -32,8 +32,12 @@ def env_from_variables(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
+_GROUP_MADE_HERE = False  # whether init_distributed made the process group (close_distributed ends only that one)
+
+
 def init_distributed(env: DistEnv | None = None) -> tuple[DistEnv, torch.device]:
     """Initialise the process group when world_size > 1 (nccl on GPU, gloo on CPU); pick the device."""
+    global _GROUP_MADE_HERE
     env = env or env_from_variables()
     if torch.cuda.is_available():
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
@@ -44,12 +48,8 @@ def init_distributed(env: DistEnv | None = None) -> tuple[DistEnv, torch.device]
         if "MASTER_ADDR" not in os.environ:
             raise RuntimeError("world size > 1 but MASTER_ADDR/MASTER_PORT are not set: launch with torchrun or Slurm")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world_size)
-        global _GROUP_MADE_HERE
         _GROUP_MADE_HERE = True
     return env, device
-
-
-_GROUP_MADE_HERE = False  # whether init_distributed made the process group (close_distributed ends only that one)
 
 
 def close_distributed() -> None:

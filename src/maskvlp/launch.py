@@ -9,11 +9,17 @@ checkpoint, and only then is submitit's handler called, which asks the job's `ch
 resubmission (the same run with resume=True) and requeues the job. So no step is lost or repeated.
 The number of requeues is bounded by launcher.max_requeues. `PreemptibleJob` is that sequence, once,
 for the jobs of the stages that know how to stop (train.TrainJob, sweep.job.TrialJob, ...).
+
+Slurm also starts a job again by itself, without a signal the job can act on: when its node fails
+(NODE_FAIL; JobRequeue=1) or on `scontrol requeue`. Then it runs the job's first submission again, not
+submitit's resumed one; `restarted_by_slurm` tells the job so, and a training job resumes its last
+checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -32,6 +38,13 @@ EXECUTORS = ("local", "slurm", "debug")  # launcher.executor
 
 class LaunchError(RuntimeError):
     """A job could not be submitted or did not finish; the message carries Slurm's own words."""
+
+
+def restarted_by_slurm(environ: dict[str, str] | None = None) -> bool:
+    """Whether Slurm has started this job before (SLURM_RESTART_COUNT > 0: requeued by submitit after a
+    checkpoint, or by Slurm itself after a node failure or `scontrol requeue`)."""
+    value = (os.environ if environ is None else environ).get("SLURM_RESTART_COUNT", "")
+    return value.isdigit() and int(value) > 0
 
 
 def export_torch_distributed() -> None:

@@ -23,19 +23,19 @@ import torch
 
 from maskvlp import flops, textmask
 from maskvlp.accumulate import ACCUMULATORS
-from maskvlp.checkpoint import save_weights
+from maskvlp.checkpoint import list_checkpoints, save_weights
 from maskvlp.config import Config
 from maskvlp.cpushare import CpuShare, cpu_share_applied
 from maskvlp.data.transforms import normalize
 from maskvlp.distributed import any_rank, close_distributed
 from maskvlp.evaltasks import SubsetEvaluator
-from maskvlp.launch import CooperativeStop, PreemptibleJob
+from maskvlp.launch import CooperativeStop, PreemptibleJob, restarted_by_slurm
 from maskvlp.masking import MaskContext, MaskResult, describe, get_strategy, make_mask
 from maskvlp.model import CLIP
 from maskvlp.params import config_from_dict
 from maskvlp.probe import STATS as PROBE_STATS
 from maskvlp.probe import split_stats
-from maskvlp.runs import read_result, update_result
+from maskvlp.runs import read_result, run_paths, update_result
 from maskvlp.schedule import lr_at
 from maskvlp.session import Session, Window, enter_tuning, note_batch, per_rank, save, start_or_resume
 from maskvlp.trainlog import NonFiniteLoss, TrainLog
@@ -351,7 +351,10 @@ class TrainJob(PreemptibleJob):
 
     def run(self, stop: CooperativeStop) -> dict[str, Any]:
         cfg = config_from_dict(self.cfg_dict)
-        return pretrain(cfg, resume=self.resume, progress=True, stop=stop)  # plain lines in the job's log
+        # Slurm ran this first submission again by itself (node failure, `scontrol requeue`): resume the
+        # checkpoint the last attempt left, as submitit's requeue does (a restart before any starts afresh)
+        again = restarted_by_slurm() and bool(list_checkpoints(run_paths(cfg).checkpoints))
+        return pretrain(cfg, resume=self.resume or again, progress=True, stop=stop)  # plain lines in the job's log
 
     def resumed(self) -> TrainJob:
         return TrainJob(self.cfg_dict, resume=True, requeues=self.requeues + 1)
