@@ -162,21 +162,27 @@ def test_preempted_twice_finishes_with_the_weights_of_an_uninterrupted_run(shard
     assert sacct.count("REQUEUED") + sacct.count("PREEMPTED") >= 2 or len(sacct) >= 3, sacct
 
 
+def _long_job_with_a_checkpoint(shards: Path, tmp_path: Path):
+    """A training job far from its end (100,000 samples, a checkpoint every 10 steps), once it has saved
+    its first checkpoint: (the submitted job, its run folder)."""
+    extra = ("launcher.executor=slurm", "train.samples=100000", "train.checkpoint_every_samples=160")
+    cfg = load_config(None, overrides(shards, tmp_path, *extra))
+    run_dir = run_paths(cfg).root
+    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
+    _wait_for(
+        lambda: (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")),
+        what="a checkpoint",
+    )
+    return submitted, run_dir
+
+
 def test_a_job_slurm_starts_again_by_itself_resumes_its_checkpoint(shards, tmp_path):
     """Slurm requeues a job by itself when its node fails (NODE_FAIL with JobRequeue=1), or on `scontrol
     requeue`: no USR2 comes, so no checkpoint is saved at a signal and submitit does not resubmit; Slurm
     runs the job's first submission again. That attempt must resume the run's last checkpoint, not refuse
     the folder as "already holds a run" (found by test_multinode's node-death test)."""
-    cfg = load_config(
-        None,
-        overrides(
-            shards, tmp_path, "launcher.executor=slurm", "train.samples=100000", "train.checkpoint_every_samples=160"
-        ),
-    )
-    run_dir = run_paths(cfg).root
-    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
+    submitted, run_dir = _long_job_with_a_checkpoint(shards, tmp_path)
     try:
-        _wait_for(lambda: any((run_dir / "checkpoints").glob("step-*.pt")), what="a checkpoint")
         subprocess.run(["scontrol", "requeue", str(submitted.job.job_id)], check=True, capture_output=True)
         info = run_dir / "run.json"
         _wait_for(lambda: json.loads(info.read_text()).get("resumed_at_step", 0) > 0, 300, "the restart to resume")
@@ -197,18 +203,7 @@ def test_failing_job_surfaces_its_traceback_and_log_path(shards, tmp_path):
 
 
 def test_cancelled_job_is_reported_as_cancelled_and_resumable(shards, tmp_path, capsys):
-    cfg = load_config(
-        None,
-        overrides(
-            shards, tmp_path, "launcher.executor=slurm", "train.samples=100000", "train.checkpoint_every_samples=160"
-        ),
-    )
-    run_dir = run_paths(cfg).root
-    submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
-    _wait_for(
-        lambda: (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")),
-        what="a checkpoint",
-    )
+    submitted, run_dir = _long_job_with_a_checkpoint(shards, tmp_path)
     submitted.job.cancel()
     with pytest.raises(LaunchError, match="cancelled"):
         wait(submitted)
