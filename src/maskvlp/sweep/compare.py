@@ -275,8 +275,15 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     head |= {"chance": chance, "majority": majority, "text_floor": floor}
     changes = budget_changes(table, budgets, [k for k in metrics if k not in RECORD_COLUMNS])
     speed = speedups(per_seed, table, budgets)
-    out = {**head, "table": table, "claims": claims, "family": family, "budget_changes": changes, "speedups": speed}
-    out["seeds"] = seeds
+    out = {
+        **head,
+        "table": table,
+        "claims": claims,
+        "family": family,
+        "budget_changes": changes,
+        "speedups": speed,
+        "seeds": seeds,
+    }
     return out | ({"trends": trends(per_seed, cs, budgets)} if cs.trend else {})
 
 
