@@ -72,6 +72,10 @@ def paired_difference(a: dict[object, float], b: dict[object, float], level: flo
     return mean_ci([a[k] - b[k] for k in common], level)
 
 
+REJECTS = ("holds", "reversed")  # the verdicts of a t-test that rejected "no difference"
+TESTED = (*REJECTS, "overlap")  # the verdicts of a t-test that was made (the others: no test possible)
+
+
 def verdict(diff: Interval) -> str:
     """`holds` (the interval of a - b lies above 0), `reversed` (below 0), `overlap` (it contains 0),
     `no interval` (a single replicate), or `no spread` (the same difference on every seed: a zero-width

@@ -45,6 +45,8 @@ from typing import Any
 from maskvlp.runs import RunPaths, atomic_path, finished_trials, value_at, write_text_atomic
 from maskvlp.stats import (
     LEVEL,
+    REJECTS,
+    TESTED,
     detectable_difference,
     holm,
     mean_ci,
@@ -333,9 +335,6 @@ def budget_changes(table: dict[str, dict[str, dict[str, Any]]], budgets: list[st
     return out
 
 
-TESTED = ("holds", "reversed", "overlap")  # the verdicts of a t-test that was made
-
-
 def family_of(claims: list[dict[str, Any]]) -> dict[str, Any]:
     """The claims as one family of tests: each tested claim gets `p` (its paired t-test's two-sided
     p-value) and `holm` (whether it rejects under Holm's correction over the family, at a family-wise
@@ -346,7 +345,7 @@ def family_of(claims: list[dict[str, Any]]) -> dict[str, Any]:
         c["p"] = paired_p_value(c["difference"]["mean"], c["spread"], c["difference"]["n"])
     for c, rejects in zip(tested, holm([c["p"] for c in tested]), strict=True):
         c["holm"] = rejects
-    found = {v: sum(c["verdict"] == v for c in tested) for v in ("holds", "reversed")}
+    found = {v: sum(c["verdict"] == v for c in tested) for v in REJECTS}
     return {"tests": len(tested), "level": LEVEL, "by_chance": len(tested) * (1 - LEVEL), **found}
 
 
