@@ -86,7 +86,10 @@ def test_driver_killed_mid_sweep_and_run_again_finishes_exactly_n_trials(shards,
 
 def test_a_cancelled_trial_job_is_retried_from_its_checkpoint(shards, tmp_path, tool_env):
     runs = tmp_path / "runs"
-    base = tiny_base(shards, runs, **{"train.samples": 16384, "train.checkpoint_every_samples": 512})
+    # The job must still be training when the cancel lands: the first checkpoint comes at 256 samples, the
+    # cancel stopped it by 768 (~8 s) beside a study on both cores, and the rest (~5,400) leave a margin
+    # several times that. 16,384 samples cost ~200 s more of CI on this machine for no more proof.
+    base = tiny_base(shards, runs, **{"train.samples": 6144, "train.checkpoint_every_samples": 256})
     path = write_sweep(tmp_path / "cancel.yaml", base, name="cancel", n_trials=1, parallel=1)
     driver = start_driver(path, tool_env, *SLURM)
     trial_dir = runs / "cancel" / "trial-0000"
