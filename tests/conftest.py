@@ -51,14 +51,19 @@ def make_cfg(tmp_path: Path, *overrides: str) -> Config:
     return load_config(None, base + list(overrides))
 
 
-@pytest.fixture
-def tool_env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     """Environment for subprocesses: this interpreter's bin dir first on PATH, no DVC analytics."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def tool_env() -> dict[str, str]:
+    """subprocess_env(), a fresh copy per test."""
+    return subprocess_env()
 
 
 def make_tiny_shards(directory: Path, num_samples: int) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -19,27 +19,48 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def repo(tmp_path, tool_env) -> Path:
-    """A copy of the project's pipeline (dvc.yaml, params.yaml, stages/, src/) in a fresh git + DVC repo,
-    with a small dataset so the test stays quick."""
+def new_repo(path: Path, env: dict[str, str]) -> Path:
+    """A copy of the project's pipeline (dvc.yaml, params.yaml, stages/, src/) in a fresh git + DVC repo
+    at `path`, with a small dataset so the tests stay quick."""
+    path.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
+        shutil.copy(ROOT / name, path / name)
     for name in ("stages", "src"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((path / "params.yaml").read_text())
     params["data"]["synthetic"]["num_samples"] = 300
     params["data"]["loader_workers"] = 0
     params["train"].update(samples=640, batch_size=32, warmup_samples=64, checkpoint_every_samples=320)
     params["eval"].update(objects_per_class=3, linear_probe_samples=200)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], tmp_path, tool_env)
-    run(["git", "config", "user.email", "ci@example.com"], tmp_path, tool_env)
-    run(["git", "config", "user.name", "ci"], tmp_path, tool_env)
-    run(["dvc", "init", "-q"], tmp_path, tool_env)
-    run(["git", "add", "-A"], tmp_path, tool_env)
-    run(["git", "commit", "-qm", "init"], tmp_path, tool_env)
-    return tmp_path
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], path, env)
+    run(["git", "config", "user.email", "ci@example.com"], path, env)
+    run(["git", "config", "user.name", "ci"], path, env)
+    run(["dvc", "init", "-q"], path, env)
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-qm", "init"], path, env)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path, tool_env) -> Path:
+    return new_repo(tmp_path, tool_env)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> tuple[Path, str]:
+    """A new repo after its first `dvc repro` (shard, pretrain, evaluate), committed, and that repro's
+    output: built once for the tests that start from it, each of which works on its own copy."""
+    env = subprocess_env()
+    path = new_repo(tmp_path_factory.mktemp("reproduced") / "repo", env)
+    out = run(["dvc", "repro"], path, env)
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-qm", "baseline"], path, env)
+    return path, out
+
+
+def copy_of(reproduced: tuple[Path, str], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(reproduced[0], tmp_path / "repo", symlinks=True))
 
 
 def _set(repo: Path, section: str, key: str, value) -> None:
@@ -48,8 +69,8 @@ def _set(repo: Path, section: str, key: str, value) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
-    out = run(["dvc", "repro"], repo, tool_env)
+def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(reproduced, tmp_path, tool_env):
+    repo, out = copy_of(reproduced, tmp_path), reproduced[1]  # the first `dvc repro`'s output
     for stage in ("shard", "pretrain", "evaluate"):
         assert f"Running stage '{stage}'" in out
     manifest = json.loads((repo / "data/shards/manifest.json").read_text())
@@ -106,10 +127,8 @@ def test_dvc_repro_runs_skips_and_reruns_exactly_what_changed(repo, tool_env):
     assert (repo / "plots" / "index.html").is_file()
 
 
-def test_dvc_exp_run_with_a_param_override(repo, tool_env):
-    run(["dvc", "repro"], repo, tool_env)
-    run(["git", "add", "-A"], repo, tool_env)
-    run(["git", "commit", "-qm", "baseline"], repo, tool_env)
+def test_dvc_exp_run_with_a_param_override(reproduced, tmp_path, tool_env):
+    repo = copy_of(reproduced, tmp_path)  # reproduced and committed
     out = run(["dvc", "exp", "run", "-S", "masking.ratio=0.75", "-S", "masking.strategy=random"], repo, tool_env)
     assert "Running stage 'pretrain'" in out and "Running stage 'shard'" not in out
     shown = run(["dvc", "exp", "show", "--no-pager", "--md"], repo, tool_env)
