@@ -10,13 +10,21 @@ from typing import Any
 
 import yaml
 
+from maskvlp.data.shards import MANIFEST
+
 from .conftest import make_tiny_shards
 
 SHARD_SAMPLES = 300
 
 
 def tiny_shards(tmp_path_factory) -> Path:
-    return make_tiny_shards(tmp_path_factory.mktemp("sweep-data"), SHARD_SAMPLES)
+    """The sweep tests' shards, made once per test session and shared: the tests only read them (one that
+    changes shards works on a copy)."""
+    folder = tmp_path_factory.getbasetemp() / "sweep-data"
+    if not (folder / "shards" / MANIFEST).is_file():  # the manifest is written last: a cut build is redone
+        folder.mkdir(exist_ok=True)
+        make_tiny_shards(folder, SHARD_SAMPLES)
+    return folder / "shards"
 
 
 def tiny_base(shards: Path, runs: Path, **extra: Any) -> dict[str, Any]:
