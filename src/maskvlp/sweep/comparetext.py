@@ -188,7 +188,7 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
         lines += ["", *(f"- {equal_compute_sentence(b, groups, cs)}" for b, groups in result["speedups"].items())]
         lines.append("")
     if result["claims"]:
-        lines += ["### The paper's ordering, tested", ""]
+        lines += ["### The study's claims, tested", ""]
         lines += claims_table(result["claims"], cs)
         if result.get("family", {}).get("tests"):
             lines += [family_sentence(result["family"], result["claims"]), ""]
