@@ -169,10 +169,11 @@ def _long_job_with_a_checkpoint(shards: Path, tmp_path: Path):
     cfg = load_config(None, overrides(shards, tmp_path, *extra))
     run_dir = run_paths(cfg).root
     submitted = submit(cfg, TrainJob(to_dict(cfg)), run_dir, "pretrain")
-    _wait_for(
-        lambda: (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")),
-        what="a checkpoint",
-    )
+    try:
+        _wait_for(lambda: any((run_dir / "checkpoints").glob("step-*.pt")), what="a checkpoint")
+    except BaseException:
+        submitted.job.cancel()  # no 100,000-sample job left behind on the shared cluster
+        raise
     return submitted, run_dir
 
 

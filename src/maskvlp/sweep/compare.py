@@ -277,7 +277,7 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
     head |= {"chance": chance, "majority": majority, "text_floor": floor}
     changes = budget_changes(table, budgets, [k for k in metrics if k not in RECORD_COLUMNS])
     speed = speedups(per_seed, table, budgets)
-    out = {
+    return {
         **head,
         "table": table,
         "claims": claims,
@@ -285,8 +285,7 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
         "budget_changes": changes,
         "speedups": speed,
         "seeds": seeds,
-    }
-    return out | ({"trends": trends(per_seed, cs, budgets)} if cs.trend else {})
+    } | ({"trends": trends(per_seed, cs, budgets)} if cs.trend else {})
 
 
 def speedups(per_seed: dict[tuple[str, str, str], dict[str, float]], table: dict, budgets: list[str]) -> dict:
