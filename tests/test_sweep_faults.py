@@ -198,6 +198,29 @@ def test_a_nan_objective_is_a_counted_failure_retried_then_finished_not_forever(
     assert "non-finite" in group.last.user_attrs["failure"] and group.last.user_attrs["counts_as_failure"]
 
 
+def test_a_driver_killed_between_asking_a_grid_point_and_launching_it_loses_no_point(shards, tmp_path):
+    """The window the chaos test's driver kills can land in: a trial asked and sampled, no run folder
+    recorded yet. The next driver settles it as never launched (no trial, no failure counted) and the
+    grid gets its point back, so the study still visits every point exactly once."""
+    space = {"masking.ratio": {"type": "categorical", "choices": [0.25, 0.5]}}
+    path = write_sweep(
+        tmp_path / "g.yaml", tiny_base(shards, tmp_path / "runs"), space=space, sampler={"name": "grid", "seed": 0}
+    )
+    sw = prepare(path, params="params.yaml")
+    first = Driver(sw, st.create_or_resume(sw.spec, sw.storage, 2, False), progress=False)
+    orphan = first.study.ask()
+    lost = st.suggest(orphan, sw.spec)  # ... and here the driver is SIGKILLed, before run_dir is set
+    again = Driver(sw, st.create_or_resume(sw.spec, sw.storage, 2, False), progress=False)
+    again.adopt_orphans()
+    settled, *queued = again.study.trials
+    assert [t.state for t in queued] == [TrialState.WAITING]  # the grid point, back in the queue
+    assert settled.state == TrialState.FAIL and settled.user_attrs["failure"].startswith("never launched")
+    assert not settled.user_attrs["counts_as_failure"] and st.logical_trials(again.study) == []
+    asked = [again.study.ask() for _ in range(2)]
+    points = [st.suggest(t, sw.spec)["masking.ratio"] for t in asked]
+    assert points[0] == lost["masking.ratio"] and sorted(points) == [0.25, 0.5]
+
+
 @pytest.mark.slow
 def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_ends(shards, tmp_path):
     from maskvlp.cli import main
@@ -383,7 +406,8 @@ def test_driver_and_trial_processes_killed_at_random_moments_still_give_exactly_
         deadline = time.time() + (60 if round_ == 2 else 0)
         while killed_trial is None:
             trials = st.load_study(spec, str(journal)).trials if journal.exists() else []
-            for t in [t for t in trials if t.state == TrialState.RUNNING]:
+            # a trial is RUNNING from the moment it is asked; its run_dir comes a moment later
+            for t in [t for t in trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]:
                 ckpts = list((Path(t.user_attrs["run_dir"]) / "checkpoints").glob("step-*.pt"))
                 if ckpts and t.user_attrs.get("job", "").startswith("local:"):
                     os.kill(int(t.user_attrs["job"].split(":")[2]), signal.SIGKILL)
