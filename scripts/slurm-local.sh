@@ -74,7 +74,7 @@ ClusterName=$CLUSTER
 SlurmctldHost=$ctld
 AuthType=auth/munge
 # a requeued job waits this long (default 120 s) before it may start again; a job step's credential lives as long
-AuthInfo=cred_expire=30
+AuthInfo=cred_expire=15
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -94,6 +94,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# ... and then waits for the next periodic scheduling pass (default every 60 s): run one every 2 s
+SchedulerParameters=sched_interval=2
 MinJobAge=300
 KillWait=10
 # a node silent this long is DOWN: its jobs end NODE_FAIL and, being requeueable, are requeued
