@@ -466,6 +466,16 @@ def test_a_trend_falls_rises_or_cannot_be_told_along_the_budget_values_in_file_o
     md = markdown(compare(rows, cs), cs)
     assert "### How each difference changes along model" in md
     assert "the difference falls, as the study expects" in md and "w64: +0.1050; w128: +0.0500" in md
+    # every section follows the sweep file's order, not the rows' (a string sort would put w128 first)
+    assert compare(rows, cs)["budgets"] == ["w64", "w128", "w256"]
+    assert md.index("### model = w64") < md.index("### model = w128") < md.index("### model = w256")
+    # one generated sentence sums the rows up: how many changes are told apart, which way, at what power
+    change = t["change"]
+    assert (
+        "Of the 1 trend rows, 1 can be told apart from no change at the 5% level (1 as the study expects, "
+        f"'falls', and 0 against it): zeroshot/val/top1, none - random falls by {change['mean']:+.4f} "
+        f"[{change['low']:+.4f}, {change['high']:+.4f}]. Each row is its own paired t-test, not corrected for the 1"
+    ) in md
     grows = _width_rows({"w64": [0.01, 0.02, 0.015, 0.01], "w256": [0.10, 0.12, 0.09, 0.11]})
     (g,) = compare(grows, cs)["trends"]
     assert g["direction"] == "rises"
@@ -473,7 +483,13 @@ def test_a_trend_falls_rises_or_cannot_be_told_along_the_budget_values_in_file_o
     noisy = _width_rows({"w64": [0.05, 0.10, 0.02, 0.08], "w256": [0.09, 0.01, 0.07, 0.04]})
     (n,) = compare(noisy, cs)["trends"]
     assert n["direction"] == "overlap" and n["detectable"] > 0
-    assert "no change can be told apart" in markdown(compare(noisy, cs), cs)
+    noisy_md = markdown(compare(noisy, cs), cs)
+    assert "no change can be told apart" in noisy_md
+    assert (
+        "Of the 1 trend rows, 0 can be told apart from no change at the 5% level. 1 cannot be told apart; the "
+        f"smallest changes their seeds detect with 80% power are {n['detectable']:.4f}."
+    ) in noisy_md
+    assert "about 0.05 of them would be told apart by chance alone" in noisy_md
 
     from maskvlp.sweep.comparetrend import trend_figure
 

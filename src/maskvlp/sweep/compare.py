@@ -223,7 +223,8 @@ def compare(rows: list[dict[str, Any]], cs: CompareSpec) -> dict[str, Any]:
 
     metrics = metric_columns(rows, cs)
     columns = [*metrics, *(k for k in RECORD_COLUMNS if k not in metrics)]
-    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    seen = list(dict.fromkeys(r["budget"] for r in rows))
+    budgets = [b for b in cs.budget_values if b in seen] + [b for b in seen if b not in cs.budget_values]  # file order
     table: dict[str, dict[str, dict[str, Any]]] = {}
     per_seed: dict[tuple[str, str, str], dict[str, float]] = {}
     for r in rows:

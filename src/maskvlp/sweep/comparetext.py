@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from maskvlp.stats import MAX_SEEDS, POWER, Interval
+from maskvlp.stats import LEVEL, MAX_SEEDS, POWER, Interval
 
 if TYPE_CHECKING:
     from maskvlp.sweep.comparespec import CompareSpec
@@ -200,8 +200,46 @@ def markdown(result: dict[str, Any], cs: CompareSpec) -> str:
             f"Paired by seed: each claim's difference at every {cs.budget} (in the sweep file's order), and its "
             f"change from the first to the last, against the direction the study expects ({cs.trend})."
         )
-        lines += ["", *(f"- {trend_sentence(t, cs)}" for t in result["trends"]), ""]
+        lines += ["", trend_summary(result["trends"], cs), ""]
+        lines += [f"- {trend_sentence(t, cs)}" for t in result["trends"]]
+        lines.append("")
     return "\n".join(lines)
+
+
+def _change(t: dict[str, Any]) -> str:
+    d = Interval(**t["change"])
+    return (
+        f"{t['metric']}, {t['better']} - {t['worse']} {t['direction']} by {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+    )
+
+
+def trend_summary(trends: list[dict[str, Any]], cs: CompareSpec) -> str:
+    """What the trend rows say together: how many changes can be told from none, in which direction
+    against the study's expectation, and how small a change the others could have shown."""
+    told = [t for t in trends if t["direction"] in ("rises", "falls")]
+    tested = [t for t in trends if t["direction"] in ("rises", "falls", "overlap")]
+    unclear = [t for t in tested if t["direction"] == "overlap"]
+    expected = cs.trend
+    said = f"Of the {len(trends)} trend rows, {len(told)} can be told apart from no change at the {1 - LEVEL:.0%} level"
+    if told:
+        agree = sum(t["direction"] == expected for t in told)
+        said += f" ({agree} as the study expects, '{expected}', and {len(told) - agree} against it): "
+        said += "; ".join(_change(t) for t in told)
+    said += ". "
+    if unclear:
+        sizes = [t["detectable"] for t in unclear if math.isfinite(t.get("detectable", math.nan))]
+        span = f"{min(sizes):.4f}-{max(sizes):.4f}" if len(sizes) > 1 else (f"{sizes[0]:.4f}" if sizes else "")
+        said += f"{len(unclear)} cannot be told apart" + (
+            f"; the smallest changes their seeds detect with {POWER:.0%} power are {span}. " if span else ". "
+        )
+    if len(trends) > len(tested):
+        said += f"{len(trends) - len(tested)} could not be tested (a single seed, no spread or no data). "
+    if tested:
+        said += (
+            f"Each row is its own paired t-test, not corrected for the {len(tested)}: with no change anywhere, "
+            f"about {len(tested) * (1 - LEVEL):.2f} of them would be told apart by chance alone."
+        )
+    return said.rstrip()
 
 
 def trend_sentence(t: dict[str, Any], cs: CompareSpec) -> str:

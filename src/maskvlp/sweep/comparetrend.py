@@ -26,7 +26,7 @@ def trends(per_seed: dict[tuple[str, str, str], dict[str, float]], cs: CompareSp
     """One record per claim and claim metric: `per_budget` {value: interval of A - B}, and from the
     first value to the last `change` (an interval), `direction` (rises | falls | overlap | no spread |
     no interval | no data), `detectable` and the study's `expected` direction."""
-    order = [b for b in cs.budget_values if b in budgets] or budgets
+    order = budgets  # in the sweep file's order: compare.compare orders them
     if len(order) < 2:
         return []
     first, last = order[0], order[-1]
@@ -72,7 +72,7 @@ def trend_figure(result: dict[str, Any], cs: CompareSpec, out: Path) -> Path | N
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, r in enumerate(x for x in records if x["metric"] == metric):
-            values = [b for b in cs.budget_values if b in r["per_budget"]] or list(r["per_budget"])
+            values = list(r["per_budget"])  # in the sweep file's order, as trends made them
             means = [r["per_budget"][b]["mean"] for b in values]
             errs = [
                 0.0 if not math.isfinite(r["per_budget"][b]["low"]) else (r["per_budget"][b]["high"] - means[j])
