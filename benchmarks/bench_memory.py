@@ -2,6 +2,7 @@
 
     python benchmarks/bench_memory.py             # tiny (64 px / 8) and S (224 px / 16) on CPU, ~4 min
     python benchmarks/bench_memory.py --quick     # tiny only
+    python benchmarks/bench_memory.py --quick --batches 8 16 32   # other batch sizes (the GPU suite's dry run)
     python benchmarks/bench_memory.py --device cuda   # on a GPU: B (ViT-B/16 + 12 x 512 text, 77 tokens),
                                                       # peak allocated memory instead of RSS, bf16 autocast
 
@@ -98,6 +99,10 @@ def main() -> int:
         "--configs", nargs="+", choices=tuple(CONFIGS), default=None, help="default: tiny S on CPU, B on CUDA"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--batches", nargs=3, type=int, default=None, metavar="B",
+        help="the three batch sizes each line is fitted through (default: the config's, e.g. 256 512 1024 for tiny)",
+    )  # fmt: skip
     parser.add_argument("--json", default="", help="also write the measurements here")
     parser.add_argument("--_one", nargs=3, metavar=("NAME", "RATIO", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,6 +120,7 @@ def main() -> int:
     out = {}
     for name in names:
         vision, text, image, patch, embed, context, batches = CONFIGS[name]
+        batches = tuple(args.batches or batches)
         label = "peak RSS" if args.device == "cpu" else "peak allocated"
         print(
             f"\n## {name}: vision {vision}, text {text}, {image} px / {patch} ({(image // patch) ** 2} patches), {label}"

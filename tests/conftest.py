@@ -157,3 +157,35 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+# --- Running the suite on both cores (pytest-xdist, `-n 2 --dist loadgroup` in pyproject's addopts) ---
+# Each worker takes its own share of the cores, as the project's trials do (cpushare.py): it is pinned to
+# its slot of this machine's CPUs (sweep.prepare.cpu_slots), so torch in the worker, and every process a
+# test starts (they inherit the mask), use that share and not every core. Work is handed out a module at
+# a time (module fixtures are built once), and every test that talks to the Slurm cluster runs on one
+# worker, one after another: they fill partitions on purpose (a pending job behind a blocker, a node
+# taken down), which a second test's jobs must not meet.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... (absent without xdist or with -n 0)
+    if not worker:
+        return
+    import torch
+
+    from maskvlp.sweep.prepare import cpu_slots
+
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slot = cpu_slots(sorted(os.sched_getaffinity(0)), count)[int(worker.removeprefix("gw")) % count]
+    os.sched_setaffinity(0, slot)
+    torch.set_num_threads(len(slot))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return  # one process (-n 0 or -p no:xdist): nothing to group
+    for item in items:
+        group = "slurm" if item.get_closest_marker("slurm") else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
