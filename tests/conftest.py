@@ -15,7 +15,7 @@ from maskvlp.params import load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 # No time limit per Hypothesis example: speed is measured in benchmarks, not asserted in tests, and a
-# first example that imports scipy while the other worker trains took 2.6 s against the default 200 ms.
+# first example that imported scipy on a busy machine took 2.6 s against the default 200 ms.
 settings.register_profile("maskvlp", deadline=None)
 settings.load_profile("maskvlp")
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
@@ -163,35 +163,3 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-
-
-# --- Running the suite on both cores (pytest-xdist, `-n 2 --dist loadgroup` in pyproject's addopts) ---
-# Each worker takes its own share of the cores, as the project's trials do (cpushare.py): it is pinned to
-# its slot of this machine's CPUs (sweep.prepare.cpu_slots), so torch in the worker, and every process a
-# test starts (they inherit the mask), use that share and not every core. Work is handed out a module at
-# a time (module fixtures are built once), and every test that talks to the Slurm cluster runs on one
-# worker, one after another: they fill partitions on purpose (a pending job behind a blocker, a node
-# taken down), which a second test's jobs must not meet.
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... (absent without xdist or with -n 0)
-    if not worker:
-        return
-    import torch
-
-    from maskvlp.sweep.prepare import cpu_slots
-
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    slot = cpu_slots(sorted(os.sched_getaffinity(0)), count)[int(worker.removeprefix("gw")) % count]
-    os.sched_setaffinity(0, slot)
-    torch.set_num_threads(len(slot))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if getattr(config.option, "dist", "no") != "loadgroup":
-        return  # one process (-n 0 or -p no:xdist): nothing to group
-    for item in items:
-        group = "slurm" if item.get_closest_marker("slurm") else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
