@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # first example that imported scipy on a busy machine took 2.6 s against the default 200 ms.
 settings.register_profile("maskvlp", deadline=None)
 settings.load_profile("maskvlp")
+
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 
 requires_emoji_font = pytest.mark.skipif(

@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from maskvlp.stats import LEVEL, MAX_SEEDS, POWER, Interval
+from maskvlp.sweep.comparetrend import TRENDS
 
 if TYPE_CHECKING:
     from maskvlp.sweep.comparespec import CompareSpec
@@ -216,9 +217,9 @@ def _change(t: dict[str, Any]) -> str:
 def trend_summary(trends: list[dict[str, Any]], cs: CompareSpec) -> str:
     """What the trend rows say together: how many changes can be told from none, in which direction
     against the study's expectation, and how small a change the others could have shown."""
-    told = [t for t in trends if t["direction"] in ("rises", "falls")]
-    tested = [t for t in trends if t["direction"] in ("rises", "falls", "overlap")]
-    unclear = [t for t in tested if t["direction"] == "overlap"]
+    told = [t for t in trends if t["direction"] in TRENDS]
+    unclear = [t for t in trends if t["direction"] == "overlap"]
+    tested = told + unclear
     expected = cs.trend
     said = f"Of the {len(trends)} trend rows, {len(told)} can be told apart from no change at the {1 - LEVEL:.0%} level"
     if told:

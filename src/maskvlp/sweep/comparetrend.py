@@ -26,15 +26,14 @@ def trends(per_seed: dict[tuple[str, str, str], dict[str, float]], cs: CompareSp
     """One record per claim and claim metric: `per_budget` {value: interval of A - B}, and from the
     first value to the last `change` (an interval), `direction` (rises | falls | overlap | no spread |
     no interval | no data), `detectable` and the study's `expected` direction."""
-    order = budgets  # in the sweep file's order: compare.compare orders them
-    if len(order) < 2:
+    if len(budgets) < 2:  # (in the sweep file's order: compare.compare orders them)
         return []
-    first, last = order[0], order[-1]
+    first, last = budgets[0], budgets[-1]
     out = []
     for better, worse in cs.claims:
         for metric in cs.claim_metrics:
             diffs = {}
-            for b in order:
+            for b in budgets:
                 a, z = per_seed.get((b, better, metric), {}), per_seed.get((b, worse, metric), {})
                 diffs[b] = {s: a[s] - z[s] for s in sorted(set(a) & set(z), key=str)}
             record: dict[str, Any] = {"better": better, "worse": worse, "metric": metric, "first": first}
